@@ -1,0 +1,732 @@
+//! Avro encoding of [`Event`]s: explicit conversion to and from [`Value`] so that every field's
+//! logical type (decimal scale 4, date, timestamp-millis) is exactly the one the `.avsc` says.
+
+use crate::events::*;
+use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use std::collections::HashMap;
+
+/// A schema as shipped in `schemas/avro/`.
+#[derive(Debug, Clone, Copy)]
+pub struct SchemaSource {
+    /// Record name (`EsgScore`).
+    pub name: &'static str,
+    /// The `.avsc` text.
+    pub text: &'static str,
+}
+
+/// Every schema of the pipeline.
+pub const SCHEMAS: &[SchemaSource] = &[
+    SchemaSource {
+        name: "DailyTrigger",
+        text: include_str!("../avro/DailyTrigger.avsc"),
+    },
+    SchemaSource {
+        name: "RunSealed",
+        text: include_str!("../avro/RunSealed.avsc"),
+    },
+    SchemaSource {
+        name: "RunCompleted",
+        text: include_str!("../avro/RunCompleted.avsc"),
+    },
+    SchemaSource {
+        name: "AccountChanged",
+        text: include_str!("../avro/AccountChanged.avsc"),
+    },
+    SchemaSource {
+        name: "AccountEntry",
+        text: include_str!("../avro/AccountEntry.avsc"),
+    },
+    SchemaSource {
+        name: "EsgScore",
+        text: include_str!("../avro/EsgScore.avsc"),
+    },
+];
+
+/// Scale of every decimal on the bus.
+pub const DECIMAL_SCALE: u32 = 4;
+
+/// Why a value could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("schema {name} does not parse: {source}")]
+    Schema {
+        name: &'static str,
+        source: apache_avro::Error,
+    },
+    #[error("message is not Avro single-object encoded (missing C3 01 marker)")]
+    NotSingleObject,
+    #[error("message written with an unknown schema (fingerprint {0})")]
+    UnknownSchema(String),
+    #[error("{record}: {source}")]
+    Avro {
+        record: &'static str,
+        source: apache_avro::Error,
+    },
+    #[error("{record}.{field}: {problem}")]
+    Field {
+        record: &'static str,
+        field: &'static str,
+        problem: String,
+    },
+}
+
+struct Entry {
+    name: &'static str,
+    schema: Schema,
+    fingerprint: [u8; 8],
+}
+
+/// Encodes and decodes pipeline events. Cheap to share (`Arc`) across tasks.
+pub struct Codec {
+    entries: Vec<Entry>,
+    by_fingerprint: HashMap<[u8; 8], usize>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field(
+                "schemas",
+                &self.entries.iter().map(|e| e.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Codec {
+    /// Parses every schema of [`SCHEMAS`].
+    pub fn new() -> Result<Self, CodecError> {
+        let mut entries = Vec::new();
+        let mut by_fingerprint = HashMap::new();
+        for source in SCHEMAS {
+            let schema = Schema::parse_str(source.text).map_err(|e| CodecError::Schema {
+                name: source.name,
+                source: e,
+            })?;
+            let fp = schema.fingerprint::<Rabin>();
+            let mut fingerprint = [0u8; 8];
+            fingerprint.copy_from_slice(&fp.bytes[..8]);
+            by_fingerprint.insert(fingerprint, entries.len());
+            entries.push(Entry {
+                name: source.name,
+                schema,
+                fingerprint,
+            });
+        }
+        Ok(Codec {
+            entries,
+            by_fingerprint,
+        })
+    }
+
+    fn entry(&self, name: &str) -> &Entry {
+        // Every record name used below is one of SCHEMAS, checked by the tests.
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or(&self.entries[0])
+    }
+
+    /// The parsed schema of a record.
+    pub fn schema(&self, name: &str) -> Option<&Schema> {
+        self.entries
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| &e.schema)
+    }
+
+    /// The Avro datum of `event` alone (no header): what follows the Confluent wire-format header.
+    pub fn encode_datum(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
+        let record = event.record_name();
+        let entry = self.entry(record);
+        let value = to_value(event)?;
+        GenericDatumWriter::builder(&entry.schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(value))
+            .map_err(|e| CodecError::Avro { record, source: e })
+    }
+
+    /// Single-object encoding: `C3 01`, fingerprint, datum.
+    pub fn encode(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
+        let entry = self.entry(event.record_name());
+        let datum = self.encode_datum(event)?;
+        let mut out = Vec::with_capacity(10 + datum.len());
+        out.extend_from_slice(&[0xC3, 0x01]);
+        out.extend_from_slice(&entry.fingerprint);
+        out.extend_from_slice(&datum);
+        Ok(out)
+    }
+
+    /// Decodes a single-object encoded message.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, CodecError> {
+        if bytes.len() < 10 || bytes[0] != 0xC3 || bytes[1] != 0x01 {
+            return Err(CodecError::NotSingleObject);
+        }
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..10]);
+        let idx = *self
+            .by_fingerprint
+            .get(&fp)
+            .ok_or_else(|| CodecError::UnknownSchema(hex(&fp)))?;
+        self.decode_datum(self.entries[idx].name, &bytes[10..])
+    }
+
+    /// Decodes a bare datum written with the named record's schema.
+    pub fn decode_datum(&self, record_name: &str, mut datum: &[u8]) -> Result<Event, CodecError> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.name == record_name)
+            .ok_or_else(|| CodecError::UnknownSchema(record_name.to_owned()))?;
+        let record = entry.name;
+        let value = GenericDatumReader::builder(&entry.schema)
+            .build()
+            .and_then(|r| r.read_value(&mut datum))
+            .map_err(|e| CodecError::Avro { record, source: e })?;
+        from_value(record, value)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+// ---- encoding --------------------------------------------------------------------------------
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned())
+}
+fn date(d: NaiveDate) -> Value {
+    Value::Date(days_since_epoch(d))
+}
+fn ts(t: DateTime<Utc>) -> Value {
+    Value::TimestampMillis(t.timestamp_millis())
+}
+fn opt(v: Option<Value>) -> Value {
+    match v {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(v) => Value::Union(1, Box::new(v)),
+    }
+}
+
+fn days_since_epoch(d: NaiveDate) -> i32 {
+    let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+    (d - epoch).num_days() as i32
+}
+
+fn decimal(record: &'static str, field: &'static str, d: Decimal) -> Result<Value, CodecError> {
+    let mut d = d;
+    if d.scale() > DECIMAL_SCALE {
+        return Err(CodecError::Field {
+            record,
+            field,
+            problem: format!("{d} has more than {DECIMAL_SCALE} decimal places"),
+        });
+    }
+    d.rescale(DECIMAL_SCALE);
+    let mantissa = d.mantissa();
+    // Minimal big-endian two's complement, as the Avro decimal logical type stores it.
+    let full = mantissa.to_be_bytes();
+    let mut start = 0;
+    while start < full.len() - 1 {
+        let (b, next) = (full[start], full[start + 1]);
+        if (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0) {
+            start += 1;
+        } else {
+            break;
+        }
+    }
+    Ok(Value::Decimal(apache_avro::Decimal::from(&full[start..])))
+}
+
+fn opt_decimal(
+    record: &'static str,
+    field: &'static str,
+    d: Option<Decimal>,
+) -> Result<Value, CodecError> {
+    Ok(opt(d.map(|d| decimal(record, field, d)).transpose()?))
+}
+
+fn to_value(event: &Event) -> Result<Value, CodecError> {
+    let fields: Vec<(&str, Value)> = match event {
+        Event::DailyTrigger(t) => vec![
+            ("run_id", s(&t.run_id)),
+            ("business_date", date(t.business_date)),
+            ("kind", Value::Enum(t.kind.index(), t.kind.as_str().into())),
+            ("full", Value::Boolean(t.full)),
+            ("deadline", ts(t.deadline)),
+            ("triggered_at", ts(t.triggered_at)),
+        ],
+        Event::RunSealed(r) => vec![
+            ("run_id", s(&r.run_id)),
+            ("business_date", date(r.business_date)),
+            ("expected_accounts", Value::Long(r.expected_accounts)),
+            ("active_accounts", Value::Long(r.active_accounts)),
+            ("new_accounts", Value::Long(r.new_accounts)),
+            ("changed_accounts", Value::Long(r.changed_accounts)),
+            ("stale_accounts", Value::Long(r.stale_accounts)),
+            ("retry_accounts", Value::Long(r.retry_accounts)),
+            ("forced_accounts", Value::Long(r.forced_accounts)),
+            ("carried_forward", Value::Long(r.carried_forward)),
+            ("gone_accounts", Value::Long(r.gone_accounts)),
+            ("malformed_records", Value::Long(r.malformed_records)),
+            ("sealed_at", ts(r.sealed_at)),
+        ],
+        Event::RunCompleted(r) => vec![
+            ("run_id", s(&r.run_id)),
+            ("business_date", date(r.business_date)),
+            (
+                "outcome",
+                Value::Enum(r.outcome.index(), r.outcome.as_str().into()),
+            ),
+            ("rows", Value::Long(r.rows)),
+            ("successful", Value::Long(r.successful)),
+            ("partial", Value::Long(r.partial)),
+            ("failed", Value::Long(r.failed)),
+            ("output_file", s(&r.output_file)),
+            ("completed_at", ts(r.completed_at)),
+        ],
+        Event::AccountChanged(a) => vec![
+            ("run_id", s(&a.run_id)),
+            ("account_id", s(&a.account_id)),
+            ("account_name", s(&a.account_name)),
+            ("version", Value::Long(a.version)),
+            (
+                "reason",
+                Value::Enum(a.reason.index(), a.reason.as_str().into()),
+            ),
+            ("emitted_at", ts(a.emitted_at)),
+        ],
+        Event::AccountEntry(a) => vec![
+            ("account_id", s(&a.account_id)),
+            ("account_name", s(&a.account_name)),
+            ("version", Value::Long(a.version)),
+            ("updated_at", ts(a.updated_at)),
+            ("run_id", s(&a.run_id)),
+        ],
+        Event::EsgScore(e) => {
+            const R: &str = "EsgScore";
+            vec![
+                ("run_id", s(&e.run_id)),
+                ("account_id", s(&e.account_id)),
+                ("account_version", Value::Long(e.account_version)),
+                (
+                    "status",
+                    Value::Enum(e.status.index(), e.status.as_str().into()),
+                ),
+                ("overall", opt_decimal(R, "overall", e.overall)?),
+                (
+                    "environmental",
+                    opt_decimal(R, "environmental", e.environmental)?,
+                ),
+                ("social", opt_decimal(R, "social", e.social)?),
+                ("governance", opt_decimal(R, "governance", e.governance)?),
+                (
+                    "primary_focus",
+                    opt(e
+                        .primary_focus
+                        .map(|p| Value::Enum(p.index(), p.as_str().into()))),
+                ),
+                (
+                    "primary_focus_score",
+                    opt_decimal(R, "primary_focus_score", e.primary_focus_score)?,
+                ),
+                ("analysis_date", opt(e.analysis_date.map(date))),
+                ("attempts", Value::Int(e.attempts)),
+                ("error_code", opt(e.error_code.as_deref().map(s))),
+                ("error_message", opt(e.error_message.as_deref().map(s))),
+                ("scored_at", ts(e.scored_at)),
+                ("source_partition", Value::Int(e.source_partition)),
+                ("source_offset", Value::Long(e.source_offset)),
+            ]
+        }
+    };
+    Ok(Value::Record(
+        fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+    ))
+}
+
+// ---- decoding --------------------------------------------------------------------------------
+
+struct Fields {
+    record: &'static str,
+    map: HashMap<String, Value>,
+}
+
+impl Fields {
+    fn new(record: &'static str, value: Value) -> Result<Self, CodecError> {
+        match value {
+            Value::Record(fields) => Ok(Fields {
+                record,
+                map: fields.into_iter().collect(),
+            }),
+            other => Err(CodecError::Field {
+                record,
+                field: "",
+                problem: format!("expected a record, got {other:?}"),
+            }),
+        }
+    }
+
+    fn bad(&self, field: &'static str, v: &Value) -> CodecError {
+        CodecError::Field {
+            record: self.record,
+            field,
+            problem: format!("unexpected value {v:?}"),
+        }
+    }
+
+    fn take(&mut self, field: &'static str) -> Result<Value, CodecError> {
+        let v = self.map.remove(field).ok_or(CodecError::Field {
+            record: self.record,
+            field,
+            problem: "missing".into(),
+        })?;
+        // Unwrap unions: a null branch becomes Null, any other branch its value.
+        Ok(match v {
+            Value::Union(_, inner) => *inner,
+            v => v,
+        })
+    }
+
+    fn string(&mut self, f: &'static str) -> Result<String, CodecError> {
+        match self.take(f)? {
+            Value::String(s) => Ok(s),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn opt_string(&mut self, f: &'static str) -> Result<Option<String>, CodecError> {
+        match self.take(f)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s)),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn long(&mut self, f: &'static str) -> Result<i64, CodecError> {
+        match self.take(f)? {
+            Value::Long(n) => Ok(n),
+            Value::Int(n) => Ok(n.into()),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn int(&mut self, f: &'static str) -> Result<i32, CodecError> {
+        match self.take(f)? {
+            Value::Int(n) => Ok(n),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn boolean(&mut self, f: &'static str) -> Result<bool, CodecError> {
+        match self.take(f)? {
+            Value::Boolean(b) => Ok(b),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn ts(&mut self, f: &'static str) -> Result<DateTime<Utc>, CodecError> {
+        match self.take(f)? {
+            Value::TimestampMillis(ms) | Value::Long(ms) => {
+                DateTime::from_timestamp_millis(ms).ok_or_else(|| self.bad(f, &Value::Long(ms)))
+            }
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn date_value(&self, f: &'static str, v: Value) -> Result<Option<NaiveDate>, CodecError> {
+        match v {
+            Value::Null => Ok(None),
+            Value::Date(days) | Value::Int(days) => {
+                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).unwrap_or_default();
+                epoch
+                    .checked_add_signed(chrono::Duration::days(days.into()))
+                    .map(Some)
+                    .ok_or_else(|| self.bad(f, &Value::Int(days)))
+            }
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn date(&mut self, f: &'static str) -> Result<NaiveDate, CodecError> {
+        let v = self.take(f)?;
+        self.date_value(f, v)?
+            .ok_or_else(|| self.bad(f, &Value::Null))
+    }
+    fn opt_date(&mut self, f: &'static str) -> Result<Option<NaiveDate>, CodecError> {
+        let v = self.take(f)?;
+        self.date_value(f, v)
+    }
+    fn symbol<T: std::str::FromStr>(&mut self, f: &'static str) -> Result<T, CodecError> {
+        match self.take(f)? {
+            Value::Enum(_, sym) => sym.parse().map_err(|_| self.bad(f, &Value::String(sym))),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn opt_symbol<T: std::str::FromStr>(
+        &mut self,
+        f: &'static str,
+    ) -> Result<Option<T>, CodecError> {
+        match self.take(f)? {
+            Value::Null => Ok(None),
+            Value::Enum(_, sym) => sym
+                .parse()
+                .map(Some)
+                .map_err(|_| self.bad(f, &Value::String(sym))),
+            v => Err(self.bad(f, &v)),
+        }
+    }
+    fn opt_decimal(&mut self, f: &'static str) -> Result<Option<Decimal>, CodecError> {
+        match self.take(f)? {
+            Value::Null => Ok(None),
+            Value::Decimal(d) => {
+                let bytes: Vec<u8> =
+                    Vec::try_from(&d).map_err(|e| self.bad(f, &Value::String(e.to_string())))?;
+                if bytes.is_empty() || bytes.len() > 16 {
+                    return Err(self.bad(f, &Value::Bytes(bytes)));
+                }
+                let fill = if bytes[0] & 0x80 != 0 { 0xFF } else { 0x00 };
+                let mut full = [fill; 16];
+                full[16 - bytes.len()..].copy_from_slice(&bytes);
+                let mantissa = i128::from_be_bytes(full);
+                Decimal::try_from_i128_with_scale(mantissa, DECIMAL_SCALE)
+                    .map(Some)
+                    .map_err(|e| self.bad(f, &Value::String(e.to_string())))
+            }
+            v => Err(self.bad(f, &v)),
+        }
+    }
+}
+
+fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
+    let mut f = Fields::new(record, value)?;
+    Ok(match record {
+        "DailyTrigger" => Event::DailyTrigger(DailyTrigger {
+            run_id: f.string("run_id")?,
+            business_date: f.date("business_date")?,
+            kind: f.symbol("kind")?,
+            full: f.boolean("full")?,
+            deadline: f.ts("deadline")?,
+            triggered_at: f.ts("triggered_at")?,
+        }),
+        "RunSealed" => Event::RunSealed(RunSealed {
+            run_id: f.string("run_id")?,
+            business_date: f.date("business_date")?,
+            expected_accounts: f.long("expected_accounts")?,
+            active_accounts: f.long("active_accounts")?,
+            new_accounts: f.long("new_accounts")?,
+            changed_accounts: f.long("changed_accounts")?,
+            stale_accounts: f.long("stale_accounts")?,
+            retry_accounts: f.long("retry_accounts")?,
+            forced_accounts: f.long("forced_accounts")?,
+            carried_forward: f.long("carried_forward")?,
+            gone_accounts: f.long("gone_accounts")?,
+            malformed_records: f.long("malformed_records")?,
+            sealed_at: f.ts("sealed_at")?,
+        }),
+        "RunCompleted" => Event::RunCompleted(RunCompleted {
+            run_id: f.string("run_id")?,
+            business_date: f.date("business_date")?,
+            outcome: f.symbol("outcome")?,
+            rows: f.long("rows")?,
+            successful: f.long("successful")?,
+            partial: f.long("partial")?,
+            failed: f.long("failed")?,
+            output_file: f.string("output_file")?,
+            completed_at: f.ts("completed_at")?,
+        }),
+        "AccountChanged" => Event::AccountChanged(AccountChanged {
+            run_id: f.string("run_id")?,
+            account_id: f.string("account_id")?,
+            account_name: f.string("account_name")?,
+            version: f.long("version")?,
+            reason: f.symbol("reason")?,
+            emitted_at: f.ts("emitted_at")?,
+        }),
+        "AccountEntry" => Event::AccountEntry(AccountEntry {
+            account_id: f.string("account_id")?,
+            account_name: f.string("account_name")?,
+            version: f.long("version")?,
+            updated_at: f.ts("updated_at")?,
+            run_id: f.string("run_id")?,
+        }),
+        "EsgScore" => Event::EsgScore(EsgScore {
+            run_id: f.string("run_id")?,
+            account_id: f.string("account_id")?,
+            account_version: f.long("account_version")?,
+            status: f.symbol("status")?,
+            overall: f.opt_decimal("overall")?,
+            environmental: f.opt_decimal("environmental")?,
+            social: f.opt_decimal("social")?,
+            governance: f.opt_decimal("governance")?,
+            primary_focus: f.opt_symbol("primary_focus")?,
+            primary_focus_score: f.opt_decimal("primary_focus_score")?,
+            analysis_date: f.opt_date("analysis_date")?,
+            attempts: f.int("attempts")?,
+            error_code: f.opt_string("error_code")?,
+            error_message: f.opt_string("error_message")?,
+            scored_at: f.ts("scored_at")?,
+            source_partition: f.int("source_partition")?,
+            source_offset: f.long("source_offset")?,
+        }),
+        other => return Err(CodecError::UnknownSchema(other.to_owned())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).unwrap_or_default()
+    }
+
+    fn score() -> EsgScore {
+        EsgScore {
+            run_id: "2026-11-23".into(),
+            account_id: "ACC-1".into(),
+            account_version: 7,
+            status: ScoreStatus::Partial,
+            overall: Some(Decimal::from_str("72.3456").unwrap_or_default()),
+            environmental: Some(Decimal::from_str("0").unwrap_or_default()),
+            social: None,
+            governance: Some(Decimal::from_str("100").unwrap_or_default()),
+            primary_focus: Some(Pillar::Governance),
+            primary_focus_score: Some(Decimal::from_str("99.995").unwrap_or_default()),
+            analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            attempts: 2,
+            error_code: None,
+            error_message: None,
+            scored_at: t(1_763_900_000_123),
+            source_partition: 3,
+            source_offset: 42,
+        }
+    }
+
+    #[test]
+    fn every_event_round_trips() {
+        let codec = Codec::new().expect("schemas parse");
+        let d = NaiveDate::from_ymd_opt(2026, 11, 23).unwrap_or_default();
+        let events = vec![
+            Event::DailyTrigger(DailyTrigger {
+                run_id: "2026-11-23".into(),
+                business_date: d,
+                kind: RunKind::Rerun,
+                full: true,
+                deadline: t(1_763_910_000_000),
+                triggered_at: t(1_763_895_600_000),
+            }),
+            Event::RunSealed(RunSealed {
+                run_id: "2026-11-23".into(),
+                business_date: d,
+                expected_accounts: 10,
+                active_accounts: 12,
+                gone_accounts: 1,
+                sealed_at: t(5),
+                ..Default::default()
+            }),
+            Event::RunCompleted(RunCompleted {
+                run_id: "2026-11-23.1".into(),
+                business_date: d,
+                outcome: RunOutcome::CompletedWithFailures,
+                rows: 3,
+                successful: 1,
+                partial: 1,
+                failed: 1,
+                output_file: "FirmESGRatings_20261123.csv".into(),
+                completed_at: t(9),
+            }),
+            Event::AccountChanged(AccountChanged {
+                run_id: "2026-11-23".into(),
+                account_id: "A.1".into(),
+                account_name: "=cmd|' /C calc'!A0, \"quoted\"\nline".into(),
+                version: 3,
+                reason: ChangeReason::Stale,
+                emitted_at: t(1),
+            }),
+            Event::AccountEntry(AccountEntry {
+                account_id: "A.1".into(),
+                account_name: "Ünïcødé Fund".into(),
+                version: 3,
+                updated_at: t(2),
+                run_id: "2026-11-23".into(),
+            }),
+            Event::EsgScore(score()),
+            Event::EsgScore(EsgScore::failed(
+                "2026-11-23",
+                "B",
+                1,
+                3,
+                "HTTP_503",
+                "service unavailable".into(),
+                t(3),
+            )),
+        ];
+        for e in events {
+            let bytes = codec.encode(&e).expect("encode");
+            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            let back = codec.decode(&bytes).expect("decode");
+            assert_eq!(back, e, "{}", e.record_name());
+        }
+    }
+
+    #[test]
+    fn decimals_keep_exact_value_at_scale_four() {
+        let codec = Codec::new().expect("schemas parse");
+        for text in ["0", "0.0001", "49.9950", "100", "-0.5", "12345.6789"] {
+            let mut s = score();
+            s.overall = Some(Decimal::from_str(text).expect("decimal"));
+            let back = codec
+                .decode(&codec.encode(&Event::EsgScore(s.clone())).expect("encode"))
+                .expect("decode");
+            let Event::EsgScore(back) = back else {
+                panic!("wrong record")
+            };
+            assert_eq!(back.overall, s.overall, "{text}");
+            assert_eq!(back.overall.map(|d| d.scale()), Some(4));
+        }
+    }
+
+    #[test]
+    fn more_than_four_decimals_is_refused() {
+        let codec = Codec::new().expect("schemas parse");
+        let mut s = score();
+        s.overall = Some(Decimal::from_str("1.23456").expect("decimal"));
+        let err = codec.encode(&Event::EsgScore(s)).expect_err("must refuse");
+        assert!(err.to_string().contains("EsgScore.overall"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let codec = Codec::new().expect("schemas parse");
+        assert!(matches!(
+            codec.decode(b"hello world"),
+            Err(CodecError::NotSingleObject)
+        ));
+        let bytes = [0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 0];
+        assert!(matches!(
+            codec.decode(&bytes),
+            Err(CodecError::UnknownSchema(_))
+        ));
+        let mut good = codec.encode(&Event::EsgScore(score())).expect("encode");
+        good.truncate(14);
+        assert!(matches!(codec.decode(&good), Err(CodecError::Avro { .. })));
+    }
+
+    #[test]
+    fn every_schema_field_has_documentation() {
+        for source in SCHEMAS {
+            let schema = Schema::parse_str(source.text).expect("parses");
+            let Schema::Record(record) = schema else {
+                panic!("{} is not a record", source.name)
+            };
+            assert_eq!(record.name.name(), source.name);
+            assert!(record.doc.is_some(), "{} has no doc", source.name);
+            for field in &record.fields {
+                let documented = field.doc.as_deref().is_some_and(|d| !d.is_empty());
+                assert!(documented, "{}.{} has no doc", source.name, field.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Rust types of the pipeline's events, one per `.avsc` record in `schemas/avro/`.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+use std::fmt;
+use std::str::FromStr;
+
+/// Any event the pipeline writes to the bus.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    DailyTrigger(DailyTrigger),
+    RunSealed(RunSealed),
+    RunCompleted(RunCompleted),
+    AccountChanged(AccountChanged),
+    AccountEntry(AccountEntry),
+    EsgScore(EsgScore),
+}
+
+impl Event {
+    /// The Avro record name of this event.
+    pub fn record_name(&self) -> &'static str {
+        match self {
+            Event::DailyTrigger(_) => "DailyTrigger",
+            Event::RunSealed(_) => "RunSealed",
+            Event::RunCompleted(_) => "RunCompleted",
+            Event::AccountChanged(_) => "AccountChanged",
+            Event::AccountEntry(_) => "AccountEntry",
+            Event::EsgScore(_) => "EsgScore",
+        }
+    }
+}
+
+macro_rules! avro_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            /// Every symbol, in the order of the Avro schema.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The Avro symbol.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => stringify!($variant)),+ }
+            }
+
+            /// Position of the symbol in the Avro schema.
+            pub fn index(self) -> u32 {
+                Self::ALL.iter().position(|s| *s == self).unwrap_or(0) as u32
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!("unknown {} symbol {s:?}", stringify!($name)))
+            }
+        }
+    };
+}
+
+avro_enum!(
+    /// What started a run.
+    RunKind { Daily, Rerun, Replay }
+);
+avro_enum!(
+    /// How a run ended.
+    RunOutcome { Completed, CompletedWithFailures, TimedOut, Aborted }
+);
+avro_enum!(
+    /// Why an account is scored in a run (DESIGN section 5).
+    ChangeReason { New, Changed, Stale, Retry, Forced, Replay }
+);
+avro_enum!(
+    /// Processing status of one account, as the file's last column shows it.
+    ScoreStatus { Successful, Partial, Failed }
+);
+avro_enum!(
+    /// An ESG pillar.
+    Pillar { Environmental, Social, Governance }
+);
+
+/// Starts a run (esg.triggers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyTrigger {
+    pub run_id: String,
+    pub business_date: NaiveDate,
+    pub kind: RunKind,
+    pub full: bool,
+    pub deadline: DateTime<Utc>,
+    pub triggered_at: DateTime<Utc>,
+}
+
+/// The producer's last word on a run (esg.triggers).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunSealed {
+    pub run_id: String,
+    pub business_date: NaiveDate,
+    pub expected_accounts: i64,
+    pub active_accounts: i64,
+    pub new_accounts: i64,
+    pub changed_accounts: i64,
+    pub stale_accounts: i64,
+    pub retry_accounts: i64,
+    pub forced_accounts: i64,
+    pub carried_forward: i64,
+    pub gone_accounts: i64,
+    pub malformed_records: i64,
+    pub sealed_at: DateTime<Utc>,
+}
+
+/// The assembler's last word on a run (esg.triggers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunCompleted {
+    pub run_id: String,
+    pub business_date: NaiveDate,
+    pub outcome: RunOutcome,
+    pub rows: i64,
+    pub successful: i64,
+    pub partial: i64,
+    pub failed: i64,
+    pub output_file: String,
+    pub completed_at: DateTime<Utc>,
+}
+
+/// Asks the scorers to score one account (esg.account-events).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountChanged {
+    pub run_id: String,
+    pub account_id: String,
+    pub account_name: String,
+    pub version: i64,
+    pub reason: ChangeReason,
+    pub emitted_at: DateTime<Utc>,
+}
+
+/// One active account of the roster (esg.accounts, compacted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountEntry {
+    pub account_id: String,
+    pub account_name: String,
+    pub version: i64,
+    pub updated_at: DateTime<Utc>,
+    pub run_id: String,
+}
+
+/// The outcome of scoring one account (esg.scores, compacted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EsgScore {
+    pub run_id: String,
+    pub account_id: String,
+    pub account_version: i64,
+    pub status: ScoreStatus,
+    pub overall: Option<Decimal>,
+    pub environmental: Option<Decimal>,
+    pub social: Option<Decimal>,
+    pub governance: Option<Decimal>,
+    pub primary_focus: Option<Pillar>,
+    pub primary_focus_score: Option<Decimal>,
+    pub analysis_date: Option<NaiveDate>,
+    pub attempts: i32,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub scored_at: DateTime<Utc>,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl EsgScore {
+    /// A `Failed` score with every ESG field empty.
+    pub fn failed(
+        run_id: &str,
+        account_id: &str,
+        account_version: i64,
+        attempts: i32,
+        error_code: &str,
+        error_message: String,
+        scored_at: DateTime<Utc>,
+    ) -> Self {
+        EsgScore {
+            run_id: run_id.to_owned(),
+            account_id: account_id.to_owned(),
+            account_version,
+            status: ScoreStatus::Failed,
+            overall: None,
+            environmental: None,
+            social: None,
+            governance: None,
+            primary_focus: None,
+            primary_focus_score: None,
+            analysis_date: None,
+            attempts,
+            error_code: Some(error_code.to_owned()),
+            error_message: Some(error_message),
+            scored_at,
+            source_partition: -1,
+            source_offset: -1,
+        }
+    }
+}
+
+/// The business date a run id names: `2026-11-23` or `2026-11-23.2`.
+pub fn business_date_of_run(run_id: &str) -> Option<NaiveDate> {
+    let date = run_id.split('.').next()?;
+    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
+}
