@@ -1,1 +1,225 @@
-//! esg-bus
+//! The message bus the producer, scorers and assembler talk through.
+//!
+//! Stages are written once against [`Transport`] and [`Consumer`]: publish keyed records to a
+//! partitioned topic, consume a topic as a member of a group, commit offsets, look up committed and
+//! end offsets, and read a range of a partition. Two implementations carry the same bytes:
+//!
+//! - [`embedded::EmbeddedLog`], the default: a durable log in one SQLite file (WAL). For one
+//!   machine: a trial, a small firm, development and most tests.
+//! - Kafka (a later adapter), for several machines and downstream consumers.
+//!
+//! Guarantees every implementation gives, and stages rely on:
+//! - [`Transport::publish`] returns only once the records are durable; the offsets it returns are
+//!   the records' positions, dense and increasing per partition.
+//! - A record's partition is `murmur2(key) mod partitions` ([`partition_for`]), the same as the
+//!   Java client's default partitioner, so two topics with the same partition count are
+//!   co-partitioned and any Kafka tool finds a key where this code put it.
+//! - A committed offset is the *next* offset to read (Kafka's convention). Nothing moves it but
+//!   an explicit commit, so a consumer that dies re-reads everything after its last commit:
+//!   at-least-once, and harmless because every output of this pipeline is a keyed upsert.
+
+pub mod embedded;
+mod partitioner;
+
+pub use partitioner::{murmur2, partition_for};
+
+use async_trait::async_trait;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a topic's old records are cleaned up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cleanup {
+    /// Records older than the retention are deleted.
+    Delete { retention: Duration },
+    /// Only the latest record per key is kept (and tombstones are eventually dropped).
+    Compact,
+}
+
+impl Cleanup {
+    /// The Kafka `cleanup.policy` name.
+    pub fn policy_name(&self) -> &'static str {
+        match self {
+            Cleanup::Delete { .. } => "delete",
+            Cleanup::Compact => "compact",
+        }
+    }
+}
+
+/// A topic with its partition count and cleanup policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub cleanup: Cleanup,
+}
+
+/// A record to publish: a UTF-8 key and a value (`None` is a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+impl Record {
+    pub fn new(key: impl Into<String>, value: Vec<u8>) -> Self {
+        Record {
+            key: key.into(),
+            value: Some(value),
+        }
+    }
+    pub fn tombstone(key: impl Into<String>) -> Self {
+        Record {
+            key: key.into(),
+            value: None,
+        }
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    /// Milliseconds since the Unix epoch when the record was appended.
+    pub timestamp_ms: i64,
+}
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A group's committed position in one partition: the next offset to read, and free-form
+/// metadata stored with it (Kafka's offset-commit metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Committed {
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// An offset to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitOffset {
+    pub partition: i32,
+    /// The next offset to read.
+    pub offset: i64,
+    pub metadata: String,
+}
+
+/// What a consumer's [`Consumer::next`] hands out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// These partitions are now this consumer's, with the group's committed positions.
+    Assigned(Vec<(i32, Option<Committed>)>),
+    /// These partitions are no longer this consumer's: finish or abandon their in-flight work
+    /// without committing past it.
+    Revoked(Vec<i32>),
+    /// Records, in offset order per partition.
+    Messages(Vec<Message>),
+}
+
+/// Errors of the bus. Every variant says whether retrying may help.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus storage {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("topic {0} does not exist")]
+    UnknownTopic(String),
+    #[error("topic {topic} exists with {existing} partitions, configuration says {wanted}")]
+    PartitionMismatch {
+        topic: String,
+        existing: i32,
+        wanted: i32,
+    },
+    #[error("partition {partition} of topic {topic} does not exist")]
+    UnknownPartition { topic: String, partition: i32 },
+    #[error("cannot commit offset {offset} for {topic}/{partition}: the partition ends at {end}")]
+    CommitBeyondEnd {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        end: i64,
+    },
+    #[error("bus worker stopped: {0}")]
+    Closed(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BusError {
+    /// True when the operation may succeed if tried again (a busy or locked database, a broker
+    /// that is down); false for misconfiguration and programming errors.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BusError::Storage { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BusError>;
+
+/// The transport: topics, publishing, offsets, ranges. Shared behind an `Arc`.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Creates missing topics, and checks existing ones have the partitions wanted.
+    async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<()>;
+
+    /// Appends records to a topic, each to the partition of its key, durably, and returns where
+    /// each landed (same order as `records`).
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>>;
+
+    /// Partition count of a topic.
+    async fn partitions(&self, topic: &str) -> Result<i32>;
+
+    /// For each partition (index = partition), the offset the next record will get.
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>>;
+
+    /// For each partition, the oldest offset still readable.
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<i64>>;
+
+    /// Up to `max` records of one partition from offset `from` on (records removed by
+    /// compaction or retention are skipped).
+    async fn read(&self, topic: &str, partition: i32, from: i64, max: usize) -> Result<Vec<Message>>;
+
+    /// Records of one partition whose append time is at or after `timestamp_ms`: the first offset.
+    async fn offset_for_time(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64>;
+
+    /// A group's committed positions in a topic, per partition.
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<Committed>>>;
+
+    /// Commits a group's positions outside a consumer (tools, resets).
+    async fn commit(&self, group: &str, topic: &str, offsets: &[CommitOffset]) -> Result<()>;
+
+    /// Joins `group` on `topic`.
+    async fn subscribe(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>>;
+}
+
+/// A member of a consumer group on one topic.
+#[async_trait]
+pub trait Consumer: Send {
+    /// The next delivery, waiting at most `wait`; `None` when nothing came in that time.
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Option<Delivery>>;
+
+    /// Commits positions of partitions this consumer owns.
+    async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()>;
+
+    /// Leaves the group.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// A shared transport.
+pub type SharedTransport = Arc<dyn Transport>;
