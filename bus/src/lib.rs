@@ -20,8 +20,12 @@
 
 pub mod embedded;
 mod partitioner;
+pub mod store;
+pub mod topics;
 
 pub use partitioner::{murmur2, partition_for};
+pub use store::{Store, StoreError};
+pub use topics::{EventBus, Topics, TopicsConfig};
 
 use async_trait::async_trait;
 use std::sync::Arc;

@@ -1,1 +1,873 @@
-//! esg-producer
+//! The producer: starts runs and decides which accounts are scored.
+//!
+//! For a daily run it publishes `DailyTrigger`, lists the active accounts from the account
+//! system into its store (de-duplicated by highest version), decides per account whether it must
+//! be scored (DESIGN section 5: new, changed, last score Failed/Partial, stale, forced, `--full`),
+//! publishes roster changes to `esg.accounts` (entries for new or changed accounts, tombstones
+//! for accounts that left), one `AccountChanged` per account to score, and finally `RunSealed`
+//! with the number of accounts the run expects. A re-run of chosen accounts skips the listing and
+//! forces those accounts.
+//!
+//! Resume: each phase is recorded in the store when done, so a producer killed at any point
+//! picks up at the phase it was in. Publishing `AccountChanged` events is the one step whose
+//! effect (on the bus) and record (in the store) cannot share a transaction; before each batch
+//! the producer notes the topic's end offsets, and on resume it reads the topic from there to
+//! find the events that were published but not yet marked, so no account is asked for twice.
+
+pub mod accounts;
+pub mod store;
+
+use accounts::{AccountRecord, AccountsClient};
+use chrono::{DateTime, NaiveDate, Utc};
+use esg_bus::{EventBus, Store, StoreError};
+use esg_schemas::{
+    AccountChanged, AccountEntry, ChangeReason, DailyTrigger, Event, RunKind, RunSealed,
+};
+use rusqlite::params;
+use std::collections::HashMap;
+use std::time::Duration;
+use store::Phase;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// `[producer]` configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProducerConfig {
+    /// A successful score older than this is refreshed (DESIGN section 5).
+    #[serde(with = "humantime_serde")]
+    pub refresh_after: Duration,
+    /// Events published per bus transaction.
+    pub emit_batch: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            refresh_after: Duration::from_secs(7 * 24 * 3600),
+            emit_batch: 1000,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    /// `2026-11-23` for the daily run, `2026-11-23.N` for re-runs.
+    pub run_id: String,
+    pub business_date: NaiveDate,
+    pub kind: RunKind,
+    /// Score every active account (`--full`).
+    pub full: bool,
+    pub deadline: DateTime<Utc>,
+    /// For a re-run: the accounts to score.
+    pub forced: Vec<String>,
+}
+
+/// Errors of the producer. `Listing` and `Bus` may be transient (try the run again);
+/// `UnknownAccounts` and `Config` are the operator's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ProducerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bus: {0}")]
+    Bus(#[from] esg_bus::BusError),
+    #[error("listing active accounts: {0}")]
+    Listing(String),
+    #[error("run {run_id}: these accounts are not in the roster of active accounts: {accounts}")]
+    UnknownAccounts { run_id: String, accounts: String },
+    #[error("run {0} was started with different settings ({1}); use a new run id")]
+    Conflict(String, String),
+    #[error("stopped before the run was sealed")]
+    Cancelled,
+    #[error("decoding {topic}/{partition}@{offset}: {detail}")]
+    Decode {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        detail: String,
+    },
+}
+
+/// The producer stage.
+pub struct Producer {
+    bus: EventBus,
+    store: Store,
+    accounts: Option<AccountsClient>,
+    config: ProducerConfig,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Counts of a listing, kept for the seal.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct ListingFacts {
+    malformed: u64,
+    records: u64,
+    restarts: u32,
+}
+
+impl Producer {
+    /// A producer on `bus` with its state in `store`. `accounts` may be `None` for a producer
+    /// that only does re-runs (which need no listing).
+    pub fn new(
+        bus: EventBus,
+        store: Store,
+        accounts: Option<AccountsClient>,
+        config: ProducerConfig,
+    ) -> Self {
+        Producer {
+            bus,
+            store,
+            accounts,
+            config,
+        }
+    }
+
+    /// The id the next manual re-run of `business_date` gets: `DATE.N`.
+    pub async fn next_rerun_id(&self, business_date: NaiveDate) -> Result<String, ProducerError> {
+        let prefix = format!("{business_date}.");
+        let like = format!("{prefix}%");
+        let ids: Vec<String> = self
+            .store
+            .call(move |c| {
+                let mut stmt = c.prepare("SELECT run_id FROM runs WHERE run_id LIKE ?1")?;
+                let rows = stmt.query_map([like], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?;
+        let n = ids
+            .iter()
+            .filter_map(|id| id.strip_prefix(&prefix)?.parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        Ok(format!("{prefix}{}", n + 1))
+    }
+
+    /// Runs the producer's part of `req` to the seal, resuming where a previous attempt of
+    /// the same run stopped. Returns the seal (the recorded one if the run was sealed before).
+    pub async fn run(
+        &self,
+        req: &RunRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<RunSealed, ProducerError> {
+        let span = tracing::info_span!("producer", run_id = %req.run_id);
+        self.run_phases(req, shutdown).instrument(span).await
+    }
+
+    async fn run_phases(
+        &self,
+        req: &RunRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<RunSealed, ProducerError> {
+        let run_id = req.run_id.clone();
+        let mut row = self.start(req).await?;
+        loop {
+            if shutdown.is_cancelled() && row.phase != Phase::Sealed {
+                return Err(ProducerError::Cancelled);
+            }
+            match row.phase {
+                Phase::Triggered => {
+                    if req.kind == RunKind::Rerun {
+                        self.plan_rerun(req).await?;
+                    } else {
+                        self.list(req).await?;
+                    }
+                }
+                Phase::Listed => {
+                    self.catch_up_scores().await?;
+                    self.plan(req).await?;
+                }
+                Phase::Planned => self.publish_roster(req).await?,
+                Phase::RosterPublished => self.emit(req, shutdown).await?,
+                Phase::Emitted => self.seal(req).await?,
+                Phase::Sealed => {
+                    let json = row.sealed_json.clone().unwrap_or_default();
+                    return sealed_from_json(&run_id, req.business_date, &json);
+                }
+            }
+            let id = run_id.clone();
+            row = self
+                .store
+                .call(move |c| store::get_run(c, &id))
+                .await?
+                .ok_or_else(|| ProducerError::Listing(format!("run {run_id} vanished")))?;
+        }
+    }
+
+    /// Records the run and publishes its trigger (once).
+    async fn start(&self, req: &RunRequest) -> Result<store::RunRow, ProducerError> {
+        let id = req.run_id.clone();
+        let existing = self.store.call(move |c| store::get_run(c, &id)).await?;
+        if let Some(row) = existing {
+            if row.full != req.full || row.kind != req.kind.as_str() {
+                return Err(ProducerError::Conflict(
+                    req.run_id.clone(),
+                    format!("kind {} full {}", row.kind, row.full),
+                ));
+            }
+            tracing::info!(phase = row.phase.as_str(), "resuming run");
+            return Ok(row);
+        }
+        let now = Utc::now();
+        let trigger = DailyTrigger {
+            run_id: req.run_id.clone(),
+            business_date: req.business_date,
+            kind: req.kind,
+            full: req.full,
+            deadline: req.deadline,
+            triggered_at: now,
+        };
+        // Publish first, then record: a crash in between publishes the trigger again on
+        // resume, which every reader treats as the same run.
+        self.bus
+            .publish(
+                &self.bus.topics.triggers,
+                &[(req.run_id.clone(), Event::DailyTrigger(trigger))],
+            )
+            .await?;
+        let r = req.clone();
+        self.store
+            .call(move |c| {
+                c.execute(
+                    "INSERT INTO runs (run_id, business_date, kind, full, deadline_ms, triggered_at_ms, phase)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        r.run_id,
+                        r.business_date.to_string(),
+                        r.kind.as_str(),
+                        r.full,
+                        ms(r.deadline),
+                        ms(now),
+                        Phase::Triggered.as_str()
+                    ],
+                )
+            })
+            .await?;
+        tracing::info!(business_date = %req.business_date, kind = %req.kind, full = req.full, "run triggered");
+        let id = req.run_id.clone();
+        self.store
+            .call(move |c| store::get_run(c, &id))
+            .await?
+            .ok_or_else(|| ProducerError::Listing("run not recorded".into()))
+    }
+
+    /// Lists active accounts into the run's listing, keeping the highest version of each.
+    async fn list(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let client = self.accounts.as_ref().ok_or_else(|| {
+            ProducerError::Listing("no account system configured for a daily run".into())
+        })?;
+        let run_id = req.run_id.clone();
+        let id = run_id.clone();
+        self.store
+            .call(move |c| c.execute("DELETE FROM listing WHERE run_id = ?1", [id]))
+            .await?;
+        let store = self.store.clone();
+        let started = std::time::Instant::now();
+        let stats = client
+            .list_active(|page: Vec<AccountRecord>| insert_page(&store, &run_id, &page))
+            .await
+            .map_err(|e| ProducerError::Listing(e.to_string()))?;
+        let facts = ListingFacts {
+            malformed: stats.malformed,
+            records: stats.records,
+            restarts: stats.restarts,
+        };
+        tracing::info!(
+            pages = stats.pages,
+            records = stats.records,
+            malformed = stats.malformed,
+            restarts = stats.restarts,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "accounts listed"
+        );
+        let json = serde_json::to_string(&facts).unwrap_or_default();
+        let id = req.run_id.clone();
+        self.store
+            .call(move |c| {
+                c.execute(
+                    "UPDATE runs SET listing_json = ?2 WHERE run_id = ?1",
+                    params![id, json],
+                )?;
+                store::set_phase(c, &id, Phase::Listed)
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Brings `last_scores` up to date with `esg.scores`.
+    async fn catch_up_scores(&self) -> Result<(), ProducerError> {
+        let topic = self.bus.topics.scores.clone();
+        let ends = self.bus.transport.end_offsets(&topic).await?;
+        let starts = self.bus.transport.start_offsets(&topic).await?;
+        let done: HashMap<i32, i64> = self
+            .store
+            .call(|c| {
+                let mut stmt = c.prepare("SELECT partition, next_offset FROM scores_offsets")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let mut applied = 0u64;
+        for (p, end) in ends.iter().enumerate() {
+            let p = p as i32;
+            let mut from = done.get(&p).copied().unwrap_or(0).max(starts[p as usize]);
+            while from < *end {
+                let batch = self.bus.transport.read(&topic, p, from, 5000).await?;
+                let Some(last) = batch.last() else { break };
+                let next = last.offset + 1;
+                let mut rows = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    let event =
+                        self.bus
+                            .decode(m.value.as_deref())
+                            .map_err(|e| ProducerError::Decode {
+                                topic: topic.clone(),
+                                partition: p,
+                                offset: m.offset,
+                                detail: e.to_string(),
+                            })?;
+                    match event {
+                        Some(Event::EsgScore(s)) => rows.push((m.key.clone(), Some(s))),
+                        None => rows.push((m.key.clone(), None)),
+                        Some(_) => {}
+                    }
+                }
+                applied += rows.len() as u64;
+                self.store
+                    .call(move |c| {
+                        let tx = c.transaction()?;
+                        for (key, s) in rows {
+                            match s {
+                                Some(s) => {
+                                    tx.execute(
+                                        "INSERT INTO last_scores (account_id, run_id, account_version, status, analysis_date)
+                                         VALUES (?1, ?2, ?3, ?4, ?5)
+                                         ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
+                                           account_version = excluded.account_version, status = excluded.status,
+                                           analysis_date = excluded.analysis_date",
+                                        params![
+                                            key,
+                                            s.run_id,
+                                            s.account_version,
+                                            s.status.as_str(),
+                                            s.analysis_date.map(|d| d.to_string())
+                                        ],
+                                    )?;
+                                }
+                                None => {
+                                    tx.execute("DELETE FROM last_scores WHERE account_id = ?1", [key])?;
+                                }
+                            }
+                        }
+                        tx.execute(
+                            "INSERT INTO scores_offsets (partition, next_offset) VALUES (?1, ?2)
+                             ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
+                            params![p, next],
+                        )?;
+                        tx.commit()
+                    })
+                    .await?;
+                from = next;
+            }
+        }
+        tracing::debug!(applied, "last scores caught up");
+        Ok(())
+    }
+
+    /// Decides which accounts this run scores, and the roster changes.
+    async fn plan(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let run_id = req.run_id.clone();
+        let stale_before = req.business_date
+            - chrono::Duration::days((self.config.refresh_after.as_secs() / 86_400) as i64);
+        let full = req.full;
+        let (scored, gone) = self
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                tx.execute("DELETE FROM pending WHERE run_id = ?1", [&run_id])?;
+                tx.execute("DELETE FROM roster_changes WHERE run_id = ?1", [&run_id])?;
+                let scored = tx.execute(
+                    "INSERT INTO pending (run_id, account_id, name, version, reason)
+                     SELECT * FROM (
+                       SELECT l.run_id, l.account_id, l.name, l.version,
+                         CASE
+                           WHEN ?2 THEN 'Forced'
+                           WHEN s.account_id IS NULL AND r.account_id IS NULL THEN 'New'
+                           WHEN s.account_id IS NULL THEN 'Retry'
+                           WHEN s.account_version <> l.version THEN 'Changed'
+                           WHEN s.status <> 'Successful' THEN 'Retry'
+                           WHEN s.analysis_date IS NULL OR s.analysis_date < ?3 THEN 'Stale'
+                           ELSE NULL
+                         END AS reason
+                       FROM listing l
+                       LEFT JOIN roster r ON r.account_id = l.account_id
+                       LEFT JOIN last_scores s ON s.account_id = l.account_id
+                       WHERE l.run_id = ?1
+                     ) WHERE reason IS NOT NULL",
+                    params![run_id, full, stale_before.to_string()],
+                )?;
+                tx.execute(
+                    "INSERT INTO roster_changes (run_id, account_id, gone)
+                     SELECT l.run_id, l.account_id, 0 FROM listing l
+                     LEFT JOIN roster r ON r.account_id = l.account_id
+                     WHERE l.run_id = ?1 AND (r.account_id IS NULL OR r.version <> l.version OR r.name <> l.name)",
+                    [&run_id],
+                )?;
+                let gone = tx.execute(
+                    "INSERT INTO roster_changes (run_id, account_id, gone)
+                     SELECT ?1, r.account_id, 1 FROM roster r
+                     WHERE NOT EXISTS (SELECT 1 FROM listing l WHERE l.run_id = ?1 AND l.account_id = r.account_id)",
+                    [&run_id],
+                )?;
+                store::set_phase(&tx, &run_id, Phase::Planned)?;
+                tx.commit()?;
+                Ok((scored, gone))
+            })
+            .await?;
+        tracing::info!(to_score = scored, gone, "run planned");
+        Ok(())
+    }
+
+    /// A re-run: the named accounts, with their roster names and versions, all `Forced`.
+    async fn plan_rerun(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let run_id = req.run_id.clone();
+        let mut ids = req.forced.clone();
+        ids.sort();
+        ids.dedup();
+        let missing = self
+            .store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                let mut missing = Vec::new();
+                for id in &ids {
+                    let n = tx.execute(
+                        "INSERT OR IGNORE INTO pending (run_id, account_id, name, version, reason)
+                         SELECT ?1, account_id, name, version, 'Forced' FROM roster WHERE account_id = ?2",
+                        params![run_id, id],
+                    )?;
+                    let present: bool = tx.query_row(
+                        "SELECT EXISTS (SELECT 1 FROM roster WHERE account_id = ?1)",
+                        [id],
+                        |r| r.get(0),
+                    )?;
+                    if n == 0 && !present {
+                        missing.push(id.clone());
+                    }
+                }
+                if missing.is_empty() {
+                    store::set_phase(&tx, &run_id, Phase::RosterPublished)?;
+                    tx.commit()?;
+                }
+                Ok(missing)
+            })
+            .await?;
+        if !missing.is_empty() {
+            return Err(ProducerError::UnknownAccounts {
+                run_id: req.run_id.clone(),
+                accounts: missing.join(","),
+            });
+        }
+        Ok(())
+    }
+
+    /// Publishes the roster changes to `esg.accounts` and applies them to the local roster.
+    async fn publish_roster(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let topic = self.bus.topics.accounts.clone();
+        let batch = self.config.emit_batch.max(1) as i64;
+        loop {
+            let run_id = req.run_id.clone();
+            let rows: Vec<(String, bool, Option<(String, i64, i64)>)> = self
+                .store
+                .call(move |c| {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT rc.account_id, rc.gone, l.name, l.version, l.updated_at_ms
+                         FROM roster_changes rc
+                         LEFT JOIN listing l ON l.run_id = rc.run_id AND l.account_id = rc.account_id
+                         WHERE rc.run_id = ?1 AND rc.published = 0
+                         ORDER BY rc.account_id LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![run_id, batch], |r| {
+                        let gone: bool = r.get(1)?;
+                        let entry = if gone {
+                            None
+                        } else {
+                            Some((r.get(2)?, r.get(3)?, r.get(4)?))
+                        };
+                        Ok((r.get(0)?, gone, entry))
+                    })?;
+                    rows.collect()
+                })
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut events = Vec::new();
+            let mut gone = Vec::new();
+            for (id, is_gone, entry) in &rows {
+                match (is_gone, entry) {
+                    (false, Some((name, version, updated))) => events.push((
+                        id.clone(),
+                        Event::AccountEntry(AccountEntry {
+                            account_id: id.clone(),
+                            account_name: name.clone(),
+                            version: *version,
+                            updated_at: from_ms(*updated),
+                            run_id: req.run_id.clone(),
+                        }),
+                    )),
+                    _ => gone.push(id.clone()),
+                }
+            }
+            // Compacted upserts and tombstones: publishing one again after a crash is harmless.
+            self.bus.publish(&topic, &events).await?;
+            self.bus.tombstones(&topic, &gone).await?;
+            let run_id = req.run_id.clone();
+            self.store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    for (id, is_gone, entry) in rows {
+                        match (is_gone, entry) {
+                            (false, Some((name, version, updated))) => {
+                                tx.execute(
+                                    "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                                     ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
+                                       version = excluded.version, updated_at_ms = excluded.updated_at_ms",
+                                    params![id, name, version, updated],
+                                )?;
+                            }
+                            _ => {
+                                tx.execute("DELETE FROM roster WHERE account_id = ?1", [&id])?;
+                            }
+                        }
+                        tx.execute(
+                            "UPDATE roster_changes SET published = 1 WHERE run_id = ?1 AND account_id = ?2",
+                            params![run_id, id],
+                        )?;
+                    }
+                    tx.commit()
+                })
+                .await?;
+        }
+        let run_id = req.run_id.clone();
+        self.store
+            .call(move |c| store::set_phase(c, &run_id, Phase::RosterPublished))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes one `AccountChanged` per pending account, in batches, exactly once.
+    async fn emit(
+        &self,
+        req: &RunRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProducerError> {
+        let topic = self.bus.topics.account_events.clone();
+        self.reconcile_emitted(req).await?;
+        let batch = self.config.emit_batch.max(1) as i64;
+        let mut emitted = 0u64;
+        loop {
+            if shutdown.is_cancelled() {
+                return Err(ProducerError::Cancelled);
+            }
+            let run_id = req.run_id.clone();
+            let rows: Vec<(String, String, i64, String)> = self
+                .store
+                .call(move |c| {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT account_id, name, version, reason FROM pending
+                         WHERE run_id = ?1 AND emitted = 0 ORDER BY account_id LIMIT ?2",
+                    )?;
+                    let rows = stmt.query_map(params![run_id, batch], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?;
+                    rows.collect()
+                })
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            // Note where the topic ends before publishing, for reconcile_emitted.
+            let ends = self.bus.transport.end_offsets(&topic).await?;
+            let checkpoint = ends
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let run_id = req.run_id.clone();
+            self.store
+                .call(move |c| {
+                    c.execute(
+                        "UPDATE runs SET emit_checkpoint = ?2 WHERE run_id = ?1",
+                        params![run_id, checkpoint],
+                    )
+                })
+                .await?;
+            let now = Utc::now();
+            let events: Vec<(String, Event)> = rows
+                .iter()
+                .map(|(id, name, version, reason)| {
+                    (
+                        id.clone(),
+                        Event::AccountChanged(AccountChanged {
+                            run_id: req.run_id.clone(),
+                            account_id: id.clone(),
+                            account_name: name.clone(),
+                            version: *version,
+                            reason: reason.parse().unwrap_or(ChangeReason::Forced),
+                            emitted_at: now,
+                        }),
+                    )
+                })
+                .collect();
+            self.bus.publish(&topic, &events).await?;
+            emitted += rows.len() as u64;
+            let run_id = req.run_id.clone();
+            let ids: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+            self.store
+                .call(move |c| mark_emitted(c, &run_id, &ids))
+                .await?;
+        }
+        let run_id = req.run_id.clone();
+        self.store
+            .call(move |c| store::set_phase(c, &run_id, Phase::Emitted))
+            .await?;
+        tracing::info!(emitted, "account events published");
+        Ok(())
+    }
+
+    /// After a crash between publishing a batch and marking it: finds this run's events
+    /// published since the last checkpoint and marks them emitted.
+    async fn reconcile_emitted(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let run_id = req.run_id.clone();
+        let checkpoint = self
+            .store
+            .call(move |c| {
+                c.query_row(
+                    "SELECT emit_checkpoint FROM runs WHERE run_id = ?1",
+                    [run_id],
+                    |r| r.get::<_, Option<String>>(0),
+                )
+            })
+            .await?;
+        let Some(checkpoint) = checkpoint else {
+            return Ok(());
+        };
+        let topic = self.bus.topics.account_events.clone();
+        let ends = self.bus.transport.end_offsets(&topic).await?;
+        let froms: Vec<i64> = checkpoint
+            .split(',')
+            .map(|s| s.parse().unwrap_or(0))
+            .collect();
+        let mut found = Vec::new();
+        for (p, end) in ends.iter().enumerate() {
+            let mut from = froms.get(p).copied().unwrap_or(0);
+            while from < *end {
+                let batch = self
+                    .bus
+                    .transport
+                    .read(&topic, p as i32, from, 5000)
+                    .await?;
+                let Some(last) = batch.last() else { break };
+                from = last.offset + 1;
+                for m in batch {
+                    if let Ok(Some(Event::AccountChanged(a))) = self.bus.decode(m.value.as_deref())
+                    {
+                        if a.run_id == req.run_id {
+                            found.push(a.account_id);
+                        }
+                    }
+                }
+            }
+        }
+        if !found.is_empty() {
+            tracing::info!(
+                already_published = found.len(),
+                "resume: events published before the stop are not published again"
+            );
+            let run_id = req.run_id.clone();
+            self.store
+                .call(move |c| mark_emitted(c, &run_id, &found))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes `RunSealed` with the run's counts.
+    async fn seal(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let run_id = req.run_id.clone();
+        let is_rerun = req.kind == RunKind::Rerun;
+        let mut sealed = self
+            .store
+            .call(move |c| {
+                let count = |sql: &str| -> rusqlite::Result<i64> {
+                    c.query_row(sql, [&run_id], |r| r.get(0))
+                };
+                let by_reason = |reason: &str| -> rusqlite::Result<i64> {
+                    c.query_row(
+                        "SELECT COUNT(*) FROM pending WHERE run_id = ?1 AND reason = ?2",
+                        params![run_id, reason],
+                        |r| r.get(0),
+                    )
+                };
+                let expected = count("SELECT COUNT(*) FROM pending WHERE run_id = ?1")?;
+                let active = if is_rerun {
+                    count("SELECT COUNT(*) FROM roster WHERE ?1 IS NOT NULL")?
+                } else {
+                    count("SELECT COUNT(*) FROM listing WHERE run_id = ?1")?
+                };
+                let gone =
+                    count("SELECT COUNT(*) FROM roster_changes WHERE run_id = ?1 AND gone = 1")?;
+                let listing: Option<String> = c.query_row(
+                    "SELECT listing_json FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )?;
+                let facts: ListingFacts = listing
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default();
+                Ok(RunSealed {
+                    run_id: run_id.clone(),
+                    business_date: NaiveDate::default(),
+                    expected_accounts: expected,
+                    active_accounts: active,
+                    new_accounts: by_reason("New")?,
+                    changed_accounts: by_reason("Changed")?,
+                    stale_accounts: by_reason("Stale")?,
+                    retry_accounts: by_reason("Retry")?,
+                    forced_accounts: by_reason("Forced")?,
+                    carried_forward: if is_rerun { 0 } else { active - expected },
+                    gone_accounts: gone,
+                    malformed_records: facts.malformed as i64,
+                    sealed_at: Utc::now(),
+                })
+            })
+            .await?;
+        sealed.business_date = req.business_date;
+        self.bus
+            .publish(
+                &self.bus.topics.triggers,
+                &[(req.run_id.clone(), Event::RunSealed(sealed.clone()))],
+            )
+            .await?;
+        let json = sealed_to_json(&sealed);
+        let run_id = req.run_id.clone();
+        self.store
+            .call(move |c| {
+                let tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE runs SET sealed_json = ?2 WHERE run_id = ?1",
+                    params![run_id, json],
+                )?;
+                store::set_phase(&tx, &run_id, Phase::Sealed)?;
+                // The listing is only needed until the seal.
+                tx.execute("DELETE FROM listing WHERE run_id = ?1", [&run_id])?;
+                tx.commit()
+            })
+            .await?;
+        tracing::info!(
+            expected = sealed.expected_accounts,
+            active = sealed.active_accounts,
+            new = sealed.new_accounts,
+            changed = sealed.changed_accounts,
+            stale = sealed.stale_accounts,
+            retry = sealed.retry_accounts,
+            forced = sealed.forced_accounts,
+            carried_forward = sealed.carried_forward,
+            gone = sealed.gone_accounts,
+            malformed = sealed.malformed_records,
+            "run sealed"
+        );
+        Ok(())
+    }
+}
+
+fn insert_page(store: &Store, run_id: &str, page: &[AccountRecord]) -> Result<(), StoreError> {
+    store.call_blocking(|c| {
+        let tx = c.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO listing (run_id, account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (run_id, account_id) DO UPDATE SET name = excluded.name,
+                   version = excluded.version, updated_at_ms = excluded.updated_at_ms
+                 WHERE excluded.version >= listing.version",
+            )?;
+            for a in page {
+                stmt.execute(params![
+                    run_id,
+                    a.account_id,
+                    a.account_name,
+                    a.version,
+                    ms(a.updated_at)
+                ])?;
+            }
+        }
+        tx.commit()
+    })
+}
+
+fn mark_emitted(
+    c: &mut rusqlite::Connection,
+    run_id: &str,
+    ids: &[String],
+) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "UPDATE pending SET emitted = 1 WHERE run_id = ?1 AND account_id = ?2",
+        )?;
+        for id in ids {
+            stmt.execute(params![run_id, id])?;
+        }
+    }
+    tx.commit()
+}
+
+fn sealed_to_json(s: &RunSealed) -> String {
+    serde_json::json!({
+        "expected_accounts": s.expected_accounts,
+        "active_accounts": s.active_accounts,
+        "new_accounts": s.new_accounts,
+        "changed_accounts": s.changed_accounts,
+        "stale_accounts": s.stale_accounts,
+        "retry_accounts": s.retry_accounts,
+        "forced_accounts": s.forced_accounts,
+        "carried_forward": s.carried_forward,
+        "gone_accounts": s.gone_accounts,
+        "malformed_records": s.malformed_records,
+        "sealed_at": s.sealed_at.timestamp_millis(),
+    })
+    .to_string()
+}
+
+fn sealed_from_json(
+    run_id: &str,
+    business_date: NaiveDate,
+    json: &str,
+) -> Result<RunSealed, ProducerError> {
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+        ProducerError::Listing(format!("recorded seal of {run_id} unreadable: {e}"))
+    })?;
+    let n = |k: &str| v.get(k).and_then(|x| x.as_i64()).unwrap_or(0);
+    Ok(RunSealed {
+        run_id: run_id.to_owned(),
+        business_date,
+        expected_accounts: n("expected_accounts"),
+        active_accounts: n("active_accounts"),
+        new_accounts: n("new_accounts"),
+        changed_accounts: n("changed_accounts"),
+        stale_accounts: n("stale_accounts"),
+        retry_accounts: n("retry_accounts"),
+        forced_accounts: n("forced_accounts"),
+        carried_forward: n("carried_forward"),
+        gone_accounts: n("gone_accounts"),
+        malformed_records: n("malformed_records"),
+        sealed_at: from_ms(n("sealed_at")),
+    })
+}

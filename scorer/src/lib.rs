@@ -1,1 +1,12 @@
-//! esg-scorer
+//! The scorer: a horizontally scaled consumer group that rates accounts through the vendor's
+//! ESG Portfolio Analysis API.
+//!
+//! - [`api`]: the API client (token, retries with backoff, strict reading of answers).
+//! - [`limiter`]: the tenant rate limit shared by every call of the process.
+//! - [`worker`]: the consume loop, the in-flight window, offsets and crash-safe resume.
+
+pub mod api;
+pub mod limiter;
+pub mod worker;
+
+pub use worker::{Scorer, ScorerConfig, ScorerError, ScorerStats};

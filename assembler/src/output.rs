@@ -1,0 +1,1450 @@
+//! The day's output files: `FirmESGRatings_YYYYMMDD.csv` and `FirmESGRatings_YYYYMMDD_errors.csv`
+//! (DESIGN section 6), and the one atomic-write helper every output file goes through.
+//!
+//! Responsibilities:
+//! - the exact cell text of a row: two-decimal scores rounded half away from zero from the exact
+//!   decimal, `N/A` for missing cells and for every ESG cell of a `Failed` row, and formula
+//!   neutralisation (a leading `'` before `=`, `+`, `-`, `@`, tab or CR) of every cell;
+//! - "nothing duplicated": [`OutputWriter`] refuses a row whose account id is not strictly
+//!   greater (byte order) than the previous one, so a file it produces has each id once, sorted;
+//! - the manual override [`replace_rows`], which rewrites the rows of named accounts in an
+//!   existing day's files and copies every other row byte for byte;
+//! - atomicity: every file is written to a temporary name in the target directory, flushed,
+//!   fsynced, renamed over the final name, and the directory is fsynced.
+//!
+//! Guarantee: a reader of the final name sees either the previous complete file or the new
+//! complete file, never a part of one, and a failed write (an io error, a refused row, a dropped
+//! writer) leaves the previous file untouched and removes its temporary file. Limits: the ratings
+//! file and its errors file are two renames, done errors file first; a crash between the two
+//! leaves the new errors file beside the previous ratings file (each of them whole). Temporary
+//! files of a process killed mid-write stay behind (hidden names `.FirmESGRatings_….tmp-…`).
+//! Two concurrent writers of the same day's files do not corrupt them, but the last rename wins:
+//! callers serialise writes of one business date.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use esg_schemas::{Pillar, ScoreStatus};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::summary::RowStats;
+
+/// Header of the ratings file, exactly as written.
+pub const HEADER: [&str; 10] = [
+    "Account ID",
+    "Account Name",
+    "Overall ESG Score",
+    "Environmental Score",
+    "Social Score",
+    "Governance Score",
+    "Primary ESG Focus",
+    "Primary Focus Score",
+    "Analysis Date",
+    "Processing Status",
+];
+
+/// Header of the errors file, exactly as written.
+pub const ERRORS_HEADER: [&str; 6] = [
+    "Account ID",
+    "Processing Status",
+    "Error Code",
+    "Error Message",
+    "Attempts",
+    "Last Attempt Time",
+];
+
+/// The text of a missing cell.
+pub const NOT_AVAILABLE: &str = "N/A";
+
+/// Error code written for a row that claims `Successful` but lacks an ESG field and carries no
+/// error code of its own; such a row is written as `Partial` (see [`format_row`]).
+pub const INCOMPLETE_SCORE_CODE: &str = "incomplete_score";
+
+/// Permissions of every output file: owner read/write, group read (DESIGN section 6).
+const FILE_MODE: u32 = 0o640;
+/// Permissions of an output directory this module creates.
+const DIR_MODE: u32 = 0o750;
+/// Longest record [`replace_rows`] accepts when reading an existing file; a longer one means
+/// the file is not one of ours (or is corrupt), and reading stops instead of buffering it.
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Errors of writing or rewriting the output files. Each names the file concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The file system refused an operation (disk full, permissions, missing file...).
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A row arrived with an account id not greater than the previous row's.
+    #[error(
+        "row for account {id} arrives after account {previous}: rows must be sorted by account id"
+    )]
+    OutOfOrder { previous: String, id: String },
+    /// A second row arrived for the same account.
+    #[error("duplicate row for account {id} (previous row has account {previous})")]
+    Duplicate { previous: String, id: String },
+    /// A row without an account id.
+    #[error("row without an account id (after account {previous:?})")]
+    EmptyAccountId { previous: Option<String> },
+    /// A replacement keyed by one id carries a row of another account.
+    #[error("replacement keyed by account {key} carries a row for account {id}")]
+    ReplacementIdMismatch { key: String, id: String },
+    /// An existing file that [`replace_rows`] reads is not a well-formed output file.
+    /// `record` counts CSV records from 1, the header being record 1.
+    #[error("{path}, record {record}: {reason}")]
+    Malformed {
+        path: PathBuf,
+        record: u64,
+        reason: String,
+    },
+    /// The summary could not be serialised.
+    #[error("serialising {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The writer failed earlier and must be dropped (which removes its temporary files).
+    #[error("output writer for {path} failed earlier; drop it and start again")]
+    Poisoned { path: PathBuf },
+}
+
+impl OutputError {
+    /// True when trying again may succeed (an io error such as a full disk); false when the
+    /// input itself is wrong (unsorted rows, a malformed existing file).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, OutputError::Io { .. })
+    }
+}
+
+fn io_error<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> OutputError + 'a {
+    move |source| OutputError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One account's line of the ratings file, as the assembler hands it over: exact decimals,
+/// `None` for what is missing. [`format_row`] turns it into cells.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub account_id: String,
+    pub account_name: String,
+    pub status: ScoreStatus,
+    pub overall: Option<Decimal>,
+    pub environmental: Option<Decimal>,
+    pub social: Option<Decimal>,
+    pub governance: Option<Decimal>,
+    pub primary_focus: Option<Pillar>,
+    pub primary_focus_score: Option<Decimal>,
+    pub analysis_date: Option<NaiveDate>,
+    /// Attempts the scorer made (errors file).
+    pub attempts: i32,
+    /// Machine-readable reason of a non-`Successful` row (errors file).
+    pub error_code: Option<String>,
+    /// Human-readable reason of a non-`Successful` row (errors file).
+    pub error_message: Option<String>,
+    /// When the scorer last tried (errors file).
+    pub last_attempt: Option<DateTime<Utc>>,
+}
+
+/// The names (not paths) of one business date's output files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileNames {
+    /// `FirmESGRatings_YYYYMMDD.csv`
+    pub csv: String,
+    /// `FirmESGRatings_YYYYMMDD_errors.csv`
+    pub errors: String,
+    /// `FirmESGRatings_YYYYMMDD_summary.json`
+    pub summary_json: String,
+    /// `FirmESGRatings_YYYYMMDD_summary.html` (written elsewhere; named here so names live in one place)
+    pub summary_html: String,
+}
+
+/// The output file names of a business date (`YYYYMMDD` = the date as given; the caller passes
+/// the business date in America/Chicago).
+pub fn file_names(business_date: NaiveDate) -> FileNames {
+    let stem = format!("FirmESGRatings_{}", business_date.format("%Y%m%d"));
+    FileNames {
+        csv: format!("{stem}.csv"),
+        errors: format!("{stem}_errors.csv"),
+        summary_json: format!("{stem}_summary.json"),
+        summary_html: format!("{stem}_summary.html"),
+    }
+}
+
+/// A score as the file shows it: exactly two decimals, rounded half away from zero from the
+/// exact value (`70` → `70.00`, `72.345` → `72.35`, `99.995` → `100.00`).
+pub fn format_score(value: Decimal) -> String {
+    let mut rounded = value.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero);
+    rounded.rescale(2);
+    if rounded.is_zero() {
+        // -0.001 rounds to a negative zero, which would print as "-0.00".
+        rounded.set_sign_positive(true);
+    }
+    rounded.to_string()
+}
+
+/// True when a spreadsheet would run a cell starting with this text as a formula.
+fn is_formula_trigger(cell: &str) -> bool {
+    matches!(
+        cell.as_bytes().first(),
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+    )
+}
+
+/// Neutralises a cell a spreadsheet would run as a formula by prefixing `'`.
+pub fn neutralise(cell: String) -> String {
+    if is_formula_trigger(&cell) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
+/// The inverse of [`neutralise`] for text read back from a file. Ambiguous only for text that
+/// itself started with `'` followed by a trigger character, which account ids (contract pattern
+/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`) and our error codes never do.
+pub(crate) fn unneutralise(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if is_formula_trigger(rest) => rest,
+        _ => cell,
+    }
+}
+
+/// What a row says once the file's rules are applied: the values its cells show.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Effective<'a> {
+    pub status: ScoreStatus,
+    pub overall: Option<Decimal>,
+    pub environmental: Option<Decimal>,
+    pub social: Option<Decimal>,
+    pub governance: Option<Decimal>,
+    pub primary_focus: Option<Pillar>,
+    pub primary_focus_score: Option<Decimal>,
+    pub analysis_date: Option<NaiveDate>,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+}
+
+/// Applies the file's rules to a row: a `Failed` row shows no ESG value whatever it carries; a
+/// row claiming `Successful` with a missing ESG field is shown as `Partial` (the status column
+/// never claims a complete score the cells do not show).
+pub(crate) fn effective(row: &Row) -> Effective<'_> {
+    let error_code = row.error_code.as_deref().filter(|c| !c.is_empty());
+    let error_message = row.error_message.as_deref().filter(|m| !m.is_empty());
+    if row.status == ScoreStatus::Failed {
+        return Effective {
+            status: ScoreStatus::Failed,
+            overall: None,
+            environmental: None,
+            social: None,
+            governance: None,
+            primary_focus: None,
+            primary_focus_score: None,
+            analysis_date: None,
+            error_code,
+            error_message,
+        };
+    }
+    let complete = row.overall.is_some()
+        && row.environmental.is_some()
+        && row.social.is_some()
+        && row.governance.is_some()
+        && row.primary_focus.is_some()
+        && row.primary_focus_score.is_some()
+        && row.analysis_date.is_some();
+    let mut shown = Effective {
+        status: row.status,
+        overall: row.overall,
+        environmental: row.environmental,
+        social: row.social,
+        governance: row.governance,
+        primary_focus: row.primary_focus,
+        primary_focus_score: row.primary_focus_score,
+        analysis_date: row.analysis_date,
+        error_code,
+        error_message,
+    };
+    if row.status == ScoreStatus::Successful && !complete {
+        shown.status = ScoreStatus::Partial;
+        if shown.error_code.is_none() {
+            shown.error_code = Some(INCOMPLETE_SCORE_CODE);
+            shown.error_message = Some("scored as successful but some ESG fields are missing");
+        }
+    }
+    shown
+}
+
+fn score_cell(value: Option<Decimal>) -> String {
+    value.map_or_else(|| NOT_AVAILABLE.to_owned(), format_score)
+}
+
+/// The ten cells of a row exactly as the ratings file holds them (before CSV quoting): the N/A
+/// rules applied (every ESG cell of a `Failed` row and every missing cell `N/A`; a `Successful`
+/// row with a missing ESG field shown as `Partial`), then every cell neutralised.
+pub fn format_row(row: &Row) -> [String; 10] {
+    let shown = effective(row);
+    [
+        row.account_id.clone(),
+        row.account_name.clone(),
+        score_cell(shown.overall),
+        score_cell(shown.environmental),
+        score_cell(shown.social),
+        score_cell(shown.governance),
+        shown
+            .primary_focus
+            .map_or(NOT_AVAILABLE, Pillar::as_str)
+            .to_owned(),
+        score_cell(shown.primary_focus_score),
+        shown.analysis_date.map_or_else(
+            || NOT_AVAILABLE.to_owned(),
+            |d| d.format("%Y-%m-%d").to_string(),
+        ),
+        shown.status.as_str().to_owned(),
+    ]
+    .map(neutralise)
+}
+
+/// The six cells of a row's errors-file line (before CSV quoting), or `None` for a row shown as
+/// `Successful`, which has no errors-file line.
+pub fn format_error_row(row: &Row) -> Option<[String; 6]> {
+    let shown = effective(row);
+    if shown.status == ScoreStatus::Successful {
+        return None;
+    }
+    Some(
+        [
+            row.account_id.clone(),
+            shown.status.as_str().to_owned(),
+            shown.error_code.unwrap_or_default().to_owned(),
+            shown.error_message.unwrap_or_default().to_owned(),
+            row.attempts.to_string(),
+            row.last_attempt
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+        ]
+        .map(neutralise),
+    )
+}
+
+/// One CSV record, RFC 4180 with CRLF line end, as bytes.
+fn encode_record<S: AsRef<[u8]>>(cells: &[S]) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(160);
+    {
+        let mut writer = csv::WriterBuilder::new()
+            .terminator(csv::Terminator::CRLF)
+            .buffer_capacity(1024)
+            .from_writer(&mut bytes);
+        writer.write_record(cells)?;
+        writer.flush()?;
+    }
+    Ok(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Atomic write helper: shared by the ratings file, the errors file and the summary.
+// ---------------------------------------------------------------------------------------------
+
+/// Distinguishes temporary files of one process.
+static TEMP_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// A file being written under a temporary name beside its final name. Dropping it without
+/// [`PendingFile::persist`] removes the temporary file, so every early return cleans up.
+#[derive(Debug)]
+pub(crate) struct PendingFile {
+    temp: PathBuf,
+    target: PathBuf,
+    armed: bool,
+}
+
+impl PendingFile {
+    /// Creates `dir/.{name}.tmp-{pid}-{n}` (new, never an existing file) with mode 0640.
+    pub(crate) fn create(dir: &Path, name: &str) -> Result<(Self, File), OutputError> {
+        let target = dir.join(name);
+        let mut tries = 0;
+        loop {
+            let seq = TEMP_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+            let temp = dir.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
+            match options.open(&temp) {
+                Ok(file) => {
+                    let pending = PendingFile {
+                        temp,
+                        target,
+                        armed: true,
+                    };
+                    // The umask may have narrowed the mode; set it exactly.
+                    #[cfg(unix)]
+                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(FILE_MODE))
+                        .map_err(io_error("setting permissions of", &pending.temp))?;
+                    return Ok((pending, file));
+                }
+                // A leftover of a crashed process that had the same pid: take another name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 16 => tries += 1,
+                Err(e) => return Err(io_error("creating temporary file", &temp)(e)),
+            }
+        }
+    }
+
+    /// The final path.
+    pub(crate) fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Flushes the buffered content and fsyncs the temporary file.
+    pub(crate) fn seal(&self, out: BufWriter<File>) -> Result<(), OutputError> {
+        let file = out
+            .into_inner()
+            .map_err(|e| io_error("writing", &self.temp)(e.into_error()))?;
+        file.sync_all().map_err(io_error("syncing", &self.temp))
+    }
+
+    /// Renames the (sealed) temporary file over the final name. The caller then fsyncs the
+    /// directory ([`sync_dir`]) to make the rename durable.
+    pub(crate) fn persist(mut self) -> Result<PathBuf, OutputError> {
+        fs::rename(&self.temp, &self.target).map_err(io_error(
+            "renaming temporary file into place at",
+            &self.target,
+        ))?;
+        self.armed = false;
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = fs::remove_file(&self.temp) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.temp.display(), error = %e, "cannot remove temporary output file");
+                }
+            }
+        }
+    }
+}
+
+/// Fsyncs a directory so that renames in it survive a crash (no-op where unsupported).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), OutputError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("syncing directory", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Creates the output directory (mode 0750) if it is missing.
+pub(crate) fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, DIR_MODE);
+    builder
+        .create(dir)
+        .map_err(io_error("creating output directory", dir))?;
+    #[cfg(unix)]
+    fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(DIR_MODE))
+        .map_err(io_error("setting permissions of", dir))?;
+    Ok(())
+}
+
+/// Writes `bytes` as `dir/name` atomically (temporary file, fsync, rename, directory fsync).
+pub(crate) fn write_file_atomically(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<PathBuf, OutputError> {
+    ensure_dir(dir)?;
+    let (pending, file) = PendingFile::create(dir, name)?;
+    let mut out = BufWriter::new(file);
+    out.write_all(bytes)
+        .map_err(io_error("writing", &pending.temp))?;
+    pending.seal(out)?;
+    let path = pending.persist()?;
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+/// A CSV file being written through a [`PendingFile`].
+struct CsvSink {
+    // Declared before `pending`: dropped (and flushed) before the temporary file is removed.
+    out: BufWriter<File>,
+    pending: PendingFile,
+}
+
+impl CsvSink {
+    fn create(dir: &Path, name: &str) -> Result<Self, OutputError> {
+        let (pending, file) = PendingFile::create(dir, name)?;
+        Ok(CsvSink {
+            out: BufWriter::with_capacity(64 * 1024, file),
+            pending,
+        })
+    }
+
+    fn write_cells<S: AsRef<[u8]>>(&mut self, cells: &[S]) -> Result<(), OutputError> {
+        let bytes = encode_record(cells).map_err(io_error("encoding", &self.pending.temp))?;
+        self.write_raw(&bytes)
+    }
+
+    fn write_raw(&mut self, bytes: &[u8]) -> Result<(), OutputError> {
+        self.out
+            .write_all(bytes)
+            .map_err(io_error("writing", &self.pending.temp))
+    }
+
+    /// Flushes and fsyncs; the returned file is ready to persist.
+    fn seal(self) -> Result<PendingFile, OutputError> {
+        let CsvSink { out, pending } = self;
+        pending.seal(out)?;
+        Ok(pending)
+    }
+}
+
+/// Persists the errors file, then the ratings file, then fsyncs the directory.
+fn persist_pair(
+    dir: &Path,
+    ratings: CsvSink,
+    errors: CsvSink,
+) -> Result<(PathBuf, PathBuf), OutputError> {
+    let ratings = ratings.seal()?;
+    let errors = errors.seal()?;
+    // Errors file first: when the new ratings file appears, its companion is already there.
+    let errors_path = errors.persist()?;
+    let ratings_path = ratings.persist()?;
+    sync_dir(dir)?;
+    Ok((ratings_path, errors_path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer of a day's files.
+// ---------------------------------------------------------------------------------------------
+
+/// What a finished write produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// Path of the ratings file.
+    pub csv: PathBuf,
+    /// Path of the errors file.
+    pub errors: PathBuf,
+    /// Statistics of the rows of the ratings file, for the summary.
+    pub stats: RowStats,
+}
+
+/// Writes the ratings file and the errors file side by side, one row at a time (nothing is held
+/// in memory but the statistics). Rows must come sorted by account id, each id once.
+///
+/// Any error poisons the writer: later calls fail, and dropping it removes the temporary files,
+/// leaving the previous day's files (if any) as they were. Only [`OutputWriter::finish`] makes
+/// the new files visible.
+pub struct OutputWriter {
+    dir: PathBuf,
+    ratings: CsvSink,
+    errors: CsvSink,
+    last_id: Option<String>,
+    stats: RowStats,
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for OutputWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputWriter")
+            .field("target", &self.ratings.pending.target())
+            .field("rows", &self.stats.rows)
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl OutputWriter {
+    /// Starts the two files of `business_date` in `dir` (created with mode 0750 if missing) and
+    /// writes their headers.
+    pub fn create(dir: &Path, business_date: NaiveDate) -> Result<Self, OutputError> {
+        ensure_dir(dir)?;
+        let names = file_names(business_date);
+        let mut ratings = CsvSink::create(dir, &names.csv)?;
+        let mut errors = CsvSink::create(dir, &names.errors)?;
+        ratings.write_cells(&HEADER)?;
+        errors.write_cells(&ERRORS_HEADER)?;
+        tracing::debug!(dir = %dir.display(), %business_date, "output files started");
+        Ok(OutputWriter {
+            dir: dir.to_path_buf(),
+            ratings,
+            errors,
+            last_id: None,
+            stats: RowStats::default(),
+            poisoned: false,
+        })
+    }
+
+    /// Writes one account's row (and its errors-file line when it is not `Successful`).
+    /// Refuses an empty id, and an id not strictly after the previous one (byte order).
+    pub fn write(&mut self, row: &Row) -> Result<(), OutputError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        let result = self.write_row(row);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn write_row(&mut self, row: &Row) -> Result<(), OutputError> {
+        check_order(self.last_id.as_deref(), &row.account_id)?;
+        if row.status == ScoreStatus::Successful && effective(row).status != ScoreStatus::Successful
+        {
+            tracing::warn!(
+                account_id = %row.account_id,
+                "row claims Successful but lacks ESG fields; written as Partial"
+            );
+        }
+        self.ratings.write_cells(&format_row(row))?;
+        if let Some(error_cells) = format_error_row(row) {
+            self.errors.write_cells(&error_cells)?;
+        }
+        self.stats.add(row);
+        self.last_id = Some(row.account_id.clone());
+        Ok(())
+    }
+
+    /// Flushes, fsyncs and renames both files into place, then fsyncs the directory.
+    pub fn finish(self) -> Result<Written, OutputError> {
+        if self.poisoned {
+            return Err(self.poisoned_error());
+        }
+        let OutputWriter {
+            dir,
+            ratings,
+            errors,
+            stats,
+            ..
+        } = self;
+        let (csv, errors) = persist_pair(&dir, ratings, errors)?;
+        tracing::info!(
+            file = %csv.display(),
+            rows = stats.rows,
+            successful = stats.successful,
+            partial = stats.partial,
+            failed = stats.failed,
+            "ratings file written"
+        );
+        Ok(Written { csv, errors, stats })
+    }
+
+    fn poisoned_error(&self) -> OutputError {
+        OutputError::Poisoned {
+            path: self.ratings.pending.target().to_path_buf(),
+        }
+    }
+}
+
+/// The sorted-order rule: ids non-empty and strictly increasing in byte order.
+fn check_order(previous: Option<&str>, id: &str) -> Result<(), OutputError> {
+    if id.is_empty() {
+        return Err(OutputError::EmptyAccountId {
+            previous: previous.map(str::to_owned),
+        });
+    }
+    match previous {
+        Some(prev) if prev == id => Err(OutputError::Duplicate {
+            previous: prev.to_owned(),
+            id: id.to_owned(),
+        }),
+        Some(prev) if prev > id => Err(OutputError::OutOfOrder {
+            previous: prev.to_owned(),
+            id: id.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manual override: replace some rows of an existing day's files.
+// ---------------------------------------------------------------------------------------------
+
+/// What [`replace_rows`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replaced {
+    /// The rewritten files and the statistics of the new ratings file.
+    pub written: Written,
+    /// Ids whose rows were replaced, in file order.
+    pub replaced: Vec<String>,
+    /// Ids asked for that the file does not hold (not added).
+    pub missing: Vec<String>,
+}
+
+/// Manual override: rewrites an existing day's files, replacing the rows of the accounts in
+/// `replacements` (keyed by id) and copying every other row byte for byte as it was (copied
+/// rows are never re-parsed into a [`Row`] nor re-neutralised). The errors file likewise: old
+/// lines of replaced ids are dropped, new lines added (in id order) for replaced rows that are
+/// not `Successful`, every other line copied byte for byte. Ids in `replacements` that the file
+/// does not hold are returned in `missing` and not added. Atomic like [`OutputWriter`]; both
+/// files must exist. Statistics come from the cells of every row of the new file (exact values
+/// for replaced rows, the two-decimal cells for copied rows; error codes from the errors file).
+pub fn replace_rows(
+    dir: &Path,
+    business_date: NaiveDate,
+    replacements: &BTreeMap<String, Row>,
+) -> Result<Replaced, OutputError> {
+    for (key, row) in replacements {
+        if *key != row.account_id {
+            return Err(OutputError::ReplacementIdMismatch {
+                key: key.clone(),
+                id: row.account_id.clone(),
+            });
+        }
+    }
+    let names = file_names(business_date);
+    let ratings_path = dir.join(&names.csv);
+    let errors_path = dir.join(&names.errors);
+    let ratings_in = File::open(&ratings_path).map_err(io_error("opening", &ratings_path))?;
+    let errors_in = File::open(&errors_path).map_err(io_error("opening", &errors_path))?;
+
+    let mut stats = RowStats::default();
+
+    // Ratings file: replace in place (a replaced row keeps its position, so the order holds).
+    let by_cell: HashMap<String, &Row> = replacements
+        .values()
+        .map(|row| (neutralise(row.account_id.clone()), row))
+        .collect();
+    let mut ratings_out = CsvSink::create(dir, &names.csv)?;
+    let mut records = RawRecords::new(ratings_in, &ratings_path);
+    let header = records.expect_header(&HEADER)?;
+    ratings_out.write_raw(&header)?;
+    let mut replaced: Vec<String> = Vec::new();
+    let mut previous: Option<String> = None;
+    while let Some(RawRecord { raw, cells }) = records.next_cells(HEADER.len())? {
+        let id = unneutralise(&cells[0]).to_owned();
+        check_order(previous.as_deref(), &id).map_err(|e| records.malformed(e.to_string()))?;
+        if let Some(row) = by_cell.get(&cells[0]) {
+            ratings_out.write_cells(&format_row(row))?;
+            stats.add(row);
+            replaced.push(id.clone());
+        } else {
+            ratings_out.write_raw(&raw)?;
+            stats
+                .add_cells(&cells)
+                .map_err(|reason| records.malformed(reason))?;
+        }
+        previous = Some(id);
+    }
+    let replaced_set: HashSet<&str> = replaced.iter().map(String::as_str).collect();
+    let missing: Vec<String> = replacements
+        .keys()
+        .filter(|id| !replaced_set.contains(id.as_str()))
+        .cloned()
+        .collect();
+
+    // Errors file: merge the new lines of replaced rows (sorted, as BTreeMap keys are) into the
+    // old lines, dropping old lines of replaced ids.
+    let mut new_lines = replaced
+        .iter()
+        .filter_map(|id| replacements.get(id))
+        .filter_map(|row| format_error_row(row).map(|cells| (row.account_id.as_str(), cells)))
+        .peekable();
+    let mut errors_out = CsvSink::create(dir, &names.errors)?;
+    let mut records = RawRecords::new(errors_in, &errors_path);
+    let header = records.expect_header(&ERRORS_HEADER)?;
+    errors_out.write_raw(&header)?;
+    while let Some(RawRecord { raw, cells }) = records.next_cells(ERRORS_HEADER.len())? {
+        let id = unneutralise(&cells[0]);
+        while let Some((_, line)) = new_lines.next_if(|(new_id, _)| *new_id < id) {
+            errors_out.write_cells(&line)?;
+        }
+        if replaced_set.contains(id) {
+            continue;
+        }
+        errors_out.write_raw(&raw)?;
+        stats.add_error_code(unneutralise(&cells[2]));
+    }
+    for (_, line) in new_lines {
+        errors_out.write_cells(&line)?;
+    }
+
+    let (csv, errors) = persist_pair(dir, ratings_out, errors_out)?;
+    tracing::info!(
+        file = %csv.display(),
+        replaced = replaced.len(),
+        missing = missing.len(),
+        rows = stats.rows,
+        "ratings file rows replaced"
+    );
+    Ok(Replaced {
+        written: Written { csv, errors, stats },
+        replaced,
+        missing,
+    })
+}
+
+/// One record of an existing file: its exact bytes (terminator included) and its cells.
+struct RawRecord {
+    raw: Vec<u8>,
+    cells: Vec<String>,
+}
+
+/// Reads an output file record by record, keeping each record's exact bytes (terminator
+/// included). A record ends at a line feed outside quotes; records are bounded in size.
+struct RawRecords<'p> {
+    reader: BufReader<File>,
+    path: &'p Path,
+    record: u64,
+}
+
+impl<'p> RawRecords<'p> {
+    fn new(file: File, path: &'p Path) -> Self {
+        RawRecords {
+            reader: BufReader::new(file),
+            path,
+            record: 0,
+        }
+    }
+
+    fn malformed(&self, reason: String) -> OutputError {
+        OutputError::Malformed {
+            path: self.path.to_path_buf(),
+            record: self.record,
+            reason,
+        }
+    }
+
+    /// The next record's bytes, or `None` at the end of the file.
+    fn next_raw(&mut self) -> Result<Option<Vec<u8>>, OutputError> {
+        let mut raw = Vec::new();
+        let mut quotes = 0usize;
+        loop {
+            let start = raw.len();
+            let limit = (MAX_RECORD_BYTES - start) as u64;
+            (&mut self.reader)
+                .take(limit)
+                .read_until(b'\n', &mut raw)
+                .map_err(io_error("reading", self.path))?;
+            if raw.len() == start {
+                if raw.is_empty() {
+                    return Ok(None);
+                }
+                self.record += 1;
+                return Err(self.malformed("file ends inside a record (truncated?)".into()));
+            }
+            quotes += raw[start..].iter().filter(|b| **b == b'"').count();
+            if raw.ends_with(b"\n") && quotes.is_multiple_of(2) {
+                self.record += 1;
+                return Ok(Some(raw));
+            }
+            if raw.len() >= MAX_RECORD_BYTES {
+                self.record += 1;
+                return Err(self.malformed(format!("record longer than {MAX_RECORD_BYTES} bytes")));
+            }
+        }
+    }
+
+    /// The next record's bytes and cells, checking it has `width` cells.
+    fn next_cells(&mut self, width: usize) -> Result<Option<RawRecord>, OutputError> {
+        let Some(raw) = self.next_raw()? else {
+            return Ok(None);
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(raw.as_slice());
+        let mut records = reader.records();
+        let cells = match records.next() {
+            Some(Ok(record)) => record.iter().map(str::to_owned).collect::<Vec<_>>(),
+            Some(Err(e)) => return Err(self.malformed(e.to_string())),
+            None => return Err(self.malformed("empty line".into())),
+        };
+        if records.next().is_some() {
+            return Err(self.malformed("line holds more than one record".into()));
+        }
+        if cells.len() != width {
+            return Err(self.malformed(format!("{} cells where {width} are expected", cells.len())));
+        }
+        Ok(Some(RawRecord { raw, cells }))
+    }
+
+    /// Reads the header and checks it is exactly `expected`; returns its bytes.
+    fn expect_header(&mut self, expected: &[&str]) -> Result<Vec<u8>, OutputError> {
+        match self.next_cells(expected.len())? {
+            Some(RawRecord { raw, cells })
+                if cells
+                    .iter()
+                    .map(String::as_str)
+                    .eq(expected.iter().copied()) =>
+            {
+                Ok(raw)
+            }
+            Some(_) => Err(self.malformed("unexpected header".into())),
+            None => Err(self.malformed("empty file, no header".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).expect("decimal literal")
+    }
+
+    fn date() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
+    }
+
+    fn ok_row(id: &str, name: &str) -> Row {
+        Row {
+            account_id: id.into(),
+            account_name: name.into(),
+            status: ScoreStatus::Successful,
+            overall: Some(dec("72.345")),
+            environmental: Some(dec("80")),
+            social: Some(dec("65.5")),
+            governance: Some(dec("71.1234")),
+            primary_focus: Some(Pillar::Environmental),
+            primary_focus_score: Some(dec("80")),
+            analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            attempts: 1,
+            error_code: None,
+            error_message: None,
+            last_attempt: Some(
+                Utc.with_ymd_and_hms(2026, 11, 23, 11, 2, 3)
+                    .single()
+                    .expect("time"),
+            ),
+        }
+    }
+
+    fn failed_row(id: &str, code: &str) -> Row {
+        Row {
+            status: ScoreStatus::Failed,
+            attempts: 3,
+            error_code: Some(code.into()),
+            error_message: Some(format!("{code} happened")),
+            ..ok_row(id, "Failed Fund")
+        }
+    }
+
+    fn partial_row(id: &str) -> Row {
+        Row {
+            status: ScoreStatus::Partial,
+            social: None,
+            primary_focus: None,
+            primary_focus_score: None,
+            error_code: Some("partial_response".into()),
+            ..ok_row(id, "Partial Fund")
+        }
+    }
+
+    fn write_day(dir: &Path, rows: &[Row]) -> Written {
+        let mut writer = OutputWriter::create(dir, date()).expect("create");
+        for row in rows {
+            writer.write(row).expect("write");
+        }
+        writer.finish().expect("finish")
+    }
+
+    fn read_records(path: &Path) -> Vec<Vec<String>> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_path(path)
+            .expect("open csv");
+        reader
+            .records()
+            .map(|r| r.expect("record").iter().map(str::to_owned).collect())
+            .collect()
+    }
+
+    /// Splits file bytes into records (CRLF outside quotes), terminators included.
+    fn raw_lines(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        let mut current = Vec::new();
+        let mut quotes = 0usize;
+        for &b in bytes {
+            current.push(b);
+            if b == b'"' {
+                quotes += 1;
+            }
+            if b == b'\n' && quotes.is_multiple_of(2) {
+                lines.push(std::mem::take(&mut current));
+            }
+        }
+        assert!(current.is_empty(), "file ends without a line terminator");
+        lines
+    }
+
+    fn dir_entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn file_names_use_the_business_date() {
+        let names = file_names(date());
+        assert_eq!(names.csv, "FirmESGRatings_20261123.csv");
+        assert_eq!(names.errors, "FirmESGRatings_20261123_errors.csv");
+        assert_eq!(names.summary_json, "FirmESGRatings_20261123_summary.json");
+        assert_eq!(names.summary_html, "FirmESGRatings_20261123_summary.html");
+    }
+
+    #[test]
+    fn scores_round_half_away_from_zero_to_two_decimals() {
+        let table = [
+            ("70", "70.00"),
+            ("72.345", "72.35"),
+            ("72.344999", "72.34"),
+            ("10.005", "10.01"),
+            ("0.005", "0.01"),
+            ("99.995", "100.00"),
+            ("0", "0.00"),
+            ("100", "100.00"),
+            ("0.0049", "0.00"),
+            ("65.5", "65.50"),
+            ("-0.001", "0.00"),
+        ];
+        for (input, expected) in table {
+            assert_eq!(format_score(dec(input)), expected, "score {input}");
+        }
+    }
+
+    #[test]
+    fn header_is_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let written = write_day(dir.path(), &[]);
+        let bytes = fs::read(&written.csv).expect("read");
+        assert_eq!(
+            bytes,
+            b"Account ID,Account Name,Overall ESG Score,Environmental Score,Social Score,\
+Governance Score,Primary ESG Focus,Primary Focus Score,Analysis Date,Processing Status\r\n"
+        );
+        assert_eq!(
+            fs::read(&written.errors).expect("read errors"),
+            b"Account ID,Processing Status,Error Code,Error Message,Attempts,Last Attempt Time\r\n"
+        );
+    }
+
+    #[test]
+    fn successful_row_cells() {
+        let cells = format_row(&ok_row("A1", "Acme Growth"));
+        assert_eq!(
+            cells,
+            [
+                "A1",
+                "Acme Growth",
+                "72.35",
+                "80.00",
+                "65.50",
+                "71.12",
+                "Environmental",
+                "80.00",
+                "2026-11-20",
+                "Successful"
+            ]
+            .map(String::from)
+        );
+        assert_eq!(format_error_row(&ok_row("A1", "x")), None);
+    }
+
+    #[test]
+    fn failed_row_is_na_in_every_esg_field_even_when_scores_are_set() {
+        let row = failed_row("A1", "http_404");
+        assert!(row.overall.is_some() && row.analysis_date.is_some());
+        let cells = format_row(&row);
+        assert_eq!(cells[0], "A1");
+        assert_eq!(cells[1], "Failed Fund");
+        for (i, cell) in cells.iter().enumerate().take(9).skip(2) {
+            assert_eq!(cell, NOT_AVAILABLE, "cell {i} ({})", HEADER[i]);
+        }
+        assert_eq!(cells[9], "Failed");
+    }
+
+    #[test]
+    fn partial_row_is_na_only_in_missing_cells() {
+        let cells = format_row(&partial_row("A1"));
+        assert_eq!(
+            cells,
+            [
+                "A1",
+                "Partial Fund",
+                "72.35",
+                "80.00",
+                "N/A",
+                "71.12",
+                "N/A",
+                "N/A",
+                "2026-11-20",
+                "Partial"
+            ]
+            .map(String::from)
+        );
+    }
+
+    #[test]
+    fn successful_row_with_a_missing_field_is_shown_as_partial() {
+        let row = Row {
+            governance: None,
+            ..ok_row("A1", "n")
+        };
+        let cells = format_row(&row);
+        assert_eq!(cells[5], "N/A");
+        assert_eq!(cells[9], "Partial");
+        let error = format_error_row(&row).expect("errors line");
+        assert_eq!(error[1], "Partial");
+        assert_eq!(error[2], INCOMPLETE_SCORE_CODE);
+    }
+
+    #[test]
+    fn formula_prefixes_are_neutralised() {
+        for prefix in ["=", "+", "-", "@", "\t", "\r"] {
+            let name = format!("{prefix}SUM(A1:A9)");
+            let cells = format_row(&ok_row("A1", &name));
+            assert_eq!(cells[1], format!("'{name}"), "prefix {prefix:?}");
+        }
+        for harmless in ["Acme = Good", "O'Brien Fund", "", " =1", "100% Green"] {
+            let cells = format_row(&ok_row("A1", harmless));
+            assert_eq!(cells[1], harmless);
+        }
+        let row = Row {
+            error_message: Some("-1 returned".into()),
+            ..failed_row("A1", "@code")
+        };
+        let error = format_error_row(&row).expect("errors line");
+        assert_eq!(error[2], "'@code");
+        assert_eq!(error[3], "'-1 returned");
+    }
+
+    #[test]
+    fn awkward_names_survive_a_round_trip_through_the_csv_reader() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "Smith, Jones & Co",
+            "The \"Best\" Fund",
+            "Line one\nline two",
+            "Windows\r\nbreak",
+            "=cmd|' /C calc'!A0",
+        ];
+        let rows: Vec<Row> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| ok_row(&format!("A{i}"), name))
+            .collect();
+        let written = write_day(dir.path(), &rows);
+        let records = read_records(&written.csv);
+        assert_eq!(records.len(), names.len() + 1);
+        assert_eq!(records[0], HEADER.map(String::from).to_vec());
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(records[i + 1][1], neutralise(name.to_string()));
+            assert_eq!(records[i + 1].len(), 10);
+        }
+        let bytes = fs::read(&written.csv).expect("read");
+        assert!(!bytes.starts_with(&[0xEF, 0xBB, 0xBF]), "no BOM");
+    }
+
+    #[test]
+    fn out_of_order_and_duplicate_rows_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+        writer.write(&ok_row("B", "b")).expect("first row");
+        match writer.write(&ok_row("A", "a")) {
+            Err(OutputError::OutOfOrder { previous, id }) => {
+                assert_eq!((previous.as_str(), id.as_str()), ("B", "A"));
+            }
+            other => panic!("expected OutOfOrder, got {other:?}"),
+        }
+        // Poisoned from now on.
+        assert!(matches!(
+            writer.write(&ok_row("C", "c")),
+            Err(OutputError::Poisoned { .. })
+        ));
+        assert!(matches!(writer.finish(), Err(OutputError::Poisoned { .. })));
+
+        let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+        writer.write(&ok_row("B", "b")).expect("first row");
+        let err = writer.write(&ok_row("B", "again")).expect_err("duplicate");
+        assert!(matches!(err, OutputError::Duplicate { .. }));
+        let message = err.to_string();
+        assert!(message.contains("account B"), "{message}");
+
+        // Byte order: "B" < "a" < "b".
+        assert!(check_order(Some("B"), "a").is_ok());
+        assert!(check_order(Some("a10"), "a9").is_ok());
+        assert!(check_order(Some("a9"), "a10").is_err());
+        assert!(matches!(
+            check_order(None, ""),
+            Err(OutputError::EmptyAccountId { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_previous_file_untouched_and_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = write_day(dir.path(), &[ok_row("A", "a"), failed_row("B", "deadline")]);
+        let before_csv = fs::read(&first.csv).expect("read");
+        let before_errors = fs::read(&first.errors).expect("read");
+
+        {
+            let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+            writer.write(&ok_row("A", "changed")).expect("row A");
+            writer.write(&ok_row("C", "c")).expect("row C");
+            writer
+                .write(&ok_row("B", "late"))
+                .expect_err("out of order");
+            assert_eq!(
+                dir_entries(dir.path()).len(),
+                4,
+                "two temporary files while writing"
+            );
+        }
+        assert_eq!(fs::read(&first.csv).expect("read"), before_csv);
+        assert_eq!(fs::read(&first.errors).expect("read"), before_errors);
+        assert_eq!(
+            dir_entries(dir.path()),
+            [
+                "FirmESGRatings_20261123.csv",
+                "FirmESGRatings_20261123_errors.csv"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_rename_names_the_path_and_removes_temporary_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The final name is taken by a non-empty directory: the rename fails.
+        let blocker = dir.path().join("FirmESGRatings_20261123.csv");
+        fs::create_dir(&blocker).expect("mkdir");
+        fs::write(blocker.join("keep"), b"x").expect("write");
+        let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+        writer.write(&ok_row("A", "a")).expect("row");
+        let err = writer.finish().expect_err("rename must fail");
+        assert!(
+            err.to_string().contains("FirmESGRatings_20261123.csv"),
+            "{err}"
+        );
+        assert!(err.is_transient());
+        let entries = dir_entries(dir.path());
+        assert!(
+            entries.iter().all(|n| !n.contains(".tmp-")),
+            "temporary files left: {entries:?}"
+        );
+        assert!(blocker.join("keep").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_0640_and_a_created_directory_0750() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("out").join("daily");
+        let written = write_day(&dir, &[ok_row("A", "a")]);
+        let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&written.csv), 0o640);
+        assert_eq!(mode(&written.errors), 0o640);
+        assert_eq!(mode(&dir), 0o750);
+    }
+
+    #[test]
+    fn errors_file_holds_every_row_not_successful() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut partial = partial_row("B");
+        partial.last_attempt = None;
+        let written = write_day(
+            dir.path(),
+            &[
+                ok_row("A", "a"),
+                partial,
+                failed_row("C", "http_404"),
+                ok_row("D", "d"),
+            ],
+        );
+        let records = read_records(&written.errors);
+        assert_eq!(
+            records,
+            vec![
+                ERRORS_HEADER.map(String::from).to_vec(),
+                ["B", "Partial", "partial_response", "", "1", ""]
+                    .map(String::from)
+                    .to_vec(),
+                [
+                    "C",
+                    "Failed",
+                    "http_404",
+                    "http_404 happened",
+                    "3",
+                    "2026-11-23T11:02:03Z"
+                ]
+                .map(String::from)
+                .to_vec(),
+            ]
+        );
+        let stats = &written.stats;
+        assert_eq!(
+            (stats.rows, stats.successful, stats.partial, stats.failed),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(stats.failed_accounts, vec!["C".to_string()]);
+        assert_eq!(stats.error_codes.get("http_404"), Some(&1));
+        assert_eq!(stats.error_codes.get("partial_response"), Some(&1));
+        assert_eq!(stats.n_overall, 3, "the failed row's score is not counted");
+    }
+
+    #[test]
+    fn replace_rows_replaces_named_rows_and_copies_the_rest_byte_for_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rows = vec![
+            ok_row("A", "=Alpha, \"quoted\"\nFund"),
+            failed_row("B", "deadline"),
+            partial_row("C"),
+            ok_row("D", "Delta"),
+            failed_row("E", "http_422"),
+        ];
+        let first = write_day(dir.path(), &rows);
+        let old_csv = raw_lines(&fs::read(&first.csv).expect("read"));
+        let old_errors = raw_lines(&fs::read(&first.errors).expect("read"));
+        assert_eq!(old_csv.len(), 6);
+        assert_eq!(old_errors.len(), 4);
+
+        let mut replacements = BTreeMap::new();
+        // B: Failed -> Successful; D: Successful -> Failed; Z: not in the file.
+        replacements.insert("B".to_string(), ok_row("B", "Bravo"));
+        replacements.insert("D".to_string(), failed_row("D", "http_500"));
+        replacements.insert("Z".to_string(), ok_row("Z", "Zulu"));
+        let result = replace_rows(dir.path(), date(), &replacements).expect("replace");
+        assert_eq!(result.replaced, vec!["B".to_string(), "D".to_string()]);
+        assert_eq!(result.missing, vec!["Z".to_string()]);
+
+        let new_csv = raw_lines(&fs::read(&result.written.csv).expect("read"));
+        assert_eq!(new_csv.len(), 6, "no row added, none lost");
+        for i in [0, 1, 3, 5] {
+            assert_eq!(new_csv[i], old_csv[i], "copied line {i} byte-identical");
+        }
+        assert_eq!(
+            new_csv[2],
+            encode_record(&format_row(&ok_row("B", "Bravo"))).expect("encode")
+        );
+        assert_eq!(
+            new_csv[4],
+            encode_record(&format_row(&failed_row("D", "http_500"))).expect("encode")
+        );
+        let ids: Vec<String> = read_records(&result.written.csv)
+            .into_iter()
+            .skip(1)
+            .map(|r| r[0].clone())
+            .collect();
+        assert_eq!(ids, ["A", "B", "C", "D", "E"]);
+
+        // Errors file: B's old line dropped, C and E copied, D's new line in id order.
+        let new_errors = raw_lines(&fs::read(&result.written.errors).expect("read"));
+        assert_eq!(new_errors.len(), 4);
+        assert_eq!(new_errors[0], old_errors[0]);
+        assert_eq!(new_errors[1], old_errors[2], "C copied");
+        assert_eq!(
+            new_errors[2],
+            encode_record(&format_error_row(&failed_row("D", "http_500")).expect("line"))
+                .expect("encode")
+        );
+        assert_eq!(new_errors[3], old_errors[3], "E copied");
+
+        let stats = &result.written.stats;
+        assert_eq!(
+            (stats.rows, stats.successful, stats.partial, stats.failed),
+            (5, 2, 1, 2)
+        );
+        assert_eq!(
+            stats.failed_accounts,
+            vec!["D".to_string(), "E".to_string()]
+        );
+        assert_eq!(
+            stats.error_codes,
+            BTreeMap::from([
+                ("http_422".to_string(), 1),
+                ("http_500".to_string(), 1),
+                ("partial_response".to_string(), 1),
+            ])
+        );
+        // Copied A and C count their 2-dp cells (72.35), replaced B its exact value (72.345).
+        assert_eq!(stats.n_overall, 3);
+        assert_eq!(stats.sum_overall, dec("217.045"));
+        assert_eq!(stats.focus_environmental, 2);
+        assert_eq!(
+            dir_entries(dir.path()),
+            [
+                "FirmESGRatings_20261123.csv",
+                "FirmESGRatings_20261123_errors.csv"
+            ]
+        );
+    }
+
+    #[test]
+    fn replace_rows_refuses_a_tampered_file_and_leaves_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = write_day(dir.path(), &[ok_row("A", "a"), ok_row("B", "b")]);
+        let mut bytes = fs::read(&first.csv).expect("read");
+        bytes.extend_from_slice(b"A,again,1,1,1,1,Social,1,2026-11-20,Successful\r\n");
+        fs::write(&first.csv, &bytes).expect("write");
+        let replacements = BTreeMap::from([("A".to_string(), ok_row("A", "new"))]);
+        let err = replace_rows(dir.path(), date(), &replacements).expect_err("unsorted file");
+        assert!(
+            matches!(err, OutputError::Malformed { record: 4, .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read(&first.csv).expect("read"), bytes);
+        assert_eq!(dir_entries(dir.path()).len(), 2, "no temporary file left");
+
+        let mismatched = BTreeMap::from([("A".to_string(), ok_row("B", "b"))]);
+        assert!(matches!(
+            replace_rows(dir.path(), date(), &mismatched),
+            Err(OutputError::ReplacementIdMismatch { .. })
+        ));
+        let other_day = NaiveDate::from_ymd_opt(2026, 11, 24).expect("date");
+        let err = replace_rows(dir.path(), other_day, &replacements).expect_err("no file");
+        assert!(
+            err.to_string().contains("FirmESGRatings_20261124.csv"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn raw_record_reader_rejects_truncated_and_oversized_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.csv");
+        fs::write(&path, b"a,\"open quote\r\nstill open\r\n").expect("write");
+        let mut records = RawRecords::new(File::open(&path).expect("open"), &path);
+        assert!(matches!(
+            records.next_raw(),
+            Err(OutputError::Malformed { .. })
+        ));
+
+        let mut big = vec![b'x'; MAX_RECORD_BYTES + 10];
+        big.extend_from_slice(b"\r\n");
+        fs::write(&path, &big).expect("write");
+        let mut records = RawRecords::new(File::open(&path).expect("open"), &path);
+        let err = records.next_raw().expect_err("too long");
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+}

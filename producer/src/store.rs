@@ -1,0 +1,168 @@
+//! The producer's state store (`producer.db`): runs and their phase, the listing of each run,
+//! the roster last published to `esg.accounts`, the last score of each account (materialised
+//! from `esg.scores`), and the accounts each run asks to score.
+//!
+//! Every phase of a run is recorded here once it is done, so a producer killed at any point
+//! resumes at the phase it was in (see [`crate::Producer::run`]).
+
+use esg_bus::{Store, StoreError};
+use rusqlite::{params, OptionalExtension};
+use std::path::Path;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    business_date TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    full INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    triggered_at_ms INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    listing_json TEXT,
+    emit_checkpoint TEXT,
+    sealed_json TEXT
+);
+CREATE TABLE IF NOT EXISTS listing (
+    run_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, account_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roster (
+    account_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_scores (
+    account_id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    account_version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    analysis_date TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scores_offsets (
+    partition INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    run_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    emitted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, account_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS roster_changes (
+    run_id TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    gone INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, account_id)
+) WITHOUT ROWID;
+";
+
+/// Phase of a run in the producer, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// `DailyTrigger` published.
+    Triggered,
+    /// Active accounts listed into `listing`.
+    Listed,
+    /// Accounts to score and roster changes decided.
+    Planned,
+    /// Roster changes published to `esg.accounts`.
+    RosterPublished,
+    /// Every `AccountChanged` published.
+    Emitted,
+    /// `RunSealed` published: nothing left to do.
+    Sealed,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Triggered => "triggered",
+            Phase::Listed => "listed",
+            Phase::Planned => "planned",
+            Phase::RosterPublished => "roster_published",
+            Phase::Emitted => "emitted",
+            Phase::Sealed => "sealed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Phase> {
+        [
+            Phase::Triggered,
+            Phase::Listed,
+            Phase::Planned,
+            Phase::RosterPublished,
+            Phase::Emitted,
+            Phase::Sealed,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
+}
+
+/// A run as the producer records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub run_id: String,
+    pub business_date: String,
+    pub kind: String,
+    pub full: bool,
+    pub deadline_ms: i64,
+    pub triggered_at_ms: i64,
+    pub phase: Phase,
+    pub listing_json: Option<String>,
+    pub emit_checkpoint: Option<String>,
+    pub sealed_json: Option<String>,
+}
+
+/// Opens the producer store.
+pub fn open(path: &Path) -> Result<Store, StoreError> {
+    Store::open(path, SCHEMA)
+}
+
+pub(crate) fn get_run(
+    conn: &rusqlite::Connection,
+    run_id: &str,
+) -> rusqlite::Result<Option<RunRow>> {
+    conn.query_row(
+        "SELECT run_id, business_date, kind, full, deadline_ms, triggered_at_ms, phase,
+                listing_json, emit_checkpoint, sealed_json
+         FROM runs WHERE run_id = ?1",
+        [run_id],
+        |r| {
+            let phase: String = r.get(6)?;
+            Ok(RunRow {
+                run_id: r.get(0)?,
+                business_date: r.get(1)?,
+                kind: r.get(2)?,
+                full: r.get(3)?,
+                deadline_ms: r.get(4)?,
+                triggered_at_ms: r.get(5)?,
+                phase: Phase::parse(&phase).unwrap_or(Phase::Triggered),
+                listing_json: r.get(7)?,
+                emit_checkpoint: r.get(8)?,
+                sealed_json: r.get(9)?,
+            })
+        },
+    )
+    .optional()
+}
+
+pub(crate) fn set_phase(
+    conn: &rusqlite::Connection,
+    run_id: &str,
+    phase: Phase,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET phase = ?2 WHERE run_id = ?1",
+        params![run_id, phase.as_str()],
+    )
+    .map(|_| ())
+}

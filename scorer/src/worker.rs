@@ -1,0 +1,576 @@
+//! The scorer's consume loop: `esg.account-events` in, one `EsgScore` per event out to
+//! `esg.scores`, with a bounded window of in-flight API calls.
+//!
+//! Delivery guarantee: at-least-once, with duplicates suppressed across crashes.
+//! - A score is published (durably) before the offset of its event is committed, and the
+//!   committed offset of a partition never passes an event whose score is not yet durable: the
+//!   commit position is the lowest offset still in flight (or buffered), else the next offset.
+//! - Events complete out of order, so after a crash some events past the committed offset
+//!   already have their score. To avoid calling the API for them again, every commit carries in
+//!   its metadata the end offset that the scores partition had when the lowest pending event
+//!   was received. `esg.scores` and `esg.account-events` have the same partition count and the
+//!   same key (account id), so an event of partition `p` has its score in partition `p` of
+//!   `esg.scores`, written after the event was received. On assignment the scorer reads scores
+//!   partition `p` from that recorded offset to its end and skips every event whose
+//!   `(source_partition, source_offset)` it finds there.
+//! - This holds while one scorer owns a partition at a time (the group protocol's promise);
+//!   during a rebalance the worst case is one API call too many for an in-flight event, never a
+//!   lost score.
+
+use crate::api::{ApiOutcome, EsgApiClient};
+use chrono::{NaiveDate, Utc};
+use esg_bus::{BusError, CommitOffset, Consumer, Delivery, EventBus, Message};
+use esg_schemas::{business_date_of_run, EsgScore, Event, ScoreStatus};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// `[scorer]` configuration.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScorerConfig {
+    /// Consumer group of the scorers.
+    pub group: String,
+    /// Completed scores are published at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// ... or as soon as this many are waiting.
+    pub flush_max: usize,
+    /// How long in-flight calls may finish after a stop is asked for.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        ScorerConfig {
+            group: "esg-scorer".into(),
+            flush_interval: Duration::from_millis(100),
+            flush_max: 256,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Errors that end the scorer (the bus failing); API failures never do.
+#[derive(Debug, thiserror::Error)]
+pub enum ScorerError {
+    #[error("bus: {0}")]
+    Bus(#[from] BusError),
+    #[error("topics {events} ({events_partitions} partitions) and {scores} ({scores_partitions}) must have the same partition count")]
+    NotCoPartitioned {
+        events: String,
+        events_partitions: i32,
+        scores: String,
+        scores_partitions: i32,
+    },
+}
+
+/// Counters of one scorer's life.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ScorerStats {
+    pub events: u64,
+    pub scored: u64,
+    pub successful: u64,
+    pub partial: u64,
+    pub failed: u64,
+    /// Events whose score was already on the bus (found after a restart).
+    pub already_scored: u64,
+    /// Events of a run that had completed or passed its deadline.
+    pub closed_run: u64,
+    /// Events that could not be decoded (logged with partition and offset).
+    pub undecodable: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RunInfo {
+    business_date: NaiveDate,
+    deadline_ms: Option<i64>,
+    completed: bool,
+}
+
+/// Runs known from `esg.triggers`.
+struct RunDirectory {
+    runs: HashMap<String, RunInfo>,
+    next_offset: i64,
+}
+
+impl RunDirectory {
+    async fn refresh(&mut self, bus: &EventBus) -> Result<(), BusError> {
+        let topic = &bus.topics.triggers;
+        loop {
+            let batch = bus.transport.read(topic, 0, self.next_offset, 1000).await?;
+            let Some(last) = batch.last() else { break };
+            self.next_offset = last.offset + 1;
+            for m in batch {
+                match bus.decode(m.value.as_deref()) {
+                    Ok(Some(Event::DailyTrigger(t))) => {
+                        let entry = self.runs.entry(t.run_id).or_insert(RunInfo {
+                            business_date: t.business_date,
+                            deadline_ms: None,
+                            completed: false,
+                        });
+                        entry.deadline_ms = Some(t.deadline.timestamp_millis());
+                    }
+                    Ok(Some(Event::RunCompleted(c))) => {
+                        if let Some(r) = self.runs.get_mut(&c.run_id) {
+                            r.completed = true;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Offsets of one partition between receipt and durable score.
+#[derive(Default)]
+struct PartitionState {
+    /// Received, not yet durable: offset → scores end offset when it was received.
+    pending: BTreeMap<i64, i64>,
+    /// Next offset after the highest received.
+    next: i64,
+    /// Last committed position.
+    committed: i64,
+    /// This scorer's view of the end of the scores partition of the same number.
+    scores_end: i64,
+}
+
+impl PartitionState {
+    fn commit_point(&self) -> (i64, i64) {
+        match self.pending.first_key_value() {
+            Some((offset, scores_end)) => (*offset, *scores_end),
+            None => (self.next, self.scores_end),
+        }
+    }
+}
+
+struct Done {
+    partition: i32,
+    offset: i64,
+    score: Option<EsgScore>,
+}
+
+/// One scorer: a member of the scorer group.
+pub struct Scorer {
+    bus: EventBus,
+    client: Arc<EsgApiClient>,
+    config: ScorerConfig,
+    max_in_flight: usize,
+}
+
+impl Scorer {
+    pub fn new(
+        bus: EventBus,
+        client: Arc<EsgApiClient>,
+        config: ScorerConfig,
+        max_in_flight: usize,
+    ) -> Self {
+        Scorer {
+            bus,
+            client,
+            config,
+            max_in_flight: max_in_flight.max(1),
+        }
+    }
+
+    /// Consumes and scores until `shutdown`; then lets in-flight calls finish (up to the grace
+    /// period), publishes their scores, commits and leaves the group.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<ScorerStats, ScorerError> {
+        let events_topic = self.bus.topics.account_events.clone();
+        let scores_topic = self.bus.topics.scores.clone();
+        let ep = self.bus.transport.partitions(&events_topic).await?;
+        let sp = self.bus.transport.partitions(&scores_topic).await?;
+        if ep != sp {
+            return Err(ScorerError::NotCoPartitioned {
+                events: events_topic,
+                events_partitions: ep,
+                scores: scores_topic,
+                scores_partitions: sp,
+            });
+        }
+        let mut consumer = self
+            .bus
+            .transport
+            .subscribe(&self.config.group, &events_topic)
+            .await?;
+        let result = self.consume(consumer.as_mut(), &shutdown).await;
+        let _ = consumer.close().await;
+        result
+    }
+
+    async fn consume(
+        &self,
+        consumer: &mut dyn Consumer,
+        shutdown: &CancellationToken,
+    ) -> Result<ScorerStats, ScorerError> {
+        let mut stats = ScorerStats::default();
+        let mut runs = RunDirectory {
+            runs: HashMap::new(),
+            next_offset: 0,
+        };
+        runs.refresh(&self.bus).await?;
+        let mut parts: HashMap<i32, PartitionState> = HashMap::new();
+        let mut skip: HashSet<(i32, i64)> = HashSet::new();
+        let mut queue: VecDeque<Message> = VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut buffer: Vec<Done> = Vec::new();
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let max = self.max_in_flight;
+
+        loop {
+            // Start work while the window has room.
+            while in_flight.len() < max {
+                let Some(m) = queue.pop_front() else { break };
+                stats.events += 1;
+                match self.prepare(&m, &mut runs, &skip, &mut stats).await? {
+                    Some((account_id, run_id, version, as_of)) => {
+                        let client = self.client.clone();
+                        let span = tracing::info_span!("score", run_id = %run_id, account_id = %account_id);
+                        let (partition, offset) = (m.partition, m.offset);
+                        in_flight.push(
+                            async move {
+                                let outcome = client.analyse(&account_id, as_of).await;
+                                let score =
+                                    to_score(&run_id, &account_id, version, outcome, partition, offset);
+                                Done {
+                                    partition,
+                                    offset,
+                                    score: Some(score),
+                                }
+                            }
+                            .instrument(span),
+                        );
+                    }
+                    None => buffer.push(Done {
+                        partition: m.partition,
+                        offset: m.offset,
+                        score: None,
+                    }),
+                }
+            }
+            let can_fetch = queue.len() < max && !shutdown.is_cancelled();
+            let wait = if in_flight.is_empty() && buffer.is_empty() {
+                Duration::from_millis(500)
+            } else {
+                self.config.flush_interval
+            };
+            tokio::select! {
+                _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    buffer.push(done);
+                    if buffer.len() >= self.config.flush_max {
+                        self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
+                }
+                delivery = consumer.next(max, wait), if can_fetch => {
+                    match delivery? {
+                        Some(Delivery::Assigned(assigned)) => {
+                            for (p, committed) in assigned {
+                                let state = self.assign(consumer, p, committed, &mut skip).await?;
+                                parts.insert(p, state);
+                            }
+                        }
+                        Some(Delivery::Revoked(revoked)) => {
+                            // Events not yet started are dropped; in-flight ones finish and
+                            // publish, but their partition is no longer committed by us.
+                            queue.retain(|m| !revoked.contains(&m.partition));
+                            for p in revoked {
+                                parts.remove(&p);
+                            }
+                        }
+                        Some(Delivery::Messages(messages)) => {
+                            for m in messages {
+                                let Some(state) = parts.get_mut(&m.partition) else { continue };
+                                state.pending.insert(m.offset, state.scores_end);
+                                state.next = state.next.max(m.offset + 1);
+                                queue.push_back(m);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+
+        // Stop: let in-flight calls finish within the grace period, publish, commit.
+        let grace = tokio::time::sleep(self.config.shutdown_grace);
+        tokio::pin!(grace);
+        while !in_flight.is_empty() {
+            tokio::select! {
+                Some(done) = in_flight.next() => buffer.push(done),
+                _ = &mut grace => {
+                    tracing::warn!(abandoned = in_flight.len(), "stopping with calls in flight; their events will be scored again after restart");
+                    break;
+                }
+            }
+        }
+        self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
+        tracing::info!(
+            events = stats.events,
+            scored = stats.scored,
+            failed = stats.failed,
+            already_scored = stats.already_scored,
+            "scorer stopped"
+        );
+        Ok(stats)
+    }
+
+    /// Decides what to do with one event: `Some(work)` to score it, `None` to skip it.
+    async fn prepare(
+        &self,
+        m: &Message,
+        runs: &mut RunDirectory,
+        skip: &HashSet<(i32, i64)>,
+        stats: &mut ScorerStats,
+    ) -> Result<Option<(String, String, i64, NaiveDate)>, ScorerError> {
+        if skip.contains(&(m.partition, m.offset)) {
+            stats.already_scored += 1;
+            return Ok(None);
+        }
+        let event = match self.bus.decode(m.value.as_deref()) {
+            Ok(Some(Event::AccountChanged(a))) => a,
+            Ok(_) => return Ok(None),
+            Err(e) => {
+                stats.undecodable += 1;
+                tracing::error!(partition = m.partition, offset = m.offset, error = %e, "undecodable account event skipped");
+                return Ok(None);
+            }
+        };
+        if !runs.runs.contains_key(&event.run_id) {
+            runs.refresh(&self.bus).await?;
+        }
+        let info = runs.runs.get(&event.run_id).cloned();
+        if let Some(info) = &info {
+            let past_deadline = info
+                .deadline_ms
+                .is_some_and(|d| Utc::now().timestamp_millis() >= d);
+            if info.completed || past_deadline {
+                stats.closed_run += 1;
+                tracing::debug!(run_id = %event.run_id, account_id = %event.account_id, "event of a closed run skipped");
+                return Ok(None);
+            }
+        }
+        let as_of = info
+            .map(|i| i.business_date)
+            .or_else(|| business_date_of_run(&event.run_id))
+            .unwrap_or_else(|| Utc::now().date_naive());
+        Ok(Some((event.account_id, event.run_id, event.version, as_of)))
+    }
+
+    /// Takes a partition: finds events already scored past the committed offset, and makes
+    /// sure the partition has a commit (with metadata) from the start.
+    async fn assign(
+        &self,
+        consumer: &mut dyn Consumer,
+        p: i32,
+        committed: Option<esg_bus::Committed>,
+        skip: &mut HashSet<(i32, i64)>,
+    ) -> Result<PartitionState, ScorerError> {
+        let scores = &self.bus.topics.scores;
+        let scores_end = self.bus.transport.end_offsets(scores).await?[p as usize];
+        let start = match &committed {
+            Some(c) => c.offset,
+            None => self.bus.transport.start_offsets(&self.bus.topics.account_events).await?[p as usize],
+        };
+        if let Some(c) = &committed {
+            if let Some(from) = parse_metadata(&c.metadata) {
+                let mut from = from;
+                let mut found = 0u64;
+                while from < scores_end {
+                    let batch = self.bus.transport.read(scores, p, from, 2000).await?;
+                    let Some(last) = batch.last() else { break };
+                    from = last.offset + 1;
+                    for m in batch {
+                        if let Ok(Some(Event::EsgScore(s))) = self.bus.decode(m.value.as_deref()) {
+                            if s.source_partition == p && s.source_offset >= c.offset {
+                                skip.insert((p, s.source_offset));
+                                found += 1;
+                            }
+                        }
+                    }
+                }
+                if found > 0 {
+                    tracing::info!(partition = p, found, "resume: events already scored past the committed offset are skipped");
+                }
+            }
+        }
+        // Commit the starting point with metadata now, so a crash before the first real
+        // commit still knows where to look.
+        consumer
+            .commit(&[CommitOffset {
+                partition: p,
+                offset: start,
+                metadata: metadata(scores_end),
+            }])
+            .await?;
+        Ok(PartitionState {
+            pending: BTreeMap::new(),
+            next: start,
+            committed: start,
+            scores_end,
+        })
+    }
+
+    /// Publishes buffered scores, then commits every partition whose commit point moved.
+    async fn flush(
+        &self,
+        consumer: &mut dyn Consumer,
+        parts: &mut HashMap<i32, PartitionState>,
+        buffer: &mut Vec<Done>,
+        stats: &mut ScorerStats,
+    ) -> Result<(), ScorerError> {
+        if !buffer.is_empty() {
+            let done = std::mem::take(buffer);
+            let events: Vec<(String, Event)> = done
+                .iter()
+                .filter_map(|d| d.score.clone())
+                .map(|s| (s.account_id.clone(), Event::EsgScore(s)))
+                .collect();
+            let positions = self
+                .bus
+                .publish(&self.bus.topics.scores, &events)
+                .await?;
+            for pos in positions {
+                if let Some(state) = parts.get_mut(&pos.partition) {
+                    state.scores_end = state.scores_end.max(pos.offset + 1);
+                }
+            }
+            for d in &done {
+                if let Some(state) = parts.get_mut(&d.partition) {
+                    state.pending.remove(&d.offset);
+                }
+                if let Some(s) = &d.score {
+                    stats.scored += 1;
+                    match s.status {
+                        ScoreStatus::Successful => stats.successful += 1,
+                        ScoreStatus::Partial => stats.partial += 1,
+                        ScoreStatus::Failed => stats.failed += 1,
+                    }
+                }
+            }
+        }
+        let mut commits = Vec::new();
+        for (p, state) in parts.iter_mut() {
+            let (offset, scores_end) = state.commit_point();
+            if offset > state.committed {
+                commits.push(CommitOffset {
+                    partition: *p,
+                    offset,
+                    metadata: metadata(scores_end),
+                });
+                state.committed = offset;
+            }
+        }
+        if !commits.is_empty() {
+            consumer.commit(&commits).await?;
+        }
+        Ok(())
+    }
+}
+
+fn metadata(scores_end: i64) -> String {
+    format!("scores_from={scores_end}")
+}
+
+fn parse_metadata(m: &str) -> Option<i64> {
+    m.strip_prefix("scores_from=")?.parse().ok()
+}
+
+/// The score of one API outcome.
+fn to_score(
+    run_id: &str,
+    account_id: &str,
+    version: i64,
+    outcome: ApiOutcome,
+    partition: i32,
+    offset: i64,
+) -> EsgScore {
+    let now = Utc::now();
+    let attempts = outcome.attempts as i32;
+    let mut score = match outcome.result {
+        Ok(a) => {
+            let partial = a.is_partial();
+            EsgScore {
+                run_id: run_id.to_owned(),
+                account_id: account_id.to_owned(),
+                account_version: version,
+                status: if partial {
+                    ScoreStatus::Partial
+                } else {
+                    ScoreStatus::Successful
+                },
+                overall: a.overall,
+                environmental: a.environmental,
+                social: a.social,
+                governance: a.governance,
+                primary_focus: a.primary_focus.map(|(p, _)| p),
+                primary_focus_score: a.primary_focus.map(|(_, s)| s),
+                analysis_date: Some(a.analysis_date),
+                attempts,
+                error_code: partial.then(|| "PARTIAL".to_owned()),
+                error_message: partial.then(|| "the API left a score or the primary focus empty".to_owned()),
+                scored_at: now,
+                source_partition: partition,
+                source_offset: offset,
+            }
+        }
+        Err(f) => {
+            tracing::warn!(
+                run_id,
+                account_id,
+                attempts,
+                error_code = %f.code,
+                error = %f.message,
+                permanent = f.permanent,
+                "account failed"
+            );
+            EsgScore::failed(run_id, account_id, version, attempts, &f.code, f.message, now)
+        }
+    };
+    score.source_partition = partition;
+    score.source_offset = offset;
+    score
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_round_trips() {
+        assert_eq!(parse_metadata(&metadata(42)), Some(42));
+        assert_eq!(parse_metadata(""), None);
+        assert_eq!(parse_metadata("garbage"), None);
+    }
+
+    #[test]
+    fn commit_point_is_lowest_pending_with_its_snapshot() {
+        let mut s = PartitionState {
+            next: 10,
+            scores_end: 100,
+            ..Default::default()
+        };
+        assert_eq!(s.commit_point(), (10, 100));
+        s.pending.insert(12, 90);
+        s.pending.insert(11, 80);
+        s.next = 13;
+        assert_eq!(s.commit_point(), (11, 80));
+        s.pending.remove(&11);
+        assert_eq!(s.commit_point(), (12, 90));
+        s.pending.clear();
+        assert_eq!(s.commit_point(), (13, 100));
+    }
+}
