@@ -1,1 +1,7 @@
+//! The `esg` binary's library: configuration, telemetry and the wiring of the stages. The
+//! binary itself (`main.rs`) only parses the command line, installs logging and signal handling,
+//! and calls into here, so tests run the real pipeline in-process.
 
+pub mod config;
+pub mod pipeline;
+pub mod telemetry;

@@ -1,1 +1,409 @@
-fn main() {}
+//! `esg`: the daily ESG ratings job.
+
+use anyhow::{bail, Context, Result};
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+use esg::config::{self, Config};
+use esg::pipeline::{Outcome, Pipeline};
+use esg_assembler::Progress;
+use esg_schemas::RunOutcome;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Rates every active account of the firm through the vendor's ESG Portfolio Analysis API and
+/// writes FirmESGRatings_YYYYMMDD.csv, its errors file and a summary.
+///
+/// Start with `esg demo`: it runs a whole business day against the built-in simulator of the
+/// firm's account system and the vendor API, with nothing to configure.
+#[derive(Parser)]
+#[command(name = "esg", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one full business day against the simulator, then show where the files are.
+    Demo(DemoArgs),
+    /// Run the daily job (today's business date in the configured time zone).
+    ///
+    /// With --once: one run now, resuming it if it was started before and stopped (killed,
+    /// crashed); a run that already completed is not run again. Exit code 0 when the file was
+    /// written, 3 when the deadline came first (the file is written, pending accounts Failed),
+    /// 1 on any error, 2 on a configuration error.
+    Run(RunArgs),
+    /// Re-score chosen accounts and replace their rows in that day's file (manual override).
+    Rerun(RerunArgs),
+    /// Serve the simulator of the account system and the ESG API (for trials and tests).
+    Simulator(SimulatorArgs),
+    /// Check a configuration file and print it with secrets hidden.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short, env = "ESG_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The TOML configuration file (see README, "Configuration").
+    #[arg(long, short, env = "ESG_CONFIG")]
+    config: PathBuf,
+    /// Run once now and exit (the in-process daily schedule is not part of this build).
+    #[arg(long)]
+    once: bool,
+    /// Business date to run (YYYY-MM-DD); default today in the configured time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: Option<NaiveDate>,
+    /// Score every active account, not only those that changed.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Args)]
+struct RerunArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "ESG_CONFIG")]
+    config: PathBuf,
+    /// Accounts to re-score, comma separated.
+    #[arg(long, value_delimiter = ',', required = true, value_name = "ID,ID,...")]
+    accounts: Vec<String>,
+    /// Whose file to update (YYYY-MM-DD); default today in the configured time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: Option<NaiveDate>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Accounts in the simulated account system.
+    #[arg(long, default_value_t = 1000)]
+    accounts: u64,
+    /// Directory for the demo's configuration, state and output (emptied first).
+    #[arg(long, default_value = "esg-demo")]
+    dir: PathBuf,
+    /// The simulated vendor's rate limit (requests/s); the job is configured to use all of it.
+    #[arg(long, default_value_t = 200)]
+    rate_limit: u32,
+    /// Latency of each simulated API call, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// API calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: usize,
+    /// Seed of the simulated data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of API calls that fail transiently (retried).
+    #[arg(long, default_value_t = 0.02)]
+    transient_error_rate: f64,
+    /// Share of accounts the vendor cannot analyse (404/422, Failed in the file).
+    #[arg(long, default_value_t = 0.005)]
+    permanent_error_rate: f64,
+    /// Share of accounts with a missing pillar or focus (Partial in the file).
+    #[arg(long, default_value_t = 0.01)]
+    partial_rate: f64,
+    /// Business date to run; default today (America/Chicago).
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: Option<NaiveDate>,
+    /// Lift the simulated vendor's rate limit (for throughput benchmarks).
+    #[arg(long)]
+    unlimited: bool,
+    /// Do not count calls per account in the simulator (memory benchmarks at a million accounts).
+    #[arg(long)]
+    no_call_tracking: bool,
+}
+
+#[derive(Args)]
+struct SimulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Simulator settings as TOML (keys of the simulator's SimConfig); flags below override.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Accounts in the simulated account system.
+    #[arg(long)]
+    accounts: Option<u64>,
+    /// Seed of the simulated data.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Rate limit of the simulated vendor API (requests/s); 0 lifts it.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Latency of each API call in milliseconds.
+    #[arg(long)]
+    latency_ms: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let is_config = e.downcast_ref::<config::ConfigError>().is_some();
+            ExitCode::from(if is_config { 2 } else { 1 })
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => demo(args).await,
+        Command::Run(args) => {
+            let config = Config::load(&args.config)?;
+            esg::telemetry::init(&config.log.format, &config.log.level);
+            if !args.once {
+                bail!("`esg run` needs --once in this build: schedule it daily at 05:00 America/Chicago (see README, Operations)");
+            }
+            let shutdown = shutdown_on_signal();
+            let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+            let date = args.business_date.unwrap_or_else(|| pipeline.today());
+            let bar = progress_bar(&format!("run {date}"));
+            let outcome = pipeline
+                .run_daily(date, args.full, shutdown, progress_fn(bar.clone()))
+                .await;
+            bar.finish_and_clear();
+            report(&pipeline, outcome?)
+        }
+        Command::Rerun(args) => {
+            let config = Config::load(&args.config)?;
+            esg::telemetry::init(&config.log.format, &config.log.level);
+            let shutdown = shutdown_on_signal();
+            let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+            let date = args.business_date.unwrap_or_else(|| pipeline.today());
+            let bar = progress_bar(&format!("re-run {date}"));
+            let outcome = pipeline
+                .rerun(date, args.accounts, shutdown, progress_fn(bar.clone()))
+                .await;
+            bar.finish_and_clear();
+            report(&pipeline, outcome?)
+        }
+        Command::Simulator(args) => simulator(args).await,
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            println!("{config:#?}");
+            println!("configuration OK");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::warn!("stop requested: finishing in-flight work; run the same command again to resume");
+        t.cancel();
+    });
+    token
+}
+
+fn progress_bar(label: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} accounts scored ({per_sec}, eta {eta}) {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_owned());
+    bar
+}
+
+fn progress_fn(bar: ProgressBar) -> impl Fn(&Progress) + Send + Sync + 'static {
+    let last_log = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+    move |p: &Progress| {
+        if let Some(n) = p.expected {
+            bar.set_length(n);
+        }
+        bar.set_position(p.scored);
+        if p.failed > 0 {
+            bar.set_message(format!("{} failed", p.failed));
+        }
+        // Without a terminal, a log line every 10 s instead of a bar.
+        if bar.is_hidden() {
+            if let Ok(mut last) = last_log.lock() {
+                if last.elapsed() >= Duration::from_secs(10) {
+                    *last = std::time::Instant::now();
+                    tracing::info!(run_id = %p.run_id, scored = p.scored, expected = ?p.expected, failed = p.failed, "progress");
+                }
+            }
+        }
+    }
+}
+
+fn report(pipeline: &Pipeline, outcome: Outcome) -> Result<ExitCode> {
+    let Some(report) = outcome.report else {
+        println!(
+            "run {} had already completed; its files are in {}",
+            outcome.run_id,
+            pipeline.config.output.dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let s = &report.summary;
+    println!("run {} {}", report.run_id, report.outcome);
+    println!("  ratings file  {}", report.csv.display());
+    println!("  errors file   {}", report.errors.display());
+    println!("  summary       {}", report.summary_path.display());
+    println!(
+        "  accounts {}: {} successful, {} partial, {} failed (success rate {}%)",
+        s.accounts, s.successful, s.partial, s.failed, s.success_rate_percent
+    );
+    println!(
+        "  scored in this run {}, carried forward {}, new {}, gone {}, malformed records skipped {}",
+        s.scored_in_run, s.carried_forward, s.new_accounts, s.gone_accounts, s.malformed_records
+    );
+    println!(
+        "  API calls {} in {} s",
+        s.api_calls, s.duration_seconds
+    );
+    Ok(if report.outcome == RunOutcome::TimedOut {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn demo(args: DemoArgs) -> Result<ExitCode> {
+    esg::telemetry::init("text", "warn");
+    let dir = &args.dir;
+    for sub in ["state", "out"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+    let sim_config = esg_simulator::SimConfig {
+        seed: args.seed,
+        accounts: args.accounts,
+        latency: Duration::from_millis(args.latency_ms),
+        rate_limit_per_second: (!args.unlimited).then_some(args.rate_limit),
+        burst: args.rate_limit.max(1),
+        transient_error_rate: args.transient_error_rate,
+        permanent_error_rate: args.permanent_error_rate,
+        partial_rate: args.partial_rate,
+        track_calls: !args.no_call_tracking,
+        ..Default::default()
+    };
+    let sim = esg_simulator::start(sim_config, "127.0.0.1:0".parse()?)
+        .await
+        .context("starting the simulator")?;
+    let config_path = dir.join("esg.toml");
+    let rate = if args.unlimited { 1_000_000 } else { args.rate_limit };
+    let text = config::example(&sim.url(), &dir.join("out"), &dir.join("state"))
+        .replace("rate_limit_per_second = 50", &format!("rate_limit_per_second = {rate}"))
+        .replace("max_in_flight = 64", &format!("max_in_flight = {}", args.max_in_flight));
+    std::fs::write(&config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+    let config = Config::load(&config_path)?;
+    println!(
+        "simulator at {} with {} accounts; configuration written to {}",
+        sim.url(),
+        args.accounts,
+        config_path.display()
+    );
+    let shutdown = shutdown_on_signal();
+    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+    let date = args.business_date.unwrap_or_else(|| pipeline.today());
+    let bar = progress_bar(&format!("demo {date}"));
+    let started = std::time::Instant::now();
+    let outcome = pipeline
+        .run_daily(date, false, shutdown, progress_fn(bar.clone()))
+        .await;
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let elapsed = started.elapsed();
+    let code = report(&pipeline, outcome)?;
+    let stats = sim.stats();
+    println!(
+        "  wall time {:.1} s; simulator answered {} API requests ({:.0}/s), {} rate limited",
+        elapsed.as_secs_f64(),
+        stats.esg_requests,
+        stats.esg_requests as f64 / elapsed.as_secs_f64().max(0.001),
+        stats.rate_limited
+    );
+    print_peek(&pipeline.config.output.dir, date);
+    sim.shutdown();
+    Ok(code)
+}
+
+fn print_peek(dir: &Path, date: NaiveDate) {
+    let path = dir.join(esg_assembler::output::file_names(date).csv);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        println!("\nfirst lines of {}:", path.display());
+        for line in text.lines().take(6) {
+            println!("  {line}");
+        }
+    }
+}
+
+async fn simulator(args: SimulatorArgs) -> Result<ExitCode> {
+    esg::telemetry::init("text", "info");
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<esg_simulator::SimConfig>(&text)
+                .with_context(|| format!("simulator config {}", path.display()))?
+        }
+        None => esg_simulator::SimConfig::default(),
+    };
+    if let Some(n) = args.accounts {
+        config.accounts = n;
+    }
+    if let Some(s) = args.seed {
+        config.seed = s;
+    }
+    if let Some(r) = args.rate_limit {
+        config.rate_limit_per_second = (r > 0).then_some(r);
+    }
+    if let Some(ms) = args.latency_ms {
+        config.latency = Duration::from_millis(ms);
+    }
+    let sim = esg_simulator::start(config, args.listen)
+        .await
+        .context("starting the simulator")?;
+    println!("simulator listening on {} (token endpoint {})", sim.url(), sim.token_url());
+    let shutdown = shutdown_on_signal();
+    shutdown.cancelled().await;
+    sim.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

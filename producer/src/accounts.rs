@@ -1225,7 +1225,7 @@ mod tests {
             .as_object_mut()
             .expect("object")
             .remove("version");
-        let items = vec![
+        let mut items = vec![
             account("Good1", 1), // 0
             json!({"accountName": secret, "status": "ACTIVE", "updatedAt": "2026-11-20T14:30:00Z", "version": 1}), // 1
             account_with("placeholder", 1, "ACTIVE", secret), // 2: id replaced below
@@ -1244,11 +1244,9 @@ mod tests {
             json!({"accountId": null, "accountName": secret, "status": "ACTIVE", "updatedAt": "2026-11-20T14:30:00Z", "version": 1}), // 15
             account("Good2", 7), // 16
         ];
-        let mut items = items;
         items[2]["accountId"] = json!(12345);
         items[9]["updatedAt"] = json!("yesterday");
-        let page = items.clone();
-        let (client, _fake) = start(move |_| Reply::page(page.clone(), None)).await;
+        let (client, _fake) = start(move |_| Reply::page(items.clone(), None)).await;
 
         let (logs, _guard) = capture_logs();
         let (result, got) = list(&client).await;

@@ -105,6 +105,9 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// A roster change to publish: account id, gone, and (name, version, updated_at_ms) if not gone.
+type RosterChange = (String, bool, Option<(String, i64, i64)>);
+
 /// Counts of a listing, kept for the seal.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct ListingFacts {
@@ -130,24 +133,28 @@ impl Producer {
         }
     }
 
-    /// The id the next manual re-run of `business_date` gets: `DATE.N`.
+    /// The id of the next manual re-run of `business_date`: `DATE.N`. A re-run of that date that
+    /// was started but not sealed (the process stopped) is resumed instead: its id is returned.
     pub async fn next_rerun_id(&self, business_date: NaiveDate) -> Result<String, ProducerError> {
         let prefix = format!("{business_date}.");
         let like = format!("{prefix}%");
-        let ids: Vec<String> = self
+        let ids: Vec<(String, String)> = self
             .store
             .call(move |c| {
-                let mut stmt = c.prepare("SELECT run_id FROM runs WHERE run_id LIKE ?1")?;
-                let rows = stmt.query_map([like], |r| r.get(0))?;
+                let mut stmt = c.prepare("SELECT run_id, phase FROM runs WHERE run_id LIKE ?1")?;
+                let rows = stmt.query_map([like], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })
             .await?;
-        let n = ids
+        let latest = ids
             .iter()
-            .filter_map(|id| id.strip_prefix(&prefix)?.parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
-        Ok(format!("{prefix}{}", n + 1))
+            .filter_map(|(id, phase)| Some((id.strip_prefix(&prefix)?.parse::<u32>().ok()?, phase)))
+            .max_by_key(|(n, _)| *n);
+        Ok(match latest {
+            Some((n, phase)) if phase != Phase::Sealed.as_str() => format!("{prefix}{n}"),
+            Some((n, _)) => format!("{prefix}{}", n + 1),
+            None => format!("{prefix}1"),
+        })
     }
 
     /// Runs the producer's part of `req` to the seal, resuming where a previous attempt of
@@ -483,7 +490,7 @@ impl Producer {
         let batch = self.config.emit_batch.max(1) as i64;
         loop {
             let run_id = req.run_id.clone();
-            let rows: Vec<(String, bool, Option<(String, i64, i64)>)> = self
+            let rows: Vec<RosterChange> = self
                 .store
                 .call(move |c| {
                     let mut stmt = c.prepare_cached(

@@ -1,0 +1,433 @@
+//! The running simulator's shared state: configuration, accounts, counters and the rate limiter.
+//!
+//! Everything here is reached through short, synchronous critical sections; no lock is held
+//! across an `.await`. Memory is bounded: the account overlay holds only changed accounts, the
+//! call counters exist only while calls are tracked and hold at most [`MAX_TRACKED_IDS`] ids,
+//! tokens and page tokens are self-contained and stored nowhere.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{DefaultDirectRateLimiter, Quota};
+use tokio_util::sync::CancellationToken;
+
+use crate::accounts::Registry;
+use crate::config::SimConfig;
+use crate::SimStats;
+
+/// Most distinct account ids whose calls are counted; ids beyond it are not counted.
+pub(crate) const MAX_TRACKED_IDS: usize = 10_000_000;
+
+type Limiter = DefaultDirectRateLimiter<StateInformationMiddleware>;
+
+/// The tenant quota, rebuilt whenever its settings change.
+struct RateLimit {
+    per_second: u32,
+    burst: u32,
+    limiter: Arc<Limiter>,
+}
+
+/// Outcome of asking the rate limiter for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateDecision {
+    /// No quota configured.
+    Unlimited,
+    /// Within the quota.
+    Allowed {
+        limit: u32,
+        remaining: u32,
+        reset_epoch: u64,
+    },
+    /// Past the quota: try again after `retry_after` seconds (at least 1).
+    Limited {
+        limit: u32,
+        retry_after: u64,
+        reset_epoch: u64,
+    },
+}
+
+/// Per-account call counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CallCount {
+    /// Every call, whatever its outcome.
+    pub calls: u32,
+    /// Calls that got past authentication and the rate limit: the call number the per-call
+    /// faults are drawn from, so that they do not depend on timing or concurrency.
+    pub answered: u32,
+}
+
+#[derive(Default)]
+struct Counters {
+    token_requests: AtomicU64,
+    account_pages: AtomicU64,
+    account_errors: AtomicU64,
+    esg_requests: AtomicU64,
+    rate_limited: AtomicU64,
+    batch_requests: AtomicU64,
+    esg_in_flight: AtomicU64,
+    max_concurrent_esg_requests: AtomicU64,
+    esg_by_status: Mutex<BTreeMap<u16, u64>>,
+}
+
+/// State shared by every request handler and the handle.
+pub(crate) struct State {
+    config: RwLock<Arc<SimConfig>>,
+    registry: RwLock<Registry>,
+    calls: Mutex<HashMap<Box<str>, CallCount>>,
+    counters: Counters,
+    rate_limit: Mutex<Option<RateLimit>>,
+    rerate_epoch: AtomicU64,
+    page_generation: AtomicU64,
+    request_seq: AtomicU64,
+    listing_seq: AtomicU64,
+    /// Key of the self-contained tokens' check sums, new for each simulator.
+    pub key: u64,
+    /// Cancelled when the simulator shuts down; stalled calls give up at once.
+    pub shutdown: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere leaves plain counters behind, still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    pub fn new(config: SimConfig) -> Self {
+        let registry = Registry::new(config.seed, config.accounts, config.inactive_share);
+        let state = State {
+            config: RwLock::new(Arc::new(config)),
+            registry: RwLock::new(registry),
+            calls: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            rate_limit: Mutex::new(None),
+            rerate_epoch: AtomicU64::new(0),
+            page_generation: AtomicU64::new(0),
+            request_seq: AtomicU64::new(0),
+            listing_seq: AtomicU64::new(0),
+            key: rand::random(),
+            shutdown: CancellationToken::new(),
+        };
+        state.rebuild_rate_limit();
+        state
+    }
+
+    /// The configuration now (a snapshot: later updates do not change it).
+    pub fn config(&self) -> Arc<SimConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Applies `f` to a copy of the configuration and keeps it if it is valid. `seed`,
+    /// `accounts` and `inactive_share` define the data set and cannot change while running.
+    pub fn update(&self, f: impl FnOnce(&mut SimConfig)) -> Result<(), crate::SimError> {
+        {
+            let mut guard = self.config.write().unwrap_or_else(PoisonError::into_inner);
+            let mut next = SimConfig::clone(&guard);
+            f(&mut next);
+            next.seed = guard.seed;
+            next.accounts = guard.accounts;
+            next.inactive_share = guard.inactive_share;
+            next.validate()?;
+            *guard = Arc::new(next);
+        }
+        self.rebuild_rate_limit();
+        Ok(())
+    }
+
+    fn rebuild_rate_limit(&self) {
+        let cfg = self.config();
+        let mut slot = lock(&self.rate_limit);
+        match (cfg.rate_limit_per_second, slot.as_ref()) {
+            (None, _) => *slot = None,
+            (Some(rate), Some(rl)) if rl.per_second == rate && rl.burst == cfg.burst => {}
+            (Some(rate), _) => {
+                let (Some(per_second), Some(burst)) =
+                    (NonZeroU32::new(rate), NonZeroU32::new(cfg.burst))
+                else {
+                    // validate() refuses zeros; without a usable quota nothing is limited.
+                    *slot = None;
+                    return;
+                };
+                let quota = Quota::per_second(per_second).allow_burst(burst);
+                *slot = Some(RateLimit {
+                    per_second: rate,
+                    burst: cfg.burst,
+                    limiter: Arc::new(Limiter::direct(quota).with_middleware()),
+                });
+            }
+        }
+    }
+
+    /// Takes one request from the tenant quota.
+    pub fn check_rate(&self) -> RateDecision {
+        let Some((limit, burst, limiter)) = lock(&self.rate_limit)
+            .as_ref()
+            .map(|rl| (rl.per_second, rl.burst, rl.limiter.clone()))
+        else {
+            return RateDecision::Unlimited;
+        };
+        let now = unix_seconds_f64();
+        match limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let refill = f64::from(burst.saturating_sub(remaining)) / f64::from(limit);
+                RateDecision::Allowed {
+                    limit,
+                    remaining,
+                    reset_epoch: (now + refill).ceil() as u64,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
+                self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                RateDecision::Limited {
+                    limit,
+                    retry_after,
+                    reset_epoch: (now + wait.as_secs_f64()).ceil() as u64,
+                }
+            }
+        }
+    }
+
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn rerate_epoch(&self) -> u64 {
+        self.rerate_epoch.load(Ordering::SeqCst)
+    }
+
+    pub fn rerate(&self) -> u64 {
+        self.rerate_epoch.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    pub fn page_generation(&self) -> u64 {
+        self.page_generation.load(Ordering::SeqCst)
+    }
+
+    pub fn expire_page_tokens(&self) {
+        self.page_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A new request id (`sim-` and 16 hex digits).
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("sim-{:016x}", crate::hash::mix(self.key, &[n]))
+    }
+
+    /// Sequence number of a listing request, the input of the listing's transient faults.
+    pub fn next_listing_seq(&self) -> u64 {
+        self.listing_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether calls are counted per account under this configuration.
+    fn counting(cfg: &SimConfig) -> bool {
+        cfg.track_calls || cfg.transient_error_rate > 0.0 || cfg.timeout_rate > 0.0
+    }
+
+    /// Counts a call for `account_id`. A call that got past authentication and the quota
+    /// (`answered`) also takes the next call number (0-based), which is returned: the per-call
+    /// faults are drawn from it. For other calls the return value means nothing.
+    pub fn count_call(&self, cfg: &SimConfig, account_id: &str, answered: bool) -> u32 {
+        if !Self::counting(cfg) {
+            return 0;
+        }
+        let mut calls = lock(&self.calls);
+        let entry = match calls.get_mut(account_id) {
+            Some(entry) => entry,
+            None if calls.len() < MAX_TRACKED_IDS => {
+                calls.entry(account_id.into()).or_default()
+            }
+            None => return 0,
+        };
+        entry.calls = entry.calls.saturating_add(1);
+        if !answered {
+            return entry.answered;
+        }
+        let n = entry.answered;
+        entry.answered = entry.answered.saturating_add(1);
+        n
+    }
+
+    pub fn calls_for(&self, account_id: &str) -> u32 {
+        lock(&self.calls).get(account_id).map_or(0, |c| c.calls)
+    }
+
+    pub fn accounts_called_at_least(&self, n: u32) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.calls)
+            .iter()
+            .filter(|(_, c)| c.calls >= n)
+            .map(|(id, _)| id.to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn reset_call_counts(&self) {
+        lock(&self.calls).clear();
+    }
+
+    pub fn count_token_request(&self) {
+        self.counters.token_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_account_page(&self, ok: bool) {
+        let counter = if ok {
+            &self.counters.account_pages
+        } else {
+            &self.counters.account_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_batch(&self) {
+        self.counters.batch_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one ESG API answer by HTTP status.
+    pub fn count_esg_status(&self, status: u16) {
+        *lock(&self.counters.esg_by_status).entry(status).or_default() += 1;
+    }
+
+    /// Marks one ESG request in flight until the guard is dropped.
+    pub fn enter_esg(self: &Arc<Self>) -> InFlight {
+        let c = &self.counters;
+        c.esg_requests.fetch_add(1, Ordering::Relaxed);
+        let now = c.esg_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        c.max_concurrent_esg_requests
+            .fetch_max(now, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    pub fn stats(&self) -> SimStats {
+        let c = &self.counters;
+        SimStats {
+            token_requests: c.token_requests.load(Ordering::Relaxed),
+            account_pages: c.account_pages.load(Ordering::Relaxed),
+            account_errors: c.account_errors.load(Ordering::Relaxed),
+            esg_requests: c.esg_requests.load(Ordering::Relaxed),
+            esg_by_status: lock(&c.esg_by_status).clone(),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            batch_requests: c.batch_requests.load(Ordering::Relaxed),
+            max_concurrent_esg_requests: c.max_concurrent_esg_requests.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Sleeps for `d` unless the simulator shuts down first; false when it shut down.
+    pub async fn pause(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+}
+
+/// An ESG request in flight; dropping it ends it.
+pub(crate) struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .esg_in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn unix_seconds_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_the_burst_then_asks_to_wait() {
+        let state = State::new(SimConfig {
+            rate_limit_per_second: Some(2),
+            burst: 3,
+            ..SimConfig::default()
+        });
+        for expected_remaining in [2, 1, 0] {
+            match state.check_rate() {
+                RateDecision::Allowed {
+                    limit, remaining, ..
+                } => {
+                    assert_eq!(limit, 2);
+                    assert_eq!(remaining, expected_remaining);
+                }
+                other => panic!("expected allowed, got {other:?}"),
+            }
+        }
+        match state.check_rate() {
+            RateDecision::Limited { retry_after, .. } => assert!(retry_after >= 1),
+            other => panic!("expected limited, got {other:?}"),
+        }
+        assert_eq!(state.stats().rate_limited, 1);
+        state
+            .update(|c| c.rate_limit_per_second = None)
+            .expect("valid");
+        assert_eq!(state.check_rate(), RateDecision::Unlimited);
+    }
+
+    #[test]
+    fn update_keeps_the_data_set_and_refuses_invalid_settings() {
+        let state = State::new(SimConfig::default());
+        state
+            .update(|c| {
+                c.seed = 1;
+                c.accounts = 5;
+                c.partial_rate = 0.5;
+            })
+            .expect("valid");
+        let cfg = state.config();
+        assert_eq!((cfg.seed, cfg.accounts, cfg.partial_rate), (42, 1000, 0.5));
+        assert!(state.update(|c| c.partial_rate = 2.0).is_err());
+        assert_eq!(state.config().partial_rate, 0.5);
+    }
+
+    #[test]
+    fn call_numbers_count_only_answered_calls() {
+        let state = State::new(SimConfig::default());
+        let cfg = state.config();
+        assert_eq!(state.count_call(&cfg, "A", false), 0);
+        assert_eq!(state.count_call(&cfg, "A", true), 0);
+        assert_eq!(state.count_call(&cfg, "A", true), 1);
+        assert_eq!(state.calls_for("A"), 3);
+        assert_eq!(state.count_call(&cfg, "B", true), 0);
+        assert_eq!(state.accounts_called_at_least(2), vec!["A".to_owned()]);
+        state.reset_call_counts();
+        assert_eq!(state.calls_for("A"), 0);
+        let untracked = SimConfig {
+            track_calls: false,
+            ..SimConfig::default()
+        };
+        state.count_call(&untracked, "C", true);
+        assert_eq!(state.calls_for("C"), 0, "nothing stored when not tracking");
+    }
+}
