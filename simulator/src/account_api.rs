@@ -13,7 +13,7 @@ use std::sync::Arc;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 
 use crate::accounts::Status;
 use crate::auth::{authorize, denied};

@@ -1,1 +1,260 @@
-//! esg-simulator
+//! esg-simulator: stand-ins for the firm's token endpoint, the Account Management API and the
+//! vendor's ESG Portfolio Analysis API, as `shared/contracts/` describes them, faults included.
+//!
+//! The demo and every test run against it. It serves, on one address:
+//!
+//! - `POST /oauth2/token`: client-credentials tokens (module `auth`);
+//! - `GET /v1/accounts`: the paged account listing (modules `account_api`, `listing`);
+//! - `GET /v1/accounts/{accountId}/esg-analysis`, `POST /v1/esg-analysis:batch`,
+//!   `GET /v1/health`: the ESG API (modules `esg_api`, `scores`);
+//! - `/_sim/...`: test controls mirroring [`SimHandle`] (module `admin`).
+//!
+//! All data is a pure function of [`SimConfig::seed`] (module `hash`); nothing is stored per account
+//! unless it was changed or its calls are counted, so a million accounts cost no memory.
+//! Faults are decided per account (by id) or per call (by id and that account's call number),
+//! never by timing, so a run's outcome does not depend on concurrency.
+//!
+//! The simulator promises what the contracts promise and a little more (deterministic data);
+//! nothing in the project may rely on the "more".
+
+mod account_api;
+mod accounts;
+mod admin;
+mod auth;
+mod config;
+mod esg_api;
+mod hash;
+mod http;
+mod listing;
+mod names;
+mod scores;
+mod state;
+
+#[cfg(test)]
+mod http_tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+pub use accounts::Status;
+pub use config::{Credential, SimConfig, ACCOUNTS_SCOPE, ESG_SCOPE};
+
+use state::State;
+
+/// Why the simulator could not start or a setting was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The configuration is invalid; `key` names the offending setting.
+    #[error("simulator setting `{key}` is invalid: {reason}")]
+    InvalidConfig {
+        /// The configuration key.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The listen address could not be bound.
+    #[error("simulator cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters of what the simulator has served since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SimStats {
+    /// Requests to `/oauth2/token`, granted or not.
+    pub token_requests: u64,
+    /// Listing pages answered 200.
+    pub account_pages: u64,
+    /// Listing requests answered with an error (400, 401, 410, 429, 503).
+    pub account_errors: u64,
+    /// ESG API requests (single and batch; not the health check).
+    pub esg_requests: u64,
+    /// ESG API answers by HTTP status.
+    pub esg_by_status: BTreeMap<u16, u64>,
+    /// ESG API requests refused by the tenant quota (429).
+    pub rate_limited: u64,
+    /// Batch requests.
+    pub batch_requests: u64,
+    /// Most ESG API requests in flight at once.
+    pub max_concurrent_esg_requests: u64,
+}
+
+/// A running simulator. Cheap to clone; every clone controls the same simulator.
+#[derive(Clone)]
+pub struct SimHandle {
+    state: Arc<State>,
+    addr: SocketAddr,
+    stopped: CancellationToken,
+}
+
+impl fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimHandle").field("addr", &self.addr).finish()
+    }
+}
+
+/// Starts the simulator on `listen` (`127.0.0.1:0` picks a free port) and returns once it
+/// accepts connections. It runs on the current tokio runtime until [`SimHandle::shutdown`].
+pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<SimHandle, SimError> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let accounts = config.accounts;
+    let state = Arc::new(State::new(config));
+    let app = router(state.clone());
+    let shutdown = state.shutdown.clone();
+    let stopped = CancellationToken::new();
+    let done = stopped.clone();
+    tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(%addr, error = %e, "simulator server failed");
+        }
+        tracing::info!(%addr, "simulator stopped");
+        done.cancel();
+    });
+    tracing::info!(%addr, accounts, "simulator listening");
+    Ok(SimHandle {
+        state,
+        addr,
+        stopped,
+    })
+}
+
+fn router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/oauth2/token", post(auth::token))
+        .route("/v1/accounts", get(account_api::list_accounts))
+        .route(
+            "/v1/accounts/{account_id}/esg-analysis",
+            get(esg_api::analysis),
+        )
+        .route("/v1/esg-analysis:batch", post(esg_api::batch))
+        .route("/v1/health", get(esg_api::health))
+        .merge(admin::routes())
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    http::error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource", None)
+}
+
+impl SimHandle {
+    /// The address the simulator listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL of both APIs, e.g. `http://127.0.0.1:41234` (a wildcard listen address is
+    /// given as loopback).
+    pub fn url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The token endpoint: `url() + "/oauth2/token"`.
+    pub fn token_url(&self) -> String {
+        format!("{}/oauth2/token", self.url())
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> SimStats {
+        self.state.stats()
+    }
+
+    /// ESG calls (any outcome, batch items included) for that account since start or the last
+    /// [`Self::reset_call_counts`]; 0 when calls are not tracked.
+    pub fn calls_for(&self, account_id: &str) -> u32 {
+        self.state.calls_for(account_id)
+    }
+
+    /// Account ids with at least `n` ESG calls, sorted.
+    pub fn accounts_called_at_least(&self, n: u32) -> Vec<String> {
+        self.state.accounts_called_at_least(n)
+    }
+
+    /// Forgets every call count (per-call faults start again from call 0).
+    pub fn reset_call_counts(&self) {
+        self.state.reset_call_counts();
+    }
+
+    /// The account's holdings changed: version + 1, `updatedAt` = now, new scores.
+    /// An unknown id is logged and ignored.
+    pub fn touch(&self, account_id: &str) {
+        if let Err(e) = admin::touch(&self.state, account_id) {
+            tracing::warn!(account_id, error = %e, "touch ignored");
+        }
+    }
+
+    /// Sets the status (`ACTIVE`, `CLOSED` or `SUSPENDED`); a change grows the version but not
+    /// the scores. An unknown id or status is logged and ignored.
+    pub fn set_status(&self, account_id: &str, status: &str) {
+        if let Err(e) = admin::set_status(&self.state, account_id, status) {
+            tracing::warn!(account_id, error = %e, "status change ignored");
+        }
+    }
+
+    /// Adds `n` ACTIVE accounts after the last id.
+    pub fn add_accounts(&self, n: u64) {
+        if let Err(e) = admin::add_accounts(&self.state, n) {
+            tracing::warn!(count = n, error = %e, "adding accounts ignored");
+        }
+    }
+
+    /// The vendor re-rates every holding: every score of every account changes.
+    pub fn rerate(&self) {
+        admin::rerate(&self.state);
+    }
+
+    /// Every page token issued so far answers 410 from now on.
+    pub fn expire_page_tokens(&self) {
+        admin::expire_page_tokens(&self.state);
+    }
+
+    /// Changes settings while running. `seed`, `accounts` and `inactive_share` define the data
+    /// set and are kept; a change that fails validation is logged and not applied.
+    pub fn update(&self, f: impl FnOnce(&mut SimConfig)) {
+        if let Err(e) = self.state.update(f) {
+            tracing::warn!(error = %e, "simulator update refused");
+        }
+    }
+
+    /// Stops the server gracefully: no new connections, calls in flight finish (stalled and
+    /// delayed calls end at once with 503).
+    pub fn shutdown(&self) {
+        self.state.shutdown.cancel();
+    }
+
+    /// Waits until the server has stopped (after [`Self::shutdown`]).
+    pub async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+}

@@ -121,7 +121,7 @@ pub(crate) fn entries_at(
     p: u64,
     out: &mut Vec<Entry>,
 ) {
-    let mut push_account = |state: AccountState, out: &mut Vec<Entry>| {
+    let push_account = |state: AccountState, out: &mut Vec<Entry>| {
         if filter.matches(state.status, state.updated_at) {
             out.push(Entry::Account(state));
         }

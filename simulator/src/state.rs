@@ -159,7 +159,7 @@ impl State {
                 *slot = Some(RateLimit {
                     per_second: rate,
                     burst: cfg.burst,
-                    limiter: Arc::new(Limiter::direct(quota).with_middleware()),
+                    limiter: Arc::new(governor::RateLimiter::direct(quota).with_middleware()),
                 });
             }
         }
@@ -245,12 +245,14 @@ impl State {
             return 0;
         }
         let mut calls = lock(&self.calls);
-        let entry = match calls.get_mut(account_id) {
-            Some(entry) => entry,
-            None if calls.len() < MAX_TRACKED_IDS => {
-                calls.entry(account_id.into()).or_default()
+        if !calls.contains_key(account_id) {
+            if calls.len() >= MAX_TRACKED_IDS {
+                return 0;
             }
-            None => return 0,
+            calls.insert(account_id.into(), CallCount::default());
+        }
+        let Some(entry) = calls.get_mut(account_id) else {
+            return 0;
         };
         entry.calls = entry.calls.saturating_add(1);
         if !answered {

@@ -1,0 +1,272 @@
+//! Test controls: the operations behind [`crate::SimHandle`] and their HTTP mirror under `/_sim/`
+//! for tests that run the simulator in another process. No authentication: never expose a
+//! simulator beyond the test machine.
+//!
+//! | method and path | effect |
+//! |---|---|
+//! | `POST /_sim/accounts/{id}/touch` | holdings changed: version + 1, `updatedAt` = now |
+//! | `POST /_sim/accounts/{id}/status?value=CLOSED` | set the status (ACTIVE, CLOSED, SUSPENDED) |
+//! | `POST /_sim/accounts:add?count=N` | add N accounts after the last id |
+//! | `POST /_sim/rerate` | the vendor re-rates: every score changes |
+//! | `POST /_sim/expire-page-tokens` | every page token issued so far answers 410 |
+//! | `POST /_sim/config` | change fault settings (JSON object, see [`ConfigPatch`]) |
+//! | `GET /_sim/stats` | [`crate::SimStats`] |
+//! | `GET /_sim/calls/{id}` | `{"accountId", "calls"}` |
+//! | `GET /_sim/calls?min=2` | sorted ids called at least `min` times (default 1) |
+//! | `POST /_sim/reset-calls` | forget every call count |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::accounts::{account_id, now_millis, parse_account_index, AccountState, Status};
+use crate::config::SimConfig;
+use crate::http::{error, first, query_pairs};
+use crate::listing::format_instant;
+use crate::state::State as SimState;
+use crate::SimError;
+
+/// Why a test control could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdminError {
+    #[error("no account {0} in the account system")]
+    UnknownAccount(String),
+    #[error("status {0:?} is not ACTIVE, CLOSED or SUSPENDED")]
+    BadStatus(String),
+    #[error("cannot add {0} accounts")]
+    BadCount(u64),
+}
+
+pub(crate) fn touch(st: &SimState, id: &str) -> Result<AccountState, AdminError> {
+    let index = parse_account_index(id).ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    let state = st
+        .registry_mut()
+        .touch(index, now_millis())
+        .ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    tracing::info!(account_id = id, version = state.version, "account touched");
+    Ok(state)
+}
+
+pub(crate) fn set_status(st: &SimState, id: &str, status: &str) -> Result<AccountState, AdminError> {
+    let status = Status::parse(status).ok_or_else(|| AdminError::BadStatus(status.into()))?;
+    let index = parse_account_index(id).ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    let state = st
+        .registry_mut()
+        .set_status(index, status, now_millis())
+        .ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    tracing::info!(account_id = id, status = status.as_str(), version = state.version, "account status set");
+    Ok(state)
+}
+
+pub(crate) fn add_accounts(st: &SimState, n: u64) -> Result<(u64, u64), AdminError> {
+    let added = st
+        .registry_mut()
+        .add(n, now_millis())
+        .ok_or(AdminError::BadCount(n))?;
+    tracing::info!(count = n, first = %account_id(added.0), "accounts added");
+    Ok(added)
+}
+
+pub(crate) fn rerate(st: &SimState) -> u64 {
+    let epoch = st.rerate();
+    tracing::info!(epoch, "vendor re-rated every account");
+    epoch
+}
+
+pub(crate) fn expire_page_tokens(st: &SimState) {
+    st.expire_page_tokens();
+    tracing::info!("every page token issued so far expired");
+}
+
+/// Fault settings that `POST /_sim/config` may change; absent keys stay as they are.
+/// `rate_limit_per_second: 0` means unlimited.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConfigPatch {
+    #[serde(with = "humantime_serde::option")]
+    latency: Option<Duration>,
+    rate_limit_per_second: Option<u32>,
+    burst: Option<u32>,
+    transient_error_rate: Option<f64>,
+    timeout_rate: Option<f64>,
+    #[serde(with = "humantime_serde::option")]
+    stall: Option<Duration>,
+    permanent_error_rate: Option<f64>,
+    partial_rate: Option<f64>,
+    out_of_contract_rate: Option<f64>,
+    malformed_record_rate: Option<f64>,
+    duplicate_rate: Option<f64>,
+    accounts_transient_error_rate: Option<f64>,
+    #[serde(with = "humantime_serde::option")]
+    token_ttl: Option<Duration>,
+    #[serde(with = "humantime_serde::option")]
+    page_token_ttl: Option<Duration>,
+    track_calls: Option<bool>,
+    today: Option<chrono::NaiveDate>,
+}
+
+impl ConfigPatch {
+    fn apply(self, c: &mut SimConfig) {
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        set(&mut c.latency, self.latency);
+        if let Some(rate) = self.rate_limit_per_second {
+            c.rate_limit_per_second = (rate > 0).then_some(rate);
+        }
+        set(&mut c.burst, self.burst);
+        set(&mut c.transient_error_rate, self.transient_error_rate);
+        set(&mut c.timeout_rate, self.timeout_rate);
+        set(&mut c.stall, self.stall);
+        set(&mut c.permanent_error_rate, self.permanent_error_rate);
+        set(&mut c.partial_rate, self.partial_rate);
+        set(&mut c.out_of_contract_rate, self.out_of_contract_rate);
+        set(&mut c.malformed_record_rate, self.malformed_record_rate);
+        set(&mut c.duplicate_rate, self.duplicate_rate);
+        set(
+            &mut c.accounts_transient_error_rate,
+            self.accounts_transient_error_rate,
+        );
+        set(&mut c.token_ttl, self.token_ttl);
+        set(&mut c.page_token_ttl, self.page_token_ttl);
+        set(&mut c.track_calls, self.track_calls);
+        if self.today.is_some() {
+            c.today = self.today;
+        }
+    }
+}
+
+/// The `/_sim/` routes.
+pub(crate) fn routes() -> Router<Arc<SimState>> {
+    Router::new()
+        .route("/_sim/accounts/{id}/touch", post(touch_route))
+        .route("/_sim/accounts/{id}/status", post(status_route))
+        .route("/_sim/accounts:add", post(add_route))
+        .route("/_sim/rerate", post(rerate_route))
+        .route("/_sim/expire-page-tokens", post(expire_route))
+        .route("/_sim/config", post(config_route))
+        .route("/_sim/stats", get(stats_route))
+        .route("/_sim/calls", get(calls_route))
+        .route("/_sim/calls/{id}", get(calls_for_route))
+        .route("/_sim/reset-calls", post(reset_calls_route))
+}
+
+fn admin_error(e: &AdminError) -> Response {
+    let (status, code) = match e {
+        AdminError::UnknownAccount(_) => (StatusCode::NOT_FOUND, "UNKNOWN_ACCOUNT"),
+        AdminError::BadStatus(_) => (StatusCode::BAD_REQUEST, "INVALID_STATUS"),
+        AdminError::BadCount(_) => (StatusCode::BAD_REQUEST, "INVALID_COUNT"),
+    };
+    error(status, code, &e.to_string(), None)
+}
+
+fn account_json(s: &AccountState) -> Response {
+    Json(serde_json::json!({
+        "accountId": account_id(s.index),
+        "status": s.status.as_str(),
+        "version": s.version,
+        "updatedAt": format_instant(s.updated_at),
+    }))
+    .into_response()
+}
+
+async fn touch_route(State(st): State<Arc<SimState>>, Path(id): Path<String>) -> Response {
+    match touch(&st, &id) {
+        Ok(s) => account_json(&s),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn status_route(
+    State(st): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let value = first(&pairs, "value").unwrap_or("");
+    match set_status(&st, &id, value) {
+        Ok(s) => account_json(&s),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn add_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let Some(n) = first(&pairs, "count").and_then(|c| c.parse::<u64>().ok()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_COUNT",
+            "count must be a positive integer",
+            None,
+        );
+    };
+    match add_accounts(&st, n) {
+        Ok((first_index, last_index)) => Json(serde_json::json!({
+            "first": account_id(first_index),
+            "last": account_id(last_index),
+            "total": last_index,
+        }))
+        .into_response(),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn rerate_route(State(st): State<Arc<SimState>>) -> Response {
+    Json(serde_json::json!({ "epoch": rerate(&st) })).into_response()
+}
+
+async fn expire_route(State(st): State<Arc<SimState>>) -> StatusCode {
+    expire_page_tokens(&st);
+    StatusCode::NO_CONTENT
+}
+
+async fn config_route(State(st): State<Arc<SimState>>, body: axum::body::Bytes) -> Response {
+    let patch: ConfigPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_CONFIG", &e.to_string(), None),
+    };
+    match st.update(|c| patch.apply(c)) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e @ SimError::InvalidConfig { .. }) => {
+            error(StatusCode::BAD_REQUEST, "INVALID_CONFIG", &e.to_string(), None)
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", &e.to_string(), None),
+    }
+}
+
+async fn stats_route(State(st): State<Arc<SimState>>) -> Response {
+    Json(st.stats()).into_response()
+}
+
+async fn calls_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let min = match first(&pairs, "min").map(str::parse::<u32>) {
+        None => 1,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_MIN",
+                "min must be a non-negative integer",
+                None,
+            )
+        }
+    };
+    Json(st.accounts_called_at_least(min)).into_response()
+}
+
+async fn calls_for_route(State(st): State<Arc<SimState>>, Path(id): Path<String>) -> Response {
+    Json(serde_json::json!({ "accountId": id, "calls": st.calls_for(&id) })).into_response()
+}
+
+async fn reset_calls_route(State(st): State<Arc<SimState>>) -> StatusCode {
+    st.reset_call_counts();
+    StatusCode::NO_CONTENT
+}

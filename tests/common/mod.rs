@@ -1,0 +1,136 @@
+//! Shared helpers of the end-to-end tests: a simulator, a configuration in a temporary
+//! directory, and readers of the output files.
+#![allow(dead_code)]
+
+use esg::config::{self, Config};
+use esg_simulator::{SimConfig, SimHandle};
+use std::path::{Path, PathBuf};
+
+pub struct World {
+    pub sim: SimHandle,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl World {
+    pub async fn start(sim: SimConfig, extra: &str) -> World {
+        let sim = esg_simulator::start(sim, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("simulator starts");
+        Self::with_sim(sim, extra)
+    }
+
+    pub fn with_sim(sim: SimHandle, extra: &str) -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("esg.toml");
+        let text = config::example(&sim.url(), &dir.path().join("out"), &dir.path().join("state"));
+        let text = format!("{text}\n{extra}\n");
+        // Fast test settings: quick retries.
+        let text = text.replace(
+            "max_in_flight = 64",
+            "max_in_flight = 64\nbackoff_base = \"5ms\"\nbackoff_cap = \"20ms\"",
+        );
+        std::fs::write(&config_path, text).expect("write config");
+        World {
+            sim,
+            dir,
+            config_path,
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path).expect("config loads")
+    }
+
+    pub fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    pub fn csv_path(&self, date: chrono::NaiveDate) -> PathBuf {
+        self.out().join(esg_assembler::output::file_names(date).csv)
+    }
+}
+
+/// The settings most tests use: a fast simulator without faults.
+pub fn quiet_sim(accounts: u64) -> SimConfig {
+    SimConfig {
+        accounts,
+        rate_limit_per_second: None,
+        ..Default::default()
+    }
+}
+
+pub fn date(s: &str) -> chrono::NaiveDate {
+    s.parse().expect("date")
+}
+
+/// Every record of a CSV file, header first.
+pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    reader
+        .records()
+        .map(|r| r.expect("record").iter().map(str::to_owned).collect())
+        .collect()
+}
+
+/// Ids of the ACTIVE accounts of the simulator, asked through its own API.
+pub async fn active_ids(sim: &SimHandle) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let token: serde_json::Value = http
+        .post(sim.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "esg-accounts"),
+            ("client_secret", "accounts-secret"),
+            ("scope", "accounts.read"),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json");
+    let token = token["access_token"].as_str().expect("access_token").to_owned();
+    let mut ids = Vec::new();
+    let mut page: Option<String> = None;
+    loop {
+        let mut req = http
+            .get(format!("{}/v1/accounts", sim.url()))
+            .bearer_auth(&token)
+            .query(&[("status", "ACTIVE"), ("pageSize", "5000")]);
+        if let Some(p) = &page {
+            req = req.query(&[("pageToken", p)]);
+        }
+        let body: serde_json::Value = req.send().await.expect("page").json().await.expect("json");
+        for item in body["items"].as_array().expect("items") {
+            if let Some(id) = valid_active_id(item) {
+                ids.push(id);
+            }
+        }
+        match body["nextPageToken"].as_str() {
+            Some(t) => page = Some(t.to_owned()),
+            None => break,
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// The id of a record that keeps the account system's contract and is ACTIVE.
+fn valid_active_id(item: &serde_json::Value) -> Option<String> {
+    let id = item["accountId"].as_str()?;
+    let pattern_ok = id.len() <= 64
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let name_ok = item["accountName"].as_str().is_some_and(|n| n.chars().count() <= 200);
+    let status_ok = item["status"].as_str() == Some("ACTIVE");
+    let updated_ok = item["updatedAt"]
+        .as_str()
+        .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok());
+    let version_ok = item["version"].as_i64().is_some_and(|v| v >= 1);
+    (pattern_ok && name_ok && status_ok && updated_ok && version_ok).then(|| id.to_owned())
+}
