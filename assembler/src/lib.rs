@@ -304,6 +304,12 @@ impl Assembler {
             return Ok(None);
         }
         let timed_out = !complete;
+        if timed_out && run.kind != "Daily" && run.sealed.is_none() {
+            // A re-run whose producer never finished: its accounts are unknown, and the day's
+            // file must not be touched.
+            self.abort(run, now).await?;
+            return Ok(None);
+        }
         if timed_out {
             tracing::error!(run_id = %run.run_id, "deadline reached before the run completed: assembling what is there, pending accounts Failed (DEADLINE)");
         }
@@ -354,6 +360,38 @@ impl Assembler {
             })
             .await?;
         Ok(scored >= expected)
+    }
+
+    /// Ends a run that cannot be assembled: publishes `RunCompleted` with outcome `Aborted`.
+    async fn abort(&self, run: &RunRow, now: DateTime<Utc>) -> Result<(), AssemblerError> {
+        tracing::error!(run_id = %run.run_id, "re-run never sealed by its deadline: aborted, the day's file is unchanged");
+        let completed = RunCompleted {
+            run_id: run.run_id.clone(),
+            business_date: run.business_date,
+            outcome: RunOutcome::Aborted,
+            rows: 0,
+            successful: 0,
+            partial: 0,
+            failed: 0,
+            output_file: String::new(),
+            completed_at: now,
+        };
+        self.bus
+            .publish(
+                &self.bus.topics.triggers,
+                &[(run.run_id.clone(), Event::RunCompleted(completed))],
+            )
+            .await?;
+        let id = run.run_id.clone();
+        self.store
+            .call(move |c| {
+                c.execute(
+                    "UPDATE runs SET completed = 1, outcome = 'Aborted' WHERE run_id = ?1",
+                    [id],
+                )
+            })
+            .await?;
+        Ok(())
     }
 
     /// Writes the run's files, publishes `RunCompleted`, marks the run done.

@@ -183,23 +183,32 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
     if cfg.accounts_transient_error_rate > 0.0 {
         let h = mix(cfg.seed, &[salt("listing-fault"), st.next_listing_seq()]);
         if unit(h) < cfg.accounts_transient_error_rate {
-            if h & 0x100 == 0 {
-                let mut resp = error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "RATE_LIMITED",
-                    "too many requests; retry later",
+            // Mostly 429 and 503 as a busy system answers; now and then a plain 500.
+            return match (h >> 8) % 5 {
+                0 | 1 => {
+                    let mut resp = error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "RATE_LIMITED",
+                        "too many requests; retry later",
+                        None,
+                    );
+                    resp.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    resp
+                }
+                2 | 3 => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "the account system is briefly unavailable",
                     None,
-                );
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return resp;
-            }
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                "the account system is briefly unavailable",
-                None,
-            );
+                ),
+                _ => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL_ERROR",
+                    "the account system failed; retry later",
+                    None,
+                ),
+            };
         }
     }
 
@@ -252,7 +261,12 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
             },
         )
     });
-    tracing::debug!(items = items.len(), total_count, last = next.is_none(), "accounts page served");
+    tracing::debug!(
+        items = items.len(),
+        total_count,
+        last = next.is_none(),
+        "accounts page served"
+    );
     let body = serde_json::json!({
         "items": items,
         "nextPageToken": next,

@@ -271,7 +271,13 @@ mod tests {
         for i in [1, 42, 99_999_999, 100_000_000] {
             assert_eq!(parse_account_index(&account_id(i)), Some(i));
         }
-        for bad in ["ACC0000007", "ACC000000007", "ACC00000000", "acc00000001", "ACC0000000x"] {
+        for bad in [
+            "ACC0000007",
+            "ACC000000007",
+            "ACC00000000",
+            "acc00000001",
+            "ACC0000000x",
+        ] {
             assert_eq!(parse_account_index(bad), None, "{bad}");
         }
     }
@@ -320,7 +326,10 @@ mod tests {
         assert_eq!(closed.status, Status::Closed);
         assert_eq!(closed.version, before.version + 2);
         assert_eq!(closed.holdings_version, before.holdings_version + 1);
-        assert!(closed.updated_at > now, "updatedAt never repeats or goes back");
+        assert!(
+            closed.updated_at > now,
+            "updatedAt never repeats or goes back"
+        );
         let same = r.set_status(3, Status::Closed, now).expect("exists");
         assert_eq!(same.version, closed.version, "no change, no new version");
         assert!(r.touch(11, now).is_none());

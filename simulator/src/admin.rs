@@ -52,14 +52,23 @@ pub(crate) fn touch(st: &SimState, id: &str) -> Result<AccountState, AdminError>
     Ok(state)
 }
 
-pub(crate) fn set_status(st: &SimState, id: &str, status: &str) -> Result<AccountState, AdminError> {
+pub(crate) fn set_status(
+    st: &SimState,
+    id: &str,
+    status: &str,
+) -> Result<AccountState, AdminError> {
     let status = Status::parse(status).ok_or_else(|| AdminError::BadStatus(status.into()))?;
     let index = parse_account_index(id).ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
     let state = st
         .registry_mut()
         .set_status(index, status, now_millis())
         .ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
-    tracing::info!(account_id = id, status = status.as_str(), version = state.version, "account status set");
+    tracing::info!(
+        account_id = id,
+        status = status.as_str(),
+        version = state.version,
+        "account status set"
+    );
     Ok(state)
 }
 
@@ -230,14 +239,29 @@ async fn expire_route(State(st): State<Arc<SimState>>) -> StatusCode {
 async fn config_route(State(st): State<Arc<SimState>>, body: axum::body::Bytes) -> Response {
     let patch: ConfigPatch = match serde_json::from_slice(&body) {
         Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_CONFIG", &e.to_string(), None),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_CONFIG",
+                &e.to_string(),
+                None,
+            )
+        }
     };
     match st.update(|c| patch.apply(c)) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e @ SimError::InvalidConfig { .. }) => {
-            error(StatusCode::BAD_REQUEST, "INVALID_CONFIG", &e.to_string(), None)
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", &e.to_string(), None),
+        Err(e @ SimError::InvalidConfig { .. }) => error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONFIG",
+            &e.to_string(),
+            None,
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            &e.to_string(),
+            None,
+        ),
     }
 }
 

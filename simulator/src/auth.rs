@@ -152,7 +152,10 @@ pub(crate) async fn token(State(st): State<Arc<SimState>>, body: Bytes) -> Respo
             .into_response();
     };
     let granted: Vec<&str> = credential.scope.split_whitespace().collect();
-    let scope = match first(&pairs, "scope").map(str::trim).filter(|s| !s.is_empty()) {
+    let scope = match first(&pairs, "scope")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         None => granted.join(" "),
         Some(requested) if requested.split_whitespace().all(|s| granted.contains(&s)) => {
             requested.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -32,8 +32,10 @@ pub struct SimConfig {
     /// Delay added to every ESG API call (default 0).
     #[serde(with = "humantime_serde")]
     pub latency: Duration,
-    /// Tenant quota of the ESG API in requests per second; `None` means unlimited
-    /// (default `Some(50)`). A batch is one request.
+    /// Tenant quota of the ESG API in requests per second; `None` (or 0, which TOML can
+    /// express where it cannot express null) means unlimited (default `Some(50)`). A batch is
+    /// one request.
+    #[serde(deserialize_with = "quota")]
     pub rate_limit_per_second: Option<u32>,
     /// Burst allowed above the quota (default 100).
     pub burst: u32,
@@ -54,7 +56,8 @@ pub struct SimConfig {
     pub malformed_record_rate: f64,
     /// Share of accounts listed twice, once with an older version (default 0).
     pub duplicate_rate: f64,
-    /// Chance that a listing page answers 429 (`Retry-After: 1`) or 503 (default 0).
+    /// Chance that a listing page answers 429 (`Retry-After: 1`) or 503 (two fifths each) or
+    /// 500 (one fifth) (default 0).
     pub accounts_transient_error_rate: f64,
     /// Count ESG calls per account (default true). Turn off for very large account counts:
     /// the counters are the only memory that grows with the number of accounts called.
@@ -154,7 +157,10 @@ impl SimConfig {
         ];
         for (key, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
-                return Err(invalid(key, format!("{rate} is not a share between 0 and 1")));
+                return Err(invalid(
+                    key,
+                    format!("{rate} is not a share between 0 and 1"),
+                ));
             }
         }
         let per_account = self.permanent_error_rate + self.partial_rate + self.out_of_contract_rate;
@@ -178,12 +184,6 @@ impl SimConfig {
                 format!("{} is more than {MAX_ACCOUNTS}", self.accounts),
             ));
         }
-        if self.rate_limit_per_second == Some(0) {
-            return Err(invalid(
-                "rate_limit_per_second",
-                "0 would refuse every call; leave it out for unlimited".to_owned(),
-            ));
-        }
         if self.burst == 0 {
             return Err(invalid("burst", "must be at least 1".to_owned()));
         }
@@ -191,7 +191,10 @@ impl SimConfig {
             return Err(invalid("token_ttl", "must be longer than 0".to_owned()));
         }
         if self.page_token_ttl.is_zero() {
-            return Err(invalid("page_token_ttl", "must be longer than 0".to_owned()));
+            return Err(invalid(
+                "page_token_ttl",
+                "must be longer than 0".to_owned(),
+            ));
         }
         for (i, c) in self.credentials.iter().enumerate() {
             if c.client_id.is_empty() || c.client_secret.is_empty() {
@@ -203,6 +206,12 @@ impl SimConfig {
         }
         Ok(())
     }
+}
+
+/// `rate_limit_per_second`: a number, 0 or null (both unlimited).
+fn quota<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let value: Option<u32> = serde::Deserialize::deserialize(d)?;
+    Ok(value.filter(|n| *n > 0))
 }
 
 fn invalid(key: &'static str, reason: String) -> SimError {
@@ -240,6 +249,12 @@ mod tests {
         assert_eq!(c.rate_limit_per_second, None);
         assert_eq!(c.accounts, 1000, "missing keys take their default");
         assert!(serde_json::from_str::<SimConfig>(r#"{"sead":7}"#).is_err());
+        let zero: SimConfig =
+            serde_json::from_str(r#"{"rate_limit_per_second":0}"#).expect("valid config");
+        assert_eq!(zero.rate_limit_per_second, None, "0 means unlimited");
+        let some: SimConfig =
+            serde_json::from_str(r#"{"rate_limit_per_second":20}"#).expect("valid config");
+        assert_eq!(some.rate_limit_per_second, Some(20));
     }
 
     #[test]

@@ -95,7 +95,10 @@ fn shutting_down(request_id: &str) -> Response {
 /// The error of a permanent account fault or a transient call fault.
 fn fault_error(status: u16, account_id: &str, request_id: &str) -> Response {
     let (code, message) = match status {
-        404 => ("UNKNOWN_PORTFOLIO", "no portfolio is known under this account id"),
+        404 => (
+            "UNKNOWN_PORTFOLIO",
+            "no portfolio is known under this account id",
+        ),
         422 => (
             "NOT_ANALYZABLE",
             "the portfolio's holdings cannot be analyzed",
@@ -241,9 +244,16 @@ struct BatchRequest {
 }
 
 /// One result of a batch, already written as JSON.
-fn batch_item(id: &str, status: u16, analysis: Option<String>, err: Option<(&str, &str)>) -> String {
+fn batch_item(
+    id: &str,
+    status: u16,
+    analysis: Option<String>,
+    err: Option<(&str, &str)>,
+) -> String {
     let error = match err {
-        Some((code, message)) => serde_json::json!({ "error": code, "message": message }).to_string(),
+        Some((code, message)) => {
+            serde_json::json!({ "error": code, "message": message }).to_string()
+        }
         None => "null".to_owned(),
     };
     format!(
@@ -270,7 +280,12 @@ pub(crate) async fn batch(
     finish(&st, resp, &request_id)
 }
 
-async fn batch_inner(st: &SimState, headers: &HeaderMap, body: &[u8], request_id: &str) -> Response {
+async fn batch_inner(
+    st: &SimState,
+    headers: &HeaderMap,
+    body: &[u8],
+    request_id: &str,
+) -> Response {
     let cfg = st.config();
     if let Err(d) = authorize(st, headers, ESG_SCOPE) {
         return denied(d, ESG_SCOPE, Some(request_id));
@@ -290,7 +305,14 @@ async fn batch_inner(st: &SimState, headers: &HeaderMap, body: &[u8], request_id
 }
 
 async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &str) -> Response {
-    let bad = |message: &str| error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message, Some(request_id));
+    let bad = |message: &str| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            message,
+            Some(request_id),
+        )
+    };
     let Ok(req) = serde_json::from_slice::<BatchRequest>(body) else {
         return bad("the body must be a JSON object with an accountIds array of strings");
     };
@@ -314,7 +336,10 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
                 id,
                 422,
                 None,
-                Some(("INVALID_ACCOUNT_ID", "accountId does not match the id pattern")),
+                Some((
+                    "INVALID_ACCOUNT_ID",
+                    "accountId does not match the id pattern",
+                )),
             ));
             continue;
         }
@@ -326,24 +351,40 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
                 id,
                 404,
                 None,
-                Some(("UNKNOWN_PORTFOLIO", "no portfolio is known under this account id")),
+                Some((
+                    "UNKNOWN_PORTFOLIO",
+                    "no portfolio is known under this account id",
+                )),
             ),
             (Some(_), AccountFault::Permanent { status: 404 }) => batch_item(
                 id,
                 404,
                 None,
-                Some(("UNKNOWN_PORTFOLIO", "no portfolio is known under this account id")),
+                Some((
+                    "UNKNOWN_PORTFOLIO",
+                    "no portfolio is known under this account id",
+                )),
             ),
             (Some(_), AccountFault::Permanent { .. }) => batch_item(
                 id,
                 422,
                 None,
-                Some(("NOT_ANALYZABLE", "the portfolio's holdings cannot be analyzed")),
+                Some((
+                    "NOT_ANALYZABLE",
+                    "the portfolio's holdings cannot be analyzed",
+                )),
             ),
             (Some(account), fault) => match call_fault(cfg, id, call) {
                 CallFault::Transient { status } => {
-                    let status = if status == 500 || status == 502 { 500 } else { 503 };
-                    let h = mix(cfg.seed, &[salt("batch-fault"), fnv1a(id.as_bytes()), u64::from(call)]);
+                    let status = if status == 500 || status == 502 {
+                        500
+                    } else {
+                        503
+                    };
+                    let h = mix(
+                        cfg.seed,
+                        &[salt("batch-fault"), fnv1a(id.as_bytes()), u64::from(call)],
+                    );
                     if i == 0 && h & 1 == 0 {
                         whole_batch_fault = Some(status);
                     }
@@ -351,12 +392,22 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
                         id,
                         status,
                         None,
-                        Some(("TRANSIENT", "a transient error occurred; retry this account")),
+                        Some((
+                            "TRANSIENT",
+                            "a transient error occurred; retry this account",
+                        )),
                     )
                 }
                 other => {
                     stall |= other == CallFault::Stall;
-                    let a = scores::analysis(cfg.seed, id, account.holdings_version, epoch, date, fault);
+                    let a = scores::analysis(
+                        cfg.seed,
+                        id,
+                        account.holdings_version,
+                        epoch,
+                        date,
+                        fault,
+                    );
                     batch_item(id, 200, Some(a.as_batch_value()), None)
                 }
             },
@@ -372,7 +423,10 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
             return shutting_down(request_id);
         }
     }
-    json_text(StatusCode::OK, format!("{{\"results\":[{}]}}", items.join(",")))
+    json_text(
+        StatusCode::OK,
+        format!("{{\"results\":[{}]}}", items.join(",")),
+    )
 }
 
 /// `GET /v1/health`.
@@ -390,7 +444,10 @@ mod tests {
     fn if_none_match_accepts_lists_weak_tags_and_star() {
         let mut h = HeaderMap::new();
         assert!(!etag_matches(&h, "\"a\""));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"x\", W/\"a\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"x\", W/\"a\""),
+        );
         assert!(etag_matches(&h, "\"a\""));
         assert!(!etag_matches(&h, "\"b\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));

@@ -60,7 +60,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Inverse of [`hex`]; `None` for odd length or a non-hex digit.
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| -> Option<u8> {

@@ -78,7 +78,7 @@ pub struct SimStats {
     pub token_requests: u64,
     /// Listing pages answered 200.
     pub account_pages: u64,
-    /// Listing requests answered with an error (400, 401, 410, 429, 503).
+    /// Listing requests answered with an error (400, 401, 410, 429, 500, 503).
     pub account_errors: u64,
     /// ESG API requests (single and batch; not the health check).
     pub esg_requests: u64,
@@ -102,7 +102,9 @@ pub struct SimHandle {
 
 impl fmt::Debug for SimHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimHandle").field("addr", &self.addr).finish()
+        f.debug_struct("SimHandle")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 

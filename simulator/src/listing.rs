@@ -147,7 +147,14 @@ pub(crate) fn entries_at(
             };
             if let Some(state) = reg.get(k) {
                 let echo_is_older = (dup.echo < k) == dup.older_first;
-                push_account(if echo_is_older { older(f, state) } else { state }, out);
+                push_account(
+                    if echo_is_older {
+                        older(f, state)
+                    } else {
+                        state
+                    },
+                    out,
+                );
             }
         }
     }
@@ -269,7 +276,11 @@ mod tests {
         }
         assert_eq!(seen.len(), 2000, "every account still listed");
         let dups: Vec<&Vec<AccountState>> = seen.values().filter(|v| v.len() > 1).collect();
-        assert!((150..=250).contains(&dups.len()), "{} duplicated", dups.len());
+        assert!(
+            (150..=250).contains(&dups.len()),
+            "{} duplicated",
+            dups.len()
+        );
         let (mut older_first, mut newer_first) = (0, 0);
         for copies in dups {
             assert_eq!(copies.len(), 2);
@@ -281,7 +292,10 @@ mod tests {
                 newer_first += 1;
             }
         }
-        assert!(older_first > 20 && newer_first > 20, "{older_first} / {newer_first}");
+        assert!(
+            older_first > 20 && newer_first > 20,
+            "{older_first} / {newer_first}"
+        );
     }
 
     #[test]
@@ -293,7 +307,11 @@ mod tests {
             .filter(|e| matches!(e, Entry::Malformed { .. }))
             .map(|e| render(e, 42, &Filter::default()))
             .collect();
-        assert!((150..=250).contains(&malformed.len()), "{}", malformed.len());
+        assert!(
+            (150..=250).contains(&malformed.len()),
+            "{}",
+            malformed.len()
+        );
         for record in &malformed {
             let id = record.get("accountId").and_then(Value::as_str);
             let name = record.get("accountName").and_then(Value::as_str);

@@ -104,7 +104,7 @@ pub(crate) fn account_name(seed: u64, index: u64) -> String {
     let kind = pick(KINDS, h, 19);
     let surname = pick(SURNAMES, h, 27);
     let other = pick(SURNAMES, h, 35);
-    if h % 7 != 0 {
+    if !h.is_multiple_of(7) {
         return match (h >> 43) % 4 {
             0 => format!("{surname} Family {kind}"),
             1 => format!("{place} {style} {kind}"),

@@ -74,12 +74,12 @@ impl Pillar {
     }
 }
 
-/// How a partial answer is partial.
+/// Which part of a partial answer is null.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PartialKind {
-    NullPillar(Pillar),
-    NullOverall,
-    NullPrimaryFocus,
+pub(crate) enum NullField {
+    Pillar(Pillar),
+    Overall,
+    PrimaryFocus,
 }
 
 /// How an out-of-contract answer breaks the contract.
@@ -100,8 +100,10 @@ pub(crate) enum OutOfContract {
 pub(crate) enum AccountFault {
     None,
     /// Always 404 `UNKNOWN_PORTFOLIO` or 422 `NOT_ANALYZABLE`.
-    Permanent { status: u16 },
-    Partial(PartialKind),
+    Permanent {
+        status: u16,
+    },
+    Partial(NullField),
     OutOfContract(OutOfContract),
 }
 
@@ -110,7 +112,9 @@ pub(crate) enum AccountFault {
 pub(crate) enum CallFault {
     None,
     /// 500, 502, 503 or 504.
-    Transient { status: u16 },
+    Transient {
+        status: u16,
+    },
     /// Stall for the configured time, then answer.
     Stall,
 }
@@ -130,9 +134,9 @@ pub(crate) fn account_fault(cfg: &SimConfig, account_id: &str) -> AccountFault {
         }
     } else if u < partial {
         AccountFault::Partial(match h % 5 {
-            0 | 1 => PartialKind::NullPillar(Pillar::ALL[((h >> 8) % 3) as usize]),
-            2 | 3 => PartialKind::NullPrimaryFocus,
-            _ => PartialKind::NullOverall,
+            0 | 1 => NullField::Pillar(Pillar::ALL[((h >> 8) % 3) as usize]),
+            2 | 3 => NullField::PrimaryFocus,
+            _ => NullField::Overall,
         })
     } else if u < out_of_contract {
         AccountFault::OutOfContract(match h % 4 {
@@ -227,12 +231,12 @@ pub(crate) fn analysis(
     let idh = fnv1a(account_id.as_bytes());
     let mut coverage = 60 + mix(seed, &[salt("coverage"), idh]) % 41;
     match fault {
-        AccountFault::Partial(PartialKind::NullPillar(p)) => {
+        AccountFault::Partial(NullField::Pillar(p)) => {
             values[1 + Pillar::ALL.iter().position(|q| *q == p).unwrap_or(0)] = None;
             coverage -= 30;
         }
-        AccountFault::Partial(PartialKind::NullOverall) => values[0] = None,
-        AccountFault::Partial(PartialKind::NullPrimaryFocus) => null_focus = true,
+        AccountFault::Partial(NullField::Overall) => values[0] = None,
+        AccountFault::Partial(NullField::PrimaryFocus) => null_focus = true,
         AccountFault::OutOfContract(OutOfContract::ScoreOutOfRange) => {
             values[1] = Some(1_500_000);
         }
@@ -323,7 +327,10 @@ mod tests {
         }
         let decimals = |v: &u64| units_text(*v).split('.').nth(1).map_or(0, str::len);
         for n in [0, 2, 3, 4] {
-            assert!(values.iter().filter(|v| decimals(v) == n).count() > 100, "{n}");
+            assert!(
+                values.iter().filter(|v| decimals(v) == n).count() > 100,
+                "{n}"
+            );
         }
     }
 
@@ -418,7 +425,7 @@ mod tests {
             1,
             0,
             date(),
-            AccountFault::Partial(PartialKind::NullPrimaryFocus),
+            AccountFault::Partial(NullField::PrimaryFocus),
         );
         let v: Value = serde_json::from_str(&null_focus.text).expect("json");
         assert!(v["primaryFocus"].is_null());
@@ -428,7 +435,7 @@ mod tests {
             1,
             0,
             date(),
-            AccountFault::Partial(PartialKind::NullPillar(Pillar::Social)),
+            AccountFault::Partial(NullField::Pillar(Pillar::Social)),
         );
         let v: Value = serde_json::from_str(&null_social.text).expect("json");
         assert!(v["scores"]["social"].is_null());

@@ -151,7 +151,7 @@ impl State {
                 let (Some(per_second), Some(burst)) =
                     (NonZeroU32::new(rate), NonZeroU32::new(cfg.burst))
                 else {
-                    // validate() refuses zeros; without a usable quota nothing is limited.
+                    // A quota of 0 means unlimited (validate() refuses a burst of 0).
                     *slot = None;
                     return;
                 };
@@ -202,7 +202,9 @@ impl State {
     }
 
     pub fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
-        self.registry.write().unwrap_or_else(PoisonError::into_inner)
+        self.registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn rerate_epoch(&self) -> u64 {
@@ -300,7 +302,9 @@ impl State {
 
     /// Counts one ESG API answer by HTTP status.
     pub fn count_esg_status(&self, status: u16) {
-        *lock(&self.counters.esg_by_status).entry(status).or_default() += 1;
+        *lock(&self.counters.esg_by_status)
+            .entry(status)
+            .or_default() += 1;
     }
 
     /// Marks one ESG request in flight until the guard is dropped.
@@ -344,10 +348,7 @@ pub(crate) struct InFlight(Arc<State>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0
-            .counters
-            .esg_in_flight
-            .fetch_sub(1, Ordering::SeqCst);
+        self.0.counters.esg_in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
