@@ -54,13 +54,22 @@ pub struct AccountsSection {
     pub scope: String,
     #[serde(default = "esg_producer::accounts::default_page_size")]
     pub page_size: u32,
-    #[serde(default = "esg_producer::accounts::default_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "esg_producer::accounts::default_timeout",
+        with = "humantime_serde"
+    )]
     pub timeout: Duration,
     #[serde(default = "esg_producer::accounts::default_max_attempts")]
     pub max_attempts: u32,
-    #[serde(default = "esg_producer::accounts::default_backoff_base", with = "humantime_serde")]
+    #[serde(
+        default = "esg_producer::accounts::default_backoff_base",
+        with = "humantime_serde"
+    )]
     pub backoff_base: Duration,
-    #[serde(default = "esg_producer::accounts::default_backoff_cap", with = "humantime_serde")]
+    #[serde(
+        default = "esg_producer::accounts::default_backoff_cap",
+        with = "humantime_serde"
+    )]
     pub backoff_cap: Duration,
     #[serde(default = "esg_producer::accounts::default_max_restarts")]
     pub max_restarts: u32,
@@ -90,11 +99,20 @@ pub struct EsgApiSection {
     pub timeout: Duration,
     #[serde(default = "esg_scorer::api::default_max_attempts")]
     pub max_attempts: u32,
-    #[serde(default = "esg_scorer::api::default_backoff_base", with = "humantime_serde")]
+    #[serde(
+        default = "esg_scorer::api::default_backoff_base",
+        with = "humantime_serde"
+    )]
     pub backoff_base: Duration,
-    #[serde(default = "esg_scorer::api::default_backoff_cap", with = "humantime_serde")]
+    #[serde(
+        default = "esg_scorer::api::default_backoff_cap",
+        with = "humantime_serde"
+    )]
     pub backoff_cap: Duration,
-    #[serde(default = "esg_scorer::api::default_max_retry_after", with = "humantime_serde")]
+    #[serde(
+        default = "esg_scorer::api::default_max_retry_after",
+        with = "humantime_serde"
+    )]
     pub max_retry_after: Duration,
 }
 
@@ -280,8 +298,8 @@ impl Config {
             message: e.message().to_owned(),
         })?;
         apply_env(&mut table, env)?;
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
-            .map_err(|e| {
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
                 let key = e.path().to_string();
                 let inner = e.into_inner().to_string();
                 // Unknown keys are reported by serde on the table that holds them: name the key.
@@ -311,19 +329,26 @@ impl Config {
             ("accounts.url", &self.accounts.url),
             ("esg_api.url", &self.esg_api.url),
         ] {
-            let parsed = reqwest::Url::parse(url).map_err(|e| bad(key, format!("{url:?} is not a URL: {e}")))?;
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| bad(key, format!("{url:?} is not a URL: {e}")))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(bad(key, format!("{url:?} must be http or https")));
             }
         }
         if self.esg_api.rate_limit_per_second == 0 {
-            return Err(bad("esg_api.rate_limit_per_second", "must be at least 1".into()));
+            return Err(bad(
+                "esg_api.rate_limit_per_second",
+                "must be at least 1".into(),
+            ));
         }
         if self.esg_api.burst == Some(0) {
             return Err(bad("esg_api.burst", "must be at least 1".into()));
         }
         if self.esg_api.max_in_flight == 0 || self.esg_api.max_in_flight > 10_000 {
-            return Err(bad("esg_api.max_in_flight", "must be between 1 and 10000".into()));
+            return Err(bad(
+                "esg_api.max_in_flight",
+                "must be between 1 and 10000".into(),
+            ));
         }
         if self.esg_api.client_id.is_empty() {
             return Err(bad("esg_api.client_id", "must not be empty".into()));
@@ -346,14 +371,16 @@ impl Config {
                 "\"kafka\" is not available in this build; use \"embedded\"".into(),
             ));
         }
-        self.time_zone()
-            .map_err(|m| bad("run.time_zone", m))?;
+        self.time_zone().map_err(|m| bad("run.time_zone", m))?;
         self.deadline_time().map_err(|m| bad("run.deadline", m))?;
         if self.run.max_duration.is_zero() {
             return Err(bad("run.max_duration", "must be greater than zero".into()));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(bad("log.format", format!("{:?}: must be \"text\" or \"json\"", self.log.format)));
+            return Err(bad(
+                "log.format",
+                format!("{:?}: must be \"text\" or \"json\"", self.log.format),
+            ));
         }
         if self.producer.emit_batch == 0 {
             return Err(bad("producer.emit_batch", "must be at least 1".into()));
@@ -523,7 +550,11 @@ mod tests {
     use super::*;
 
     fn base() -> String {
-        example("http://127.0.0.1:9", Path::new("/tmp/out"), Path::new("/tmp/state"))
+        example(
+            "http://127.0.0.1:9",
+            Path::new("/tmp/out"),
+            Path::new("/tmp/state"),
+        )
     }
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -562,15 +593,35 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         for (from, to, key) in [
-            ("rate_limit_per_second = 50", "rate_limit_per_second = 0", "esg_api.rate_limit_per_second"),
-            ("max_in_flight = 64", "max_in_flight = 0", "esg_api.max_in_flight"),
-            ("url = \"http://127.0.0.1:9\"\nclient_id = \"esg-scorer\"", "url = \"nope\"\nclient_id = \"esg-scorer\"", "esg_api.url"),
-            ("rate_limit_per_second = 50", "rate_limit_per_second = \"fast\"", "esg_api.rate_limit_per_second"),
+            (
+                "rate_limit_per_second = 50",
+                "rate_limit_per_second = 0",
+                "esg_api.rate_limit_per_second",
+            ),
+            (
+                "max_in_flight = 64",
+                "max_in_flight = 0",
+                "esg_api.max_in_flight",
+            ),
+            (
+                "url = \"http://127.0.0.1:9\"\nclient_id = \"esg-scorer\"",
+                "url = \"nope\"\nclient_id = \"esg-scorer\"",
+                "esg_api.url",
+            ),
+            (
+                "rate_limit_per_second = 50",
+                "rate_limit_per_second = \"fast\"",
+                "esg_api.rate_limit_per_second",
+            ),
         ] {
             let err = parse(&base().replace(from, to)).expect_err(key);
             assert!(err.to_string().contains(key), "{key}: {err}");
         }
-        let err = parse(&format!("{}\n[run]\ntime_zone = \"Mars/Olympus\"\n", base())).expect_err("tz");
+        let err = parse(&format!(
+            "{}\n[run]\ntime_zone = \"Mars/Olympus\"\n",
+            base()
+        ))
+        .expect_err("tz");
         assert!(err.to_string().contains("run.time_zone"), "{err}");
         let err = parse(&format!("{}\n[run]\ndeadline = \"9am\"\n", base())).expect_err("deadline");
         assert!(err.to_string().contains("run.deadline"), "{err}");
@@ -581,8 +632,14 @@ mod tests {
     #[test]
     fn environment_overrides_keys() {
         let env = vec![
-            ("ESG__ESG_API__RATE_LIMIT_PER_SECOND".to_owned(), "7".to_owned()),
-            ("ESG__ESG_API__CLIENT_SECRET".to_owned(), "from-env".to_owned()),
+            (
+                "ESG__ESG_API__RATE_LIMIT_PER_SECOND".to_owned(),
+                "7".to_owned(),
+            ),
+            (
+                "ESG__ESG_API__CLIENT_SECRET".to_owned(),
+                "from-env".to_owned(),
+            ),
             ("ESG__BUS__TOPIC_PREFIX".to_owned(), "prod.".to_owned()),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
@@ -590,8 +647,12 @@ mod tests {
         assert_eq!(c.esg_api.rate_limit_per_second, 7);
         assert_eq!(c.esg_api.client_secret.expose(), "from-env");
         assert_eq!(c.bus.topic_prefix, "prod.");
-        let err = Config::parse(&base(), "esg.toml", vec![("ESG__X".to_owned(), "1".to_owned())])
-            .expect_err("bad var");
+        let err = Config::parse(
+            &base(),
+            "esg.toml",
+            vec![("ESG__X".to_owned(), "1".to_owned())],
+        )
+        .expect_err("bad var");
         assert!(err.to_string().contains("ESG__X"), "{err}");
     }
 
@@ -607,20 +668,38 @@ mod tests {
         let c = parse(&base()).expect("parses");
         let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).expect("date");
         // 05:00 CST = 11:00 UTC; 09:00 CST = 15:00 UTC.
-        let at_five = chrono::Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).single().expect("t");
+        let at_five = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 23, 11, 0, 0)
+            .single()
+            .expect("t");
         assert_eq!(
             c.deadline_for(date, at_five),
-            chrono::Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).single().expect("t")
+            chrono::Utc
+                .with_ymd_and_hms(2026, 11, 23, 15, 0, 0)
+                .single()
+                .expect("t")
         );
         // In July (CDT) 09:00 is 14:00 UTC.
         let july = chrono::NaiveDate::from_ymd_opt(2026, 7, 1).expect("date");
-        let early = chrono::Utc.with_ymd_and_hms(2026, 7, 1, 10, 0, 0).single().expect("t");
+        let early = chrono::Utc
+            .with_ymd_and_hms(2026, 7, 1, 10, 0, 0)
+            .single()
+            .expect("t");
         assert_eq!(
             c.deadline_for(july, early),
-            chrono::Utc.with_ymd_and_hms(2026, 7, 1, 14, 0, 0).single().expect("t")
+            chrono::Utc
+                .with_ymd_and_hms(2026, 7, 1, 14, 0, 0)
+                .single()
+                .expect("t")
         );
         // Started after the deadline: four hours from the start.
-        let late = chrono::Utc.with_ymd_and_hms(2026, 11, 24, 2, 0, 0).single().expect("t");
-        assert_eq!(c.deadline_for(date, late), late + chrono::Duration::hours(4));
+        let late = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 24, 2, 0, 0)
+            .single()
+            .expect("t");
+        assert_eq!(
+            c.deadline_for(date, late),
+            late + chrono::Duration::hours(4)
+        );
     }
 }

@@ -144,7 +144,10 @@ struct SimulatorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -210,14 +213,15 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    t.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = ctrl_c.await;
+                        t.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -225,7 +229,9 @@ fn shutdown_on_signal() -> CancellationToken {
         }
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
-        tracing::warn!("stop requested: finishing in-flight work; run the same command again to resume");
+        tracing::warn!(
+            "stop requested: finishing in-flight work; run the same command again to resume"
+        );
         t.cancel();
     });
     token
@@ -290,10 +296,7 @@ fn report(pipeline: &Pipeline, outcome: Outcome) -> Result<ExitCode> {
         "  scored in this run {}, carried forward {}, new {}, gone {}, malformed records skipped {}",
         s.scored_in_run, s.carried_forward, s.new_accounts, s.gone_accounts, s.malformed_records
     );
-    println!(
-        "  API calls {} in {} s",
-        s.api_calls, s.duration_seconds
-    );
+    println!("  API calls {} in {} s", s.api_calls, s.duration_seconds);
     Ok(if report.outcome == RunOutcome::TimedOut {
         ExitCode::from(3)
     } else {
@@ -328,11 +331,22 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
         .await
         .context("starting the simulator")?;
     let config_path = dir.join("esg.toml");
-    let rate = if args.unlimited { 1_000_000 } else { args.rate_limit };
+    let rate = if args.unlimited {
+        1_000_000
+    } else {
+        args.rate_limit
+    };
     let text = config::example(&sim.url(), &dir.join("out"), &dir.join("state"))
-        .replace("rate_limit_per_second = 50", &format!("rate_limit_per_second = {rate}"))
-        .replace("max_in_flight = 64", &format!("max_in_flight = {}", args.max_in_flight));
-    std::fs::write(&config_path, text).with_context(|| format!("writing {}", config_path.display()))?;
+        .replace(
+            "rate_limit_per_second = 50",
+            &format!("rate_limit_per_second = {rate}"),
+        )
+        .replace(
+            "max_in_flight = 64",
+            &format!("max_in_flight = {}", args.max_in_flight),
+        );
+    std::fs::write(&config_path, text)
+        .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(&config_path)?;
     println!(
         "simulator at {} with {} accounts; configuration written to {}",
@@ -401,7 +415,11 @@ async fn simulator(args: SimulatorArgs) -> Result<ExitCode> {
     let sim = esg_simulator::start(config, args.listen)
         .await
         .context("starting the simulator")?;
-    println!("simulator listening on {} (token endpoint {})", sim.url(), sim.token_url());
+    println!(
+        "simulator listening on {} (token endpoint {})",
+        sim.url(),
+        sim.token_url()
+    );
     let shutdown = shutdown_on_signal();
     shutdown.cancelled().await;
     sim.shutdown();

@@ -155,7 +155,10 @@ impl Pipeline {
 
     /// The business date of "today" in the configured time zone.
     pub fn today(&self) -> NaiveDate {
-        let tz = self.config.time_zone().unwrap_or(chrono_tz::America::Chicago);
+        let tz = self
+            .config
+            .time_zone()
+            .unwrap_or(chrono_tz::America::Chicago);
         Utc::now().with_timezone(&tz).date_naive()
     }
 
@@ -216,7 +219,11 @@ impl Pipeline {
         let run_id = req.run_id.clone();
         // Housekeeping of the log before the day starts: retention and compaction.
         let maintained = self.log.maintain(Duration::from_secs(24 * 3600)).await?;
-        tracing::debug!(expired = maintained.expired, compacted = maintained.compacted, "log maintained");
+        tracing::debug!(
+            expired = maintained.expired,
+            compacted = maintained.compacted,
+            "log maintained"
+        );
 
         let stop_scorer = shutdown.child_token();
         let scorer = Scorer::new(

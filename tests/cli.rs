@@ -33,9 +33,16 @@ fn help_lists_every_command() {
 fn a_broken_config_names_the_key_and_exits_2() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("esg.toml");
-    let good = esg::config::example("http://127.0.0.1:9", &dir.path().join("o"), &dir.path().join("s"));
-    std::fs::write(&path, good.replace("max_in_flight = 64", "max_in_flight = 64\nmax_inflight = 2"))
-        .expect("write");
+    let good = esg::config::example(
+        "http://127.0.0.1:9",
+        &dir.path().join("o"),
+        &dir.path().join("s"),
+    );
+    std::fs::write(
+        &path,
+        good.replace("max_in_flight = 64", "max_in_flight = 64\nmax_inflight = 2"),
+    )
+    .expect("write");
     let out = esg(&["run", "--once", "--config", path.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -54,13 +61,20 @@ fn a_broken_config_names_the_key_and_exits_2() {
 fn check_config_hides_secrets() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("esg.toml");
-    let good = esg::config::example("http://127.0.0.1:9", &dir.path().join("o"), &dir.path().join("s"));
+    let good = esg::config::example(
+        "http://127.0.0.1:9",
+        &dir.path().join("o"),
+        &dir.path().join("s"),
+    );
     std::fs::write(&path, good).expect("write");
     let out = esg(&["check-config", "--config", path.to_str().expect("utf8")]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("configuration OK"));
-    assert!(!text.contains("scorer-secret") && !text.contains("accounts-secret"), "{text}");
+    assert!(
+        !text.contains("scorer-secret") && !text.contains("accounts-secret"),
+        "{text}"
+    );
 }
 
 #[test]

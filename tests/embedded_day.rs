@@ -26,7 +26,9 @@ fn is_score_cell(s: &str) -> bool {
     s == "N/A"
         || (s.len() >= 4
             && s.split_once('.').is_some_and(|(i, f)| {
-                f.len() == 2 && !i.is_empty() && i.chars().chain(f.chars()).all(|c| c.is_ascii_digit())
+                f.len() == 2
+                    && !i.is_empty()
+                    && i.chars().chain(f.chars()).all(|c| c.is_ascii_digit())
             }))
 }
 
@@ -63,7 +65,11 @@ async fn a_full_day_rates_every_active_account_once() {
     sorted.sort();
     sorted.dedup();
     assert_eq!(ids, sorted, "sorted by id, no duplicates");
-    assert_eq!(ids, active_ids(&world.sim).await, "every active account, nothing else");
+    assert_eq!(
+        ids,
+        active_ids(&world.sim).await,
+        "every active account, nothing else"
+    );
 
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     for r in &rows[1..] {
@@ -79,7 +85,10 @@ async fn a_full_day_rates_every_active_account_once() {
                 assert!(["Environmental", "Social", "Governance"].contains(&r[6].as_str()));
                 assert_eq!(r[8], "2026-11-23", "analysis date as of the business date");
             }
-            "Partial" => assert!(r[2..9].iter().any(|c| c == "N/A") && r[2..9].iter().any(|c| c != "N/A"), "{r:?}"),
+            "Partial" => assert!(
+                r[2..9].iter().any(|c| c == "N/A") && r[2..9].iter().any(|c| c != "N/A"),
+                "{r:?}"
+            ),
             other => panic!("status {other:?}"),
         }
         // Formula neutralisation of names.
@@ -89,16 +98,37 @@ async fn a_full_day_rates_every_active_account_once() {
             "name not neutralised: {name:?}"
         );
     }
-    assert!(statuses.get("Failed").copied().unwrap_or(0) > 0, "{statuses:?}");
-    assert!(statuses.get("Partial").copied().unwrap_or(0) > 0, "{statuses:?}");
-    assert!(rows[1..].iter().any(|r| r[1].starts_with('\'')), "some hostile names were neutralised");
-    assert!(rows[1..].iter().any(|r| r[1].contains('\n') || r[1].contains(',')), "names with commas or line breaks survive");
+    assert!(
+        statuses.get("Failed").copied().unwrap_or(0) > 0,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get("Partial").copied().unwrap_or(0) > 0,
+        "{statuses:?}"
+    );
+    assert!(
+        rows[1..].iter().any(|r| r[1].starts_with('\'')),
+        "some hostile names were neutralised"
+    );
+    assert!(
+        rows[1..]
+            .iter()
+            .any(|r| r[1].contains('\n') || r[1].contains(',')),
+        "names with commas or line breaks survive"
+    );
 
     // The errors file lists exactly the rows that are not Successful.
     let errors = read_csv(&report.errors);
     assert_eq!(
         errors[0],
-        vec!["Account ID", "Processing Status", "Error Code", "Error Message", "Attempts", "Last Attempt Time"]
+        vec![
+            "Account ID",
+            "Processing Status",
+            "Error Code",
+            "Error Message",
+            "Attempts",
+            "Last Attempt Time"
+        ]
     );
     let not_ok: BTreeSet<&str> = rows[1..]
         .iter()
@@ -107,15 +137,22 @@ async fn a_full_day_rates_every_active_account_once() {
         .collect();
     let listed: BTreeSet<&str> = errors[1..].iter().map(|r| r[0].as_str()).collect();
     assert_eq!(not_ok, listed);
-    assert!(errors[1..].iter().any(|r| r[2] == "HTTP_404" || r[2] == "HTTP_422"));
+    assert!(errors[1..]
+        .iter()
+        .any(|r| r[2] == "HTTP_404" || r[2] == "HTTP_422"));
     assert!(errors[1..].iter().any(|r| r[2] == "OUT_OF_CONTRACT"));
 
     // The summary agrees with the file.
     let summary: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report.summary_path).expect("summary")).expect("json");
+        serde_json::from_slice(&std::fs::read(&report.summary_path).expect("summary"))
+            .expect("json");
     assert_eq!(summary["accounts"].as_u64(), Some(ids.len() as u64));
     assert_eq!(summary["failed"].as_u64(), statuses.get("Failed").copied());
-    assert_eq!(summary["scored_in_run"].as_u64(), Some(ids.len() as u64), "first day scores all");
+    assert_eq!(
+        summary["scored_in_run"].as_u64(),
+        Some(ids.len() as u64),
+        "first day scores all"
+    );
     assert!(summary["malformed_records"].as_u64().unwrap_or(0) > 0);
     assert!(summary["api_calls"].as_u64().unwrap_or(0) >= ids.len() as u64);
 
@@ -163,25 +200,41 @@ async fn the_next_day_scores_only_what_changed() {
     world.sim.reset_call_counts();
 
     let day2 = date("2026-11-24");
-    let report = run_day(&world, day2, false).await.report.expect("assembled");
+    let report = run_day(&world, day2, false)
+        .await
+        .report
+        .expect("assembled");
     let after = active_ids(&world.sim).await;
-    let new: BTreeSet<String> = after.iter().filter(|id| !active.contains(id)).cloned().collect();
+    let new: BTreeSet<String> = after
+        .iter()
+        .filter(|id| !active.contains(id))
+        .cloned()
+        .collect();
     assert_eq!(new.len(), 3);
 
-    let mut expected: BTreeSet<String> = retry.iter().filter(|id| **id != closed).cloned().collect();
+    let mut expected: BTreeSet<String> =
+        retry.iter().filter(|id| **id != closed).cloned().collect();
     expected.extend(touched.iter().cloned());
     expected.extend(new.iter().cloned());
     let called: BTreeSet<String> = world.sim.accounts_called_at_least(1).into_iter().collect();
-    assert_eq!(called, expected, "only new, changed and previously failed/partial accounts are called");
+    assert_eq!(
+        called, expected,
+        "only new, changed and previously failed/partial accounts are called"
+    );
 
     let rows2 = read_csv(&world.csv_path(day2));
     let ids2: Vec<String> = rows2[1..].iter().map(|r| r[0].clone()).collect();
     assert_eq!(ids2, after, "closed account gone, new accounts in");
     // Carried-forward rows keep their own analysis date.
-    let by_id1: BTreeMap<&str, &Vec<String>> = rows1[1..].iter().map(|r| (r[0].as_str(), r)).collect();
+    let by_id1: BTreeMap<&str, &Vec<String>> =
+        rows1[1..].iter().map(|r| (r[0].as_str(), r)).collect();
     for r in &rows2[1..] {
         if !expected.contains(&r[0]) {
-            assert_eq!(Some(&r), by_id1.get(r[0].as_str()), "carried forward unchanged");
+            assert_eq!(
+                Some(&r),
+                by_id1.get(r[0].as_str()),
+                "carried forward unchanged"
+            );
             assert_eq!(r[8], "2026-11-23");
         } else if r[9] == "Successful" {
             assert_eq!(r[8], "2026-11-24");
@@ -208,7 +261,11 @@ async fn full_scores_everything_and_stale_scores_are_refreshed() {
     assert_eq!(world.sim.accounts_called_at_least(1), active);
     world.sim.reset_call_counts();
     run_day(&world, date("2026-11-11"), true).await;
-    assert_eq!(world.sim.accounts_called_at_least(1), active, "--full scores all");
+    assert_eq!(
+        world.sim.accounts_called_at_least(1),
+        active,
+        "--full scores all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,9 +343,16 @@ async fn at_the_deadline_pending_accounts_fail_and_the_file_is_written() {
     let report = outcome.report.expect("assembled");
     assert_eq!(report.outcome, RunOutcome::TimedOut);
     let rows = read_csv(&world.csv_path(day));
-    assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len(), "every account has a row");
+    assert_eq!(
+        rows.len() - 1,
+        active_ids(&world.sim).await.len(),
+        "every account has a row"
+    );
     let errors = read_csv(&report.errors);
     let deadline = errors[1..].iter().filter(|r| r[2] == "DEADLINE").count();
     assert!(deadline > 0, "pending accounts failed with DEADLINE");
-    assert!(rows[1..].iter().any(|r| r[9] == "Successful"), "scored accounts kept");
+    assert!(
+        rows[1..].iter().any(|r| r[9] == "Successful"),
+        "scored accounts kept"
+    );
 }

@@ -34,7 +34,10 @@ fn configure(world: &World) {
     let text = std::fs::read_to_string(&world.config_path).expect("config");
     let text = text
         .replace("rate_limit_per_second = 50", "rate_limit_per_second = 400")
-        .replace("max_in_flight = 64", &format!("max_in_flight = {MAX_IN_FLIGHT}"));
+        .replace(
+            "max_in_flight = 64",
+            &format!("max_in_flight = {MAX_IN_FLIGHT}"),
+        );
     std::fs::write(&world.config_path, text).expect("config");
 }
 
@@ -56,7 +59,10 @@ async fn kill_when(child: &mut std::process::Child, ready: impl Fn() -> bool) {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("esg ended before the kill point: {status}");
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "kill point never reached");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "kill point never reached"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().expect("SIGKILL");
@@ -89,7 +95,10 @@ async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_aga
     kill_when(&mut child, || sim_handle.stats().esg_requests >= 400).await;
     let mut child = spawn(&world, day);
     kill_when(&mut child, || sim_handle.stats().esg_requests >= 1000).await;
-    assert!(!world.csv_path(date(day)).exists(), "no file before the run completes");
+    assert!(
+        !world.csv_path(date(day)).exists(),
+        "no file before the run completes"
+    );
 
     let status = Command::new(env!("CARGO_BIN_EXE_esg"))
         .args(["run", "--once", "--business-date", day, "--config"])
@@ -102,7 +111,10 @@ async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_aga
 
     let got = std::fs::read(world.csv_path(date(day))).expect("file");
     if got != expected {
-        let (g, e) = (String::from_utf8_lossy(&got), String::from_utf8_lossy(&expected));
+        let (g, e) = (
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected),
+        );
         let diff: Vec<String> = g
             .split("\r\n")
             .zip(e.split("\r\n"))

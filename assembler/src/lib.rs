@@ -136,14 +136,15 @@ impl Assembler {
             let starts = self.bus.transport.start_offsets(&topic).await?;
             let t = topic.clone();
             let n = ends.len();
-            let positions = self
-                .store
-                .call(move |c| state::positions(c, &t, n))
-                .await?;
+            let positions = self.store.call(move |c| state::positions(c, &t, n)).await?;
             for (p, end) in ends.iter().enumerate() {
                 let mut from = positions[p].max(starts[p]);
                 while from < *end {
-                    let batch = self.bus.transport.read(&topic, p as i32, from, 5000).await?;
+                    let batch = self
+                        .bus
+                        .transport
+                        .read(&topic, p as i32, from, 5000)
+                        .await?;
                     let Some(last) = batch.last() else { break };
                     from = last.offset + 1;
                     total += batch.len() as u64;
@@ -182,8 +183,16 @@ impl Assembler {
     /// When a seal is read, notes where `esg.accounts` and `esg.account-events` end: the
     /// roster and the expected accounts of the run are complete once read up to there.
     async fn record_marks(&self, run_id: &str) -> Result<(), AssemblerError> {
-        let accounts = self.bus.transport.end_offsets(&self.bus.topics.accounts).await?;
-        let events = self.bus.transport.end_offsets(&self.bus.topics.account_events).await?;
+        let accounts = self
+            .bus
+            .transport
+            .end_offsets(&self.bus.topics.accounts)
+            .await?;
+        let events = self
+            .bus
+            .transport
+            .end_offsets(&self.bus.topics.account_events)
+            .await?;
         let marks = serde_json::json!({ "accounts": accounts, "events": events }).to_string();
         let id = run_id.to_owned();
         self.store
@@ -204,7 +213,11 @@ impl Assembler {
             .store
             .call(move |c| {
                 let sealed: Option<Option<String>> = c
-                    .query_row("SELECT sealed_json FROM runs WHERE run_id = ?1", [&id], |r| r.get(0))
+                    .query_row(
+                        "SELECT sealed_json FROM runs WHERE run_id = ?1",
+                        [&id],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 let expected = sealed
                     .flatten()
@@ -321,10 +334,11 @@ impl Assembler {
         let (Some(sealed), Some(marks)) = (&run.sealed, &run.marks) else {
             return Ok(false);
         };
-        let marks: serde_json::Value = serde_json::from_str(marks).map_err(|e| AssemblerError::State {
-            run_id: run.run_id.clone(),
-            detail: format!("marks unreadable: {e}"),
-        })?;
+        let marks: serde_json::Value =
+            serde_json::from_str(marks).map_err(|e| AssemblerError::State {
+                run_id: run.run_id.clone(),
+                detail: format!("marks unreadable: {e}"),
+            })?;
         for (key, topic) in [
             ("accounts", self.bus.topics.accounts.clone()),
             ("events", self.bus.topics.account_events.clone()),
@@ -475,12 +489,13 @@ impl Assembler {
                 finished_at: now,
             },
         );
-        let summary_path = summary::write_summary(&self.config.output_dir, &summary).map_err(|source| {
-            AssemblerError::Output {
-                run_id: run.run_id.clone(),
-                source,
-            }
-        })?;
+        let summary_path =
+            summary::write_summary(&self.config.output_dir, &summary).map_err(|source| {
+                AssemblerError::Output {
+                    run_id: run.run_id.clone(),
+                    source,
+                }
+            })?;
         let completed = RunCompleted {
             run_id: run.run_id.clone(),
             business_date: run.business_date,
@@ -593,7 +608,12 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         ));
     }
     let Some(status) = status.and_then(|s| ScoreStatus::from_str(&s).ok()) else {
-        return Ok(failed(NOT_SCORED, "the account has never been scored", 0, None));
+        return Ok(failed(
+            NOT_SCORED,
+            "the account has never been scored",
+            0,
+            None,
+        ));
     };
     let scored_at: i64 = r.get(13)?;
     Ok(Row {

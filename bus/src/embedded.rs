@@ -406,7 +406,13 @@ impl Transport for EmbeddedLog {
             .await
     }
 
-    async fn read(&self, topic: &str, partition: i32, from: i64, max: usize) -> Result<Vec<Message>> {
+    async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
         let topic = topic.to_owned();
         self.with_reader(move |conn, this| read_partition(conn, this, &topic, partition, from, max))
             .await
@@ -529,7 +535,11 @@ fn committed(
         .map_err(this.storage_err())?;
     let rows = stmt
         .query_map(params![group, topic], |r| {
-            Ok((r.get::<_, i32>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
         })
         .map_err(this.storage_err())?;
     for row in rows {
@@ -558,12 +568,13 @@ fn commit(
             )
             .map_err(this.storage_err())?;
         for c in offsets {
-            let end = *ends
-                .get(c.partition as usize)
-                .ok_or_else(|| BusError::UnknownPartition {
-                    topic: topic.to_owned(),
-                    partition: c.partition,
-                })?;
+            let end =
+                *ends
+                    .get(c.partition as usize)
+                    .ok_or_else(|| BusError::UnknownPartition {
+                        topic: topic.to_owned(),
+                        partition: c.partition,
+                    })?;
             if c.offset > end || c.offset < 0 {
                 return Err(BusError::CommitBeyondEnd {
                     topic: topic.to_owned(),
@@ -644,7 +655,11 @@ impl Consumer for EmbeddedConsumer {
                 .collect();
             self.assigned = true;
             return Ok(Some(Delivery::Assigned(
-                committed.into_iter().enumerate().map(|(p, c)| (p as i32, c)).collect(),
+                committed
+                    .into_iter()
+                    .enumerate()
+                    .map(|(p, c)| (p as i32, c))
+                    .collect(),
             )));
         }
         let deadline = tokio::time::Instant::now() + wait;
@@ -727,7 +742,10 @@ mod tests {
         assert_eq!(ends.iter().sum::<i64>(), 100);
         for (i, pos) in positions.iter().enumerate() {
             assert_eq!(pos.partition, partition_for(&format!("k{i}"), 4));
-            let msgs = log.read("t", pos.partition, pos.offset, 1).await.expect("read");
+            let msgs = log
+                .read("t", pos.partition, pos.offset, 1)
+                .await
+                .expect("read");
             assert_eq!(msgs[0].key, format!("k{i}"));
             assert_eq!(msgs[0].value, Some(vec![i as u8]));
         }
@@ -742,9 +760,14 @@ mod tests {
     async fn consumer_resumes_from_commit_and_sees_new_records() {
         let dir = tempfile::tempdir().expect("tmp");
         let log = log_with_topic(&dir).await;
-        log.publish("t", (0..10).map(|i| Record::new(format!("k{i}"), vec![])).collect())
-            .await
-            .expect("publish");
+        log.publish(
+            "t",
+            (0..10)
+                .map(|i| Record::new(format!("k{i}"), vec![]))
+                .collect(),
+        )
+        .await
+        .expect("publish");
         let mut c = log.subscribe("g", "t").await.expect("subscribe");
         let Some(Delivery::Assigned(a)) = c.next(100, Duration::ZERO).await.expect("next") else {
             panic!("expected assignment first")
@@ -778,7 +801,11 @@ mod tests {
         let Some(Delivery::Messages(m2)) = c.next(100, Duration::ZERO).await.expect("next") else {
             panic!("expected messages")
         };
-        assert_eq!(m2.len(), 9, "everything after the commit is delivered again");
+        assert_eq!(
+            m2.len(),
+            9,
+            "everything after the commit is delivered again"
+        );
 
         // Wakes on a publish from this process.
         let log2 = log.clone();
@@ -826,7 +853,14 @@ mod tests {
                 .expect("publish");
         }
         let log = EmbeddedLog::open(&path).expect("reopen");
-        assert_eq!(log.end_offsets("t").await.expect("ends").iter().sum::<i64>(), 2);
+        assert_eq!(
+            log.end_offsets("t")
+                .await
+                .expect("ends")
+                .iter()
+                .sum::<i64>(),
+            2
+        );
         let err = log
             .ensure_topics(&[spec("t", 8, Cleanup::Compact)])
             .await
@@ -846,12 +880,20 @@ mod tests {
             .await
             .expect("topics");
         for v in 0..3u8 {
-            log.publish("c", vec![Record::new("a", vec![v]), Record::new("b", vec![v])])
-                .await
-                .expect("publish");
+            log.publish(
+                "c",
+                vec![Record::new("a", vec![v]), Record::new("b", vec![v])],
+            )
+            .await
+            .expect("publish");
         }
-        log.publish("c", vec![Record::tombstone("b")]).await.expect("publish");
-        let done = log.maintain(Duration::from_secs(3600)).await.expect("maintain");
+        log.publish("c", vec![Record::tombstone("b")])
+            .await
+            .expect("publish");
+        let done = log
+            .maintain(Duration::from_secs(3600))
+            .await
+            .expect("maintain");
         assert_eq!(done.compacted, 5);
         let left = log.read("c", 0, 0, 100).await.expect("read");
         let kv: Vec<(String, Option<Vec<u8>>, i64)> = left
@@ -873,14 +915,21 @@ mod tests {
     async fn offset_for_time_finds_first_record_at_or_after() {
         let dir = tempfile::tempdir().expect("tmp");
         let log = log_with_topic(&dir).await;
-        log.publish("t", vec![Record::new("x", vec![])]).await.expect("publish");
+        log.publish("t", vec![Record::new("x", vec![])])
+            .await
+            .expect("publish");
         let p = partition_for("x", 4);
         tokio::time::sleep(Duration::from_millis(20)).await;
         let cut = now_ms();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        log.publish("t", vec![Record::new("x", vec![])]).await.expect("publish");
+        log.publish("t", vec![Record::new("x", vec![])])
+            .await
+            .expect("publish");
         assert_eq!(log.offset_for_time("t", p, 0).await.expect("time"), 0);
         assert_eq!(log.offset_for_time("t", p, cut).await.expect("time"), 1);
-        assert_eq!(log.offset_for_time("t", p, i64::MAX).await.expect("time"), 2);
+        assert_eq!(
+            log.offset_for_time("t", p, i64::MAX).await.expect("time"),
+            2
+        );
     }
 }

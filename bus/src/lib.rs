@@ -197,7 +197,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Up to `max` records of one partition from offset `from` on (records removed by
     /// compaction or retention are skipped).
-    async fn read(&self, topic: &str, partition: i32, from: i64, max: usize) -> Result<Vec<Message>>;
+    async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Message>>;
 
     /// Records of one partition whose append time is at or after `timestamp_ms`: the first offset.
     async fn offset_for_time(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64>;

@@ -37,15 +37,16 @@ impl Store {
         };
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    err(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
             }
         }
         let conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         conn.execute_batch(schema).map_err(err)?;
         Ok(Store {
             path: Arc::new(path.to_path_buf()),

@@ -97,7 +97,9 @@ pub struct EventBus {
 
 impl std::fmt::Debug for EventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBus").field("topics", &self.topics).finish()
+        f.debug_struct("EventBus")
+            .field("topics", &self.topics)
+            .finish()
     }
 }
 
@@ -121,13 +123,16 @@ impl EventBus {
     }
 
     /// Encodes `events` with their keys and publishes them durably to `topic`.
-    pub async fn publish(&self, topic: &str, events: &[(String, Event)]) -> Result<Vec<crate::Position>> {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        events: &[(String, Event)],
+    ) -> Result<Vec<crate::Position>> {
         let mut records = Vec::with_capacity(events.len());
         for (key, event) in events {
-            let bytes = self
-                .codec
-                .encode(event)
-                .map_err(|e| BusError::Other(format!("encoding {} for {key}: {e}", event.record_name())))?;
+            let bytes = self.codec.encode(event).map_err(|e| {
+                BusError::Other(format!("encoding {} for {key}: {e}", event.record_name()))
+            })?;
             records.push(Record::new(key.clone(), bytes));
         }
         self.transport.publish(topic, records).await
@@ -141,7 +146,10 @@ impl EventBus {
     }
 
     /// Decodes a message value (`None` for a tombstone).
-    pub fn decode(&self, value: Option<&[u8]>) -> std::result::Result<Option<Event>, esg_schemas::CodecError> {
+    pub fn decode(
+        &self,
+        value: Option<&[u8]>,
+    ) -> std::result::Result<Option<Event>, esg_schemas::CodecError> {
         value.map(|v| self.codec.decode(v)).transpose()
     }
 }

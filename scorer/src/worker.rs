@@ -237,8 +237,14 @@ impl Scorer {
                         in_flight.push(
                             async move {
                                 let outcome = client.analyse(&account_id, as_of).await;
-                                let score =
-                                    to_score(&run_id, &account_id, version, outcome, partition, offset);
+                                let score = to_score(
+                                    &run_id,
+                                    &account_id,
+                                    version,
+                                    outcome,
+                                    partition,
+                                    offset,
+                                );
                                 Done {
                                     partition,
                                     offset,
@@ -317,7 +323,8 @@ impl Scorer {
                 }
             }
         }
-        self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
+        self.flush(consumer, &mut parts, &mut buffer, &mut stats)
+            .await?;
         tracing::info!(
             events = stats.events,
             scored = stats.scored,
@@ -383,7 +390,12 @@ impl Scorer {
         let scores_end = self.bus.transport.end_offsets(scores).await?[p as usize];
         let start = match &committed {
             Some(c) => c.offset,
-            None => self.bus.transport.start_offsets(&self.bus.topics.account_events).await?[p as usize],
+            None => {
+                self.bus
+                    .transport
+                    .start_offsets(&self.bus.topics.account_events)
+                    .await?[p as usize]
+            }
         };
         if let Some(c) = &committed {
             if let Some(from) = parse_metadata(&c.metadata) {
@@ -403,7 +415,11 @@ impl Scorer {
                     }
                 }
                 if found > 0 {
-                    tracing::info!(partition = p, found, "resume: events already scored past the committed offset are skipped");
+                    tracing::info!(
+                        partition = p,
+                        found,
+                        "resume: events already scored past the committed offset are skipped"
+                    );
                 }
             }
         }
@@ -439,10 +455,7 @@ impl Scorer {
                 .filter_map(|d| d.score.clone())
                 .map(|s| (s.account_id.clone(), Event::EsgScore(s)))
                 .collect();
-            let positions = self
-                .bus
-                .publish(&self.bus.topics.scores, &events)
-                .await?;
+            let positions = self.bus.publish(&self.bus.topics.scores, &events).await?;
             for pos in positions {
                 if let Some(state) = parts.get_mut(&pos.partition) {
                     state.scores_end = state.scores_end.max(pos.offset + 1);
@@ -521,7 +534,8 @@ fn to_score(
                 analysis_date: Some(a.analysis_date),
                 attempts,
                 error_code: partial.then(|| "PARTIAL".to_owned()),
-                error_message: partial.then(|| "the API left a score or the primary focus empty".to_owned()),
+                error_message: partial
+                    .then(|| "the API left a score or the primary focus empty".to_owned()),
                 scored_at: now,
                 source_partition: partition,
                 source_offset: offset,
@@ -537,7 +551,9 @@ fn to_score(
                 permanent = f.permanent,
                 "account failed"
             );
-            EsgScore::failed(run_id, account_id, version, attempts, &f.code, f.message, now)
+            EsgScore::failed(
+                run_id, account_id, version, attempts, &f.code, f.message, now,
+            )
         }
     };
     score.source_partition = partition;

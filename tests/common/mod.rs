@@ -23,7 +23,11 @@ impl World {
     pub fn with_sim(sim: SimHandle, extra: &str) -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("esg.toml");
-        let text = config::example(&sim.url(), &dir.path().join("out"), &dir.path().join("state"));
+        let text = config::example(
+            &sim.url(),
+            &dir.path().join("out"),
+            &dir.path().join("state"),
+        );
         let text = format!("{text}\n{extra}\n");
         // Fast test settings: quick retries.
         let text = text.replace(
@@ -93,7 +97,10 @@ pub async fn active_ids(sim: &SimHandle) -> Vec<String> {
         .json()
         .await
         .expect("token json");
-    let token = token["access_token"].as_str().expect("access_token").to_owned();
+    let token = token["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned();
     let mut ids = Vec::new();
     let mut page: Option<String> = None;
     loop {
@@ -125,8 +132,12 @@ fn valid_active_id(item: &serde_json::Value) -> Option<String> {
     let id = item["accountId"].as_str()?;
     let pattern_ok = id.len() <= 64
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    let name_ok = item["accountName"].as_str().is_some_and(|n| n.chars().count() <= 200);
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let name_ok = item["accountName"]
+        .as_str()
+        .is_some_and(|n| n.chars().count() <= 200);
     let status_ok = item["status"].as_str() == Some("ACTIVE");
     let updated_ok = item["updatedAt"]
         .as_str()
