@@ -259,22 +259,47 @@ impl Pipeline {
             })
         };
 
-        let produced = self.producer.run(&req, &shutdown).await;
-        let result = match produced {
-            Err(e) => Err(anyhow::Error::new(e).context(format!("producer of run {run_id}"))),
-            Ok(sealed) => {
-                tracing::info!(run_id = %run_id, expected = sealed.expected_accounts, "waiting for the run to complete");
-                match assembler_task.await {
-                    Ok(Ok(reports)) => Ok(reports),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("assembler")),
-                    Err(e) => Err(anyhow::anyhow!("assembler task failed: {e}")),
-                }
+        // The producer runs to the seal, then the assembler to the run's end; a scorer or an
+        // assembler that stops early (the bus failing, a full disk) ends the run with its error
+        // instead of leaving it waiting for the deadline.
+        let mut scorer_task = scorer_task;
+        let mut assembler_task = assembler_task;
+        let mut scorer_result = None;
+        let work = async {
+            let sealed =
+                self.producer.run(&req, &shutdown).await.map_err(|e| {
+                    anyhow::Error::new(e).context(format!("producer of run {run_id}"))
+                })?;
+            tracing::info!(run_id = %run_id, expected = sealed.expected_accounts, "waiting for the run to complete");
+            match (&mut assembler_task).await {
+                Ok(Ok(reports)) => Ok(reports),
+                Ok(Err(e)) => Err(anyhow::Error::new(e).context("assembler")),
+                Err(e) => Err(anyhow::anyhow!("assembler task failed: {e}")),
+            }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            s = &mut scorer_task => {
+                let err = match &s {
+                    Ok(Ok(_)) => anyhow::anyhow!("scorer stopped before the run completed"),
+                    Ok(Err(e)) => anyhow::anyhow!("scorer: {e}"),
+                    Err(e) => anyhow::anyhow!("scorer task failed: {e}"),
+                };
+                scorer_result = Some(s);
+                Err(err)
             }
         };
         stop_assembler.cancel();
         stop_scorer.cancel();
         let _ = progress_task.await;
-        let scorer_stats = match scorer_task.await {
+        if !assembler_task.is_finished() {
+            let _ = assembler_task.await;
+        }
+        let scorer_result = match scorer_result {
+            Some(r) => r,
+            None => scorer_task.await,
+        };
+        let scorer_stats = match scorer_result {
             Ok(Ok(stats)) => Some(stats),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "scorer failed");

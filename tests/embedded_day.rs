@@ -356,3 +356,36 @@ async fn at_the_deadline_pending_accounts_fail_and_the_file_is_written() {
         "scored accounts kept"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_output_fails_the_run_clearly_and_loses_nothing() {
+    let world = World::start(quiet_sim(120), "").await;
+    let day = date("2026-11-23");
+    // The output "directory" is a file: creating the ratings file fails like a full disk would.
+    let blocked = world.dir.path().join("blocked");
+    std::fs::write(&blocked, b"not a directory").expect("write");
+    let mut config = world.config();
+    config.output.dir = blocked.clone();
+    let pipeline = Pipeline::open(config, esg_assembler::system_clock())
+        .await
+        .expect("opens");
+    let err = pipeline
+        .run_daily(day, false, CancellationToken::new(), |_| {})
+        .await
+        .expect_err("the files cannot be written");
+    let text = format!("{err:#}");
+    assert!(text.contains("blocked"), "the error names the path: {text}");
+    drop(pipeline);
+
+    // Fixed: the same command finishes the run from the scores already on the bus.
+    let called_before = world.sim.accounts_called_at_least(1).len();
+    world.sim.reset_call_counts();
+    let outcome = run_day(&world, day, false).await;
+    assert!(outcome.report.is_some());
+    assert!(
+        world.sim.accounts_called_at_least(1).is_empty(),
+        "no account scored again ({called_before} were scored before)"
+    );
+    let rows = read_csv(&world.csv_path(day));
+    assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
+}
