@@ -367,11 +367,20 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let elapsed = started.elapsed();
     let code = report(&pipeline, outcome)?;
     let stats = sim.stats();
+    let rate = stats.esg_requests_per_second();
+    let share = if args.unlimited {
+        String::new()
+    } else {
+        format!(
+            ", {:.1}% of the {}/s limit",
+            100.0 * rate / f64::from(args.rate_limit.max(1)),
+            args.rate_limit
+        )
+    };
     println!(
-        "  wall time {:.1} s; simulator answered {} API requests ({:.0}/s), {} rate limited",
+        "  wall time {:.1} s; simulator answered {} API requests at {rate:.0}/s while scoring{share}; {} rate limited (429)",
         elapsed.as_secs_f64(),
         stats.esg_requests,
-        stats.esg_requests as f64 / elapsed.as_secs_f64().max(0.001),
         stats.rate_limited
     );
     print_peek(&pipeline.config.output.dir, date);

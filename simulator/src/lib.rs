@@ -90,6 +90,28 @@ pub struct SimStats {
     pub batch_requests: u64,
     /// Most ESG API requests in flight at once.
     pub max_concurrent_esg_requests: u64,
+    /// Unix milliseconds of the first ESG request (0 before the first).
+    #[serde(default)]
+    pub first_esg_request_ms: u64,
+    /// Unix milliseconds of the latest ESG request (0 before the first).
+    #[serde(default)]
+    pub last_esg_request_ms: u64,
+}
+
+impl SimStats {
+    /// ESG requests per second between the first and the latest request: the rate the API
+    /// was actually driven at while scoring.
+    pub fn esg_requests_per_second(&self) -> f64 {
+        let span = self
+            .last_esg_request_ms
+            .saturating_sub(self.first_esg_request_ms) as f64
+            / 1000.0;
+        if span <= 0.0 {
+            return 0.0;
+        }
+        // n requests span n - 1 intervals.
+        self.esg_requests.saturating_sub(1) as f64 / span
+    }
 }
 
 /// A running simulator. Cheap to clone; every clone controls the same simulator.

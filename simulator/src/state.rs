@@ -71,6 +71,9 @@ struct Counters {
     batch_requests: AtomicU64,
     esg_in_flight: AtomicU64,
     max_concurrent_esg_requests: AtomicU64,
+    /// Unix milliseconds of the first and the latest ESG request (0 before the first).
+    first_esg_request_ms: AtomicU64,
+    last_esg_request_ms: AtomicU64,
     esg_by_status: Mutex<BTreeMap<u16, u64>>,
 }
 
@@ -314,6 +317,11 @@ impl State {
         let now = c.esg_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         c.max_concurrent_esg_requests
             .fetch_max(now, Ordering::SeqCst);
+        let ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+        let _ = c
+            .first_esg_request_ms
+            .compare_exchange(0, ms, Ordering::SeqCst, Ordering::SeqCst);
+        c.last_esg_request_ms.fetch_max(ms, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
@@ -328,6 +336,8 @@ impl State {
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             batch_requests: c.batch_requests.load(Ordering::Relaxed),
             max_concurrent_esg_requests: c.max_concurrent_esg_requests.load(Ordering::SeqCst),
+            first_esg_request_ms: c.first_esg_request_ms.load(Ordering::SeqCst),
+            last_esg_request_ms: c.last_esg_request_ms.load(Ordering::SeqCst),
         }
     }
 
