@@ -389,3 +389,26 @@ async fn an_unwritable_output_fails_the_run_clearly_and_loses_nothing() {
     let rows = read_csv(&world.csv_path(day));
     assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_assembler_state_is_rebuilt_from_the_log() {
+    let world = World::start(quiet_sim(150), "").await;
+    let day1 = date("2026-11-23");
+    run_day(&world, day1, false).await;
+    let state = world.dir.path().join("state");
+    for name in ["assembler.db", "assembler.db-wal", "assembler.db-shm"] {
+        let _ = std::fs::remove_file(state.join(name));
+    }
+    world.sim.reset_call_counts();
+    // Nothing changed overnight: the next file carries every score forward from the rebuilt state.
+    let day2 = date("2026-11-24");
+    let report = run_day(&world, day2, false)
+        .await
+        .report
+        .expect("assembled");
+    assert!(world.sim.accounts_called_at_least(1).is_empty());
+    let day1_bytes = std::fs::read(world.csv_path(day1)).expect("day 1");
+    let day2_bytes = std::fs::read(world.csv_path(day2)).expect("day 2");
+    assert_eq!(day1_bytes, day2_bytes, "same rows, same analysis dates");
+    assert_eq!(report.summary.carried_forward, report.summary.accounts);
+}
