@@ -305,7 +305,9 @@ fn report(pipeline: &Pipeline, outcome: Outcome) -> Result<ExitCode> {
 }
 
 async fn demo(args: DemoArgs) -> Result<ExitCode> {
-    esg::telemetry::init("text", "warn");
+    // The progress bar and the report tell the story; accounts that failed are in the errors
+    // file. RUST_LOG=info shows the job's log.
+    esg::telemetry::init("text", "error");
     let dir = &args.dir;
     for sub in ["state", "out"] {
         let p = dir.join(sub);

@@ -223,13 +223,14 @@ impl Assembler {
                     .flatten()
                     .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
                     .and_then(|v| v.get("expected_accounts").and_then(|x| x.as_u64()));
-                let (scored, failed): (i64, i64) = c.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(s.status = 'Failed'), 0) FROM run_scored rs
-                     JOIN scores s ON s.account_id = rs.account_id
-                     WHERE rs.run_id = ?1",
-                    [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let (scored, failed): (i64, i64) = c
+                    .query_row(
+                        "SELECT scored, failed FROM runs WHERE run_id = ?1",
+                        [&id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?
+                    .unwrap_or((0, 0));
                 Ok(Progress {
                     run_id: id,
                     expected,
@@ -364,13 +365,9 @@ impl Assembler {
         let scored: i64 = self
             .store
             .call(move |c| {
-                c.query_row(
-                    "SELECT COUNT(*) FROM expected e JOIN run_scored rs
-                       ON rs.run_id = e.run_id AND rs.account_id = e.account_id
-                     WHERE e.run_id = ?1",
-                    [id],
-                    |r| r.get(0),
-                )
+                c.query_row("SELECT scored FROM runs WHERE run_id = ?1", [id], |r| {
+                    r.get(0)
+                })
             })
             .await?;
         Ok(scored >= expected)

@@ -7,7 +7,7 @@
 //! topics (`esg.accounts` and `esg.scores` are compacted: the latest value per key is kept).
 
 use esg_bus::{EventBus, Message, Store, StoreError};
-use esg_schemas::Event;
+use esg_schemas::{Event, ScoreStatus};
 use rusqlite::{params, Transaction};
 use std::path::Path;
 
@@ -61,7 +61,9 @@ CREATE TABLE IF NOT EXISTS runs (
     sealed_json TEXT,
     marks TEXT,
     completed INTEGER NOT NULL DEFAULT 0,
-    outcome TEXT
+    outcome TEXT,
+    scored INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 ";
 
@@ -175,16 +177,32 @@ pub fn apply(
                         s.scored_at.timestamp_millis(),
                     ],
                 )?;
-                tx.execute(
-                    "INSERT INTO run_scored (run_id, account_id, attempts) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (run_id, account_id) DO UPDATE SET attempts = run_scored.attempts + excluded.attempts",
+                // Counted once per account and run (a score published twice after a crash
+                // adds its attempts, not an account), so progress and completion are O(1).
+                let new = tx.execute(
+                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts) VALUES (?1, ?2, ?3)",
                     params![s.run_id, s.account_id, s.attempts],
                 )?;
+                if new == 1 {
+                    tx.execute(
+                        "UPDATE runs SET scored = scored + 1, failed = failed + ?2 WHERE run_id = ?1",
+                        params![s.run_id, i64::from(s.status == ScoreStatus::Failed)],
+                    )?;
+                } else {
+                    tx.execute(
+                        "UPDATE run_scored SET attempts = attempts + ?3 WHERE run_id = ?1 AND account_id = ?2",
+                        params![s.run_id, s.account_id, s.attempts],
+                    )?;
+                }
             }
             Some(Event::DailyTrigger(t)) => {
+                // Scores of the run read before its trigger are counted here.
                 tx.execute(
-                    "INSERT INTO runs (run_id, business_date, kind, full, deadline_ms, triggered_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO runs (run_id, business_date, kind, full, deadline_ms, triggered_at_ms, scored, failed)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                        (SELECT COUNT(*) FROM run_scored WHERE run_id = ?1),
+                        (SELECT COUNT(*) FROM run_scored rs JOIN scores s ON s.account_id = rs.account_id
+                          WHERE rs.run_id = ?1 AND s.run_id = ?1 AND s.status = 'Failed'))
                      ON CONFLICT (run_id) DO NOTHING",
                     params![
                         t.run_id,

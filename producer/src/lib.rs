@@ -488,8 +488,12 @@ impl Producer {
     async fn publish_roster(&self, req: &RunRequest) -> Result<(), ProducerError> {
         let topic = self.bus.topics.accounts.clone();
         let batch = self.config.emit_batch.max(1) as i64;
+        // Keyset pagination: each batch starts after the last id of the previous one, so the
+        // query never rescans the rows already published.
+        let mut after = String::new();
         loop {
             let run_id = req.run_id.clone();
+            let from = after.clone();
             let rows: Vec<RosterChange> = self
                 .store
                 .call(move |c| {
@@ -497,10 +501,10 @@ impl Producer {
                         "SELECT rc.account_id, rc.gone, l.name, l.version, l.updated_at_ms
                          FROM roster_changes rc
                          LEFT JOIN listing l ON l.run_id = rc.run_id AND l.account_id = rc.account_id
-                         WHERE rc.run_id = ?1 AND rc.published = 0
+                         WHERE rc.run_id = ?1 AND rc.account_id > ?3 AND rc.published = 0
                          ORDER BY rc.account_id LIMIT ?2",
                     )?;
-                    let rows = stmt.query_map(params![run_id, batch], |r| {
+                    let rows = stmt.query_map(params![run_id, batch, from], |r| {
                         let gone: bool = r.get(1)?;
                         let entry = if gone {
                             None
@@ -512,9 +516,8 @@ impl Producer {
                     rows.collect()
                 })
                 .await?;
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.0.clone();
             let mut events = Vec::new();
             let mut gone = Vec::new();
             for (id, is_gone, entry) in &rows {
@@ -579,27 +582,29 @@ impl Producer {
         self.reconcile_emitted(req).await?;
         let batch = self.config.emit_batch.max(1) as i64;
         let mut emitted = 0u64;
+        let mut after = String::new();
         loop {
             if shutdown.is_cancelled() {
                 return Err(ProducerError::Cancelled);
             }
             let run_id = req.run_id.clone();
+            let from = after.clone();
             let rows: Vec<(String, String, i64, String)> = self
                 .store
                 .call(move |c| {
                     let mut stmt = c.prepare_cached(
                         "SELECT account_id, name, version, reason FROM pending
-                         WHERE run_id = ?1 AND emitted = 0 ORDER BY account_id LIMIT ?2",
+                         WHERE run_id = ?1 AND account_id > ?3 AND emitted = 0
+                         ORDER BY account_id LIMIT ?2",
                     )?;
-                    let rows = stmt.query_map(params![run_id, batch], |r| {
+                    let rows = stmt.query_map(params![run_id, batch, from], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })?;
                     rows.collect()
                 })
                 .await?;
-            if rows.is_empty() {
-                break;
-            }
+            let Some(last) = rows.last() else { break };
+            after = last.0.clone();
             // Note where the topic ends before publishing, for reconcile_emitted.
             let ends = self.bus.transport.end_offsets(&topic).await?;
             let checkpoint = ends
