@@ -144,8 +144,11 @@ struct SimulatorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // State stores and the embedded log serialise on one connection each, so more blocking
+    // threads than this only wait on a mutex (and cost memory).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
         .build()
     {
         Ok(r) => r,
@@ -392,9 +395,15 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
 
 fn print_peek(dir: &Path, date: NaiveDate) {
     let path = dir.join(esg_assembler::output::file_names(date).csv);
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    // Only the first lines: the file of a large firm is hundreds of megabytes.
+    if let Ok(file) = std::fs::File::open(&path) {
+        use std::io::BufRead;
         println!("\nfirst lines of {}:", path.display());
-        for line in text.lines().take(6) {
+        for line in std::io::BufReader::new(file)
+            .lines()
+            .take(6)
+            .map_while(Result::ok)
+        {
             println!("  {line}");
         }
     }
