@@ -18,8 +18,8 @@ pub mod state;
 pub mod summary;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use esg_bus::{BusError, EventBus, Store, StoreError};
-use esg_schemas::{Event, Pillar, RunCompleted, RunOutcome, ScoreStatus};
+use esg_bus::{BusError, EventBus, RangeReader, Store, StoreError};
+use esg_schemas::{Event, Pillar, RunCompleted, RunOutcome, RunSealed, ScoreStatus};
 use output::{OutputError, OutputWriter, Row};
 use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
@@ -114,7 +114,7 @@ struct RunRow {
     kind: String,
     deadline_ms: i64,
     triggered_at_ms: i64,
-    sealed: Option<serde_json::Value>,
+    sealed: Option<RunSealed>,
     marks: Option<String>,
 }
 
@@ -138,15 +138,10 @@ impl Assembler {
             let n = ends.len();
             let positions = self.store.call(move |c| state::positions(c, &t, n)).await?;
             for (p, end) in ends.iter().enumerate() {
-                let mut from = positions[p].max(starts[p]);
-                while from < *end {
-                    let batch = self
-                        .bus
-                        .transport
-                        .read(&topic, p as i32, from, 5000)
-                        .await?;
-                    let Some(last) = batch.last() else { break };
-                    from = last.offset + 1;
+                let from = positions[p].max(starts[p]);
+                let mut range =
+                    RangeReader::new(&*self.bus.transport, &topic, p as i32, from, *end, 5000);
+                while let Some(batch) = range.next_batch().await? {
                     total += batch.len() as u64;
                     let decoded: Vec<_> = batch
                         .into_iter()
@@ -221,8 +216,8 @@ impl Assembler {
                     .optional()?;
                 let expected = sealed
                     .flatten()
-                    .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
-                    .and_then(|v| v.get("expected_accounts").and_then(|x| x.as_u64()));
+                    .and_then(|j| serde_json::from_str::<RunSealed>(&j).ok())
+                    .map(|s| s.expected_accounts.max(0) as u64);
                 let (scored, failed): (i64, i64) = c
                     .query_row(
                         "SELECT scored, failed FROM runs WHERE run_id = ?1",
@@ -357,10 +352,7 @@ impl Assembler {
                 return Ok(false);
             }
         }
-        let expected = sealed
-            .get("expected_accounts")
-            .and_then(|v| v.as_i64())
-            .unwrap_or(0);
+        let expected = sealed.expected_accounts;
         let id = run.run_id.clone();
         let scored: i64 = self
             .store
@@ -463,7 +455,7 @@ impl Assembler {
             RunOutcome::Completed
         };
         let sealed = run.sealed.clone().unwrap_or_default();
-        let n = |k: &str| sealed.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let n = |v: i64| v.max(0) as u64;
         let file = output::file_names(run.business_date).csv;
         let summary = Summary::build(
             run.business_date,
@@ -478,9 +470,9 @@ impl Assembler {
                 } else {
                     stats.rows.saturating_sub(scored_in_run)
                 },
-                new_accounts: n("new_accounts"),
-                gone_accounts: n("gone_accounts"),
-                malformed_records: n("malformed_records"),
+                new_accounts: n(sealed.new_accounts),
+                gone_accounts: n(sealed.gone_accounts),
+                malformed_records: n(sealed.malformed_records),
                 api_calls,
                 started_at: DateTime::from_timestamp_millis(run.triggered_at_ms).unwrap_or(now),
                 finished_at: now,

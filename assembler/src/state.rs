@@ -215,19 +215,7 @@ pub fn apply(
                 )?;
             }
             Some(Event::RunSealed(s)) => {
-                let json = serde_json::json!({
-                    "expected_accounts": s.expected_accounts,
-                    "active_accounts": s.active_accounts,
-                    "new_accounts": s.new_accounts,
-                    "changed_accounts": s.changed_accounts,
-                    "stale_accounts": s.stale_accounts,
-                    "retry_accounts": s.retry_accounts,
-                    "forced_accounts": s.forced_accounts,
-                    "carried_forward": s.carried_forward,
-                    "gone_accounts": s.gone_accounts,
-                    "malformed_records": s.malformed_records,
-                })
-                .to_string();
+                let json = serde_json::to_string(s).unwrap_or_default();
                 let n = tx.execute(
                     "UPDATE runs SET sealed_json = ?2 WHERE run_id = ?1 AND sealed_json IS NULL",
                     params![s.run_id, json],

@@ -233,3 +233,61 @@ pub trait Consumer: Send {
 
 /// A shared transport.
 pub type SharedTransport = Arc<dyn Transport>;
+
+/// Reads one partition of a topic in batches, from an offset until the partition's end as it
+/// was when the reading started (`end`), or until nothing more is there (`end = i64::MAX`).
+/// A batch may hold records past `end` appended meanwhile; they are simply read early.
+pub struct RangeReader<'a> {
+    transport: &'a dyn Transport,
+    topic: &'a str,
+    partition: i32,
+    next: i64,
+    end: i64,
+    batch: usize,
+}
+
+impl<'a> RangeReader<'a> {
+    pub fn new(
+        transport: &'a dyn Transport,
+        topic: &'a str,
+        partition: i32,
+        from: i64,
+        end: i64,
+        batch: usize,
+    ) -> Self {
+        RangeReader {
+            transport,
+            topic,
+            partition,
+            next: from,
+            end,
+            batch: batch.max(1),
+        }
+    }
+
+    /// The next batch, `None` once the range is read.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<Message>>> {
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let batch = self
+            .transport
+            .read(self.topic, self.partition, self.next, self.batch)
+            .await?;
+        match batch.last() {
+            Some(last) => {
+                self.next = last.offset + 1;
+                Ok(Some(batch))
+            }
+            None => {
+                self.next = self.end;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The next offset to read.
+    pub fn position(&self) -> i64 {
+        self.next
+    }
+}

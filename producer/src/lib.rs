@@ -19,7 +19,7 @@ pub mod store;
 
 use accounts::{AccountRecord, AccountsClient};
 use chrono::{DateTime, NaiveDate, Utc};
-use esg_bus::{EventBus, Store, StoreError};
+use esg_bus::{EventBus, RangeReader, Store, StoreError};
 use esg_schemas::{
     AccountChanged, AccountEntry, ChangeReason, DailyTrigger, Event, RunKind, RunSealed,
 };
@@ -196,7 +196,9 @@ impl Producer {
                 Phase::Emitted => self.seal(req).await?,
                 Phase::Sealed => {
                     let json = row.sealed_json.clone().unwrap_or_default();
-                    return sealed_from_json(&run_id, req.business_date, &json);
+                    return serde_json::from_str(&json).map_err(|e| {
+                        ProducerError::Listing(format!("recorded seal of {run_id} unreadable: {e}"))
+                    });
                 }
             }
             let id = run_id.clone();
@@ -324,11 +326,10 @@ impl Producer {
         let mut applied = 0u64;
         for (p, end) in ends.iter().enumerate() {
             let p = p as i32;
-            let mut from = done.get(&p).copied().unwrap_or(0).max(starts[p as usize]);
-            while from < *end {
-                let batch = self.bus.transport.read(&topic, p, from, 5000).await?;
-                let Some(last) = batch.last() else { break };
-                let next = last.offset + 1;
+            let from = done.get(&p).copied().unwrap_or(0).max(starts[p as usize]);
+            let mut range = RangeReader::new(&*self.bus.transport, &topic, p, from, *end, 5000);
+            while let Some(batch) = range.next_batch().await? {
+                let next = range.position();
                 let mut rows = Vec::with_capacity(batch.len());
                 for m in &batch {
                     let event =
@@ -381,7 +382,6 @@ impl Producer {
                         tx.commit()
                     })
                     .await?;
-                from = next;
             }
         }
         tracing::debug!(applied, "last scores caught up");
@@ -679,15 +679,10 @@ impl Producer {
             .collect();
         let mut found = Vec::new();
         for (p, end) in ends.iter().enumerate() {
-            let mut from = froms.get(p).copied().unwrap_or(0);
-            while from < *end {
-                let batch = self
-                    .bus
-                    .transport
-                    .read(&topic, p as i32, from, 5000)
-                    .await?;
-                let Some(last) = batch.last() else { break };
-                from = last.offset + 1;
+            let from = froms.get(p).copied().unwrap_or(0);
+            let mut range =
+                RangeReader::new(&*self.bus.transport, &topic, p as i32, from, *end, 5000);
+            while let Some(batch) = range.next_batch().await? {
                 for m in batch {
                     if let Ok(Some(Event::AccountChanged(a))) = self.bus.decode(m.value.as_deref())
                     {
@@ -768,7 +763,7 @@ impl Producer {
                 &[(req.run_id.clone(), Event::RunSealed(sealed.clone()))],
             )
             .await?;
-        let json = sealed_to_json(&sealed);
+        let json = serde_json::to_string(&sealed).unwrap_or_default();
         let run_id = req.run_id.clone();
         self.store
             .call(move |c| {
@@ -839,47 +834,4 @@ fn mark_emitted(
         }
     }
     tx.commit()
-}
-
-fn sealed_to_json(s: &RunSealed) -> String {
-    serde_json::json!({
-        "expected_accounts": s.expected_accounts,
-        "active_accounts": s.active_accounts,
-        "new_accounts": s.new_accounts,
-        "changed_accounts": s.changed_accounts,
-        "stale_accounts": s.stale_accounts,
-        "retry_accounts": s.retry_accounts,
-        "forced_accounts": s.forced_accounts,
-        "carried_forward": s.carried_forward,
-        "gone_accounts": s.gone_accounts,
-        "malformed_records": s.malformed_records,
-        "sealed_at": s.sealed_at.timestamp_millis(),
-    })
-    .to_string()
-}
-
-fn sealed_from_json(
-    run_id: &str,
-    business_date: NaiveDate,
-    json: &str,
-) -> Result<RunSealed, ProducerError> {
-    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-        ProducerError::Listing(format!("recorded seal of {run_id} unreadable: {e}"))
-    })?;
-    let n = |k: &str| v.get(k).and_then(|x| x.as_i64()).unwrap_or(0);
-    Ok(RunSealed {
-        run_id: run_id.to_owned(),
-        business_date,
-        expected_accounts: n("expected_accounts"),
-        active_accounts: n("active_accounts"),
-        new_accounts: n("new_accounts"),
-        changed_accounts: n("changed_accounts"),
-        stale_accounts: n("stale_accounts"),
-        retry_accounts: n("retry_accounts"),
-        forced_accounts: n("forced_accounts"),
-        carried_forward: n("carried_forward"),
-        gone_accounts: n("gone_accounts"),
-        malformed_records: n("malformed_records"),
-        sealed_at: from_ms(n("sealed_at")),
-    })
 }

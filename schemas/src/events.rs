@@ -102,8 +102,9 @@ pub struct DailyTrigger {
     pub triggered_at: DateTime<Utc>,
 }
 
-/// The producer's last word on a run (esg.triggers).
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The producer's last word on a run (esg.triggers). Also kept as JSON in the stages' state
+/// stores, hence serde.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct RunSealed {
     pub run_id: String,
     pub business_date: NaiveDate,

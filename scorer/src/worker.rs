@@ -19,7 +19,7 @@
 
 use crate::api::{ApiOutcome, EsgApiClient};
 use chrono::{NaiveDate, Utc};
-use esg_bus::{BusError, CommitOffset, Consumer, Delivery, EventBus, Message};
+use esg_bus::{BusError, CommitOffset, Consumer, Delivery, EventBus, Message, RangeReader};
 use esg_schemas::{business_date_of_run, EsgScore, Event, ScoreStatus};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -101,10 +101,10 @@ struct RunDirectory {
 impl RunDirectory {
     async fn refresh(&mut self, bus: &EventBus) -> Result<(), BusError> {
         let topic = &bus.topics.triggers;
-        loop {
-            let batch = bus.transport.read(topic, 0, self.next_offset, 1000).await?;
-            let Some(last) = batch.last() else { break };
-            self.next_offset = last.offset + 1;
+        let mut range =
+            RangeReader::new(&*bus.transport, topic, 0, self.next_offset, i64::MAX, 1000);
+        while let Some(batch) = range.next_batch().await? {
+            self.next_offset = range.position();
             for m in batch {
                 match bus.decode(m.value.as_deref()) {
                     Ok(Some(Event::DailyTrigger(t))) => {
@@ -399,12 +399,10 @@ impl Scorer {
         };
         if let Some(c) = &committed {
             if let Some(from) = parse_metadata(&c.metadata) {
-                let mut from = from;
                 let mut found = 0u64;
-                while from < scores_end {
-                    let batch = self.bus.transport.read(scores, p, from, 2000).await?;
-                    let Some(last) = batch.last() else { break };
-                    from = last.offset + 1;
+                let mut range =
+                    RangeReader::new(&*self.bus.transport, scores, p, from, scores_end, 2000);
+                while let Some(batch) = range.next_batch().await? {
                     for m in batch {
                         if let Ok(Some(Event::EsgScore(s))) = self.bus.decode(m.value.as_deref()) {
                             if s.source_partition == p && s.source_offset >= c.offset {
