@@ -301,6 +301,18 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
     }
     assert_eq!(changed, chosen, "only the chosen rows changed");
 
+    // A day without a file cannot be re-run into.
+    let err = pipeline
+        .rerun(
+            date("2026-11-20"),
+            chosen.clone(),
+            CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect_err("no file for that day");
+    assert!(format!("{err:#}").contains("run the day first"), "{err:#}");
+
     // An account that is not active is refused with its id named.
     let err = pipeline
         .rerun(day, vec!["NOPE-1".into()], CancellationToken::new(), |_| {})
@@ -411,4 +423,37 @@ async fn a_lost_assembler_state_is_rebuilt_from_the_log() {
     let day2_bytes = std::fs::read(world.csv_path(day2)).expect("day 2");
     assert_eq!(day1_bytes, day2_bytes, "same rows, same analysis dates");
     assert_eq!(report.summary.carried_forward, report.summary.accounts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_system_that_stays_down_fails_the_run_with_the_cause() {
+    let world = World::start(
+        esg_simulator::SimConfig {
+            accounts_transient_error_rate: 1.0,
+            ..quiet_sim(50)
+        },
+        "",
+    )
+    .await;
+    let text = std::fs::read_to_string(&world.config_path).expect("config");
+    let text = text.replace(
+        "client_secret = \"accounts-secret\"",
+        "client_secret = \"accounts-secret\"\nmax_attempts = 2\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"",
+    );
+    std::fs::write(&world.config_path, text).expect("config");
+    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("opens");
+    let err = pipeline
+        .run_daily(date("2026-11-23"), false, CancellationToken::new(), |_| {})
+        .await
+        .expect_err("cannot list accounts");
+    let text = format!("{err:#}");
+    assert!(text.contains("listing active accounts"), "{text}");
+    assert!(text.contains("/v1/accounts"), "names the URL: {text}");
+    assert!(!world.csv_path(date("2026-11-23")).exists());
+    assert!(
+        world.sim.accounts_called_at_least(1).is_empty(),
+        "nothing scored"
+    );
 }
