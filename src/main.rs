@@ -247,7 +247,7 @@ fn progress_bar(label: &str) -> ProgressBar {
     }
     bar.set_style(
         ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} accounts scored ({per_sec}, eta {eta}) {msg}",
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} accounts scored ({percent}%, eta {eta}) {msg}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
