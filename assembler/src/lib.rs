@@ -379,18 +379,24 @@ impl Assembler {
             output_file: String::new(),
             completed_at: now,
         };
+        self.complete(completed).await
+    }
+
+    /// Publishes `RunCompleted` and records the run as done, so it is never assembled again.
+    async fn complete(&self, completed: RunCompleted) -> Result<(), AssemblerError> {
+        let id = completed.run_id.clone();
+        let outcome = completed.outcome.as_str();
         self.bus
             .publish(
                 &self.bus.topics.triggers,
-                &[(run.run_id.clone(), Event::RunCompleted(completed))],
+                &[(id.clone(), Event::RunCompleted(completed))],
             )
             .await?;
-        let id = run.run_id.clone();
         self.store
             .call(move |c| {
                 c.execute(
-                    "UPDATE runs SET completed = 1, outcome = 'Aborted' WHERE run_id = ?1",
-                    [id],
+                    "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
+                    params![id, outcome],
                 )
             })
             .await?;
@@ -496,22 +502,7 @@ impl Assembler {
             output_file: file,
             completed_at: now,
         };
-        self.bus
-            .publish(
-                &self.bus.topics.triggers,
-                &[(run.run_id.clone(), Event::RunCompleted(completed))],
-            )
-            .await?;
-        let id = run.run_id.clone();
-        let outcome_str = outcome.as_str();
-        self.store
-            .call(move |c| {
-                c.execute(
-                    "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
-                    params![id, outcome_str],
-                )
-            })
-            .await?;
+        self.complete(completed).await?;
         tracing::info!(
             run_id = %run.run_id,
             outcome = outcome.as_str(),
