@@ -48,8 +48,59 @@ pub const SCHEMAS: &[SchemaSource] = &[
     },
 ];
 
+/// Every released version of the schemas (`schemas/avro/released/`): records on the bus may
+/// have been written with any of them, and [`Codec::decode`] reads them all into the current
+/// types (BACKWARD compatibility, checked by `tests/compatibility.rs`).
+pub const RELEASED: &[(&str, SchemaSource)] = &[
+    (
+        "v1",
+        SchemaSource {
+            name: "DailyTrigger",
+            text: include_str!("../avro/released/v1/DailyTrigger.avsc"),
+        },
+    ),
+    (
+        "v1",
+        SchemaSource {
+            name: "RunSealed",
+            text: include_str!("../avro/released/v1/RunSealed.avsc"),
+        },
+    ),
+    (
+        "v1",
+        SchemaSource {
+            name: "RunCompleted",
+            text: include_str!("../avro/released/v1/RunCompleted.avsc"),
+        },
+    ),
+    (
+        "v1",
+        SchemaSource {
+            name: "AccountChanged",
+            text: include_str!("../avro/released/v1/AccountChanged.avsc"),
+        },
+    ),
+    (
+        "v1",
+        SchemaSource {
+            name: "AccountEntry",
+            text: include_str!("../avro/released/v1/AccountEntry.avsc"),
+        },
+    ),
+    (
+        "v1",
+        SchemaSource {
+            name: "EsgScore",
+            text: include_str!("../avro/released/v1/EsgScore.avsc"),
+        },
+    ),
+];
+
 /// Scale of every decimal on the bus.
 pub const DECIMAL_SCALE: u32 = 4;
+/// Precision of every decimal on the bus.
+pub const DECIMAL_PRECISION: u32 = 9;
+const MAX_UNSCALED: u32 = 999_999_999;
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +136,16 @@ struct Entry {
 /// Encodes and decodes pipeline events. Cheap to share (`Arc`) across tasks.
 pub struct Codec {
     entries: Vec<Entry>,
-    by_fingerprint: HashMap<[u8; 8], usize>,
+    /// Every schema a record may have been written with (current and released), by fingerprint:
+    /// the index of the current entry of the same record, and the writer schema.
+    writers: HashMap<[u8; 8], (usize, Schema)>,
+}
+
+fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let fp = schema.fingerprint::<Rabin>();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&fp.bytes[..8]);
+    out
 }
 
 impl std::fmt::Debug for Codec {
@@ -100,29 +160,45 @@ impl std::fmt::Debug for Codec {
 }
 
 impl Codec {
-    /// Parses every schema of [`SCHEMAS`].
+    /// Parses every schema of [`SCHEMAS`] (to write and read) and of [`RELEASED`] (to read).
     pub fn new() -> Result<Self, CodecError> {
         let mut entries = Vec::new();
-        let mut by_fingerprint = HashMap::new();
         for source in SCHEMAS {
             let schema = Schema::parse_str(source.text).map_err(|e| CodecError::Schema {
                 name: source.name,
                 source: e,
             })?;
-            let fp = schema.fingerprint::<Rabin>();
-            let mut fingerprint = [0u8; 8];
-            fingerprint.copy_from_slice(&fp.bytes[..8]);
-            by_fingerprint.insert(fingerprint, entries.len());
             entries.push(Entry {
                 name: source.name,
+                fingerprint: fingerprint(&schema),
                 schema,
-                fingerprint,
             });
         }
-        Ok(Codec {
+        let mut codec = Codec {
+            writers: entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.fingerprint, (i, e.schema.clone())))
+                .collect(),
             entries,
-            by_fingerprint,
-        })
+        };
+        for (_, source) in RELEASED {
+            codec.add_writer_schema(source.name, source.text)?;
+        }
+        Ok(codec)
+    }
+
+    /// Accepts records written with another version of a record's schema (it must be one the
+    /// current schema can read). For tools that read old logs, and for tests.
+    pub fn add_writer_schema(&mut self, name: &'static str, text: &str) -> Result<(), CodecError> {
+        let schema = Schema::parse_str(text).map_err(|e| CodecError::Schema { name, source: e })?;
+        let idx = self
+            .entries
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| CodecError::UnknownSchema(name.to_owned()))?;
+        self.writers.insert(fingerprint(&schema), (idx, schema));
+        Ok(())
     }
 
     fn entry(&self, name: &str) -> &Entry {
@@ -170,11 +246,23 @@ impl Codec {
         }
         let mut fp = [0u8; 8];
         fp.copy_from_slice(&bytes[2..10]);
-        let idx = *self
-            .by_fingerprint
+        let (idx, writer) = self
+            .writers
             .get(&fp)
             .ok_or_else(|| CodecError::UnknownSchema(hex(&fp)))?;
-        self.decode_datum(self.entries[idx].name, &bytes[10..])
+        let current = &self.entries[*idx];
+        if current.fingerprint == fp {
+            return self.decode_datum(current.name, &bytes[10..]);
+        }
+        // Written with an older schema: resolve it to the current one.
+        let record = current.name;
+        let mut datum = &bytes[10..];
+        let value = GenericDatumReader::builder(writer)
+            .maybe_reader_schema(Some(&current.schema))
+            .build()
+            .and_then(|r| r.read_value(&mut datum))
+            .map_err(|e| CodecError::Avro { record, source: e })?;
+        from_value(record, value)
     }
 
     /// Decodes a bare datum written with the named record's schema.
@@ -231,18 +319,20 @@ fn decimal(record: &'static str, field: &'static str, d: Decimal) -> Result<Valu
     }
     d.rescale(DECIMAL_SCALE);
     let mantissa = d.mantissa();
-    // Minimal big-endian two's complement, as the Avro decimal logical type stores it.
-    let full = mantissa.to_be_bytes();
-    let mut start = 0;
-    while start < full.len() - 1 {
-        let (b, next) = (full[start], full[start + 1]);
-        if (b == 0x00 && next & 0x80 == 0) || (b == 0xFF && next & 0x80 != 0) {
-            start += 1;
-        } else {
-            break;
-        }
-    }
-    Ok(Value::Decimal(apache_avro::Decimal::from(&full[start..])))
+    // Precision 9: at most 9 digits, so the unscaled value always fits 4 bytes. Always writing
+    // 4 bytes (big-endian two's complement) keeps schema resolution happy, which insists that
+    // the byte length can hold the full precision.
+    let unscaled = i32::try_from(mantissa)
+        .ok()
+        .filter(|m| m.unsigned_abs() <= MAX_UNSCALED)
+        .ok_or_else(|| CodecError::Field {
+            record,
+            field,
+            problem: format!("{d} needs more than {DECIMAL_PRECISION} digits"),
+        })?;
+    Ok(Value::Decimal(apache_avro::Decimal::from(
+        unscaled.to_be_bytes(),
+    )))
 }
 
 fn opt_decimal(
@@ -674,7 +764,15 @@ mod tests {
     #[test]
     fn decimals_keep_exact_value_at_scale_four() {
         let codec = Codec::new().expect("schemas parse");
-        for text in ["0", "0.0001", "49.9950", "100", "-0.5", "12345.6789"] {
+        for text in [
+            "0",
+            "0.0001",
+            "49.9950",
+            "100",
+            "-0.5",
+            "12345.6789",
+            "-99999.9999",
+        ] {
             let mut s = score();
             s.overall = Some(Decimal::from_str(text).expect("decimal"));
             let back = codec
@@ -686,6 +784,15 @@ mod tests {
             assert_eq!(back.overall, s.overall, "{text}");
             assert_eq!(back.overall.map(|d| d.scale()), Some(4));
         }
+    }
+
+    #[test]
+    fn more_than_nine_digits_is_refused() {
+        let codec = Codec::new().expect("schemas parse");
+        let mut s = score();
+        s.overall = Some(Decimal::from_str("100000").expect("decimal"));
+        let err = codec.encode(&Event::EsgScore(s)).expect_err("must refuse");
+        assert!(err.to_string().contains("9 digits"), "{err}");
     }
 
     #[test]
@@ -712,6 +819,47 @@ mod tests {
         let mut good = codec.encode(&Event::EsgScore(score())).expect("encode");
         good.truncate(14);
         assert!(matches!(codec.decode(&good), Err(CodecError::Avro { .. })));
+    }
+
+    #[test]
+    fn records_written_with_an_older_schema_are_read_with_defaults() {
+        // An older EsgScore without the two source fields (added later, with defaults).
+        let mut json: serde_json::Value =
+            serde_json::from_str(include_str!("../avro/EsgScore.avsc")).expect("json");
+        let fields = json["fields"].as_array_mut().expect("fields");
+        fields.retain(|f| f["name"] != "source_partition" && f["name"] != "source_offset");
+        let old_text = json.to_string();
+        let old = Schema::parse_str(&old_text).expect("old schema");
+
+        let mut codec = Codec::new().expect("codec");
+        let written = score();
+        let Value::Record(mut values) = to_value(&Event::EsgScore(written.clone())).expect("value")
+        else {
+            panic!("record")
+        };
+        values.retain(|(k, _)| k != "source_partition" && k != "source_offset");
+        let datum = GenericDatumWriter::builder(&old)
+            .build()
+            .and_then(|w| w.write_value_to_vec(Value::Record(values)))
+            .expect("old datum");
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&fingerprint(&old));
+        bytes.extend_from_slice(&datum);
+
+        assert!(matches!(
+            codec.decode(&bytes),
+            Err(CodecError::UnknownSchema(_))
+        ));
+        codec
+            .add_writer_schema("EsgScore", &old_text)
+            .expect("older version accepted");
+        let Event::EsgScore(read) = codec.decode(&bytes).expect("decodes") else {
+            panic!("wrong record")
+        };
+        assert_eq!(read.source_partition, -1);
+        assert_eq!(read.source_offset, -1);
+        assert_eq!(read.overall, written.overall);
+        assert_eq!(read.account_id, written.account_id);
     }
 
     #[test]

@@ -14,5 +14,5 @@
 mod codec;
 pub mod events;
 
-pub use codec::{Codec, CodecError, SchemaSource, SCHEMAS};
+pub use codec::{Codec, CodecError, SchemaSource, RELEASED, SCHEMAS};
 pub use events::*;
