@@ -50,6 +50,13 @@ async fn a_full_day_rates_every_active_account_once() {
         "",
     )
     .await;
+    // The job's share of the quota equals the vendor's quota.
+    let text = std::fs::read_to_string(&world.config_path).expect("config");
+    let text = text.replace(
+        "rate_limit_per_second = 1000",
+        "rate_limit_per_second = 400\nburst = 50",
+    );
+    std::fs::write(&world.config_path, text).expect("config");
     let day = date("2026-11-23");
     let outcome = run_day(&world, day, false).await;
     let report = outcome.report.expect("assembled now");

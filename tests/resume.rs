@@ -33,7 +33,10 @@ fn extra() -> String {
 fn configure(world: &World) {
     let text = std::fs::read_to_string(&world.config_path).expect("config");
     let text = text
-        .replace("rate_limit_per_second = 50", "rate_limit_per_second = 400")
+        .replace(
+            "rate_limit_per_second = 1000",
+            "rate_limit_per_second = 400",
+        )
         .replace(
             "max_in_flight = 64",
             &format!("max_in_flight = {MAX_IN_FLIGHT}"),

@@ -30,10 +30,12 @@ impl World {
         );
         let text = format!("{text}\n{extra}\n");
         // Fast test settings: quick retries.
-        let text = text.replace(
-            "max_in_flight = 64",
-            "max_in_flight = 64\nbackoff_base = \"5ms\"\nbackoff_cap = \"20ms\"",
-        );
+        let text = text
+            .replace(
+                "max_in_flight = 64",
+                "max_in_flight = 64\nbackoff_base = \"5ms\"\nbackoff_cap = \"20ms\"",
+            )
+            .replace("rate_limit_per_second = 50", "rate_limit_per_second = 1000");
         std::fs::write(&config_path, text).expect("write config");
         World {
             sim,

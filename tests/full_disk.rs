@@ -1,0 +1,94 @@
+//! A full disk while writing the day's file: the run fails with the cause and the path, no
+//! half file is left, the previous file (if any) is untouched, and the next run finishes the day
+//! from the scores already on the bus, without calling the API again.
+//!
+//! The output directory is a 256 KiB tmpfs mounted by the test (root only; CI runs as root).
+
+mod common;
+
+use common::*;
+use esg::pipeline::Pipeline;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tokio_util::sync::CancellationToken;
+
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(path.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_run_and_the_next_run_finishes_it() {
+    if !is_root() {
+        eprintln!("not root: cannot mount a small tmpfs; tests/embedded_day.rs covers an unwritable output");
+        return;
+    }
+    let world = World::start(quiet_sim(3000), "").await;
+    let small = world.dir.path().join("small");
+    let mount = Mount::tmpfs(&small, "256k").expect("root can mount a tmpfs");
+    let day = date("2026-11-23");
+
+    let mut config = world.config();
+    config.output.dir = small.clone();
+    config.esg_api.rate_limit_per_second = 5000;
+    let pipeline = Pipeline::open(config, esg_assembler::system_clock())
+        .await
+        .expect("opens");
+    let err = pipeline
+        .run_daily(day, false, CancellationToken::new(), |_| {})
+        .await
+        .expect_err("the file does not fit");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("No space left on device") || text.contains("os error 28"),
+        "the cause is named: {text}"
+    );
+    assert!(
+        text.contains(small.to_str().expect("utf8")),
+        "the path is named: {text}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&small)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert!(left.is_empty(), "no half file or temp file left: {left:?}");
+    drop(pipeline);
+    drop(mount);
+
+    // Space is back (the normal output directory): the same run completes without new calls.
+    let called = world.sim.accounts_called_at_least(1).len();
+    assert!(called > 2000);
+    world.sim.reset_call_counts();
+    let outcome = Pipeline::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("opens")
+        .run_daily(day, false, CancellationToken::new(), |_| {})
+        .await
+        .expect("completes");
+    assert!(outcome.report.is_some());
+    assert!(world.sim.accounts_called_at_least(1).is_empty());
+    let rows = read_csv(&world.csv_path(day));
+    assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
+}
