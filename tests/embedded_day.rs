@@ -249,6 +249,24 @@ async fn the_next_day_scores_only_what_changed() {
     }
     let s = &report.summary;
     assert_eq!(s.scored_in_run, expected.len() as u64);
+
+    // The stores keep no per-account bookkeeping of finished runs: they do not grow every day.
+    let state = world.dir.path().join("state");
+    let count = |db: &str, table: &str| -> i64 {
+        let c = rusqlite::Connection::open(state.join(db)).expect("open store");
+        c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    };
+    for (db, table) in [
+        ("producer.db", "listing"),
+        ("producer.db", "pending"),
+        ("producer.db", "roster_changes"),
+        ("assembler.db", "expected"),
+        ("assembler.db", "run_scored"),
+    ] {
+        assert_eq!(count(db, table), 0, "{db} {table}");
+    }
+    assert_eq!(count("assembler.db", "roster") as usize, after.len());
     assert_eq!(s.carried_forward, (after.len() - expected.len()) as u64);
     assert_eq!(s.new_accounts, 3);
     assert_eq!(s.gone_accounts, 1);

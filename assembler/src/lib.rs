@@ -394,10 +394,9 @@ impl Assembler {
             .await?;
         self.store
             .call(move |c| {
-                c.execute(
-                    "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
-                    params![id, outcome],
-                )
+                let tx = c.transaction()?;
+                state::mark_completed(&tx, &id, outcome)?;
+                tx.commit()
             })
             .await?;
         Ok(())

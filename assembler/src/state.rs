@@ -141,7 +141,9 @@ pub fn apply(
             }
             Some(Event::AccountChanged(a)) => {
                 tx.execute(
-                    "INSERT OR IGNORE INTO expected (run_id, account_id) VALUES (?1, ?2)",
+                    "INSERT OR IGNORE INTO expected (run_id, account_id)
+                     SELECT ?1, ?2 WHERE NOT EXISTS
+                       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)",
                     params![a.run_id, a.account_id],
                 )?;
             }
@@ -180,7 +182,9 @@ pub fn apply(
                 // Counted once per account and run (a score published twice after a crash
                 // adds its attempts, not an account), so progress and completion are O(1).
                 let new = tx.execute(
-                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts) VALUES (?1, ?2, ?3)",
+                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts)
+                     SELECT ?1, ?2, ?3 WHERE NOT EXISTS
+                       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)",
                     params![s.run_id, s.account_id, s.attempts],
                 )?;
                 if new == 1 {
@@ -224,12 +228,7 @@ pub fn apply(
                     applied.sealed.push(s.run_id.clone());
                 }
             }
-            Some(Event::RunCompleted(c)) => {
-                tx.execute(
-                    "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
-                    params![c.run_id, c.outcome.as_str()],
-                )?;
-            }
+            Some(Event::RunCompleted(c)) => mark_completed(tx, &c.run_id, c.outcome.as_str())?,
         }
     }
     if let Some(last) = last {
@@ -240,4 +239,20 @@ pub fn apply(
         )?;
     }
     Ok(applied)
+}
+
+/// Records a run as completed and drops its per-account bookkeeping, which only served to
+/// decide completion: the store does not grow with every run.
+pub fn mark_completed(
+    c: &rusqlite::Connection,
+    run_id: &str,
+    outcome: &str,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
+        params![run_id, outcome],
+    )?;
+    c.execute("DELETE FROM expected WHERE run_id = ?1", [run_id])?;
+    c.execute("DELETE FROM run_scored WHERE run_id = ?1", [run_id])?;
+    Ok(())
 }

@@ -773,8 +773,11 @@ impl Producer {
                     params![run_id, json],
                 )?;
                 store::set_phase(&tx, &run_id, Phase::Sealed)?;
-                // The listing is only needed until the seal.
+                // The listing and the run's plan are only needed until the seal (a sealed run
+                // resumes from the recorded seal): the store does not grow with every run.
                 tx.execute("DELETE FROM listing WHERE run_id = ?1", [&run_id])?;
+                tx.execute("DELETE FROM pending WHERE run_id = ?1", [&run_id])?;
+                tx.execute("DELETE FROM roster_changes WHERE run_id = ?1", [&run_id])?;
                 tx.commit()
             })
             .await?;
