@@ -17,7 +17,6 @@ use esg_scorer::limiter::RateLimiter;
 use esg_scorer::Scorer;
 use std::fs::File;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 /// the same partitions twice.
 pub struct StateLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl StateLock {
@@ -41,7 +39,7 @@ impl StateLock {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file, path }),
+            Ok(()) => Ok(StateLock { _file: file }),
             Err(std::fs::TryLockError::WouldBlock) => bail!(
                 "another esg process is using the state directory {} (lock {}); wait for it to finish",
                 config.state.dir.display(),
@@ -51,10 +49,6 @@ impl StateLock {
                 Err(e).with_context(|| format!("locking {}", path.display()))
             }
         }
-    }
-
-    pub fn path(&self) -> &PathBuf {
-        &self.path
     }
 }
 

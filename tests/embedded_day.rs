@@ -482,3 +482,23 @@ async fn an_account_system_that_stays_down_fails_the_run_with_the_cause() {
         "nothing scored"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_state_is_refused() {
+    let world = World::start(quiet_sim(10), "").await;
+    let first = Pipeline::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("opens");
+    let err = Pipeline::open(world.config(), esg_assembler::system_clock())
+        .await
+        .err()
+        .expect("second one refused");
+    assert!(
+        format!("{err:#}").contains("another esg process"),
+        "{err:#}"
+    );
+    drop(first);
+    Pipeline::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("free again once the first is gone");
+}

@@ -511,7 +511,7 @@ fn to_score(
 ) -> EsgScore {
     let now = Utc::now();
     let attempts = outcome.attempts as i32;
-    let mut score = match outcome.result {
+    match outcome.result {
         Ok(a) => {
             let partial = a.is_partial();
             EsgScore {
@@ -549,14 +549,15 @@ fn to_score(
                 permanent = f.permanent,
                 "account failed"
             );
-            EsgScore::failed(
-                run_id, account_id, version, attempts, &f.code, f.message, now,
-            )
+            EsgScore {
+                source_partition: partition,
+                source_offset: offset,
+                ..EsgScore::failed(
+                    run_id, account_id, version, attempts, &f.code, f.message, now,
+                )
+            }
         }
-    };
-    score.source_partition = partition;
-    score.source_offset = offset;
-    score
+    }
 }
 
 #[cfg(test)]
