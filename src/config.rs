@@ -267,6 +267,9 @@ pub struct Config {
     pub state: StateSection,
     #[serde(default)]
     pub bus: BusSection,
+    /// `[kafka]`: used when `bus.kind = "kafka"`.
+    #[serde(default)]
+    pub kafka: esg_bus::kafka::KafkaConfig,
     #[serde(default)]
     pub run: RunSection,
     #[serde(default)]
@@ -366,10 +369,54 @@ impl Config {
             return Err(bad("bus.partitions", "must be between 1 and 1000".into()));
         }
         if self.bus.kind == BusKind::Kafka {
-            return Err(bad(
-                "bus.kind",
-                "\"kafka\" is not available in this build; use \"embedded\"".into(),
-            ));
+            let k = &self.kafka;
+            if k.bootstrap_servers.trim().is_empty() {
+                return Err(bad(
+                    "kafka.bootstrap_servers",
+                    "must name at least one broker (host:port)".into(),
+                ));
+            }
+            if k.replication_factor == 0 || k.replication_factor < -1 {
+                return Err(bad(
+                    "kafka.replication_factor",
+                    "must be -1 (the broker's default) or at least 1".into(),
+                ));
+            }
+            if k.session_timeout < Duration::from_secs(6)
+                || k.session_timeout > Duration::from_secs(300)
+            {
+                return Err(bad(
+                    "kafka.session_timeout",
+                    "must be between 6s and 300s (the brokers' default group limits)".into(),
+                ));
+            }
+            if k.operation_timeout.is_zero() {
+                return Err(bad(
+                    "kafka.operation_timeout",
+                    "must be greater than zero".into(),
+                ));
+            }
+            let url = &k.schema_registry.url;
+            let parsed = reqwest::Url::parse(url).map_err(|e| {
+                bad(
+                    "kafka.schema_registry.url",
+                    format!("{url:?} is not a URL: {e}"),
+                )
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad(
+                    "kafka.schema_registry.url",
+                    format!("{url:?} must be http or https"),
+                ));
+            }
+            for key in ["bootstrap.servers", "group.id", "enable.auto.commit"] {
+                if k.properties.contains_key(key) {
+                    return Err(bad(
+                        &format!("kafka.properties.{key}"),
+                        "is set by the job itself and cannot be overridden".into(),
+                    ));
+                }
+            }
         }
         self.time_zone().map_err(|m| bad("run.time_zone", m))?;
         self.deadline_time().map_err(|m| bad("run.deadline", m))?;
@@ -491,26 +538,37 @@ fn apply_env(
             .split("__")
             .map(|s| s.to_ascii_lowercase())
             .collect();
-        if path.len() != 2 || path.iter().any(|p| p.is_empty()) {
+        if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::Env {
                 var,
-                message: "expected ESG__SECTION__KEY".into(),
+                message: "expected ESG__SECTION__KEY (or ESG__SECTION__TABLE__KEY)".into(),
             });
+        }
+        let mut path = path;
+        // librdkafka property names use dots, which environment variable names cannot:
+        // ESG__KAFKA__PROPERTIES__SASL_PASSWORD sets kafka.properties."sasl.password".
+        if path.len() == 3 && path[0] == "kafka" && path[1] == "properties" {
+            path[2] = path[2].replace('_', ".");
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or(toml::Value::String(raw));
-        let section = table
-            .entry(path[0].clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section) = section.as_table_mut() else {
-            return Err(ConfigError::Env {
-                var,
-                message: format!("`{}` is not a section", path[0]),
-            });
-        };
-        section.insert(path[1].clone(), value);
+        let (key, tables) = path.split_last().unwrap_or((&path[0], &[]));
+        let mut section = &mut *table;
+        for name in tables {
+            let entry = section
+                .entry(name.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(inner) = entry.as_table_mut() else {
+                return Err(ConfigError::Env {
+                    var,
+                    message: format!("`{name}` is not a section"),
+                });
+            };
+            section = inner;
+        }
+        section.insert(key.clone(), value);
     }
     Ok(())
 }

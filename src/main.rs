@@ -4,9 +4,10 @@ use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 use esg::config::{self, Config};
-use esg::pipeline::{Outcome, Pipeline};
+use esg::config::BusKind;
+use esg::pipeline::{self, Outcome, Pipeline, ProducerService, ReplayBound};
 use esg_assembler::Progress;
-use esg_schemas::RunOutcome;
+use esg_schemas::{RunKind, RunOutcome, RunSealed};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -40,7 +41,32 @@ enum Command {
     /// 1 on any error, 2 on a configuration error.
     Run(RunArgs),
     /// Re-score chosen accounts and replace their rows in that day's file (manual override).
+    ///
+    /// On the embedded log this runs the whole re-run here. On Kafka it publishes the re-run for
+    /// the running scorers and assembler and waits until the assembler has written the file.
     Rerun(RerunArgs),
+    /// Re-run the accounts of a range of the account-events topic through the scorers (after an
+    /// outage of the vendor API, say) and replace their rows in their day's file.
+    ///
+    /// The range is [--from, --to): offsets of one partition (with --partition), or times
+    /// (RFC 3339) over every partition. Each business date found in the range becomes one
+    /// re-run of that date, its events marked Replay. Example, the first hour of a run:
+    ///
+    ///   esg replay -c esg.toml --topic account-events
+    ///     --from 2026-11-23T05:00:00-06:00 --to 2026-11-23T06:00:00-06:00
+    Replay(ReplayArgs),
+    /// Kafka mode: publish today's daily run (trigger, account events, seal) and exit.
+    ///
+    /// The scorers and the assembler, running as services, score it and write the file. Run it
+    /// at 05:00 America/Chicago from the scheduler (systemd timer, Kubernetes CronJob); run again
+    /// after a failure, it resumes the same run. With --wait it also waits for the file.
+    Producer(ProducerArgs),
+    /// Kafka mode: one scorer of the consumer group; runs until SIGTERM. Start as many as the
+    /// API quota and the partitions allow: they share the partitions and the tenant rate limit.
+    Scorer(ServiceArgs),
+    /// Kafka mode: the assembler; runs until SIGTERM, writing each run's files when it
+    /// completes or at its deadline.
+    Assembler(ServiceArgs),
     /// Serve the simulator of the account system and the ESG API (for trials and tests).
     Simulator(SimulatorArgs),
     /// Check a configuration file and print it with secrets hidden.
@@ -78,6 +104,55 @@ struct RerunArgs {
     /// Whose file to update (YYYY-MM-DD); default today in the configured time zone.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Option<NaiveDate>,
+    /// Kafka mode: publish and exit without waiting for the file.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "ESG_CONFIG")]
+    config: PathBuf,
+    /// The topic to replay (only account-events can be replayed; the configured prefix is
+    /// added).
+    #[arg(long, default_value = "account-events")]
+    topic: String,
+    /// Start of the range (inclusive): an offset, or an RFC 3339 time.
+    #[arg(long, value_name = "OFFSET|TIME")]
+    from: ReplayBound,
+    /// End of the range (exclusive): an offset, or an RFC 3339 time.
+    #[arg(long, value_name = "OFFSET|TIME")]
+    to: ReplayBound,
+    /// Only this partition (needed when --from/--to are offsets).
+    #[arg(long)]
+    partition: Option<i32>,
+    /// Kafka mode: publish and exit without waiting for the file.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Args)]
+struct ProducerArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "ESG_CONFIG")]
+    config: PathBuf,
+    /// Business date to run (YYYY-MM-DD); default today in the configured time zone.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: Option<NaiveDate>,
+    /// Score every active account, not only those that changed.
+    #[arg(long)]
+    full: bool,
+    /// Wait until the assembler has written the run's file (exit code as `esg run --once`).
+    #[arg(long)]
+    wait: bool,
+}
+
+#[derive(Args)]
+struct ServiceArgs {
+    /// The TOML configuration file.
+    #[arg(long, short, env = "ESG_CONFIG")]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -190,14 +265,62 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let config = Config::load(&args.config)?;
             esg::telemetry::init(&config.log.format, &config.log.level);
             let shutdown = shutdown_on_signal();
+            if config.bus.kind == BusKind::Kafka {
+                let service = ProducerService::open(config).await?;
+                let date = args.business_date.unwrap_or_else(|| service.today());
+                let sealed = service
+                    .rerun(date, RunKind::Rerun, args.accounts, &shutdown)
+                    .await?;
+                return published(&service, sealed, !args.no_wait, &shutdown).await;
+            }
             let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
             let date = args.business_date.unwrap_or_else(|| pipeline.today());
             let bar = progress_bar(&format!("re-run {date}"));
             let outcome = pipeline
-                .rerun(date, args.accounts, shutdown, progress_fn(bar.clone()))
+                .rerun(
+                    date,
+                    RunKind::Rerun,
+                    args.accounts,
+                    shutdown,
+                    progress_fn(bar.clone()),
+                )
                 .await;
             bar.finish_and_clear();
             report(&pipeline, outcome?)
+        }
+        Command::Replay(args) => replay(args).await,
+        Command::Producer(args) => {
+            let config = Config::load(&args.config)?;
+            esg::telemetry::init(&config.log.format, &config.log.level);
+            if config.bus.kind != BusKind::Kafka {
+                bail!("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day");
+            }
+            let shutdown = shutdown_on_signal();
+            let service = ProducerService::open(config).await?;
+            let date = args.business_date.unwrap_or_else(|| service.today());
+            let sealed = service.daily(date, args.full, &shutdown).await?;
+            published(&service, sealed, args.wait, &shutdown).await
+        }
+        Command::Scorer(args) => {
+            let config = Config::load(&args.config)?;
+            esg::telemetry::init(&config.log.format, &config.log.level);
+            let shutdown = shutdown_on_signal();
+            let stats = pipeline::scorer_service(&config, shutdown).await?;
+            println!(
+                "scorer stopped: {} events, {} scored ({} successful, {} partial, {} failed)",
+                stats.events, stats.scored, stats.successful, stats.partial, stats.failed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Assembler(args) => {
+            let config = Config::load(&args.config)?;
+            esg::telemetry::init(&config.log.format, &config.log.level);
+            let shutdown = shutdown_on_signal();
+            let reports =
+                pipeline::assembler_service(&config, esg_assembler::system_clock(), shutdown)
+                    .await?;
+            println!("assembler stopped after writing {} run(s)", reports.len());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Simulator(args) => simulator(args).await,
         Command::CheckConfig { config } => {
@@ -207,6 +330,97 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// After the producer published a run on Kafka: says so and, with `wait`, waits for the
+/// assembler's `RunCompleted` (exit code 3 when the deadline came first).
+async fn published(
+    service: &ProducerService,
+    sealed: RunSealed,
+    wait: bool,
+    shutdown: &CancellationToken,
+) -> Result<ExitCode> {
+    println!(
+        "run {} published: {} accounts to score ({} active)",
+        sealed.run_id, sealed.expected_accounts, sealed.active_accounts
+    );
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = ProgressBar::new_spinner();
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_message(format!("waiting for the assembler to complete run {}", sealed.run_id));
+    let done = pipeline::wait_completed(
+        &service.bus,
+        &sealed.run_id,
+        shutdown,
+        service.config.run.max_duration,
+        |_| bar.tick(),
+    )
+    .await;
+    bar.finish_and_clear();
+    let done = done?;
+    println!(
+        "run {} {}: {} rows, {} successful, {} partial, {} failed; file {}",
+        done.run_id, done.outcome, done.rows, done.successful, done.partial, done.failed, done.output_file
+    );
+    Ok(if done.outcome == RunOutcome::TimedOut {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    esg::telemetry::init(&config.log.format, &config.log.level);
+    let topic = args.topic.trim_start_matches(&config.bus.topic_prefix);
+    if topic != "account-events" && topic != "esg.account-events" {
+        bail!("only the account-events topic can be replayed through the scorers, not {:?}", args.topic);
+    }
+    let shutdown = shutdown_on_signal();
+    if config.bus.kind == BusKind::Kafka {
+        let service = ProducerService::open(config).await?;
+        let by_date =
+            pipeline::replay_accounts(&service.bus, args.partition, args.from, args.to).await?;
+        if by_date.is_empty() {
+            println!("no account events in that range; nothing to replay");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut code = ExitCode::SUCCESS;
+        for (date, accounts) in by_date {
+            println!("replaying {} accounts of {date}", accounts.len());
+            let sealed = service.rerun(date, RunKind::Replay, accounts, &shutdown).await?;
+            let c = published(&service, sealed, !args.no_wait, &shutdown).await?;
+            if c != ExitCode::SUCCESS {
+                code = c;
+            }
+        }
+        return Ok(code);
+    }
+    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+    let by_date =
+        pipeline::replay_accounts(&pipeline.bus, args.partition, args.from, args.to).await?;
+    if by_date.is_empty() {
+        println!("no account events in that range; nothing to replay");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut code = ExitCode::SUCCESS;
+    for (date, accounts) in by_date {
+        println!("replaying {} accounts of {date}", accounts.len());
+        let bar = progress_bar(&format!("replay {date}"));
+        let outcome = pipeline
+            .rerun(date, RunKind::Replay, accounts, shutdown.clone(), progress_fn(bar.clone()))
+            .await;
+        bar.finish_and_clear();
+        let c = report(&pipeline, outcome?)?;
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+    }
+    Ok(code)
 }
 
 fn shutdown_on_signal() -> CancellationToken {

@@ -1,17 +1,23 @@
-//! Wiring of the three stages over the embedded transport, for `esg run --once`, `esg rerun`
-//! and `esg demo`: producer, scorer and assembler run as tasks of one process on one durable
-//! log, exactly the events and guarantees they have on Kafka.
+//! Wiring of the three stages over the configured transport.
+//!
+//! - [`Pipeline`]: producer, scorer and assembler as tasks of one process (`esg run --once`,
+//!   `esg demo`, and `esg rerun`/`esg replay` on the embedded log), exactly the events and
+//!   guarantees they have as separate processes.
+//! - [`ProducerService`], [`scorer_service`], [`AssemblerService`]: one stage each, for
+//!   `esg producer`, `esg scorer` and `esg assembler` on Kafka, where they run as separate
+//!   processes (scorers on several machines).
 
-use crate::config::Config;
+use crate::config::{BusKind, Config};
 use anyhow::{bail, Context, Result};
 use chrono::{NaiveDate, Utc};
 use esg_assembler::{Assembler, AssemblerConfig, Clock, Progress, RunReport};
 use esg_auth::TokenSource;
 use esg_bus::embedded::EmbeddedLog;
-use esg_bus::{EventBus, SharedTransport};
+use esg_bus::kafka::KafkaTransport;
+use esg_bus::{EventBus, RangeReader, SharedTransport};
 use esg_producer::accounts::AccountsClient;
 use esg_producer::{Producer, RunRequest};
-use esg_schemas::RunKind;
+use esg_schemas::{Event, RunCompleted, RunKind};
 use esg_scorer::api::EsgApiClient;
 use esg_scorer::limiter::RateLimiter;
 use esg_scorer::Scorer;
@@ -21,17 +27,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Holds the state directory for this process: a second `esg` on the same state would consume
-/// the same partitions twice.
+/// Holds a lock file in the state directory: two processes of the same role on the same state
+/// would consume the same partitions, or write the same files, twice.
 pub struct StateLock {
     _file: File,
 }
 
 impl StateLock {
-    pub fn acquire(config: &Config) -> Result<Self> {
+    /// Takes `<state.dir>/<name>.lock`, or says which process holds it.
+    pub fn acquire(config: &Config, name: &str) -> Result<Self> {
         std::fs::create_dir_all(&config.state.dir)
             .with_context(|| format!("creating state dir {}", config.state.dir.display()))?;
-        let path = config.state.dir.join("esg.lock");
+        let path = config.state.dir.join(format!("{name}.lock"));
         let file = File::options()
             .create(true)
             .truncate(false)
@@ -52,17 +59,6 @@ impl StateLock {
     }
 }
 
-/// Everything a run needs, built once from the configuration.
-pub struct Pipeline {
-    pub config: Config,
-    pub bus: EventBus,
-    pub log: EmbeddedLog,
-    pub producer: Producer,
-    pub assembler: Arc<Assembler>,
-    pub api: Arc<EsgApiClient>,
-    _lock: StateLock,
-}
-
 fn http_client(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(timeout))
@@ -72,70 +68,159 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
+/// The configured transport with the pipeline's topics created (and, on Kafka, the value
+/// schemas registered). The embedded log is returned too, for its housekeeping.
+pub async fn connect_bus(config: &Config) -> Result<(EventBus, Option<EmbeddedLog>)> {
+    match config.bus.kind {
+        BusKind::Embedded => {
+            let log = EmbeddedLog::open(config.bus_path()).with_context(|| {
+                format!("opening the embedded log {}", config.bus_path().display())
+            })?;
+            let transport: SharedTransport = Arc::new(log.clone());
+            let bus = EventBus::connect(transport, &config.topics())
+                .await
+                .context("creating topics")?;
+            Ok((bus, Some(log)))
+        }
+        BusKind::Kafka => {
+            let kafka = KafkaTransport::connect(config.kafka.clone())
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to Kafka at {}",
+                        config.kafka.bootstrap_servers
+                    )
+                })?;
+            let transport: SharedTransport = Arc::new(kafka);
+            let bus = EventBus::connect_with(
+                transport,
+                &config.topics(),
+                Some(&config.kafka.schema_registry),
+            )
+            .await
+            .context("creating topics and registering schemas")?;
+            Ok((bus, None))
+        }
+    }
+}
+
+/// The ESG API client with the tenant rate limiter.
+pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
+    let api_http = http_client(config.esg_api.timeout)?;
+    let api_tokens = Arc::new(TokenSource::new(
+        api_http.clone(),
+        &config.auth.token_url,
+        &config.esg_api.client_id,
+        config.esg_api.client_secret.clone(),
+        Some(config.esg_api.scope.clone()),
+    ));
+    let rate = NonZeroU32::new(config.esg_api.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = config
+        .esg_api
+        .burst
+        .and_then(NonZeroU32::new)
+        .unwrap_or(rate);
+    let limiter = Arc::new(RateLimiter::new(rate, burst));
+    Ok(Arc::new(EsgApiClient::new(
+        api_http,
+        config.esg_api_client_config(),
+        api_tokens,
+        limiter,
+    )))
+}
+
+fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
+    let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
+    let accounts_http = http_client(config.accounts.timeout)?;
+    let accounts_tokens = Arc::new(TokenSource::new(
+        accounts_http.clone(),
+        &config.auth.token_url,
+        &config.accounts.client_id,
+        config.accounts.client_secret.clone(),
+        Some(config.accounts.scope.clone()),
+    ));
+    let accounts = AccountsClient::new(
+        accounts_http,
+        config.accounts_client_config(),
+        accounts_tokens,
+    );
+    Ok(Producer::new(
+        bus.clone(),
+        producer_store,
+        Some(accounts),
+        config.producer.clone(),
+    ))
+}
+
+fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Arc<Assembler>> {
+    let assembler_store = esg_assembler::state::open(&config.state.dir.join("assembler.db"))?;
+    Ok(Arc::new(Assembler::new(
+        bus.clone(),
+        assembler_store,
+        AssemblerConfig {
+            output_dir: config.output.dir.clone(),
+            poll_interval: Duration::from_millis(200),
+        },
+        clock,
+    )))
+}
+
+fn today(config: &Config) -> NaiveDate {
+    let tz = config.time_zone().unwrap_or(chrono_tz::America::Chicago);
+    Utc::now().with_timezone(&tz).date_naive()
+}
+
+fn daily_request(config: &Config, business_date: NaiveDate, full: bool) -> RunRequest {
+    RunRequest {
+        run_id: business_date.to_string(),
+        business_date,
+        kind: RunKind::Daily,
+        full,
+        deadline: config.deadline_for(business_date, Utc::now()),
+        forced: Vec::new(),
+    }
+}
+
+async fn rerun_request(
+    config: &Config,
+    producer: &Producer,
+    business_date: NaiveDate,
+    kind: RunKind,
+    accounts: Vec<String>,
+) -> Result<RunRequest> {
+    Ok(RunRequest {
+        run_id: producer.next_rerun_id(business_date).await?,
+        business_date,
+        kind,
+        full: false,
+        deadline: Utc::now() + chrono::Duration::from_std(config.run.max_duration)?,
+        forced: accounts,
+    })
+}
+
+/// Everything a run needs, built once from the configuration.
+pub struct Pipeline {
+    pub config: Config,
+    pub bus: EventBus,
+    pub log: Option<EmbeddedLog>,
+    pub producer: Producer,
+    pub assembler: Arc<Assembler>,
+    pub api: Arc<EsgApiClient>,
+    _locks: Vec<StateLock>,
+}
+
 impl Pipeline {
     /// Opens the log and the stores and builds the clients.
     pub async fn open(config: Config, clock: Clock) -> Result<Self> {
-        let lock = StateLock::acquire(&config)?;
-        let log = EmbeddedLog::open(config.bus_path())
-            .with_context(|| format!("opening the embedded log {}", config.bus_path().display()))?;
-        let transport: SharedTransport = Arc::new(log.clone());
-        let bus = EventBus::connect(transport, &config.topics())
-            .await
-            .context("creating topics")?;
-        let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
-        let assembler_store = esg_assembler::state::open(&config.state.dir.join("assembler.db"))?;
-
-        let accounts_http = http_client(config.accounts.timeout)?;
-        let accounts_tokens = Arc::new(TokenSource::new(
-            accounts_http.clone(),
-            &config.auth.token_url,
-            &config.accounts.client_id,
-            config.accounts.client_secret.clone(),
-            Some(config.accounts.scope.clone()),
-        ));
-        let accounts = AccountsClient::new(
-            accounts_http,
-            config.accounts_client_config(),
-            accounts_tokens,
-        );
-
-        let api_http = http_client(config.esg_api.timeout)?;
-        let api_tokens = Arc::new(TokenSource::new(
-            api_http.clone(),
-            &config.auth.token_url,
-            &config.esg_api.client_id,
-            config.esg_api.client_secret.clone(),
-            Some(config.esg_api.scope.clone()),
-        ));
-        let rate = NonZeroU32::new(config.esg_api.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = config
-            .esg_api
-            .burst
-            .and_then(NonZeroU32::new)
-            .unwrap_or(rate);
-        let limiter = Arc::new(RateLimiter::new(rate, burst));
-        let api = Arc::new(EsgApiClient::new(
-            api_http,
-            config.esg_api_client_config(),
-            api_tokens,
-            limiter,
-        ));
-
-        let producer = Producer::new(
-            bus.clone(),
-            producer_store,
-            Some(accounts),
-            config.producer.clone(),
-        );
-        let assembler = Arc::new(Assembler::new(
-            bus.clone(),
-            assembler_store,
-            AssemblerConfig {
-                output_dir: config.output.dir.clone(),
-                poll_interval: Duration::from_millis(200),
-            },
-            clock,
-        ));
+        let locks = vec![
+            StateLock::acquire(&config, "esg")?,
+            StateLock::acquire(&config, "producer")?,
+            StateLock::acquire(&config, "assembler")?,
+        ];
+        let (bus, log) = connect_bus(&config).await?;
+        let producer = producer(&config, &bus)?;
+        let assembler = assembler(&config, &bus, clock)?;
+        let api = api_client(&config)?;
         Ok(Pipeline {
             config,
             bus,
@@ -143,17 +228,13 @@ impl Pipeline {
             producer,
             assembler,
             api,
-            _lock: lock,
+            _locks: locks,
         })
     }
 
     /// The business date of "today" in the configured time zone.
     pub fn today(&self) -> NaiveDate {
-        let tz = self
-            .config
-            .time_zone()
-            .unwrap_or(chrono_tz::America::Chicago);
-        Utc::now().with_timezone(&tz).date_naive()
+        today(&self.config)
     }
 
     /// The daily run of `business_date`, from trigger to files, resuming if it was started before.
@@ -164,22 +245,17 @@ impl Pipeline {
         shutdown: CancellationToken,
         progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Result<Outcome> {
-        let now = Utc::now();
-        let req = RunRequest {
-            run_id: business_date.to_string(),
-            business_date,
-            kind: RunKind::Daily,
-            full,
-            deadline: self.config.deadline_for(business_date, now),
-            forced: Vec::new(),
-        };
+        let req = daily_request(&self.config, business_date, full);
         self.execute(req, shutdown, progress).await
     }
 
-    /// The manual override: re-scores `accounts` and replaces their rows in `business_date`'s file.
+    /// The manual override: re-scores `accounts` and replaces their rows in `business_date`'s
+    /// file. `kind` is [`RunKind::Rerun`] (chosen accounts) or [`RunKind::Replay`] (the accounts
+    /// of a range of the account events).
     pub async fn rerun(
         &self,
         business_date: NaiveDate,
+        kind: RunKind,
         accounts: Vec<String>,
         shutdown: CancellationToken,
         progress: impl Fn(&Progress) + Send + Sync + 'static,
@@ -192,15 +268,7 @@ impl Pipeline {
                 file.display()
             );
         }
-        let now = Utc::now();
-        let req = RunRequest {
-            run_id: self.producer.next_rerun_id(business_date).await?,
-            business_date,
-            kind: RunKind::Rerun,
-            full: false,
-            deadline: now + chrono::Duration::from_std(self.config.run.max_duration)?,
-            forced: accounts,
-        };
+        let req = rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
         self.execute(req, shutdown, progress).await
     }
 
@@ -211,13 +279,16 @@ impl Pipeline {
         progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Result<Outcome> {
         let run_id = req.run_id.clone();
-        // Housekeeping of the log before the day starts: retention and compaction.
-        let maintained = self.log.maintain(Duration::from_secs(24 * 3600)).await?;
-        tracing::debug!(
-            expired = maintained.expired,
-            compacted = maintained.compacted,
-            "log maintained"
-        );
+        // Housekeeping of the embedded log before the day starts: retention and compaction
+        // (Kafka's brokers do their own).
+        if let Some(log) = &self.log {
+            let maintained = log.maintain(Duration::from_secs(24 * 3600)).await?;
+            tracing::debug!(
+                expired = maintained.expired,
+                compacted = maintained.compacted,
+                "log maintained"
+            );
+        }
 
         let stop_scorer = shutdown.child_token();
         let scorer = Scorer::new(
@@ -326,4 +397,226 @@ pub struct Outcome {
     pub report: Option<RunReport>,
     pub scorer: Option<esg_scorer::ScorerStats>,
     pub api: esg_scorer::api::ApiStats,
+}
+
+/// The producer alone (`esg producer`, and `esg rerun`/`esg replay` on Kafka): publishes a run's
+/// events and its seal; the scorers and the assembler are other processes.
+pub struct ProducerService {
+    pub config: Config,
+    pub bus: EventBus,
+    producer: Producer,
+    _lock: StateLock,
+}
+
+impl ProducerService {
+    pub async fn open(config: Config) -> Result<Self> {
+        let lock = StateLock::acquire(&config, "producer")?;
+        let (bus, _) = connect_bus(&config).await?;
+        let producer = producer(&config, &bus)?;
+        Ok(ProducerService {
+            config,
+            bus,
+            producer,
+            _lock: lock,
+        })
+    }
+
+    /// The business date of "today" in the configured time zone.
+    pub fn today(&self) -> NaiveDate {
+        today(&self.config)
+    }
+
+    /// Publishes the daily run of `business_date` (resuming it if it was started before).
+    pub async fn daily(
+        &self,
+        business_date: NaiveDate,
+        full: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<esg_schemas::RunSealed> {
+        let req = daily_request(&self.config, business_date, full);
+        self.producer
+            .run(&req, shutdown)
+            .await
+            .with_context(|| format!("producer of run {}", req.run_id))
+    }
+
+    /// Publishes a re-run (or replay) of `accounts` of `business_date`; returns its seal.
+    pub async fn rerun(
+        &self,
+        business_date: NaiveDate,
+        kind: RunKind,
+        accounts: Vec<String>,
+        shutdown: &CancellationToken,
+    ) -> Result<esg_schemas::RunSealed> {
+        let req =
+            rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
+        self.producer
+            .run(&req, shutdown)
+            .await
+            .with_context(|| format!("producer of run {}", req.run_id))
+    }
+}
+
+/// Waits until the assembler announces `run_id` completed on the triggers topic (or `shutdown`,
+/// or `timeout`). Calls `tick` with the time waited every few seconds.
+pub async fn wait_completed(
+    bus: &EventBus,
+    run_id: &str,
+    shutdown: &CancellationToken,
+    timeout: Duration,
+    tick: impl Fn(Duration),
+) -> Result<RunCompleted> {
+    let topic = bus.topics.triggers.clone();
+    let started = std::time::Instant::now();
+    let mut next = bus.transport.start_offsets(&topic).await?[0];
+    loop {
+        let end = bus.transport.end_offsets(&topic).await?[0];
+        let mut reader = RangeReader::new(bus.transport.as_ref(), &topic, 0, next, end, 500);
+        while let Some(batch) = reader.next_batch().await? {
+            for m in batch {
+                if let Ok(Some(Event::RunCompleted(done))) = bus.decode(m.value.as_deref()) {
+                    if done.run_id == run_id {
+                        return Ok(done);
+                    }
+                }
+            }
+        }
+        next = reader.position();
+        if started.elapsed() >= timeout {
+            bail!(
+                "run {run_id} did not complete within {}; check that the scorers and the assembler are running (esg scorer, esg assembler)",
+                humantime_serde::re::humantime::format_duration(timeout)
+            );
+        }
+        tick(started.elapsed());
+        tokio::select! {
+            _ = shutdown.cancelled() => bail!("stopped while waiting for run {run_id}; it goes on without this command"),
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// One scorer of the group (`esg scorer`): scores until `shutdown`.
+pub async fn scorer_service(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> Result<esg_scorer::ScorerStats> {
+    if config.bus.kind != BusKind::Kafka {
+        bail!("`esg scorer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the scorer in-process");
+    }
+    let (bus, _) = connect_bus(config).await?;
+    let api = api_client(config)?;
+    let scorer = Scorer::new(
+        bus,
+        api,
+        config.scorer.clone(),
+        config.esg_api.max_in_flight,
+    );
+    Ok(scorer.run(shutdown).await?)
+}
+
+/// The assembler alone (`esg assembler`): materialises scores and writes each run's files when
+/// it completes or at its deadline, until `shutdown`.
+pub async fn assembler_service(
+    config: &Config,
+    clock: Clock,
+    shutdown: CancellationToken,
+) -> Result<Vec<RunReport>> {
+    if config.bus.kind != BusKind::Kafka {
+        bail!("`esg assembler` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the assembler in-process");
+    }
+    let _lock = StateLock::acquire(config, "assembler")?;
+    let (bus, _) = connect_bus(config).await?;
+    let assembler = assembler(config, &bus, clock)?;
+    Ok(assembler.run(shutdown, None).await?)
+}
+
+/// Where a replay starts or ends: an offset, or the first record at or after a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayBound {
+    Offset(i64),
+    Time(chrono::DateTime<Utc>),
+}
+
+impl std::str::FromStr for ReplayBound {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(o) = s.parse::<i64>() {
+            return if o >= 0 {
+                Ok(ReplayBound::Offset(o))
+            } else {
+                Err(format!("offset {o} is negative"))
+            };
+        }
+        chrono::DateTime::parse_from_rfc3339(s)
+            .map(|t| ReplayBound::Time(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                format!("{s:?} is neither an offset nor an RFC 3339 time (2026-11-23T05:00:00-06:00): {e}")
+            })
+    }
+}
+
+/// The accounts whose events lie in `[from, to)` of the account-events topic (one partition or
+/// all), grouped by the business date of the run that emitted them.
+pub async fn replay_accounts(
+    bus: &EventBus,
+    partition: Option<i32>,
+    from: ReplayBound,
+    to: ReplayBound,
+) -> Result<std::collections::BTreeMap<NaiveDate, Vec<String>>> {
+    let topic = bus.topics.account_events.clone();
+    let partitions = bus.transport.partitions(&topic).await?;
+    let chosen: Vec<i32> = match partition {
+        Some(p) if (0..partitions).contains(&p) => vec![p],
+        Some(p) => bail!("topic {topic} has partitions 0..{}, not {p}", partitions - 1),
+        None => {
+            if matches!(from, ReplayBound::Offset(_)) || matches!(to, ReplayBound::Offset(_)) {
+                bail!("offsets are per partition: give --partition with --from/--to offsets, or use times");
+            }
+            (0..partitions).collect()
+        }
+    };
+    let starts = bus.transport.start_offsets(&topic).await?;
+    let ends = bus.transport.end_offsets(&topic).await?;
+    let mut by_date: std::collections::BTreeMap<NaiveDate, std::collections::BTreeSet<String>> =
+        Default::default();
+    for p in chosen {
+        let resolve = |b: ReplayBound| {
+            let bus = bus.clone();
+            let topic = topic.clone();
+            async move {
+                Ok::<i64, anyhow::Error>(match b {
+                    ReplayBound::Offset(o) => o,
+                    ReplayBound::Time(t) => {
+                        bus.transport
+                            .offset_for_time(&topic, p, t.timestamp_millis())
+                            .await?
+                    }
+                })
+            }
+        };
+        let start = resolve(from).await?.max(starts[p as usize]);
+        let end = resolve(to).await?.min(ends[p as usize]);
+        if start >= end {
+            continue;
+        }
+        let mut reader = RangeReader::new(bus.transport.as_ref(), &topic, p, start, end, 1000);
+        while let Some(batch) = reader.next_batch().await? {
+            for m in batch.into_iter().filter(|m| m.offset < end) {
+                match bus.decode(m.value.as_deref()) {
+                    Ok(Some(Event::AccountChanged(e))) => {
+                        if let Some(date) = esg_schemas::business_date_of_run(&e.run_id) {
+                            by_date.entry(date).or_default().insert(e.account_id);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(partition = p, offset = m.offset, error = %err, "skipping an undecodable account event"),
+                }
+            }
+        }
+    }
+    Ok(by_date
+        .into_iter()
+        .map(|(d, ids)| (d, ids.into_iter().collect()))
+        .collect())
 }

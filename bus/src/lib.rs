@@ -6,7 +6,9 @@
 //!
 //! - [`embedded::EmbeddedLog`], the default: a durable log in one SQLite file (WAL). For one
 //!   machine: a trial, a small firm, development and most tests.
-//! - Kafka (a later adapter), for several machines and downstream consumers.
+//! - [`kafka::KafkaTransport`], for several machines, high availability and downstream consumers:
+//!   Apache Kafka through rdkafka, values in the Confluent wire format with a schema registry
+//!   ([`registry`]).
 //!
 //! Guarantees every implementation gives, and stages rely on:
 //! - [`Transport::publish`] returns only once the records are durable; the offsets it returns are
@@ -19,13 +21,15 @@
 //!   at-least-once, and harmless because every output of this pipeline is a keyed upsert.
 
 pub mod embedded;
+pub mod kafka;
 mod partitioner;
+pub mod registry;
 pub mod store;
 pub mod topics;
 
 pub use partitioner::{murmur2, partition_for};
 pub use store::{Store, StoreError};
-pub use topics::{EventBus, Topics, TopicsConfig};
+pub use topics::{EventBus, Topics, TopicsConfig, Wire};
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -154,6 +158,14 @@ pub enum BusError {
         offset: i64,
         end: i64,
     },
+    #[error("kafka: {op}: {source}")]
+    Kafka {
+        op: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("schema registry: {0}")]
+    Registry(String),
     #[error("bus worker stopped: {0}")]
     Closed(String),
     #[error("{0}")]
@@ -169,6 +181,28 @@ impl BusError {
                 source.sqlite_error_code(),
                 Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             ),
+            BusError::Kafka { source, .. } => {
+                use rdkafka::types::RDKafkaErrorCode as C;
+                matches!(
+                    source.rdkafka_error_code(),
+                    Some(
+                        C::MessageTimedOut
+                            | C::OperationTimedOut
+                            | C::RequestTimedOut
+                            | C::AllBrokersDown
+                            | C::BrokerTransportFailure
+                            | C::NotLeaderForPartition
+                            | C::LeaderNotAvailable
+                            | C::NotEnoughReplicas
+                            | C::NotEnoughReplicasAfterAppend
+                            | C::NotCoordinator
+                            | C::CoordinatorNotAvailable
+                            | C::CoordinatorLoadInProgress
+                            | C::NetworkException
+                            | C::QueueFull
+                    )
+                )
+            }
             _ => false,
         }
     }

@@ -1,5 +1,6 @@
 //! The pipeline's topics (DESIGN section 2), their policies, and typed publishing of events.
 
+use crate::registry::{RegistryConfig, RegistryWire};
 use crate::{BusError, Cleanup, Record, Result, SharedTransport, TopicSpec};
 use esg_schemas::{Codec, Event};
 use std::sync::Arc;
@@ -87,12 +88,22 @@ impl Topics {
     }
 }
 
+/// How event values are framed on the bus.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// Avro single-object encoding (`C3 01`, schema fingerprint, datum): the embedded log.
+    SingleObject,
+    /// The Confluent wire format with schema ids from a registry: Kafka.
+    Registry(Arc<RegistryWire>),
+}
+
 /// The transport plus the codec: publishes and decodes [`Event`]s. Cheap to clone.
 #[derive(Clone)]
 pub struct EventBus {
     pub transport: SharedTransport,
     pub codec: Arc<Codec>,
     pub topics: Topics,
+    pub wire: Wire,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -104,8 +115,19 @@ impl std::fmt::Debug for EventBus {
 }
 
 impl EventBus {
-    /// Wraps a transport and creates (or checks) the pipeline's topics.
+    /// Wraps a transport and creates (or checks) the pipeline's topics; values in single-object
+    /// encoding.
     pub async fn connect(transport: SharedTransport, config: &TopicsConfig) -> Result<Self> {
+        Self::connect_with(transport, config, None).await
+    }
+
+    /// Like [`EventBus::connect`], with values in the Confluent wire format when a schema
+    /// registry is given (its subjects are registered first).
+    pub async fn connect_with(
+        transport: SharedTransport,
+        config: &TopicsConfig,
+        registry: Option<&RegistryConfig>,
+    ) -> Result<Self> {
         if config.partitions < 1 {
             return Err(BusError::Other(format!(
                 "bus.partitions must be at least 1, not {}",
@@ -114,11 +136,18 @@ impl EventBus {
         }
         let topics = Topics::new(config);
         transport.ensure_topics(&topics.specs()).await?;
-        let codec = Codec::new().map_err(|e| BusError::Other(e.to_string()))?;
+        let codec = Arc::new(Codec::new().map_err(|e| BusError::Other(e.to_string()))?);
+        let wire = match registry {
+            None => Wire::SingleObject,
+            Some(registry) => Wire::Registry(Arc::new(
+                RegistryWire::connect(registry, &topics, codec.clone()).await?,
+            )),
+        };
         Ok(EventBus {
             transport,
-            codec: Arc::new(codec),
+            codec,
             topics,
+            wire,
         })
     }
 
@@ -130,7 +159,11 @@ impl EventBus {
     ) -> Result<Vec<crate::Position>> {
         let mut records = Vec::with_capacity(events.len());
         for (key, event) in events {
-            let bytes = self.codec.encode(event).map_err(|e| {
+            let encoded = match &self.wire {
+                Wire::SingleObject => self.codec.encode(event),
+                Wire::Registry(wire) => wire.encode(topic, event),
+            };
+            let bytes = encoded.map_err(|e| {
                 BusError::Other(format!("encoding {} for {key}: {e}", event.record_name()))
             })?;
             records.push(Record::new(key.clone(), bytes));
@@ -150,6 +183,11 @@ impl EventBus {
         &self,
         value: Option<&[u8]>,
     ) -> std::result::Result<Option<Event>, esg_schemas::CodecError> {
-        value.map(|v| self.codec.decode(v)).transpose()
+        value
+            .map(|v| match &self.wire {
+                Wire::SingleObject => self.codec.decode(v),
+                Wire::Registry(wire) => wire.decode(v),
+            })
+            .transpose()
     }
 }

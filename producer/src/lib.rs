@@ -179,7 +179,7 @@ impl Producer {
             }
             match row.phase {
                 Phase::Triggered => {
-                    if req.kind == RunKind::Rerun {
+                    if req.kind != RunKind::Daily {
                         self.plan_rerun(req).await?;
                     } else {
                         self.list(req).await?;
@@ -429,9 +429,18 @@ impl Producer {
         Ok(())
     }
 
-    /// A re-run: the named accounts, with their roster names and versions, all `Forced`.
+    /// A re-run: the named accounts, with their roster names and versions, all `Forced` (or
+    /// `Replay` for a replay of the account events).
     async fn plan_rerun(&self, req: &RunRequest) -> Result<(), ProducerError> {
         let run_id = req.run_id.clone();
+        let reason = if req.kind == RunKind::Replay {
+            "Replay"
+        } else {
+            "Forced"
+        };
+        // A replay covers whatever the range held: accounts that left since are skipped. A
+        // re-run names its accounts: an unknown one is the operator's mistake to hear about.
+        let skip_missing = req.kind == RunKind::Replay;
         let mut ids = req.forced.clone();
         ids.sort();
         ids.dedup();
@@ -443,8 +452,8 @@ impl Producer {
                 for id in &ids {
                     let n = tx.execute(
                         "INSERT OR IGNORE INTO pending (run_id, account_id, name, version, reason)
-                         SELECT ?1, account_id, name, version, 'Forced' FROM roster WHERE account_id = ?2",
-                        params![run_id, id],
+                         SELECT ?1, account_id, name, version, ?3 FROM roster WHERE account_id = ?2",
+                        params![run_id, id, reason],
                     )?;
                     let present: bool = tx.query_row(
                         "SELECT EXISTS (SELECT 1 FROM roster WHERE account_id = ?1)",
@@ -455,14 +464,17 @@ impl Producer {
                         missing.push(id.clone());
                     }
                 }
-                if missing.is_empty() {
+                if missing.is_empty() || skip_missing {
                     store::set_phase(&tx, &run_id, Phase::RosterPublished)?;
                     tx.commit()?;
                 }
                 Ok(missing)
             })
             .await?;
-        if !missing.is_empty() {
+        if !missing.is_empty() && skip_missing {
+            tracing::warn!(run_id = %req.run_id, accounts = %missing.join(","),
+                "replay: these accounts are no longer active and are not scored");
+        } else if !missing.is_empty() {
             return Err(ProducerError::UnknownAccounts {
                 run_id: req.run_id.clone(),
                 accounts: missing.join(","),
@@ -696,7 +708,7 @@ impl Producer {
     /// Publishes `RunSealed` with the run's counts.
     async fn seal(&self, req: &RunRequest) -> Result<(), ProducerError> {
         let run_id = req.run_id.clone();
-        let is_rerun = req.kind == RunKind::Rerun;
+        let is_rerun = req.kind != RunKind::Daily;
         let mut sealed = self
             .store
             .call(move |c| {
@@ -735,7 +747,7 @@ impl Producer {
                     changed_accounts: by_reason("Changed")?,
                     stale_accounts: by_reason("Stale")?,
                     retry_accounts: by_reason("Retry")?,
-                    forced_accounts: by_reason("Forced")?,
+                    forced_accounts: by_reason("Forced")? + by_reason("Replay")?,
                     carried_forward: if is_rerun { 0 } else { active - expected },
                     gone_accounts: gone,
                     malformed_records: facts.malformed as i64,

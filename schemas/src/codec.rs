@@ -265,6 +265,54 @@ impl Codec {
         from_value(record, value)
     }
 
+    /// Parses a schema a record may have been written with (from a schema registry, say): it
+    /// must be a version of one of the pipeline's records that the current schema can read.
+    /// Returns the record name and the parsed writer schema for [`Codec::decode_datum_with`].
+    pub fn parse_writer(&self, text: &str) -> Result<(&'static str, Schema), CodecError> {
+        let schema = Schema::parse_str(text).map_err(|e| CodecError::Schema {
+            name: "writer schema",
+            source: e,
+        })?;
+        let name = match &schema {
+            Schema::Record(r) => r.name.name().to_owned(),
+            _ => String::new(),
+        };
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| CodecError::UnknownSchema(format!("record {name:?}")))?;
+        apache_avro::schema_compatibility::SchemaCompatibility::can_read(&schema, &entry.schema)
+            .map_err(|e| CodecError::Field {
+                record: entry.name,
+                field: "(schema)",
+                problem: format!("the current schema cannot read this writer schema: {e}"),
+            })?;
+        Ok((entry.name, schema))
+    }
+
+    /// Decodes a bare datum written with `writer` (a version of `record_name`'s schema),
+    /// resolving it to the current schema.
+    pub fn decode_datum_with(
+        &self,
+        record_name: &str,
+        writer: &Schema,
+        mut datum: &[u8],
+    ) -> Result<Event, CodecError> {
+        let entry = self
+            .entries
+            .iter()
+            .find(|e| e.name == record_name)
+            .ok_or_else(|| CodecError::UnknownSchema(record_name.to_owned()))?;
+        let record = entry.name;
+        let value = GenericDatumReader::builder(writer)
+            .maybe_reader_schema(Some(&entry.schema))
+            .build()
+            .and_then(|r| r.read_value(&mut datum))
+            .map_err(|e| CodecError::Avro { record, source: e })?;
+        from_value(record, value)
+    }
+
     /// Decodes a bare datum written with the named record's schema.
     pub fn decode_datum(&self, record_name: &str, mut datum: &[u8]) -> Result<Event, CodecError> {
         let entry = self

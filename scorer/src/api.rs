@@ -369,6 +369,11 @@ impl EsgApiClient {
     }
 
     /// Counters since creation.
+    /// The tenant rate limiter this client takes its cells from.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
     pub fn stats(&self) -> ApiStats {
         self.inner.counters.snapshot()
     }

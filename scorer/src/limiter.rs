@@ -7,14 +7,23 @@
 //! before it may take a cell, so the whole process backs off, not only the task that was refused.
 //!
 //! Guarantee: no more than `burst` cells at once and `per_second` cells per second on average
-//! leave this process, and none is handed out while a pause is in force. Limit: the quota is
-//! per process; splitting the tenant quota across a consumer group is the caller's job (each
-//! process is built with its share), and nothing here coordinates between processes.
+//! leave this process, and none is handed out while a pause is in force.
+//!
+//! A consumer group shares the tenant quota by partitions: a scorer that owns `k` of the `n`
+//! partitions of the account events sets its share to `k/n` ([`RateLimiter::set_share`]) and
+//! lets through `ceil(per_second × k / n)` per second. A partition has one owner at a time, so
+//! the shares of the whole group add up to the quota (plus at most one cell per second per
+//! member from the rounding up), whatever the number of scorers, with no coordination between
+//! processes. Limit: the share follows the assignment, not the work, so a member whose
+//! partitions run dry leaves its share unused; keys are spread evenly by murmur2, so the
+//! partitions of one run carry close to the same number of accounts. A 429 pauses only the
+//! process that received it.
 
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -22,7 +31,11 @@ use tokio::time::Instant;
 /// `per_second` with `burst`, plus a pause: after a 429 every caller waits until the
 /// Retry-After instant has passed before taking a cell.
 pub struct RateLimiter {
-    gcra: DefaultDirectRateLimiter,
+    gcra: RwLock<Arc<DefaultDirectRateLimiter>>,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+    /// The part of the quota this process may use: (partitions owned, partitions in all).
+    share: Mutex<(u32, u32)>,
     /// Reference point of `paused_until_nanos`.
     origin: Instant,
     /// End of the shared pause, in nanoseconds since `origin`; only ever moves forward.
@@ -43,9 +56,12 @@ impl RateLimiter {
     /// at once.
     pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
         RateLimiter {
-            gcra: DefaultDirectRateLimiter::direct(
+            gcra: RwLock::new(Arc::new(DefaultDirectRateLimiter::direct(
                 Quota::per_second(per_second).allow_burst(burst),
-            ),
+            ))),
+            per_second,
+            burst,
+            share: Mutex::new((1, 1)),
             origin: Instant::now(),
             paused_until_nanos: AtomicU64::new(0),
             waits: AtomicU64::new(0),
@@ -66,11 +82,12 @@ impl RateLimiter {
                 tokio::time::sleep_until(paused_until).await;
                 continue;
             }
-            match self.gcra.check() {
+            let gcra = self.current();
+            match gcra.check() {
                 Ok(()) => break,
                 Err(not_until) => {
                     waited = true;
-                    let wait = not_until.wait_time_from(self.gcra.clock().now());
+                    let wait = not_until.wait_time_from(gcra.clock().now());
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -81,6 +98,53 @@ impl RateLimiter {
         } else {
             Duration::ZERO
         }
+    }
+
+    fn current(&self) -> Arc<DefaultDirectRateLimiter> {
+        match self.gcra.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Uses `owned / total` of the quota from now on (a scorer's partitions of the account
+    /// events out of all of them); `owned = total` is the whole quota. No-op when unchanged.
+    pub fn set_share(&self, owned: u32, total: u32) {
+        let total = total.max(1);
+        let owned = owned.min(total);
+        {
+            let mut share = match self.share.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if *share == (owned, total) {
+                return;
+            }
+            *share = (owned, total);
+        }
+        let scale = |n: NonZeroU32| {
+            let scaled = (u64::from(n.get()) * u64::from(owned)).div_ceil(u64::from(total));
+            NonZeroU32::new(u32::try_from(scaled).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN)
+        };
+        let (rate, burst) = (scale(self.per_second), scale(self.burst));
+        let fresh = Arc::new(DefaultDirectRateLimiter::direct(
+            Quota::per_second(rate).allow_burst(burst),
+        ));
+        match self.gcra.write() {
+            Ok(mut g) => *g = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        tracing::info!(owned, total, per_second = rate.get(), burst = burst.get(), "rate limit share set");
+    }
+
+    /// The requests per second this process may make now (its share of the quota).
+    pub fn per_second_now(&self) -> u32 {
+        let (owned, total) = match self.share.lock() {
+            Ok(s) => *s,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        let scaled = (u64::from(self.per_second.get()) * u64::from(owned)).div_ceil(u64::from(total.max(1)));
+        u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
     }
 
     /// Pauses every caller for `d` from now. Extends, never shortens, a pause already in force.
@@ -172,6 +236,38 @@ mod tests {
         limiter.pause_for(Duration::from_millis(100)); // now ends ~110 ms after start
         let waited = waiter.await.expect("join");
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    }
+
+    #[tokio::test]
+    async fn a_share_of_the_quota_limits_the_rate_and_the_burst() {
+        let limiter = RateLimiter::new(nz(400), nz(40));
+        limiter.set_share(3, 12); // a quarter: 100/s with a burst of 10
+        assert_eq!(limiter.per_second_now(), 100);
+        let started = std::time::Instant::now();
+        for _ in 0..30 {
+            limiter.acquire().await;
+        }
+        // 10 at once, then 20 more at 10 ms each.
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
+        // Back to the whole quota: the next 40 go out as a burst.
+        limiter.set_share(12, 12);
+        let started = std::time::Instant::now();
+        for _ in 0..40 {
+            limiter.acquire().await;
+        }
+        assert!(started.elapsed() < Duration::from_millis(50), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn shares_round_up_to_at_least_one_cell() {
+        let limiter = RateLimiter::new(nz(10), nz(1));
+        limiter.set_share(1, 12);
+        assert_eq!(limiter.per_second_now(), 1);
+        limiter.set_share(0, 12);
+        assert_eq!(limiter.per_second_now(), 1);
+        limiter.set_share(7, 12);
+        assert_eq!(limiter.per_second_now(), 6);
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Scorer {
             .transport
             .subscribe(&self.config.group, &events_topic)
             .await?;
-        let result = self.consume(consumer.as_mut(), &shutdown).await;
+        let result = self.consume(consumer.as_mut(), ep, &shutdown).await;
         let _ = consumer.close().await;
         result
     }
@@ -207,6 +207,7 @@ impl Scorer {
     async fn consume(
         &self,
         consumer: &mut dyn Consumer,
+        partitions: i32,
         shutdown: &CancellationToken,
     ) -> Result<ScorerStats, ScorerError> {
         let mut stats = ScorerStats::default();
@@ -285,6 +286,7 @@ impl Scorer {
                                 let state = self.assign(consumer, p, committed, &mut skip).await?;
                                 parts.insert(p, state);
                             }
+                            self.client.limiter().set_share(parts.len() as u32, partitions as u32);
                         }
                         Some(Delivery::Revoked(revoked)) => {
                             // Events not yet started are dropped; in-flight ones finish and
@@ -293,6 +295,7 @@ impl Scorer {
                             for p in revoked {
                                 parts.remove(&p);
                             }
+                            self.client.limiter().set_share(parts.len() as u32, partitions as u32);
                         }
                         Some(Delivery::Messages(messages)) => {
                             for m in messages {

@@ -1,0 +1,985 @@
+//! The Kafka transport: the same [`Transport`] and [`Consumer`] contract as the embedded log, on an
+//! Apache Kafka cluster through rdkafka (librdkafka).
+//!
+//! - **Topics** are created at start-up with the policies of [`TopicSpec`] (partitions,
+//!   `cleanup.policy`, `retention.ms`); topics that exist are checked: a partition count or
+//!   cleanup policy other than the one configured is an error, never silently used.
+//! - **Publishing** uses an idempotent producer with `acks=all`: [`Transport::publish`] returns
+//!   once every record is acknowledged by the in-sync replicas. Each record goes to the partition
+//!   [`partition_for`] gives its key (the Java client's murmur2), set explicitly, so both
+//!   transports and every Kafka tool agree on where a key lives.
+//! - **Consuming** is a consumer group with the cooperative-sticky assignor, auto-commit off.
+//!   Rebalances arrive as [`Delivery::Revoked`] and [`Delivery::Assigned`] before any message of
+//!   the partitions concerned; messages of a partition this member no longer owns are dropped,
+//!   and commits are sent only for owned partitions. A commit the group refuses because the
+//!   partition moved is logged and skipped: the new owner re-reads from the last commit
+//!   (at-least-once, harmless because every output is a keyed upsert).
+//! - **Reading ranges** (`read`, watermarks, offsets by time) uses group-less consumers, one
+//!   partition at a time, stopping at the partition's high watermark.
+//!
+//! Every librdkafka setting can be passed through [`KafkaConfig::properties`] (security protocol,
+//! SASL, SSL files), and applies to every client this transport creates.
+
+use crate::{
+    partition_for, BusError, Cleanup, CommitOffset, Committed, Consumer, Delivery, Message,
+    Position, Record, Result, TopicSpec, Transport,
+};
+use async_trait::async_trait;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// `[kafka]`: how to reach the cluster.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `host:port,host:port` of one or more brokers.
+    pub bootstrap_servers: String,
+    /// `client.id` of every client (shown in broker logs and quotas).
+    pub client_id: String,
+    /// Replication factor of topics this job creates; -1 takes the broker's
+    /// `default.replication.factor`.
+    pub replication_factor: i32,
+    /// How long a scorer may be silent before the group gives its partitions to the others.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Time limit of one metadata, offset, admin or commit request.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+    /// librdkafka settings passed as they are to every client: `security.protocol`,
+    /// `sasl.mechanism`, `sasl.username`, `sasl.password`, `ssl.ca.location`, ...
+    pub properties: BTreeMap<String, String>,
+    /// The schema registry holding the value schemas.
+    pub schema_registry: crate::registry::RegistryConfig,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "localhost:9092".into(),
+            client_id: "esg".into(),
+            replication_factor: -1,
+            session_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            properties: BTreeMap::new(),
+            schema_registry: Default::default(),
+        }
+    }
+}
+
+/// True for a librdkafka property whose value must not be shown (passwords, keys, secrets).
+pub fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["password", "secret", "sasl.jaas", "ssl.key.pem", "token"]
+        .iter()
+        .any(|s| k.contains(s))
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| {
+                let shown = if is_secret_property(k) { "***" } else { v };
+                (k.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("client_id", &self.client_id)
+            .field("replication_factor", &self.replication_factor)
+            .field("session_timeout", &self.session_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("properties", &properties)
+            .field("schema_registry", &self.schema_registry)
+            .finish()
+    }
+}
+
+impl KafkaConfig {
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("client.id", &self.client_id);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+}
+
+fn kafka_err(op: impl Into<String>) -> impl FnOnce(KafkaError) -> BusError {
+    let op = op.into();
+    move |source| BusError::Kafka { op, source }
+}
+
+fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> impl std::future::Future<Output = Result<T>> {
+    async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| BusError::Closed(format!("kafka worker thread: {e}")))?
+    }
+}
+
+/// A group-less consumer that reads one partition at a time; kept between calls so that
+/// reading a partition batch after batch does not restart its fetch each time.
+struct Reader {
+    consumer: BaseConsumer,
+    /// (topic, partition, next offset) the consumer is positioned at.
+    position: Option<(String, i32, i64)>,
+}
+
+struct Inner {
+    config: KafkaConfig,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// Metadata, watermarks and offsets by time.
+    meta: BaseConsumer,
+    readers: Mutex<Vec<Reader>>,
+    /// One group-bound consumer per group, for `committed` and `commit` outside a member.
+    groups: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+/// The Kafka transport. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaTransport {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KafkaTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaTransport")
+            .field("bootstrap_servers", &self.inner.config.bootstrap_servers)
+            .finish()
+    }
+}
+
+const MAX_IDLE_READERS: usize = 8;
+
+impl KafkaTransport {
+    /// Builds the clients and checks the cluster answers (a metadata request).
+    pub async fn connect(config: KafkaConfig) -> Result<Self> {
+        let producer: FutureProducer = config
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(kafka_err("creating the producer"))?;
+        let admin: AdminClient<DefaultClientContext> = config
+            .client_config()
+            .create()
+            .map_err(kafka_err("creating the admin client"))?;
+        let meta: BaseConsumer = reader_config(&config)
+            .create()
+            .map_err(kafka_err("creating the metadata client"))?;
+        let transport = KafkaTransport {
+            inner: Arc::new(Inner {
+                config,
+                producer,
+                admin,
+                meta,
+                readers: Mutex::new(Vec::new()),
+                groups: Mutex::new(HashMap::new()),
+            }),
+        };
+        let this = transport.clone();
+        let brokers = blocking(move || {
+            let timeout = this.inner.config.operation_timeout;
+            let md = this
+                .inner
+                .meta
+                .fetch_metadata(None, timeout)
+                .map_err(kafka_err(format!(
+                    "reaching the Kafka cluster at {}",
+                    this.inner.config.bootstrap_servers
+                )))?;
+            Ok(md.brokers().len())
+        })
+        .await?;
+        tracing::info!(
+            bootstrap = %transport.inner.config.bootstrap_servers,
+            brokers,
+            "connected to Kafka"
+        );
+        Ok(transport)
+    }
+
+    /// The configuration this transport was built with.
+    pub fn config(&self) -> &KafkaConfig {
+        &self.inner.config
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.config.operation_timeout
+    }
+
+    fn partition_count(&self, topic: &str) -> Result<i32> {
+        let md = self
+            .inner
+            .meta
+            .fetch_metadata(Some(topic), self.timeout())
+            .map_err(kafka_err(format!("metadata of topic {topic}")))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_owned()))?;
+        if let Some(err) = t.error() {
+            let code = RDKafkaErrorCode::from(err);
+            if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+                return Err(BusError::UnknownTopic(topic.to_owned()));
+            }
+            return Err(BusError::Kafka {
+                op: format!("metadata of topic {topic}"),
+                source: KafkaError::MetadataFetch(code),
+            });
+        }
+        Ok(t.partitions().len() as i32)
+    }
+
+    /// Offsets of every partition by ListOffsets with a timestamp: -1 (end), -2 (start) or a time.
+    fn list_offsets(&self, topic: &str, partitions: &[i32], spec: Offset) -> Result<Vec<i64>> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(topic, *p, spec)
+                .map_err(kafka_err(format!("offsets of {topic}")))?;
+        }
+        let found = self
+            .inner
+            .meta
+            .offsets_for_times(tpl, self.timeout())
+            .map_err(kafka_err(format!("offsets of {topic}")))?;
+        let mut out = Vec::with_capacity(partitions.len());
+        for p in partitions {
+            let elem =
+                found
+                    .find_partition(topic, *p)
+                    .ok_or_else(|| BusError::UnknownPartition {
+                        topic: topic.to_owned(),
+                        partition: *p,
+                    })?;
+            if let Err(e) = elem.error() {
+                return Err(BusError::Kafka {
+                    op: format!("offsets of {topic}/{p}"),
+                    source: e,
+                });
+            }
+            out.push(match elem.offset() {
+                Offset::Offset(o) => o,
+                // No record at or after the time asked: the end.
+                Offset::End => self.watermarks(topic, *p)?.1,
+                other => {
+                    return Err(BusError::Other(format!(
+                        "offsets of {topic}/{p}: the broker answered {other:?}"
+                    )))
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
+        self.inner
+            .meta
+            .fetch_watermarks(topic, partition, self.timeout())
+            .map_err(kafka_err(format!("watermarks of {topic}/{partition}")))
+    }
+
+    fn group_client(&self, group: &str) -> Result<Arc<BaseConsumer>> {
+        let mut groups = self
+            .inner
+            .groups
+            .lock()
+            .map_err(|_| BusError::Closed("kafka group clients".into()))?;
+        if let Some(c) = groups.get(group) {
+            return Ok(c.clone());
+        }
+        let consumer: BaseConsumer = reader_config(&self.inner.config)
+            .set("group.id", group)
+            .create()
+            .map_err(kafka_err(format!("creating a client of group {group}")))?;
+        let consumer = Arc::new(consumer);
+        groups.insert(group.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+
+    fn read_blocking(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
+        let (low, high) = self.watermarks(topic, partition)?;
+        if from >= high || max == 0 {
+            return Ok(Vec::new());
+        }
+        let start = from.max(low);
+        let mut reader = {
+            let mut idle = self
+                .inner
+                .readers
+                .lock()
+                .map_err(|_| BusError::Closed("kafka readers".into()))?;
+            let at = idle.iter().position(|r| {
+                r.position
+                    .as_ref()
+                    .is_some_and(|(t, p, o)| t == topic && *p == partition && *o == start)
+            });
+            match at {
+                Some(i) => idle.swap_remove(i),
+                None => match idle.pop() {
+                    Some(r) => r,
+                    None => Reader {
+                        consumer: reader_config(&self.inner.config)
+                            .create()
+                            .map_err(kafka_err("creating a reader"))?,
+                        position: None,
+                    },
+                },
+            }
+        };
+        let positioned = reader
+            .position
+            .as_ref()
+            .is_some_and(|(t, p, o)| t == topic && *p == partition && *o == start);
+        if !positioned {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(start))
+                .map_err(kafka_err(format!("reading {topic}/{partition}")))?;
+            reader
+                .consumer
+                .assign(&tpl)
+                .map_err(kafka_err(format!("reading {topic}/{partition}")))?;
+            reader.position = None;
+        }
+        let deadline = Instant::now() + self.timeout();
+        let mut out: Vec<Message> = Vec::new();
+        let result = loop {
+            if out.len() >= max || out.last().is_some_and(|m| m.offset + 1 >= high) {
+                break Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break if out.is_empty() {
+                    Err(BusError::Other(format!(
+                        "reading {topic}/{partition} from offset {start}: no record within {:?} although the partition ends at {high}",
+                        self.timeout()
+                    )))
+                } else {
+                    Ok(())
+                };
+            }
+            match reader.consumer.poll(left.min(Duration::from_millis(200))) {
+                None => continue,
+                Some(Ok(m)) => {
+                    if m.topic() != topic || m.partition() != partition || m.offset() < start {
+                        continue;
+                    }
+                    out.push(to_message(&m));
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => continue,
+                Some(Err(e)) => {
+                    break Err(BusError::Kafka {
+                        op: format!("reading {topic}/{partition}"),
+                        source: e,
+                    })
+                }
+            }
+        };
+        match &result {
+            Ok(()) => {
+                let next = out.last().map_or(start, |m| m.offset + 1);
+                reader.position = Some((topic.to_owned(), partition, next));
+            }
+            Err(_) => reader.position = None,
+        }
+        if let Ok(mut idle) = self.inner.readers.lock() {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(reader);
+            }
+        }
+        result.map(|()| out)
+    }
+}
+
+fn reader_config(config: &KafkaConfig) -> ClientConfig {
+    let mut c = config.client_config();
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
+        .set("auto.offset.reset", "earliest");
+    c
+}
+
+fn to_message<M: rdkafka::message::Message>(m: &M) -> Message {
+    Message {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default(),
+        value: m.payload().map(<[u8]>::to_vec),
+        timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+    }
+}
+
+fn cleanup_configs(cleanup: &Cleanup) -> Vec<(&'static str, String)> {
+    match cleanup {
+        Cleanup::Delete { retention } => vec![
+            ("cleanup.policy", "delete".into()),
+            ("retention.ms", retention.as_millis().to_string()),
+        ],
+        Cleanup::Compact => vec![("cleanup.policy", "compact".into())],
+    }
+}
+
+#[async_trait]
+impl Transport for KafkaTransport {
+    async fn ensure_topics(&self, topics: &[TopicSpec]) -> Result<()> {
+        let this = self.clone();
+        let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+        let existing: HashMap<String, i32> = blocking(move || {
+            let md = this
+                .inner
+                .meta
+                .fetch_metadata(None, this.timeout())
+                .map_err(kafka_err("listing topics"))?;
+            Ok(md
+                .topics()
+                .iter()
+                .filter(|t| names.iter().any(|n| n == t.name()) && t.error().is_none())
+                .map(|t| (t.name().to_owned(), t.partitions().len() as i32))
+                .collect())
+        })
+        .await?;
+
+        let missing: Vec<&TopicSpec> = topics
+            .iter()
+            .filter(|t| !existing.contains_key(&t.name))
+            .collect();
+        if !missing.is_empty() {
+            let configs: Vec<Vec<(&'static str, String)>> =
+                missing.iter().map(|t| cleanup_configs(&t.cleanup)).collect();
+            let new_topics: Vec<NewTopic<'_>> = missing
+                .iter()
+                .zip(&configs)
+                .map(|(t, cfg)| {
+                    let mut nt = NewTopic::new(
+                        &t.name,
+                        t.partitions,
+                        TopicReplication::Fixed(self.inner.config.replication_factor),
+                    );
+                    for (k, v) in cfg {
+                        nt = nt.set(k, v);
+                    }
+                    nt
+                })
+                .collect();
+            let opts = AdminOptions::new().operation_timeout(Some(self.timeout()));
+            let results = self
+                .inner
+                .admin
+                .create_topics(new_topics.iter(), &opts)
+                .await
+                .map_err(kafka_err("creating topics"))?;
+            for r in results {
+                match r {
+                    Ok(name) => tracing::info!(topic = %name, "topic created"),
+                    // Another process created it meanwhile: checked below like any existing topic.
+                    Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((name, code)) => {
+                        return Err(BusError::Kafka {
+                            op: format!("creating topic {name}"),
+                            source: KafkaError::AdminOp(code),
+                        })
+                    }
+                }
+            }
+        }
+
+        // Check every topic: partitions and cleanup policy as configured.
+        let resources: Vec<ResourceSpecifier<'_>> = topics
+            .iter()
+            .map(|t| ResourceSpecifier::Topic(&t.name))
+            .collect();
+        let opts = AdminOptions::new().request_timeout(Some(self.timeout()));
+        let described = self
+            .inner
+            .admin
+            .describe_configs(resources.iter(), &opts)
+            .await
+            .map_err(kafka_err("describing topics"))?;
+        for (spec, described) in topics.iter().zip(described) {
+            let resource = described.map_err(|code| BusError::Kafka {
+                op: format!("describing topic {}", spec.name),
+                source: KafkaError::AdminOp(code),
+            })?;
+            let policy = resource
+                .get("cleanup.policy")
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if policy != spec.cleanup.policy_name() {
+                return Err(BusError::Other(format!(
+                    "topic {} has cleanup.policy={policy}, the pipeline needs {}; fix the topic (kafka-configs --alter) or use another topic prefix",
+                    spec.name,
+                    spec.cleanup.policy_name()
+                )));
+            }
+            let this = self.clone();
+            let name = spec.name.clone();
+            let partitions = blocking(move || this.partition_count(&name)).await?;
+            if partitions != spec.partitions {
+                return Err(BusError::PartitionMismatch {
+                    topic: spec.name.clone(),
+                    existing: partitions,
+                    wanted: spec.partitions,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, topic: &str, records: Vec<Record>) -> Result<Vec<Position>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let this = self.clone();
+        let name = topic.to_owned();
+        let partitions = blocking(move || this.partition_count(&name)).await?;
+        let timeout = self.inner.config.operation_timeout;
+        let sends = records.iter().map(|r| {
+            let partition = partition_for(&r.key, partitions);
+            let mut record = FutureRecord::<str, [u8]>::to(topic)
+                .key(r.key.as_str())
+                .partition(partition);
+            if let Some(v) = &r.value {
+                record = record.payload(v.as_slice());
+            }
+            self.inner.producer.send(record, timeout)
+        });
+        let results = futures::future::join_all(sends).await;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(delivery) => out.push(Position {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Err((e, _)) => {
+                    return Err(BusError::Kafka {
+                        op: format!("publishing to {topic}"),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<i32> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || this.partition_count(&topic)).await
+    }
+
+    async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || {
+            let n = this.partition_count(&topic)?;
+            this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::End)
+        })
+        .await
+    }
+
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<i64>> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || {
+            let n = this.partition_count(&topic)?;
+            this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::Beginning)
+        })
+        .await
+    }
+
+    async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Message>> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || this.read_blocking(&topic, partition, from, max)).await
+    }
+
+    async fn offset_for_time(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        blocking(move || {
+            let found =
+                this.list_offsets(&topic, &[partition], Offset::Offset(timestamp_ms.max(0)))?;
+            Ok(found[0])
+        })
+        .await
+    }
+
+    async fn committed(&self, group: &str, topic: &str) -> Result<Vec<Option<Committed>>> {
+        let this = self.clone();
+        let group = group.to_owned();
+        let topic = topic.to_owned();
+        blocking(move || {
+            let n = this.partition_count(&topic)?;
+            let client = this.group_client(&group)?;
+            committed_of(client.as_ref(), &topic, n, this.timeout())
+        })
+        .await
+    }
+
+    async fn commit(&self, group: &str, topic: &str, offsets: &[CommitOffset]) -> Result<()> {
+        let this = self.clone();
+        let group = group.to_owned();
+        let topic = topic.to_owned();
+        let offsets = offsets.to_vec();
+        blocking(move || {
+            let client = this.group_client(&group)?;
+            let tpl = commit_list(&topic, &offsets)?;
+            client
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka_err(format!("committing {topic} for group {group}")))
+        })
+        .await
+    }
+
+    async fn subscribe(&self, group: &str, topic: &str) -> Result<Box<dyn Consumer>> {
+        let context = GroupContext::default();
+        let events = context.events.clone();
+        let notify = context.notify.clone();
+        let session_ms = self.inner.config.session_timeout.as_millis().to_string();
+        let heartbeat_ms = (self.inner.config.session_timeout.as_millis() / 3)
+            .max(100)
+            .to_string();
+        let consumer: StreamConsumer<GroupContext> = self
+            .inner
+            .config
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", &session_ms)
+            .set("heartbeat.interval.ms", &heartbeat_ms)
+            .create_with_context(context)
+            .map_err(kafka_err(format!("joining group {group}")))?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(kafka_err(format!("subscribing group {group} to {topic}")))?;
+        let partitions = self.partitions(topic).await?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            events,
+            notify,
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partitions,
+            owned: HashSet::new(),
+            buffer: VecDeque::new(),
+            timeout: self.timeout(),
+            closed: false,
+        }))
+    }
+}
+
+fn commit_list(topic: &str, offsets: &[CommitOffset]) -> Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for c in offsets {
+        tpl.add_partition_offset(topic, c.partition, Offset::Offset(c.offset))
+            .map_err(kafka_err(format!("committing {topic}/{}", c.partition)))?;
+        if let Some(mut elem) = tpl.find_partition(topic, c.partition) {
+            elem.set_metadata(c.metadata.clone());
+        }
+    }
+    Ok(tpl)
+}
+
+fn committed_of<C: rdkafka::consumer::Consumer<X>, X: ConsumerContext>(
+    client: &C,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<Vec<Option<Committed>>> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let found = client
+        .committed_offsets(tpl, timeout)
+        .map_err(kafka_err(format!("committed offsets of {topic}")))?;
+    Ok((0..partitions)
+        .map(|p| {
+            found
+                .find_partition(topic, p)
+                .and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(Committed {
+                        offset: o,
+                        metadata: e.metadata().to_owned(),
+                    }),
+                    _ => None,
+                })
+        })
+        .collect())
+}
+
+/// A rebalance as seen by the rdkafka callback, queued for [`KafkaConsumer::next`].
+#[derive(Debug)]
+enum GroupEvent {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+#[derive(Default)]
+struct GroupContext {
+    events: Arc<Mutex<VecDeque<GroupEvent>>>,
+    notify: Arc<Notify>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            if let Ok(mut q) = self.events.lock() {
+                q.push_back(GroupEvent::Revoked(parts));
+            }
+            self.notify.notify_one();
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if let Ok(mut q) = self.events.lock() {
+                    q.push_back(GroupEvent::Assigned(parts));
+                }
+                self.notify.notify_one();
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "consumer group rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    events: Arc<Mutex<VecDeque<GroupEvent>>>,
+    notify: Arc<Notify>,
+    group: String,
+    topic: String,
+    partitions: i32,
+    /// Partitions handed out as [`Delivery::Assigned`] and not revoked since.
+    owned: HashSet<i32>,
+    /// Messages received, not yet handed out.
+    buffer: VecDeque<Message>,
+    timeout: Duration,
+    closed: bool,
+}
+
+impl KafkaConsumer {
+    fn pop_event(&self) -> Option<GroupEvent> {
+        self.events.lock().ok().and_then(|mut q| q.pop_front())
+    }
+
+    async fn deliver_event(&mut self, event: GroupEvent) -> Result<Delivery> {
+        match event {
+            GroupEvent::Revoked(parts) => {
+                for p in &parts {
+                    self.owned.remove(p);
+                }
+                self.buffer.retain(|m| !parts.contains(&m.partition));
+                tracing::info!(group = %self.group, topic = %self.topic, partitions = ?parts, "partitions revoked");
+                Ok(Delivery::Revoked(parts))
+            }
+            GroupEvent::Assigned(parts) => {
+                let consumer = self.consumer.clone();
+                let topic = self.topic.clone();
+                let (n, timeout) = (self.partitions, self.timeout);
+                let committed =
+                    blocking(move || committed_of(consumer.as_ref(), &topic, n, timeout)).await?;
+                for p in &parts {
+                    self.owned.insert(*p);
+                }
+                tracing::info!(group = %self.group, topic = %self.topic, partitions = ?parts, "partitions assigned");
+                Ok(Delivery::Assigned(
+                    parts
+                        .into_iter()
+                        .map(|p| (p, committed.get(p as usize).cloned().flatten()))
+                        .collect(),
+                ))
+            }
+        }
+    }
+
+    fn take_owned(&mut self, max: usize) -> Vec<Message> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(m) = self.buffer.pop_front() else {
+                break;
+            };
+            if self.owned.contains(&m.partition) {
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Consumer for KafkaConsumer {
+    async fn next(&mut self, max: usize, wait: Duration) -> Result<Option<Delivery>> {
+        if self.closed {
+            return Err(BusError::Closed("consumer closed".into()));
+        }
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(event) = self.pop_event() {
+                return self.deliver_event(event).await.map(Some);
+            }
+            if self.buffer.len() >= max {
+                let batch = self.take_owned(max);
+                if !batch.is_empty() {
+                    return Ok(Some(Delivery::Messages(batch)));
+                }
+            }
+            let consumer = self.consumer.clone();
+            let received = tokio::select! {
+                r = consumer.recv() => Some(r.map(|m| to_message(&m))),
+                _ = self.notify.notified() => None,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let batch = self.take_owned(max);
+                    return Ok((!batch.is_empty()).then_some(Delivery::Messages(batch)));
+                }
+            };
+            match received {
+                None => continue,
+                Some(Ok(m)) => {
+                    self.buffer.push_back(m);
+                    // Take what is already fetched without waiting, up to `max`.
+                    if self.buffer.len() < max {
+                        continue;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) => {
+                    // librdkafka reports broker trouble here and recovers by itself (reconnects,
+                    // leader changes); only errors it calls fatal end the consumer.
+                    let fatal = matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal));
+                    if fatal {
+                        return Err(BusError::Kafka {
+                            op: format!("consuming {} as group {}", self.topic, self.group),
+                            source: e,
+                        });
+                    }
+                    tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "consumer error, continuing");
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let batch = self.take_owned(max);
+                return Ok((!batch.is_empty()).then_some(Delivery::Messages(batch)));
+            }
+        }
+    }
+
+    async fn commit(&mut self, offsets: &[CommitOffset]) -> Result<()> {
+        let owned: Vec<CommitOffset> = offsets
+            .iter()
+            .filter(|c| self.owned.contains(&c.partition))
+            .cloned()
+            .collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let tpl = commit_list(&self.topic, &owned)?;
+        let consumer = self.consumer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                let moved = matches!(
+                    e.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::RebalanceInProgress
+                            | RDKafkaErrorCode::IllegalGeneration
+                            | RDKafkaErrorCode::UnknownMemberId
+                            | RDKafkaErrorCode::FencedInstanceId
+                            | RDKafkaErrorCode::StaleMemberEpoch
+                            | RDKafkaErrorCode::AssignmentLost
+                    )
+                );
+                if moved {
+                    tracing::warn!(group = %self.group, topic = %self.topic, error = %e,
+                        "commit refused during a rebalance; the partitions' new owner re-reads from the last commit");
+                    Ok(())
+                } else {
+                    Err(BusError::Kafka {
+                        op: format!("committing {} for group {}", self.topic, self.group),
+                        source: e,
+                    })
+                }
+            }
+            Err(e) => Err(BusError::Closed(format!("kafka commit thread: {e}"))),
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if !self.closed {
+            self.closed = true;
+            let consumer = self.consumer.clone();
+            // Leaving the group hands the partitions over now rather than at the session timeout.
+            let _ = tokio::task::spawn_blocking(move || consumer.unsubscribe()).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KafkaConsumer {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.consumer.unsubscribe();
+        }
+    }
+}
+
+/// Flushes the producer (used on shutdown: nothing queued is lost silently).
+pub fn flush(transport: &KafkaTransport, timeout: Duration) -> Result<()> {
+    transport
+        .inner
+        .producer
+        .flush(timeout)
+        .map_err(kafka_err("flushing the producer"))
+}
