@@ -25,6 +25,7 @@ use crate::{
     Position, Record, Result, TopicSpec, Transport,
 };
 use async_trait::async_trait;
+use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -422,7 +423,9 @@ impl KafkaTransport {
 
 fn reader_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = config.client_config();
-    c.set("enable.auto.commit", "false")
+    // Readers assign partitions themselves and never commit; librdkafka still wants a group id.
+    c.set("group.id", format!("{}-reader", config.client_id))
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest");
@@ -517,30 +520,41 @@ impl Transport for KafkaTransport {
             }
         }
 
-        // Check every topic: partitions and cleanup policy as configured.
-        let resources: Vec<ResourceSpecifier<'_>> = topics
-            .iter()
-            .map(|t| ResourceSpecifier::Topic(&t.name))
-            .collect();
-        let opts = AdminOptions::new().request_timeout(Some(self.timeout()));
-        let described = self
-            .inner
-            .admin
-            .describe_configs(resources.iter(), &opts)
-            .await
-            .map_err(kafka_err("describing topics"))?;
-        for (spec, described) in topics.iter().zip(described) {
-            let resource = described.map_err(|code| BusError::Kafka {
-                op: format!("describing topic {}", spec.name),
-                source: KafkaError::AdminOp(code),
-            })?;
-            let policy = resource
-                .get("cleanup.policy")
-                .and_then(|e| e.value.clone())
-                .unwrap_or_default();
+        // Check every topic: partitions and cleanup policy as configured. A topic created a
+        // moment ago may not show its configuration yet: asked again for a few seconds.
+        for spec in topics {
+            let mut attempts = 0;
+            let policy = loop {
+                let resource = ResourceSpecifier::Topic(&spec.name);
+                let opts = AdminOptions::new().request_timeout(Some(self.timeout()));
+                let described = self
+                    .inner
+                    .admin
+                    .describe_configs([&resource], &opts)
+                    .await
+                    .map_err(kafka_err(format!("describing topic {}", spec.name)))?;
+                let policy = match described.into_iter().next() {
+                    Some(Ok(resource)) => resource
+                        .get("cleanup.policy")
+                        .and_then(|e| e.value.clone())
+                        .unwrap_or_default(),
+                    Some(Err(code)) => {
+                        return Err(BusError::Kafka {
+                            op: format!("describing topic {}", spec.name),
+                            source: KafkaError::AdminOp(code),
+                        })
+                    }
+                    None => String::new(),
+                };
+                attempts += 1;
+                if !policy.is_empty() || attempts >= 25 {
+                    break policy;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
             if policy != spec.cleanup.policy_name() {
                 return Err(BusError::Other(format!(
-                    "topic {} has cleanup.policy={policy}, the pipeline needs {}; fix the topic (kafka-configs --alter) or use another topic prefix",
+                    "topic {} has cleanup.policy={policy:?}, the pipeline needs {}; fix the topic (kafka-configs --alter) or use another topic prefix",
                     spec.name,
                     spec.cleanup.policy_name()
                 )));
@@ -809,11 +823,53 @@ struct KafkaConsumer {
 }
 
 impl KafkaConsumer {
-    fn pop_event(&self) -> Option<GroupEvent> {
-        self.events.lock().ok().and_then(|mut q| q.pop_front())
+    fn has_event(&self) -> bool {
+        self.events.lock().is_ok_and(|q| !q.is_empty())
     }
 
-    async fn deliver_event(&mut self, event: GroupEvent) -> Result<Delivery> {
+    fn consumer_error(&self, e: KafkaError) -> Result<()> {
+        if matches!(e, KafkaError::PartitionEOF(_)) {
+            return Ok(());
+        }
+        // librdkafka reports broker trouble here and recovers by itself (reconnects, leader
+        // changes); only errors it calls fatal end the consumer.
+        if matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            return Err(BusError::Kafka {
+                op: format!("consuming {} as group {}", self.topic, self.group),
+                source: e,
+            });
+        }
+        tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "consumer error, continuing");
+        Ok(())
+    }
+
+    /// Hands out the oldest rebalance. The committed offsets of an assignment are looked up
+    /// first, and the event leaves the queue only after that, so a cancelled call loses nothing.
+    async fn deliver_event(&mut self) -> Result<Delivery> {
+        let front = self
+            .events
+            .lock()
+            .map_err(|_| BusError::Closed("consumer events".into()))?
+            .front()
+            .map(|e| match e {
+                GroupEvent::Assigned(p) => GroupEvent::Assigned(p.clone()),
+                GroupEvent::Revoked(p) => GroupEvent::Revoked(p.clone()),
+            });
+        let Some(event) = front else {
+            return Err(BusError::Other("no rebalance to deliver".into()));
+        };
+        let committed = match &event {
+            GroupEvent::Assigned(_) => {
+                let consumer = self.consumer.clone();
+                let topic = self.topic.clone();
+                let (n, timeout) = (self.partitions, self.timeout);
+                Some(blocking(move || committed_of(consumer.as_ref(), &topic, n, timeout)).await?)
+            }
+            GroupEvent::Revoked(_) => None,
+        };
+        if let Ok(mut q) = self.events.lock() {
+            q.pop_front();
+        }
         match event {
             GroupEvent::Revoked(parts) => {
                 for p in &parts {
@@ -824,11 +880,7 @@ impl KafkaConsumer {
                 Ok(Delivery::Revoked(parts))
             }
             GroupEvent::Assigned(parts) => {
-                let consumer = self.consumer.clone();
-                let topic = self.topic.clone();
-                let (n, timeout) = (self.partitions, self.timeout);
-                let committed =
-                    blocking(move || committed_of(consumer.as_ref(), &topic, n, timeout)).await?;
+                let committed = committed.unwrap_or_default();
                 for p in &parts {
                     self.owned.insert(*p);
                 }
@@ -851,6 +903,8 @@ impl KafkaConsumer {
             };
             if self.owned.contains(&m.partition) {
                 out.push(m);
+            } else {
+                tracing::debug!(partition = m.partition, offset = m.offset, "dropping a message of a partition not owned");
             }
         }
         out
@@ -859,6 +913,9 @@ impl KafkaConsumer {
 
 #[async_trait]
 impl Consumer for KafkaConsumer {
+    /// Cancel-safe: records received are kept in the consumer until handed out, and a
+    /// rebalance is taken off the queue only when it is handed out. Returns as soon as records
+    /// are there (it waits up to `wait` only for the first).
     async fn next(&mut self, max: usize, wait: Duration) -> Result<Option<Delivery>> {
         if self.closed {
             return Err(BusError::Closed("consumer closed".into()));
@@ -866,50 +923,36 @@ impl Consumer for KafkaConsumer {
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(event) = self.pop_event() {
-                return self.deliver_event(event).await.map(Some);
+            if self.has_event() {
+                return self.deliver_event().await.map(Some);
             }
-            if self.buffer.len() >= max {
+            if !self.buffer.is_empty() {
+                // Take what is already fetched, without waiting, up to `max`.
+                while self.buffer.len() < max {
+                    let consumer = self.consumer.clone();
+                    match consumer.recv().now_or_never() {
+                        Some(Ok(m)) => self.buffer.push_back(to_message(&m)),
+                        Some(Err(e)) => self.consumer_error(e)?,
+                        None => break,
+                    }
+                }
+                if self.has_event() {
+                    continue;
+                }
                 let batch = self.take_owned(max);
                 if !batch.is_empty() {
                     return Ok(Some(Delivery::Messages(batch)));
                 }
+                continue;
             }
             let consumer = self.consumer.clone();
-            let received = tokio::select! {
-                r = consumer.recv() => Some(r.map(|m| to_message(&m))),
-                _ = self.notify.notified() => None,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let batch = self.take_owned(max);
-                    return Ok((!batch.is_empty()).then_some(Delivery::Messages(batch)));
-                }
-            };
-            match received {
-                None => continue,
-                Some(Ok(m)) => {
-                    self.buffer.push_back(m);
-                    // Take what is already fetched without waiting, up to `max`.
-                    if self.buffer.len() < max {
-                        continue;
-                    }
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
-                    // librdkafka reports broker trouble here and recovers by itself (reconnects,
-                    // leader changes); only errors it calls fatal end the consumer.
-                    let fatal = matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal));
-                    if fatal {
-                        return Err(BusError::Kafka {
-                            op: format!("consuming {} as group {}", self.topic, self.group),
-                            source: e,
-                        });
-                    }
-                    tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "consumer error, continuing");
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let batch = self.take_owned(max);
-                return Ok((!batch.is_empty()).then_some(Delivery::Messages(batch)));
+            tokio::select! {
+                r = consumer.recv() => match r {
+                    Ok(m) => self.buffer.push_back(to_message(&m)),
+                    Err(e) => self.consumer_error(e)?,
+                },
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep_until(deadline) => return Ok(None),
             }
         }
     }

@@ -8,13 +8,17 @@
 #   kafka.sh stop [--nodes 1|3] [--dir DIR]
 #   kafka.sh kill-node N [--nodes 3] [--dir DIR]           SIGKILL node N (failover tests)
 #   kafka.sh start-node N [--nodes 3] [--dir DIR] [--timeout SECS]
-#   kafka.sh status [--nodes 1|3] [--dir DIR]
+#   kafka.sh status [--nodes 1|3] [--dir DIR]             exit 0 only if every node answers
 #   kafka.sh --help
 #
 # `start` formats the storage the first time only, starts the nodes and returns once every node
 # answers a metadata request and (3 nodes) every broker is registered. It then prints exactly one
 # line on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:P1,...`; progress goes to stderr. Starting a cluster
 # that is already running just waits for it to be ready and prints the same line.
+# --fresh deletes the cluster in DIR (topics, offsets) before starting; it must be stopped.
+# `start-node` returns once node N answers and lists every running node: it is a registered,
+# unfenced broker again, though its replicas may still be catching up (wait for the ISR in the
+# test if it matters).
 # Node i serves clients on P+i-1 and its controller on P+100+i-1 (P: 9092 for 1 node, 19092 for 3).
 # Files: DIR/cluster.env (nodes, port, cluster id), DIR/node-N/{server.properties,
 # log4j2.properties, server.log, stdout.log, pid, data/}.
@@ -32,6 +36,14 @@ libs="$services/kafka-$kafka_version/libs"
 heap_opts="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 controller_offset=100
 launched=() # pids of the nodes started by this invocation, stopped again if start-up fails
+
+# True while process $1 exists and is not a zombie (an unreaped zombie counts as stopped).
+alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(sed -n "s/^[0-9]* (.*) \\([A-Z]\\).*/\\1/p" "/proc/$1/stat" 2>/dev/null)"
+  [[ "$state" != Z ]]
+}
 
 usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
 log() { echo "kafka.sh: $*" >&2; }
@@ -145,7 +157,7 @@ node_pid() {
   [[ -f "$node_dir/pid" ]] || return 1
   pid="$(<"$node_dir/pid")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "kafka.Kafka $node_dir/server.properties" || return 1
   echo "$pid"
 }
@@ -224,16 +236,23 @@ wait_ready() {
 }
 
 stop_pids() {
-  local pids=("$@") pid deadline=$((SECONDS + 30)) alive
+  local pids=("$@") pid deadline=$((SECONDS + 30)) running
   ((${#pids[@]})) || return 0
   kill -TERM "${pids[@]}" 2>/dev/null || true
   while :; do
-    alive=()
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-    ((${#alive[@]})) || return 0
+    running=()
+    for pid in "${pids[@]}"; do alive "$pid" && running+=("$pid"); done
+    ((${#running[@]})) || return 0
     if ((SECONDS >= deadline)); then
-      log "still running after 30 s, sending SIGKILL to ${alive[*]}"
-      kill -KILL "${alive[@]}" 2>/dev/null || true
+      log "still running after 30 s, sending SIGKILL to ${running[*]}"
+      kill -KILL "${running[@]}" 2>/dev/null || true
+      deadline=$((SECONDS + 5))
+      while ((SECONDS < deadline)); do
+        running=()
+        for pid in "${pids[@]}"; do alive "$pid" && running+=("$pid"); done
+        ((${#running[@]})) || return 0
+        sleep 0.1
+      done
       return 0
     fi
     sleep 0.2
@@ -244,13 +263,13 @@ stop_pids() {
 
 cmd_start() {
   read_record "$dir"
-  if [[ -n "$fresh" && -d "$dir" ]]; then
+  if [[ -n "$fresh" && -f "$dir/cluster.env" ]]; then
     local i
     for ((i = 1; i <= ${rec_nodes:-3}; i++)); do
       node_pid "$i" >/dev/null && die "--fresh: a node is running in $dir; stop it first"
     done
-    log "--fresh: removing $dir"
-    rm -rf "$dir"
+    log "--fresh: removing the cluster in $dir"
+    rm -rf "$dir"/node-* "$dir/cluster.env"
     read_record "$dir"
   fi
   if [[ -n "$rec_nodes" ]]; then
@@ -307,7 +326,8 @@ cmd_kill_node() {
   local n="$1" pid
   pid="$(node_pid "$n")" || die "node $n is not running in $dir"
   kill -KILL "$pid"
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  local deadline=$((SECONDS + 10))
+  while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
   log "killed node $n (pid $pid)"
 }
 
@@ -351,6 +371,10 @@ shift
 case "$command" in
   -h | --help | help) usage; exit 0 ;;
 esac
+case "$command" in
+  start | stop | status | kill-node | start-node) ;;
+  *) die "unknown command '$command' (see --help)" ;;
+esac
 node_arg=""
 if [[ "$command" == kill-node || "$command" == start-node ]]; then
   [[ "${1:-}" =~ ^[1-9][0-9]*$ ]] || die "$command needs a node number (see --help)"
@@ -389,7 +413,7 @@ else
   esac
 fi
 
-rc=0
+rc=0 found=0
 for dir in "${dirs[@]}"; do
   if [[ "$command" == start ]]; then
     cmd_start
@@ -404,6 +428,7 @@ for dir in "${dirs[@]}"; do
     fi
     continue
   fi
+  found=1
   nodes="$rec_nodes" port="$rec_port" cluster_id="$rec_cluster_id"
   if [[ -n "$node_arg" ]] && ((node_arg > nodes)); then
     die "node $node_arg does not exist: $dir holds $nodes node(s)"
@@ -416,4 +441,8 @@ for dir in "${dirs[@]}"; do
     *) die "unknown command '$command' (see --help)" ;;
   esac
 done
+if ((!found)) && [[ "$command" != start ]] && ((${#dirs[@]} > 1)); then
+  [[ "$command" == status ]] && { echo "no Kafka cluster set up in ${dirs[*]}"; exit 3; }
+  log "no Kafka cluster set up in ${dirs[*]}"
+fi
 exit "$rc"

@@ -50,6 +50,14 @@ find_java() {
   return 1
 }
 
+# True while process $1 exists and is not a zombie (an unreaped zombie counts as stopped).
+alive() {
+  local state
+  kill -0 "$1" 2>/dev/null || return 1
+  state="$(sed -n "s/^[0-9]* (.*) \\([A-Z]\\).*/\\1/p" "/proc/$1/stat" 2>/dev/null)"
+  [[ "$state" != Z ]]
+}
+
 usage() { sed -n '2,/^set -euo pipefail/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}"; }
 log() { echo "registry.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -58,7 +66,7 @@ registry_pid() {
   local pid
   [[ -f "$dir/pid" ]] || return 1
   pid="$(<"$dir/pid")"
-  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-Desg.registry.dir=$dir " || return 1
   echo "$pid"
 }
@@ -145,10 +153,12 @@ cmd_stop() {
   fi
   log "stopping the registry in $dir (pid $pid)"
   kill -TERM "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     if ((SECONDS >= deadline)); then
       log "still running after 30 s, sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
+      deadline=$((SECONDS + 5))
+      while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
       break
     fi
     sleep 0.2

@@ -2,6 +2,8 @@
 //! directory, and readers of the output files.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use esg::config::{self, Config};
 use esg_simulator::{SimConfig, SimHandle};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,163 @@
+//! The real Kafka broker and schema registry of the Kafka-mode tests.
+//!
+//! Where they come from, first match wins:
+//! 1. `ESG_TEST_KAFKA_BOOTSTRAP` and `ESG_TEST_SCHEMA_REGISTRY_URL`: services already running
+//!    (the test command `ops/test-all.sh` starts them with `ops/services/up.sh`);
+//! 2. a Docker engine (`docker info` answers): containers started with testcontainers;
+//! 3. otherwise the project's own scripts: `ops/services/up.sh` (Kafka and Apicurio from Maven
+//!    Central, run with `java`).
+//!
+//! There is no fallback to skipping: a Kafka test without a broker fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub struct Services {
+    pub bootstrap: String,
+    pub registry: String,
+}
+
+static SERVICES: OnceLock<Services> = OnceLock::new();
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The broker and the registry, started on first use.
+pub fn services() -> &'static Services {
+    SERVICES.get_or_init(|| {
+        if let (Ok(bootstrap), Ok(registry)) = (
+            std::env::var("ESG_TEST_KAFKA_BOOTSTRAP"),
+            std::env::var("ESG_TEST_SCHEMA_REGISTRY_URL"),
+        ) {
+            return Services {
+                bootstrap,
+                registry,
+            };
+        }
+        if docker_available() {
+            return containers::start();
+        }
+        let out = Command::new(root().join("ops/services/up.sh"))
+            .output()
+            .expect("ops/services/up.sh runs");
+        assert!(
+            out.status.success(),
+            "ops/services/up.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let var = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("up.sh printed no {name}: {stdout}"))
+                .to_owned()
+        };
+        Services {
+            bootstrap: var("KAFKA_BOOTSTRAP"),
+            registry: var("SCHEMA_REGISTRY_URL"),
+        }
+    })
+}
+
+fn docker_available() -> bool {
+    Command::new("docker")
+        .arg("info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A fresh namespace for one test: topic prefix and scorer group.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("t{}-{name}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Rewrites a World's configuration for Kafka (`[bus] kind`, prefix, scorer group, `[kafka]`).
+pub fn use_kafka(config_path: &Path, bootstrap: &str, registry: &str, ns: &str) {
+    let text = std::fs::read_to_string(config_path).expect("config");
+    let mut out = String::new();
+    let mut bus_seen = false;
+    let mut scorer_seen = false;
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim() == "[bus]" {
+            bus_seen = true;
+            out.push_str(&format!("kind = \"kafka\"\ntopic_prefix = \"{ns}.\"\n"));
+        }
+        if line.trim() == "[scorer]" {
+            scorer_seen = true;
+            out.push_str(&format!("group = \"{ns}-scorer\"\n"));
+        }
+    }
+    if !bus_seen {
+        out.push_str(&format!(
+            "[bus]\nkind = \"kafka\"\ntopic_prefix = \"{ns}.\"\n"
+        ));
+    }
+    if !scorer_seen {
+        out.push_str(&format!("[scorer]\ngroup = \"{ns}-scorer\"\n"));
+    }
+    out.push_str(&format!(
+        "[kafka]\nbootstrap_servers = \"{bootstrap}\"\nsession_timeout = \"6s\"\n[kafka.schema_registry]\nurl = \"{registry}\"\n"
+    ));
+    std::fs::write(config_path, out).expect("config");
+}
+
+mod containers {
+    //! Where Docker is present: Kafka and Apicurio Registry as containers.
+    use super::Services;
+    use std::sync::OnceLock;
+    use testcontainers_modules::kafka::apache::{Kafka, KAFKA_PORT};
+    use testcontainers_modules::testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers_modules::testcontainers::runners::SyncRunner;
+    use testcontainers_modules::testcontainers::{Container, GenericImage, ImageExt};
+
+    struct Running {
+        _kafka: Container<Kafka>,
+        _registry: Container<GenericImage>,
+    }
+
+    static RUNNING: OnceLock<Running> = OnceLock::new();
+
+    pub fn start() -> Services {
+        let kafka = Kafka::default()
+            .with_tag("4.1.0")
+            .start()
+            .expect("Kafka container starts");
+        let registry = GenericImage::new("apicurio/apicurio-registry", "3.0.9")
+            .with_exposed_port(8080.tcp())
+            .with_wait_for(WaitFor::message_on_stdout("Installed features"))
+            .start()
+            .expect("Apicurio container starts");
+        let bootstrap = format!(
+            "127.0.0.1:{}",
+            kafka
+                .get_host_port_ipv4(KAFKA_PORT)
+                .expect("Kafka port mapped")
+        );
+        let url = format!(
+            "http://127.0.0.1:{}/apis/ccompat/v7",
+            registry
+                .get_host_port_ipv4(8080.tcp())
+                .expect("registry port mapped")
+        );
+        let _ = RUNNING.set(Running {
+            _kafka: kafka,
+            _registry: registry,
+        });
+        Services {
+            bootstrap,
+            registry: url,
+        }
+    }
+}
