@@ -130,6 +130,9 @@ impl RateLimiter {
         let fresh = Arc::new(DefaultDirectRateLimiter::direct(
             Quota::per_second(rate).allow_burst(burst),
         ));
+        // A new limiter starts with a full bucket: empty it, so that a rebalance does not hand
+        // every member a fresh burst on top of what the group already sent.
+        let _ = fresh.check_n(burst);
         match self.gcra.write() {
             Ok(mut g) => *g = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
@@ -241,22 +244,24 @@ mod tests {
     #[tokio::test]
     async fn a_share_of_the_quota_limits_the_rate_and_the_burst() {
         let limiter = RateLimiter::new(nz(400), nz(40));
-        limiter.set_share(3, 12); // a quarter: 100/s with a burst of 10
+        limiter.set_share(3, 12); // a quarter: 100/s, and no burst right after the change
         assert_eq!(limiter.per_second_now(), 100);
         let started = std::time::Instant::now();
-        for _ in 0..30 {
+        for _ in 0..21 {
             limiter.acquire().await;
         }
-        // 10 at once, then 20 more at 10 ms each.
+        // 21 cells at 10 ms each (the first after one interval).
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(190), "{elapsed:?}");
-        // Back to the whole quota: the next 40 go out as a burst.
+        // Back to the whole quota: 400/s from now on, without a fresh burst.
         limiter.set_share(12, 12);
         let started = std::time::Instant::now();
-        for _ in 0..40 {
+        for _ in 0..41 {
             limiter.acquire().await;
         }
-        assert!(started.elapsed() < Duration::from_millis(50), "{:?}", started.elapsed());
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(95), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(400), "{elapsed:?}");
     }
 
     #[test]
