@@ -136,6 +136,30 @@ fn blocking<T: Send + 'static>(
     }
 }
 
+/// Runs a blocking request on a blocking thread, again after a transient failure (a broker that
+/// died, a leader that moved) with backoff from 100 ms to 2 s, for as long as `budget` allows:
+/// librdkafka finds the new leaders meanwhile. The last error is returned when the budget is
+/// spent; errors that are not transient are returned at once.
+async fn retrying<T: Send + 'static>(
+    budget: Duration,
+    f: impl Fn() -> Result<T> + Send + Sync + 'static,
+) -> Result<T> {
+    let f = Arc::new(f);
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = f.clone();
+        match blocking(move || attempt()).await {
+            Err(e) if e.is_transient() && started.elapsed() + backoff < budget => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "transient Kafka error, trying again");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A group-less consumer that reads one partition at a time; kept between calls so that
 /// reading a partition batch after batch does not restart its fetch each time.
 struct Reader {
@@ -229,6 +253,12 @@ impl KafkaTransport {
 
     fn timeout(&self) -> Duration {
         self.inner.config.operation_timeout
+    }
+
+    /// How long a request is tried again after transient failures: long enough for the
+    /// cluster to elect new leaders after losing a broker.
+    fn retry_budget(&self) -> Duration {
+        (self.inner.config.operation_timeout * 4).max(Duration::from_secs(60))
     }
 
     fn partition_count(&self, topic: &str) -> Result<i32> {
@@ -561,7 +591,7 @@ impl Transport for KafkaTransport {
             }
             let this = self.clone();
             let name = spec.name.clone();
-            let partitions = blocking(move || this.partition_count(&name)).await?;
+            let partitions = retrying(self.retry_budget(), move || this.partition_count(&name)).await?;
             if partitions != spec.partitions {
                 return Err(BusError::PartitionMismatch {
                     topic: spec.name.clone(),
@@ -579,7 +609,7 @@ impl Transport for KafkaTransport {
         }
         let this = self.clone();
         let name = topic.to_owned();
-        let partitions = blocking(move || this.partition_count(&name)).await?;
+        let partitions = retrying(self.retry_budget(), move || this.partition_count(&name)).await?;
         let timeout = self.inner.config.operation_timeout;
         let sends = records.iter().map(|r| {
             let partition = partition_for(&r.key, partitions);
@@ -613,13 +643,13 @@ impl Transport for KafkaTransport {
     async fn partitions(&self, topic: &str) -> Result<i32> {
         let this = self.clone();
         let topic = topic.to_owned();
-        blocking(move || this.partition_count(&topic)).await
+        retrying(self.retry_budget(), move || this.partition_count(&topic)).await
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
         let this = self.clone();
         let topic = topic.to_owned();
-        blocking(move || {
+        retrying(self.retry_budget(), move || {
             let n = this.partition_count(&topic)?;
             this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::End)
         })
@@ -629,7 +659,7 @@ impl Transport for KafkaTransport {
     async fn start_offsets(&self, topic: &str) -> Result<Vec<i64>> {
         let this = self.clone();
         let topic = topic.to_owned();
-        blocking(move || {
+        retrying(self.retry_budget(), move || {
             let n = this.partition_count(&topic)?;
             this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::Beginning)
         })
@@ -645,13 +675,13 @@ impl Transport for KafkaTransport {
     ) -> Result<Vec<Message>> {
         let this = self.clone();
         let topic = topic.to_owned();
-        blocking(move || this.read_blocking(&topic, partition, from, max)).await
+        retrying(self.retry_budget(), move || this.read_blocking(&topic, partition, from, max)).await
     }
 
     async fn offset_for_time(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64> {
         let this = self.clone();
         let topic = topic.to_owned();
-        blocking(move || {
+        retrying(self.retry_budget(), move || {
             let found =
                 this.list_offsets(&topic, &[partition], Offset::Offset(timestamp_ms.max(0)))?;
             Ok(found[0])
@@ -663,7 +693,7 @@ impl Transport for KafkaTransport {
         let this = self.clone();
         let group = group.to_owned();
         let topic = topic.to_owned();
-        blocking(move || {
+        retrying(self.retry_budget(), move || {
             let n = this.partition_count(&topic)?;
             let client = this.group_client(&group)?;
             committed_of(client.as_ref(), &topic, n, this.timeout())
@@ -676,7 +706,7 @@ impl Transport for KafkaTransport {
         let group = group.to_owned();
         let topic = topic.to_owned();
         let offsets = offsets.to_vec();
-        blocking(move || {
+        retrying(self.retry_budget(), move || {
             let client = this.group_client(&group)?;
             let tpl = commit_list(&topic, &offsets)?;
             client
@@ -863,7 +893,12 @@ impl KafkaConsumer {
                 let consumer = self.consumer.clone();
                 let topic = self.topic.clone();
                 let (n, timeout) = (self.partitions, self.timeout);
-                Some(blocking(move || committed_of(consumer.as_ref(), &topic, n, timeout)).await?)
+                Some(
+                    retrying(timeout * 4, move || {
+                        committed_of(consumer.as_ref(), &topic, n, timeout)
+                    })
+                    .await?,
+                )
             }
             GroupEvent::Revoked(_) => None,
         };
@@ -968,34 +1003,33 @@ impl Consumer for KafkaConsumer {
         }
         let tpl = commit_list(&self.topic, &owned)?;
         let consumer = self.consumer.clone();
-        let result =
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync)).await;
+        let op = format!("committing {} for group {}", self.topic, self.group);
+        let result = retrying(self.timeout * 4, move || {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka_err(op.clone()))
+        })
+        .await;
         match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                let moved = matches!(
-                    e.rdkafka_error_code(),
+            Ok(()) => Ok(()),
+            Err(BusError::Kafka { source, .. })
+                if matches!(
+                    source.rdkafka_error_code(),
                     Some(
-                        RDKafkaErrorCode::RebalanceInProgress
-                            | RDKafkaErrorCode::IllegalGeneration
+                        RDKafkaErrorCode::IllegalGeneration
                             | RDKafkaErrorCode::UnknownMemberId
                             | RDKafkaErrorCode::FencedInstanceId
                             | RDKafkaErrorCode::StaleMemberEpoch
                             | RDKafkaErrorCode::AssignmentLost
+                            | RDKafkaErrorCode::RebalanceInProgress
                     )
-                );
-                if moved {
-                    tracing::warn!(group = %self.group, topic = %self.topic, error = %e,
-                        "commit refused during a rebalance; the partitions' new owner re-reads from the last commit");
-                    Ok(())
-                } else {
-                    Err(BusError::Kafka {
-                        op: format!("committing {} for group {}", self.topic, self.group),
-                        source: e,
-                    })
-                }
+                ) =>
+            {
+                tracing::warn!(group = %self.group, topic = %self.topic, error = %source,
+                    "commit refused during a rebalance; the partitions' new owner re-reads from the last commit");
+                Ok(())
             }
-            Err(e) => Err(BusError::Closed(format!("kafka commit thread: {e}"))),
+            Err(e) => Err(e),
         }
     }
 

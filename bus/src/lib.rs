@@ -200,6 +200,15 @@ impl BusError {
                             | C::CoordinatorLoadInProgress
                             | C::NetworkException
                             | C::QueueFull
+                            | C::DestroyBroker
+                            | C::BrokerNotAvailable
+                            | C::ReplicaNotAvailable
+                            | C::KafkaStorageError
+                            | C::NotController
+                            | C::FencedLeaderEpoch
+                            | C::UnknownLeaderEpoch
+                            | C::OffsetNotAvailable
+                            | C::RebalanceInProgress
                     )
                 )
             }
