@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, then every test of the workspace (unit, integration,
-# end-to-end against the simulator, kill -9 resume). Needs only the Rust toolchain; everything
-# else the tests use is built from crates.io.
+# end-to-end against the simulator, kill -9 resume, and Kafka mode on a real Apache Kafka broker
+# with a schema registry). Sets up what the tests need on a fresh machine: kcat from Debian,
+# Apache Kafka and Apicurio Registry from Maven Central (ops/services/fetch.sh), started with
+# ops/services/up.sh and stopped at the end. Where a Docker engine runs, set
+# ESG_TEST_USE_DOCKER=1 to have the Kafka tests start their services with testcontainers instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +19,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+if ! command -v kcat >/dev/null; then
+  echo "== installing kcat (Debian)"
+  apt-get update -qq && apt-get install -y -qq kcat >/dev/null
+fi
+
+if [[ "${ESG_TEST_USE_DOCKER:-0}" != 1 ]]; then
+  echo "== test services: Apache Kafka and Apicurio Registry from Maven Central"
+  ./ops/services/fetch.sh all
+  services="$(./ops/services/up.sh)"
+  trap './ops/services/down.sh >/dev/null 2>&1 || true' EXIT
+  ESG_TEST_KAFKA_BOOTSTRAP="$(sed -n 's/^KAFKA_BOOTSTRAP=//p' <<<"$services")"
+  ESG_TEST_SCHEMA_REGISTRY_URL="$(sed -n 's/^SCHEMA_REGISTRY_URL=//p' <<<"$services")"
+  export ESG_TEST_KAFKA_BOOTSTRAP ESG_TEST_SCHEMA_REGISTRY_URL
+  echo "   Kafka at $ESG_TEST_KAFKA_BOOTSTRAP, schema registry at $ESG_TEST_SCHEMA_REGISTRY_URL"
+fi
 
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt

@@ -3,8 +3,8 @@
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
-use esg::config::{self, Config};
 use esg::config::BusKind;
+use esg::config::{self, Config};
 use esg::pipeline::{self, Outcome, Pipeline, ProducerService, ReplayBound};
 use esg_assembler::Progress;
 use esg_schemas::{RunKind, RunOutcome, RunSealed};
@@ -351,7 +351,10 @@ async fn published(
     if !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
-    bar.set_message(format!("waiting for the assembler to complete run {}", sealed.run_id));
+    bar.set_message(format!(
+        "waiting for the assembler to complete run {}",
+        sealed.run_id
+    ));
     let done = pipeline::wait_completed(
         &service.bus,
         &sealed.run_id,
@@ -364,7 +367,13 @@ async fn published(
     let done = done?;
     println!(
         "run {} {}: {} rows, {} successful, {} partial, {} failed; file {}",
-        done.run_id, done.outcome, done.rows, done.successful, done.partial, done.failed, done.output_file
+        done.run_id,
+        done.outcome,
+        done.rows,
+        done.successful,
+        done.partial,
+        done.failed,
+        done.output_file
     );
     Ok(if done.outcome == RunOutcome::TimedOut {
         ExitCode::from(3)
@@ -378,7 +387,10 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     esg::telemetry::init(&config.log.format, &config.log.level);
     let topic = args.topic.trim_start_matches(&config.bus.topic_prefix);
     if topic != "account-events" && topic != "esg.account-events" {
-        bail!("only the account-events topic can be replayed through the scorers, not {:?}", args.topic);
+        bail!(
+            "only the account-events topic can be replayed through the scorers, not {:?}",
+            args.topic
+        );
     }
     let shutdown = shutdown_on_signal();
     if config.bus.kind == BusKind::Kafka {
@@ -392,7 +404,9 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         let mut code = ExitCode::SUCCESS;
         for (date, accounts) in by_date {
             println!("replaying {} accounts of {date}", accounts.len());
-            let sealed = service.rerun(date, RunKind::Replay, accounts, &shutdown).await?;
+            let sealed = service
+                .rerun(date, RunKind::Replay, accounts, &shutdown)
+                .await?;
             let c = published(&service, sealed, !args.no_wait, &shutdown).await?;
             if c != ExitCode::SUCCESS {
                 code = c;
@@ -412,7 +426,13 @@ async fn replay(args: ReplayArgs) -> Result<ExitCode> {
         println!("replaying {} accounts of {date}", accounts.len());
         let bar = progress_bar(&format!("replay {date}"));
         let outcome = pipeline
-            .rerun(date, RunKind::Replay, accounts, shutdown.clone(), progress_fn(bar.clone()))
+            .rerun(
+                date,
+                RunKind::Replay,
+                accounts,
+                shutdown.clone(),
+                progress_fn(bar.clone()),
+            )
             .await;
         bar.finish_and_clear();
         let c = report(&pipeline, outcome?)?;

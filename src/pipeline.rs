@@ -86,10 +86,7 @@ pub async fn connect_bus(config: &Config) -> Result<(EventBus, Option<EmbeddedLo
             let kafka = KafkaTransport::connect(config.kafka.clone())
                 .await
                 .with_context(|| {
-                    format!(
-                        "connecting to Kafka at {}",
-                        config.kafka.bootstrap_servers
-                    )
+                    format!("connecting to Kafka at {}", config.kafka.bootstrap_servers)
                 })?;
             let transport: SharedTransport = Arc::new(kafka);
             let bus = EventBus::connect_with(
@@ -268,7 +265,8 @@ impl Pipeline {
                 file.display()
             );
         }
-        let req = rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
+        let req =
+            rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
         self.execute(req, shutdown, progress).await
     }
 
@@ -568,7 +566,10 @@ pub async fn replay_accounts(
     let partitions = bus.transport.partitions(&topic).await?;
     let chosen: Vec<i32> = match partition {
         Some(p) if (0..partitions).contains(&p) => vec![p],
-        Some(p) => bail!("topic {topic} has partitions 0..{}, not {p}", partitions - 1),
+        Some(p) => bail!(
+            "topic {topic} has partitions 0..{}, not {p}",
+            partitions - 1
+        ),
         None => {
             if matches!(from, ReplayBound::Offset(_)) || matches!(to, ReplayBound::Offset(_)) {
                 bail!("offsets are per partition: give --partition with --from/--to offsets, or use times");
@@ -610,7 +611,9 @@ pub async fn replay_accounts(
                         }
                     }
                     Ok(_) => {}
-                    Err(err) => tracing::warn!(partition = p, offset = m.offset, error = %err, "skipping an undecodable account event"),
+                    Err(err) => {
+                        tracing::warn!(partition = p, offset = m.offset, error = %err, "skipping an undecodable account event")
+                    }
                 }
             }
         }

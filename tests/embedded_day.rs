@@ -308,7 +308,13 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
         .await
         .expect("opens");
     let outcome = pipeline
-        .rerun(day, esg_schemas::RunKind::Rerun, chosen.clone(), CancellationToken::new(), |_| {})
+        .rerun(
+            day,
+            esg_schemas::RunKind::Rerun,
+            chosen.clone(),
+            CancellationToken::new(),
+            |_| {},
+        )
         .await
         .expect("rerun");
     assert_eq!(outcome.run_id, "2026-11-23.1");
@@ -341,7 +347,13 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
 
     // An account that is not active is refused with its id named.
     let err = pipeline
-        .rerun(day, esg_schemas::RunKind::Rerun, vec!["NOPE-1".into()], CancellationToken::new(), |_| {})
+        .rerun(
+            day,
+            esg_schemas::RunKind::Rerun,
+            vec!["NOPE-1".into()],
+            CancellationToken::new(),
+            |_| {},
+        )
         .await
         .expect_err("unknown account");
     assert!(format!("{err:#}").contains("NOPE-1"), "{err:#}");

@@ -63,7 +63,10 @@ async fn kafka_mode_writes_the_same_file_as_the_embedded_log() {
     let names = esg_assembler::output::file_names(day);
     let a = std::fs::read(embedded.out().join(&names.csv)).expect("embedded file");
     let b = std::fs::read(kafka.out().join(&names.csv)).expect("kafka file");
-    assert!(a == b, "the ratings file differs between the embedded log and Kafka");
+    assert!(
+        a == b,
+        "the ratings file differs between the embedded log and Kafka"
+    );
     // The errors file too, but for the time of each account's last attempt.
     let without_time = |w: &World| -> Vec<Vec<String>> {
         read_csv(&w.out().join(&names.errors))
@@ -164,7 +167,10 @@ async fn downstream_readers_see_every_accounts_latest_score() {
             parts[3].parse().expect("size"),
         );
         assert_eq!(p, esg_bus::partition_for(parts[0], 12), "{line}");
-        assert!(size > 5, "a score is at least the wire-format header: {line}");
+        assert!(
+            size > 5,
+            "a score is at least the wire-format header: {line}"
+        );
         seen.insert(parts[0].to_owned(), (p, o, size));
     }
     for id in file.keys() {
@@ -260,7 +266,11 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
     .await
     .expect("range read");
     let accounts = by_date.get(&day).expect("events of the day").clone();
-    assert_eq!(accounts.len(), rows.len() - 1, "every account's event is in the range");
+    assert_eq!(
+        accounts.len(),
+        rows.len() - 1,
+        "every account's event is in the range"
+    );
     let outcome = pipeline
         .rerun(
             day,
@@ -271,7 +281,11 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
         )
         .await
         .expect("replay completes");
-    assert!(outcome.run_id.starts_with("2026-11-23."), "{}", outcome.run_id);
+    assert!(
+        outcome.run_id.starts_with("2026-11-23."),
+        "{}",
+        outcome.run_id
+    );
     let rows = read_csv(&world.csv_path(day));
     let failed = rows[1..].iter().filter(|r| r[9] == "Failed").count();
     // Only the vendor's permanent refusals and out-of-contract answers stay Failed.

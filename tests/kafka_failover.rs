@@ -47,7 +47,10 @@ impl Cluster {
     }
 
     fn kill_node(&self, n: u32) {
-        let out = kafka_sh(&["kill-node", &n.to_string()], &self.dir.path().to_path_buf());
+        let out = kafka_sh(
+            &["kill-node", &n.to_string()],
+            &self.dir.path().to_path_buf(),
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -78,7 +81,10 @@ fn slow_job(world: &World) {
     let text = std::fs::read_to_string(&world.config_path).expect("config");
     std::fs::write(
         &world.config_path,
-        text.replace("rate_limit_per_second = 1000", "rate_limit_per_second = 250"),
+        text.replace(
+            "rate_limit_per_second = 1000",
+            "rate_limit_per_second = 250",
+        ),
     )
     .expect("config");
 }

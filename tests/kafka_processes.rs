@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 const DAY: &str = "2026-11-23";
 
+/// The tests of this file run one at a time: each runs four processes and measures a rate.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn spawn(world: &World, args: &[&str], log: &str) -> Child {
     let log = std::fs::File::create(world.dir.path().join(log)).expect("log file");
     Command::new(env!("CARGO_BIN_EXE_esg"))
@@ -81,6 +84,7 @@ async fn produce_and_wait(world: &World) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
+    let _serial = SERIAL.lock().await;
     let quota = 200;
     let world = World::start(
         esg_simulator::SimConfig {
@@ -132,7 +136,10 @@ async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
     // At-least-once: an account is scored twice only if its partition moved while its call was
     // in flight; the group settled before the day, so (almost) none are.
     let n = ids.len() as u64;
-    assert!(a + b >= n && a + b <= n + n / 100, "{a} + {b} events for {n} accounts");
+    assert!(
+        a + b >= n && a + b <= n + n / 100,
+        "{a} + {b} events for {n} accounts"
+    );
     assert!(a > 0 && b > 0, "both scorers worked: {a} and {b}");
 
     // The group kept to the tenant quota (a burst of `quota` requests, then `quota` per second):
@@ -174,13 +181,17 @@ fn slow_job(config: &Path) {
     let text = std::fs::read_to_string(config).expect("config");
     std::fs::write(
         config,
-        text.replace("rate_limit_per_second = 1000", "rate_limit_per_second = 250"),
+        text.replace(
+            "rate_limit_per_second = 1000",
+            "rate_limit_per_second = 250",
+        ),
     )
     .expect("config");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scorer_and_a_restarted_assembler_lose_nothing() {
+    let _serial = SERIAL.lock().await;
     // The reference: the same day on the embedded log.
     let reference = World::start(faulty_sim(), "").await;
     slow_job(&reference.config_path);
@@ -211,7 +222,10 @@ async fn a_killed_scorer_and_a_restarted_assembler_lose_nothing() {
     let total = active_ids(&world.sim).await.len() as u64;
     let started = Instant::now();
     while world.sim.stats().esg_requests < total / 3 {
-        assert!(started.elapsed() < Duration::from_secs(120), "run did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "run did not start"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     victim.kill().expect("SIGKILL scorer");

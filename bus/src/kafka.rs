@@ -511,8 +511,10 @@ impl Transport for KafkaTransport {
             .filter(|t| !existing.contains_key(&t.name))
             .collect();
         if !missing.is_empty() {
-            let configs: Vec<Vec<(&'static str, String)>> =
-                missing.iter().map(|t| cleanup_configs(&t.cleanup)).collect();
+            let configs: Vec<Vec<(&'static str, String)>> = missing
+                .iter()
+                .map(|t| cleanup_configs(&t.cleanup))
+                .collect();
             let new_topics: Vec<NewTopic<'_>> = missing
                 .iter()
                 .zip(&configs)
@@ -591,7 +593,8 @@ impl Transport for KafkaTransport {
             }
             let this = self.clone();
             let name = spec.name.clone();
-            let partitions = retrying(self.retry_budget(), move || this.partition_count(&name)).await?;
+            let partitions =
+                retrying(self.retry_budget(), move || this.partition_count(&name)).await?;
             if partitions != spec.partitions {
                 return Err(BusError::PartitionMismatch {
                     topic: spec.name.clone(),
@@ -675,7 +678,10 @@ impl Transport for KafkaTransport {
     ) -> Result<Vec<Message>> {
         let this = self.clone();
         let topic = topic.to_owned();
-        retrying(self.retry_budget(), move || this.read_blocking(&topic, partition, from, max)).await
+        retrying(self.retry_budget(), move || {
+            this.read_blocking(&topic, partition, from, max)
+        })
+        .await
     }
 
     async fn offset_for_time(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64> {
@@ -939,7 +945,11 @@ impl KafkaConsumer {
             if self.owned.contains(&m.partition) {
                 out.push(m);
             } else {
-                tracing::debug!(partition = m.partition, offset = m.offset, "dropping a message of a partition not owned");
+                tracing::debug!(
+                    partition = m.partition,
+                    offset = m.offset,
+                    "dropping a message of a partition not owned"
+                );
             }
         }
         out

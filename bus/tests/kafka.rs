@@ -16,7 +16,11 @@ fn bootstrap() -> String {
         .args(["start", "--nodes", "1"])
         .output()
         .expect("kafka.sh runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("KAFKA_BOOTSTRAP="))
@@ -68,7 +72,10 @@ async fn a_group_member_receives_every_record_of_every_partition() {
     let positions = t.publish(&topic, records).await.expect("published");
     let mut expected: BTreeMap<i32, usize> = BTreeMap::new();
     for (i, p) in positions.iter().enumerate() {
-        assert_eq!(p.partition, esg_bus::partition_for(&format!("ACC-{i:05}"), 12));
+        assert_eq!(
+            p.partition,
+            esg_bus::partition_for(&format!("ACC-{i:05}"), 12)
+        );
         *expected.entry(p.partition).or_default() += 1;
     }
     let ends = t.end_offsets(&topic).await.expect("ends");
@@ -80,7 +87,10 @@ async fn a_group_member_receives_every_record_of_every_partition() {
     // Offsets by time: before everything is the start, after everything is the end.
     assert_eq!(t.offset_for_time(&topic, 3, 0).await.expect("by time"), 0);
     let later = chrono_now_ms() + 60_000;
-    assert_eq!(t.offset_for_time(&topic, 3, later).await.expect("by time"), ends[3]);
+    assert_eq!(
+        t.offset_for_time(&topic, 3, later).await.expect("by time"),
+        ends[3]
+    );
 
     let group = unique("g");
     let mut consumer = t.subscribe(&group, &topic).await.expect("subscribed");
@@ -88,13 +98,23 @@ async fn a_group_member_receives_every_record_of_every_partition() {
     let mut owned = Vec::new();
     let started = std::time::Instant::now();
     while got.values().sum::<usize>() < 500 {
-        assert!(started.elapsed() < Duration::from_secs(60), "got {got:?} of {expected:?}");
-        match consumer.next(64, Duration::from_millis(300)).await.expect("next") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "got {got:?} of {expected:?}"
+        );
+        match consumer
+            .next(64, Duration::from_millis(300))
+            .await
+            .expect("next")
+        {
             Some(Delivery::Assigned(parts)) => owned.extend(parts.into_iter().map(|(p, _)| p)),
             Some(Delivery::Revoked(_)) => panic!("nothing should be revoked"),
             Some(Delivery::Messages(ms)) => {
                 for m in ms {
-                    assert!(owned.contains(&m.partition), "message before its partition's assignment");
+                    assert!(
+                        owned.contains(&m.partition),
+                        "message before its partition's assignment"
+                    );
                     *got.entry(m.partition).or_default() += 1;
                 }
             }
@@ -113,7 +133,10 @@ async fn a_group_member_receives_every_record_of_every_partition() {
     consumer.close().await.expect("close");
     let committed = t.committed(&group, &topic).await.expect("committed");
     let c3 = committed[3].as_ref().expect("partition 3 committed");
-    assert_eq!((c3.offset, c3.metadata.as_str()), (expected[&3] as i64, "scores_from=7"));
+    assert_eq!(
+        (c3.offset, c3.metadata.as_str()),
+        (expected[&3] as i64, "scores_from=7")
+    );
 
     // Range reads see the same records, in batches, and stop at the end.
     let mut read = 0;
@@ -146,8 +169,15 @@ async fn records_published_while_a_member_consumes_all_arrive() {
     // Join the group before anything is published.
     let started = std::time::Instant::now();
     loop {
-        assert!(started.elapsed() < Duration::from_secs(30), "never assigned");
-        if let Some(Delivery::Assigned(_)) = consumer.next(64, Duration::from_millis(200)).await.expect("next") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never assigned"
+        );
+        if let Some(Delivery::Assigned(_)) = consumer
+            .next(64, Duration::from_millis(200))
+            .await
+            .expect("next")
+        {
             break;
         }
     }
@@ -167,13 +197,24 @@ async fn records_published_while_a_member_consumes_all_arrive() {
     let mut got = 0;
     let started = std::time::Instant::now();
     while got < 400 {
-        assert!(started.elapsed() < Duration::from_secs(30), "got {got} of 400");
-        if let Some(Delivery::Messages(ms)) = consumer.next(64, Duration::from_millis(200)).await.expect("next") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "got {got} of 400"
+        );
+        if let Some(Delivery::Messages(ms)) = consumer
+            .next(64, Duration::from_millis(200))
+            .await
+            .expect("next")
+        {
             got += ms.len();
             // Commit as a scorer does, while records keep coming.
             let last = ms.last().expect("one");
             consumer
-                .commit(&[CommitOffset { partition: last.partition, offset: last.offset + 1, metadata: String::new() }])
+                .commit(&[CommitOffset {
+                    partition: last.partition,
+                    offset: last.offset + 1,
+                    metadata: String::new(),
+                }])
                 .await
                 .expect("commit");
         }

@@ -137,7 +137,13 @@ impl RateLimiter {
             Ok(mut g) => *g = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
-        tracing::info!(owned, total, per_second = rate.get(), burst = burst.get(), "rate limit share set");
+        tracing::info!(
+            owned,
+            total,
+            per_second = rate.get(),
+            burst = burst.get(),
+            "rate limit share set"
+        );
     }
 
     /// The requests per second this process may make now (its share of the quota).
@@ -146,7 +152,8 @@ impl RateLimiter {
             Ok(s) => *s,
             Err(poisoned) => *poisoned.into_inner(),
         };
-        let scaled = (u64::from(self.per_second.get()) * u64::from(owned)).div_ceil(u64::from(total.max(1)));
+        let scaled =
+            (u64::from(self.per_second.get()) * u64::from(owned)).div_ceil(u64::from(total.max(1)));
         u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
     }
 
