@@ -4,6 +4,8 @@
 #   ops/bench.sh            # 100,000 accounts, vendor limit 1,000 req/s, 20 ms latency
 #   ops/bench.sh million    # 1,000,000 accounts, the limit lifted
 #   ops/bench.sh two-days   # 1,000,000 accounts on two consecutive days (the second incremental)
+#   ops/bench.sh kafka N    # the 100,000-account day in Kafka mode with N scorer processes
+#                           # (a real broker and registry from ops/services/up.sh)
 #
 # Each run is `esg demo` (simulator in-process, no faults, call tracking off) under
 # /usr/bin/time -v; it prints the demo's report and the wall time and peak RSS.
@@ -58,7 +60,83 @@ TOML
   curl -s "http://127.0.0.1:$port/_sim/stats"; echo
 }
 
+# The 100,000-account day on Kafka: a standalone simulator with the settings of the embedded
+# benchmark, `esg assembler` and N `esg scorer` processes, then `esg producer --wait`. Wall time
+# is the producer's (trigger to RunCompleted); peak RSS per process.
+kafka_day() {
+  local scorers="${1:-1}" port=18091 prefix
+  prefix="bench$(date +%s)"
+  ./ops/services/fetch.sh all
+  local services
+  services="$(./ops/services/up.sh)"
+  local bootstrap registry
+  bootstrap="$(sed -n 's/^KAFKA_BOOTSTRAP=//p' <<<"$services")"
+  registry="$(sed -n 's/^SCHEMA_REGISTRY_URL=//p' <<<"$services")"
+  cat > "$dir/sim.toml" <<TOML
+accounts = 100000
+rate_limit_per_second = 1000
+burst = 1000
+latency = "20ms"
+transient_error_rate = 0.0
+permanent_error_rate = 0.0
+partial_rate = 0.0
+track_calls = false
+TOML
+  "$bin" simulator --listen "127.0.0.1:$port" --config "$dir/sim.toml" > "$dir/sim.log" 2>&1 &
+  local sim_pid=$!
+  local pids=()
+  trap 'kill "$sim_pid" "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+  sleep 1
+  cat > "$dir/esg.toml" <<TOML
+[auth]
+token_url = "http://127.0.0.1:$port/oauth2/token"
+[accounts]
+url = "http://127.0.0.1:$port"
+client_id = "esg-accounts"
+client_secret = "accounts-secret"
+[esg_api]
+url = "http://127.0.0.1:$port"
+client_id = "esg-scorer"
+client_secret = "scorer-secret"
+rate_limit_per_second = 1000
+max_in_flight = 64
+[output]
+dir = "$dir/out"
+[state]
+dir = "$dir/state"
+[bus]
+kind = "kafka"
+topic_prefix = "$prefix."
+[scorer]
+group = "$prefix-scorer"
+[kafka]
+bootstrap_servers = "$bootstrap"
+[kafka.schema_registry]
+url = "$registry"
+[log]
+level = "warn"
+TOML
+  /usr/bin/time -v "$bin" assembler --config "$dir/esg.toml" > "$dir/assembler.log" 2> "$dir/assembler.time" &
+  pids+=($!)
+  for i in $(seq 1 "$scorers"); do
+    /usr/bin/time -v "$bin" scorer --config "$dir/esg.toml" > "$dir/scorer-$i.log" 2> "$dir/scorer-$i.time" &
+    pids+=($!)
+  done
+  sleep 5 # the scorer group settles, as it has by 05:00 in production
+  echo "== esg producer --wait, Kafka mode, $scorers scorer(s)"
+  /usr/bin/time -v "$bin" producer --wait --config "$dir/esg.toml" --business-date 2026-11-23 2> "$dir/producer.time"
+  grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/producer.time"
+  for pid in "${pids[@]}"; do kill -TERM "$pid"; done
+  wait "${pids[@]}" 2>/dev/null || true
+  for f in "$dir"/assembler.time "$dir"/scorer-*.time; do
+    echo "$(basename "$f" .time): $(grep -E 'Maximum resident set size' "$f")"
+  done
+  cat "$dir"/scorer-*.log
+  curl -s "http://127.0.0.1:$port/_sim/stats"; echo
+}
+
 case "${1:-hundred-thousand}" in
+  kafka) kafka_day "${2:-1}" ;;
   million) run --accounts 1000000 --unlimited --max-in-flight 256 --latency-ms 20 ;;
   two-days) two_days ;;
   *) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 ;;

@@ -688,6 +688,64 @@ mod tests {
     }
 
     #[test]
+    fn kafka_mode_is_configured_and_checked() {
+        let kafka = format!(
+            "{}\n[bus]\nkind = \"kafka\"\n[kafka]\nbootstrap_servers = \"k1:9092,k2:9092\"\nreplication_factor = 3\n[kafka.schema_registry]\nurl = \"http://registry:8081\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            base()
+        );
+        let c = parse(&kafka).expect("kafka config");
+        assert_eq!(c.bus.kind, BusKind::Kafka);
+        assert_eq!(c.kafka.bootstrap_servers, "k1:9092,k2:9092");
+        assert_eq!(c.kafka.replication_factor, 3);
+        assert_eq!(c.kafka.properties["security.protocol"], "SASL_SSL");
+
+        // A librdkafka secret from the environment: underscores become dots, and it never prints.
+        let c = Config::parse(
+            &kafka,
+            "test.toml",
+            vec![(
+                "ESG__KAFKA__PROPERTIES__SASL_PASSWORD".to_owned(),
+                "hunter2".to_owned(),
+            )],
+        )
+        .expect("env override");
+        assert_eq!(c.kafka.properties["sasl.password"], "hunter2");
+        assert!(!format!("{c:?}").contains("hunter2"));
+
+        for (from, to, key) in [
+            (
+                "replication_factor = 3",
+                "replication_factor = 0",
+                "kafka.replication_factor",
+            ),
+            (
+                "bootstrap_servers = \"k1:9092,k2:9092\"",
+                "bootstrap_servers = \" \"",
+                "kafka.bootstrap_servers",
+            ),
+            (
+                "url = \"http://registry:8081\"",
+                "url = \"registry\"",
+                "kafka.schema_registry.url",
+            ),
+            (
+                "\"security.protocol\" = \"SASL_SSL\"",
+                "\"group.id\" = \"mine\"",
+                "kafka.properties.group.id",
+            ),
+        ] {
+            let err = parse(&kafka.replace(from, to)).expect_err(key);
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let err = parse(&kafka.replace(
+            "replication_factor = 3\n",
+            "replication_factor = 3\nsession_timeout = \"1s\"\n",
+        ))
+        .expect_err("session timeout");
+        assert!(err.to_string().contains("kafka.session_timeout"), "{err}");
+    }
+
+    #[test]
     fn environment_overrides_keys() {
         let env = vec![
             (

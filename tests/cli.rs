@@ -14,10 +14,29 @@ fn help_lists_every_command() {
     let out = esg(&["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["demo", "run", "rerun", "simulator", "check-config"] {
+    for cmd in [
+        "demo",
+        "run",
+        "rerun",
+        "replay",
+        "producer",
+        "scorer",
+        "assembler",
+        "simulator",
+        "check-config",
+    ] {
         assert!(text.contains(cmd), "{cmd} missing from:\n{text}");
     }
-    for sub in ["run", "rerun", "demo", "simulator"] {
+    for sub in [
+        "run",
+        "rerun",
+        "replay",
+        "producer",
+        "scorer",
+        "assembler",
+        "demo",
+        "simulator",
+    ] {
         let out = esg(&[sub, "--help"]);
         assert!(out.status.success(), "{sub} --help");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -27,6 +46,50 @@ fn help_lists_every_command() {
     assert!(text.contains("--business-date") && text.contains("--full") && text.contains("--once"));
     let text = String::from_utf8_lossy(&esg(&["rerun", "--help"]).stdout).to_string();
     assert!(text.contains("--accounts"));
+    let text = String::from_utf8_lossy(&esg(&["replay", "--help"]).stdout).to_string();
+    assert!(text.contains("--from") && text.contains("--to") && text.contains("--partition"));
+    assert!(text.contains("RFC 3339"), "{text}");
+}
+
+#[test]
+fn kafka_services_on_the_embedded_log_say_what_to_run_instead() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("esg.toml");
+    let good = esg::config::example(
+        "http://127.0.0.1:9",
+        &dir.path().join("o"),
+        &dir.path().join("s"),
+    );
+    std::fs::write(&path, good).expect("write");
+    let config = path.to_str().expect("utf8");
+    for (cmd, hint) in [
+        ("scorer", "esg run"),
+        ("assembler", "esg run"),
+        ("producer", "esg run --once"),
+    ] {
+        let out = esg(&[cmd, "--config", config]);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("bus.kind") && err.contains(hint),
+            "{cmd}: {err}"
+        );
+    }
+    // A replay range of offsets needs its partition.
+    let out = esg(&["replay", "--config", config, "--from", "0", "--to", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--partition"));
+    let out = esg(&[
+        "replay",
+        "--config",
+        config,
+        "--from",
+        "yesterday",
+        "--to",
+        "10",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a bad bound is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
 }
 
 #[test]

@@ -9,7 +9,7 @@ use common::kafka::{services, unique, use_kafka};
 use common::*;
 use esg::pipeline::Pipeline;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 

@@ -126,14 +126,10 @@ fn kafka_err(op: impl Into<String>) -> impl FnOnce(KafkaError) -> BusError {
     move |source| BusError::Kafka { op, source }
 }
 
-fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> impl std::future::Future<Output = Result<T>> {
-    async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .map_err(|e| BusError::Closed(format!("kafka worker thread: {e}")))?
-    }
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BusError::Closed(format!("kafka worker thread: {e}")))?
 }
 
 /// Runs a blocking request on a blocking thread, again after a transient failure (a broker that
