@@ -3,7 +3,7 @@
 //! - [`Pipeline`]: producer, scorer and assembler as tasks of one process (`esg run --once`,
 //!   `esg demo`, and `esg rerun`/`esg replay` on the embedded log), exactly the events and
 //!   guarantees they have as separate processes.
-//! - [`ProducerService`], [`scorer_service`], [`AssemblerService`]: one stage each, for
+//! - [`ProducerService`], [`scorer_service`], [`assembler_service`]: one stage each, for
 //!   `esg producer`, `esg scorer` and `esg assembler` on Kafka, where they run as separate
 //!   processes (scorers on several machines).
 
