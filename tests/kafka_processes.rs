@@ -119,6 +119,28 @@ async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
     // Scorers run before the day starts, as in production: the group has settled.
     tokio::time::sleep(Duration::from_secs(5)).await;
     produce_and_wait(&world).await;
+    let stats = world.sim.stats();
+
+    // An operator replays the first five events of partition 3 through the running services.
+    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["replay", "--topic", "account-events", "--partition", "3"])
+        .args(["--from", "0", "--to", "5", "--config"])
+        .arg(&world.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("esg replay runs");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("replaying 5 accounts of 2026-11-23"),
+        "{said}"
+    );
+    assert!(said.contains("run 2026-11-23.1 Completed"), "{said}");
+
     for s in &mut scorers {
         terminate(s);
     }
@@ -144,8 +166,7 @@ async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
 
     // The group kept to the tenant quota (a burst of `quota` requests, then `quota` per second):
     // two processes at the full quota each would have sent twice as much and been refused (429)
-    // by the vendor.
-    let stats = world.sim.stats();
+    // by the vendor. (Figures of the day, before the replay.)
     let rate = stats.esg_requests_per_second();
     let requests = stats.esg_requests as f64;
     let ceiling = f64::from(quota) * requests / (requests - f64::from(quota));
