@@ -64,7 +64,7 @@ TOML
 # benchmark, `esg assembler` and N `esg scorer` processes, then `esg producer --wait`. Wall time
 # is the producer's (trigger to RunCompleted); peak RSS per process.
 kafka_day() {
-  local scorers="${1:-1}" port=18091 prefix
+  local scorers="${1:-1}" port=$((18090 + ${1:-1})) prefix
   prefix="bench$(date +%s)"
   ./ops/services/fetch.sh all
   local services
@@ -83,9 +83,10 @@ partial_rate = 0.0
 track_calls = false
 TOML
   "$bin" simulator --listen "127.0.0.1:$port" --config "$dir/sim.toml" > "$dir/sim.log" 2>&1 &
-  local sim_pid=$!
-  local pids=()
-  trap 'kill "$sim_pid" "${pids[@]}" 2>/dev/null; rm -rf "$dir"' EXIT
+  sim_pid=$!
+  pids=()
+  # The esg processes run under /usr/bin/time: signal time's child, so time reports.
+  trap 'for p in "${pids[@]}"; do pkill -TERM -P "$p"; done; kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
   sleep 1
   cat > "$dir/esg.toml" <<TOML
 [auth]
@@ -126,13 +127,19 @@ TOML
   echo "== esg producer --wait, Kafka mode, $scorers scorer(s)"
   /usr/bin/time -v "$bin" producer --wait --config "$dir/esg.toml" --business-date 2026-11-23 2> "$dir/producer.time"
   grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/producer.time"
-  for pid in "${pids[@]}"; do kill -TERM "$pid"; done
+  for pid in "${pids[@]}"; do pkill -TERM -P "$pid"; done
   wait "${pids[@]}" 2>/dev/null || true
+  pids=()
   for f in "$dir"/assembler.time "$dir"/scorer-*.time; do
     echo "$(basename "$f" .time): $(grep -E 'Maximum resident set size' "$f")"
   done
   cat "$dir"/scorer-*.log
-  curl -s "http://127.0.0.1:$port/_sim/stats"; echo
+  curl -s "http://127.0.0.1:$port/_sim/stats" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+n, refused = s["esg_requests"], s["rate_limited"]
+secs = (s["last_esg_request_ms"] - s["first_esg_request_ms"]) / 1000
+print("API requests %d (%d answered 429) in %.1f s of scoring: %.0f requests/s" % (n, refused, secs, n / secs))'
 }
 
 case "${1:-hundred-thousand}" in
