@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::kafka::{root, services, unique, use_kafka};
+use common::kafka::{deterministic_faults, root, services, set_job_rate, unique, use_kafka};
 use common::*;
 use esg::pipeline::Pipeline;
 use std::path::PathBuf;
@@ -65,34 +65,10 @@ impl Drop for Cluster {
     }
 }
 
-fn sim() -> esg_simulator::SimConfig {
-    esg_simulator::SimConfig {
-        accounts: 2000,
-        seed: 5,
-        latency: Duration::from_millis(10),
-        rate_limit_per_second: None,
-        permanent_error_rate: 0.02,
-        partial_rate: 0.03,
-        ..Default::default()
-    }
-}
-
-fn slow_job(world: &World) {
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "rate_limit_per_second = 1000",
-            "rate_limit_per_second = 250",
-        ),
-    )
-    .expect("config");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
-    let reference = World::start(sim(), "").await;
-    slow_job(&reference);
+    let reference = World::start(deterministic_faults(5), "").await;
+    set_job_rate(&reference.config_path, 250);
     Pipeline::open(reference.config(), esg_assembler::system_clock())
         .await
         .expect("opens")
@@ -101,8 +77,8 @@ async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
         .expect("reference run");
 
     let cluster = Cluster::start();
-    let world = World::start(sim(), "").await;
-    slow_job(&world);
+    let world = World::start(deterministic_faults(5), "").await;
+    set_job_rate(&world.config_path, 250);
     let ns = unique("failover");
     use_kafka(
         &world.config_path,

@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::kafka::{services, unique, use_kafka};
+use common::kafka::{deterministic_faults, services, set_job_rate, unique, use_kafka};
 use common::*;
 use esg::pipeline::Pipeline;
-use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -186,36 +185,12 @@ async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
     );
 }
 
-fn faulty_sim() -> esg_simulator::SimConfig {
-    esg_simulator::SimConfig {
-        accounts: 2000,
-        seed: 11,
-        latency: Duration::from_millis(10),
-        rate_limit_per_second: None,
-        permanent_error_rate: 0.02,
-        partial_rate: 0.03,
-        ..Default::default()
-    }
-}
-
-fn slow_job(config: &Path) {
-    let text = std::fs::read_to_string(config).expect("config");
-    std::fs::write(
-        config,
-        text.replace(
-            "rate_limit_per_second = 1000",
-            "rate_limit_per_second = 250",
-        ),
-    )
-    .expect("config");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scorer_and_a_restarted_assembler_lose_nothing() {
     let _serial = SERIAL.lock().await;
     // The reference: the same day on the embedded log.
-    let reference = World::start(faulty_sim(), "").await;
-    slow_job(&reference.config_path);
+    let reference = World::start(deterministic_faults(11), "").await;
+    set_job_rate(&reference.config_path, 250);
     Pipeline::open(reference.config(), esg_assembler::system_clock())
         .await
         .expect("opens")
@@ -223,8 +198,8 @@ async fn a_killed_scorer_and_a_restarted_assembler_lose_nothing() {
         .await
         .expect("reference run");
 
-    let world = World::start(faulty_sim(), "").await;
-    slow_job(&world.config_path);
+    let world = World::start(deterministic_faults(11), "").await;
+    set_job_rate(&world.config_path, 250);
     let s = services();
     let ns = unique("kill");
     use_kafka(&world.config_path, &s.bootstrap, &s.registry, &ns);

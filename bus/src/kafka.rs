@@ -322,6 +322,17 @@ impl KafkaTransport {
         Ok(out)
     }
 
+    /// `spec` (start, end) of every partition of `topic`, retried through transient failures.
+    async fn every_partition_at(&self, topic: &str, spec: Offset) -> Result<Vec<i64>> {
+        let this = self.clone();
+        let topic = topic.to_owned();
+        retrying(self.retry_budget(), move || {
+            let n = this.partition_count(&topic)?;
+            this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), spec)
+        })
+        .await
+    }
+
     fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64)> {
         self.inner
             .meta
@@ -646,23 +657,11 @@ impl Transport for KafkaTransport {
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
-        let this = self.clone();
-        let topic = topic.to_owned();
-        retrying(self.retry_budget(), move || {
-            let n = this.partition_count(&topic)?;
-            this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::End)
-        })
-        .await
+        self.every_partition_at(topic, Offset::End).await
     }
 
     async fn start_offsets(&self, topic: &str) -> Result<Vec<i64>> {
-        let this = self.clone();
-        let topic = topic.to_owned();
-        retrying(self.retry_budget(), move || {
-            let n = this.partition_count(&topic)?;
-            this.list_offsets(&topic, &(0..n).collect::<Vec<_>>(), Offset::Beginning)
-        })
-        .await
+        self.every_partition_at(topic, Offset::Beginning).await
     }
 
     async fn read(

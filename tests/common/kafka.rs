@@ -161,3 +161,30 @@ mod containers {
         }
     }
 }
+
+/// A day with deterministic faults (permanent refusals, partial answers) for runs whose file is
+/// compared byte for byte with an undisturbed run of the same seed.
+pub fn deterministic_faults(seed: u64) -> esg_simulator::SimConfig {
+    esg_simulator::SimConfig {
+        accounts: 2000,
+        seed,
+        latency: std::time::Duration::from_millis(10),
+        rate_limit_per_second: None,
+        permanent_error_rate: 0.02,
+        partial_rate: 0.03,
+        ..Default::default()
+    }
+}
+
+/// Sets the job's rate limit, so that a run lasts long enough to be disturbed mid-way.
+pub fn set_job_rate(config: &Path, per_second: u32) {
+    let text = std::fs::read_to_string(config).expect("config");
+    std::fs::write(
+        config,
+        text.replace(
+            "rate_limit_per_second = 1000",
+            &format!("rate_limit_per_second = {per_second}"),
+        ),
+    )
+    .expect("config");
+}
