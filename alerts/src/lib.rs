@@ -1,0 +1,1 @@
+//! Alerts of the job: who hears about a late, failed or degraded run, and through which channel.
