@@ -192,6 +192,25 @@ fn default_triggers_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
 }
 
+/// `[schedule]`: when `esg run` (without `--once`) starts each day's run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScheduleSection {
+    /// Local wall-clock time of the daily run (`HH:MM`).
+    pub at: String,
+    /// IANA time zone of `at`.
+    pub time_zone: String,
+}
+
+impl Default for ScheduleSection {
+    fn default() -> Self {
+        ScheduleSection {
+            at: "05:00".into(),
+            time_zone: "America/Chicago".into(),
+        }
+    }
+}
+
 /// `[run]`: when a run must be done.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,6 +291,8 @@ pub struct Config {
     pub kafka: esg_bus::kafka::KafkaConfig,
     #[serde(default)]
     pub run: RunSection,
+    #[serde(default)]
+    pub schedule: ScheduleSection,
     #[serde(default)]
     pub producer: esg_producer::ProducerConfig,
     #[serde(default)]
@@ -420,6 +441,7 @@ impl Config {
         }
         self.time_zone().map_err(|m| bad("run.time_zone", m))?;
         self.deadline_time().map_err(|m| bad("run.deadline", m))?;
+        self.schedule().map_err(|(key, m)| bad(key, m))?;
         if self.run.max_duration.is_zero() {
             return Err(bad("run.max_duration", "must be greater than zero".into()));
         }
@@ -468,6 +490,26 @@ impl Config {
             .time_zone
             .parse::<Tz>()
             .map_err(|e| format!("{:?} is not an IANA time zone: {e}", self.run.time_zone))
+    }
+
+    /// The daily schedule of `esg run`; the error names the key.
+    pub fn schedule(&self) -> Result<crate::schedule::Schedule, (&'static str, String)> {
+        let at = NaiveTime::parse_from_str(&self.schedule.at, "%H:%M").map_err(|e| {
+            (
+                "schedule.at",
+                format!("{:?} is not HH:MM: {e}", self.schedule.at),
+            )
+        })?;
+        let tz = self.schedule.time_zone.parse::<Tz>().map_err(|e| {
+            (
+                "schedule.time_zone",
+                format!(
+                    "{:?} is not an IANA time zone: {e}",
+                    self.schedule.time_zone
+                ),
+            )
+        })?;
+        Ok(crate::schedule::Schedule::new(at, tz))
     }
 
     /// The configured deadline as a local time.
@@ -743,6 +785,28 @@ mod tests {
         ))
         .expect_err("session timeout");
         assert!(err.to_string().contains("kafka.session_timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_schedule_defaults_to_five_in_chicago_and_is_checked() {
+        let c = parse(&base()).expect("base");
+        let s = c.schedule().expect("schedule");
+        assert_eq!(s.at, NaiveTime::from_hms_opt(5, 0, 0).expect("t"));
+        assert_eq!(s.tz, chrono_tz::America::Chicago);
+        let c = parse(&format!(
+            "{}\n[schedule]\nat = \"06:30\"\ntime_zone = \"Europe/London\"\n",
+            base()
+        ))
+        .expect("custom");
+        assert_eq!(c.schedule().expect("s").tz, chrono_tz::Europe::London);
+        let err = parse(&format!("{}\n[schedule]\nat = \"5am\"\n", base())).expect_err("at");
+        assert!(err.to_string().contains("schedule.at"), "{err}");
+        let err = parse(&format!(
+            "{}\n[schedule]\ntime_zone = \"Chicago\"\n",
+            base()
+        ))
+        .expect_err("tz");
+        assert!(err.to_string().contains("schedule.time_zone"), "{err}");
     }
 
     #[test]

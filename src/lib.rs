@@ -4,4 +4,5 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod schedule;
 pub mod telemetry;

@@ -35,8 +35,11 @@ enum Command {
     Demo(DemoArgs),
     /// Run the daily job (today's business date in the configured time zone).
     ///
-    /// With --once: one run now, resuming it if it was started before and stopped (killed,
-    /// crashed); a run that already completed is not run again. Exit code 0 when the file was
+    /// Without --once: long-running, a run every day at `[schedule] at` in `[schedule]
+    /// time_zone` (05:00 America/Chicago), correct across daylight-saving changes; started after
+    /// today's time it resumes (or first starts) today's run. With --once: one run now, resuming
+    /// it if it was started before and stopped (killed, crashed); a run that already completed is
+    /// not run again. Exit code 0 when the file was
     /// written, 3 when the deadline came first (the file is written, pending accounts Failed),
     /// 1 on any error, 2 on a configuration error.
     Run(RunArgs),
@@ -82,7 +85,8 @@ struct RunArgs {
     /// The TOML configuration file (see README, "Configuration").
     #[arg(long, short, env = "ESG_CONFIG")]
     config: PathBuf,
-    /// Run once now and exit (the in-process daily schedule is not part of this build).
+    /// Run once now and exit. Without it, `esg run` stays up and runs every business date at
+    /// `[schedule] at` (05:00 America/Chicago by default), resuming today's run if it was started.
     #[arg(long)]
     once: bool,
     /// Business date to run (YYYY-MM-DD); default today in the configured time zone.
@@ -248,10 +252,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let config = Config::load(&args.config)?;
             esg::telemetry::init(&config.log.format, &config.log.level);
-            if !args.once {
-                bail!("`esg run` needs --once in this build: schedule it daily at 05:00 America/Chicago (see README, Operations)");
-            }
             let shutdown = shutdown_on_signal();
+            if !args.once {
+                return scheduled(config, args.full, shutdown).await;
+            }
             let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
             let date = args.business_date.unwrap_or_else(|| pipeline.today());
             let bar = progress_bar(&format!("run {date}"));
@@ -330,6 +334,42 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `esg run` without `--once`: a run of every business date at the scheduled time, until a
+/// signal. One process, the pipeline opened once.
+async fn scheduled(config: Config, full: bool, shutdown: CancellationToken) -> Result<ExitCode> {
+    let schedule = config
+        .schedule()
+        .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))?;
+    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+    let (next_date, next_at) = schedule.next_after(chrono::Utc::now());
+    tracing::info!(at = %schedule.at, time_zone = %schedule.tz, next_business_date = %next_date, next_run_at = %next_at,
+        "scheduled: a run every day");
+    let pipeline = &pipeline;
+    let stop = shutdown.clone();
+    esg::schedule::run_daily(
+        schedule,
+        chrono::Utc::now,
+        tokio::time::sleep,
+        Duration::from_secs(60),
+        shutdown,
+        move |date| {
+            let stop = stop.clone();
+            async move {
+                let outcome = pipeline
+                    .run_daily(date, full, stop, progress_fn(ProgressBar::hidden()))
+                    .await?;
+                match &outcome.report {
+                    Some(r) => tracing::info!(run_id = %r.run_id, outcome = %r.outcome, file = %r.csv.display(), "scheduled run ended"),
+                    None => tracing::info!(run_id = %outcome.run_id, "run had already completed"),
+                }
+                Ok(())
+            }
+        },
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// After the producer published a run on Kafka: says so and, with `wait`, waits for the
