@@ -25,6 +25,11 @@ if ! command -v kcat >/dev/null; then
   apt-get update -qq && apt-get install -y -qq kcat >/dev/null
 fi
 
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  echo "== installing PyYAML (checks of ops/kubernetes)"
+  python3 -m pip install -q pyyaml
+fi
+
 if [[ "${ESG_TEST_USE_DOCKER:-0}" != 1 ]]; then
   echo "== test services: Apache Kafka and Apicurio Registry from Maven Central"
   ./ops/services/fetch.sh all

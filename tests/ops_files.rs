@@ -1,0 +1,61 @@
+//! The scheduling artefacts in `ops/`: the systemd timers fire at 05:00 America/Chicago, and the
+//! Kubernetes CronJobs carry the settings the runbook relies on.
+
+use std::path::Path;
+use std::process::Command;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn systemd_timers_fire_at_five_in_chicago() {
+    for timer in ["esg.timer", "esg-producer.timer"] {
+        let text = std::fs::read_to_string(root().join("ops/systemd").join(timer)).expect("timer");
+        let calendar = text
+            .lines()
+            .find_map(|l| l.strip_prefix("OnCalendar="))
+            .unwrap_or_else(|| panic!("{timer}: no OnCalendar"));
+        assert!(text.contains("Persistent=true"), "{timer}");
+        let Ok(out) = Command::new("systemd-analyze")
+            .args(["calendar", "--iterations=3", calendar])
+            .output()
+        else {
+            panic!("systemd-analyze is needed to check {timer}");
+        };
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{timer}: {said}");
+        assert!(
+            said.contains("Normalized form: *-*-* 05:00:00 America/Chicago"),
+            "{said}"
+        );
+        // Every elapse is 05:00 local: 10:00 or 11:00 UTC depending on daylight saving.
+        let elapses: Vec<&str> = said
+            .lines()
+            .filter(|l| l.contains("elapse") || l.contains("Iter."))
+            .collect();
+        assert_eq!(elapses.len(), 3, "{said}");
+        for l in elapses {
+            assert!(
+                l.contains(" 10:00:00 UTC")
+                    || l.contains(" 11:00:00 UTC")
+                    || l.contains(" 05:00:00 C"),
+                "{l}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kubernetes_manifests_are_valid_and_scheduled_in_chicago() {
+    let out = Command::new("python3")
+        .arg(root().join("ops/kubernetes/check.py"))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
