@@ -257,6 +257,16 @@ pub struct LogSection {
     /// A tracing filter, e.g. `info` or `info,esg_scorer=debug`; `RUST_LOG` wins.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// Also write JSON lines to a daily-rotating file `esg.YYYY-MM-DD.log` in this directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// Rotated files kept in `dir`.
+    #[serde(default = "default_keep_files")]
+    pub keep_files: usize,
+}
+
+fn default_keep_files() -> usize {
+    30
 }
 
 impl Default for LogSection {
@@ -264,6 +274,8 @@ impl Default for LogSection {
         LogSection {
             format: default_log_format(),
             level: default_log_level(),
+            dir: None,
+            keep_files: default_keep_files(),
         }
     }
 }

@@ -251,7 +251,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => {
             let config = Config::load(&args.config)?;
-            esg::telemetry::init(&config.log.format, &config.log.level);
+            let _log = esg::telemetry::init(&config.log);
             let shutdown = shutdown_on_signal();
             if !args.once {
                 return scheduled(config, args.full, shutdown).await;
@@ -267,7 +267,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Rerun(args) => {
             let config = Config::load(&args.config)?;
-            esg::telemetry::init(&config.log.format, &config.log.level);
+            let _log = esg::telemetry::init(&config.log);
             let shutdown = shutdown_on_signal();
             if config.bus.kind == BusKind::Kafka {
                 let service = ProducerService::open(config).await?;
@@ -295,7 +295,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Replay(args) => replay(args).await,
         Command::Producer(args) => {
             let config = Config::load(&args.config)?;
-            esg::telemetry::init(&config.log.format, &config.log.level);
+            let _log = esg::telemetry::init(&config.log);
             if config.bus.kind != BusKind::Kafka {
                 bail!("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day");
             }
@@ -307,7 +307,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Scorer(args) => {
             let config = Config::load(&args.config)?;
-            esg::telemetry::init(&config.log.format, &config.log.level);
+            let _log = esg::telemetry::init(&config.log);
             let shutdown = shutdown_on_signal();
             let stats = pipeline::scorer_service(&config, shutdown).await?;
             println!(
@@ -318,7 +318,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Assembler(args) => {
             let config = Config::load(&args.config)?;
-            esg::telemetry::init(&config.log.format, &config.log.level);
+            let _log = esg::telemetry::init(&config.log);
             let shutdown = shutdown_on_signal();
             let reports =
                 pipeline::assembler_service(&config, esg_assembler::system_clock(), shutdown)
@@ -424,7 +424,7 @@ async fn published(
 
 async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    esg::telemetry::init(&config.log.format, &config.log.level);
+    let _log = esg::telemetry::init(&config.log);
     let topic = args.topic.trim_start_matches(&config.bus.topic_prefix);
     if topic != "account-events" && topic != "esg.account-events" {
         bail!(
@@ -584,7 +584,7 @@ fn report(pipeline: &Pipeline, outcome: Outcome) -> Result<ExitCode> {
 async fn demo(args: DemoArgs) -> Result<ExitCode> {
     // The progress bar and the report tell the story; accounts that failed are in the errors
     // file. RUST_LOG=info shows the job's log.
-    esg::telemetry::init("text", "error");
+    let _log = esg::telemetry::init_text("error");
     let dir = &args.dir;
     for sub in ["state", "out"] {
         let p = dir.join(sub);
@@ -684,7 +684,7 @@ fn print_peek(dir: &Path, date: NaiveDate) {
 }
 
 async fn simulator(args: SimulatorArgs) -> Result<ExitCode> {
-    esg::telemetry::init("text", "info");
+    let _log = esg::telemetry::init_text("info");
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
