@@ -192,6 +192,15 @@ fn default_triggers_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address to serve `/metrics` on, e.g. `0.0.0.0:9898`; none: no endpoint.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 /// `[schedule]`: when `esg run` (without `--once`) starts each day's run.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -305,6 +314,8 @@ pub struct Config {
     pub run: RunSection,
     #[serde(default)]
     pub schedule: ScheduleSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub producer: esg_producer::ProducerConfig,
     #[serde(default)]

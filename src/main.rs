@@ -252,6 +252,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let config = Config::load(&args.config)?;
             let _log = esg::telemetry::init(&config.log);
+            esg::telemetry::serve_metrics(&config.metrics)?;
             let shutdown = shutdown_on_signal();
             if !args.once {
                 return scheduled(config, args.full, shutdown).await;
@@ -268,6 +269,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Rerun(args) => {
             let config = Config::load(&args.config)?;
             let _log = esg::telemetry::init(&config.log);
+            esg::telemetry::serve_metrics(&config.metrics)?;
             let shutdown = shutdown_on_signal();
             if config.bus.kind == BusKind::Kafka {
                 let service = ProducerService::open(config).await?;
@@ -296,6 +298,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Producer(args) => {
             let config = Config::load(&args.config)?;
             let _log = esg::telemetry::init(&config.log);
+            esg::telemetry::serve_metrics(&config.metrics)?;
             if config.bus.kind != BusKind::Kafka {
                 bail!("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day");
             }
@@ -308,6 +311,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Scorer(args) => {
             let config = Config::load(&args.config)?;
             let _log = esg::telemetry::init(&config.log);
+            esg::telemetry::serve_metrics(&config.metrics)?;
             let shutdown = shutdown_on_signal();
             let stats = pipeline::scorer_service(&config, shutdown).await?;
             println!(
@@ -319,6 +323,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Assembler(args) => {
             let config = Config::load(&args.config)?;
             let _log = esg::telemetry::init(&config.log);
+            esg::telemetry::serve_metrics(&config.metrics)?;
             let shutdown = shutdown_on_signal();
             let reports =
                 pipeline::assembler_service(&config, esg_assembler::system_clock(), shutdown)
@@ -425,6 +430,7 @@ async fn published(
 async fn replay(args: ReplayArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config)?;
     let _log = esg::telemetry::init(&config.log);
+    esg::telemetry::serve_metrics(&config.metrics)?;
     let topic = args.topic.trim_start_matches(&config.bus.topic_prefix);
     if topic != "account-events" && topic != "esg.account-events" {
         bail!(

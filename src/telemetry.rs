@@ -80,3 +80,85 @@ pub fn init_text(level: &str) -> LogGuard {
         ..LogSection::default()
     })
 }
+
+/// Serves the Prometheus exposition of every `esg_*` metric on `[metrics] listen`, if set.
+/// Metric names follow Prometheus conventions (base units, `_total` counters) and every label
+/// has a bounded set of values (no account or run ids).
+pub fn serve_metrics(config: &crate::config::MetricsSection) -> anyhow::Result<()> {
+    let Some(addr) = config.listen else {
+        return Ok(());
+    };
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("esg_api_request_duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+        )
+        .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
+        .install()
+        .map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e}"))?;
+    describe();
+    tracing::info!(listen = %addr, "metrics served at /metrics");
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "esg_run_start_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the latest run of the kind started."
+    );
+    describe_gauge!(
+        "esg_run_end_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the latest run of the kind ended, by outcome."
+    );
+    describe_gauge!(
+        "esg_last_successful_run_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time the latest daily run wrote its file."
+    );
+    describe_gauge!(
+        "esg_run_in_progress",
+        "1 while a run of the kind is in progress."
+    );
+    describe_gauge!(
+        "esg_run_duration_seconds",
+        Unit::Seconds,
+        "Duration of the latest ended run of the kind."
+    );
+    describe_counter!("esg_runs_total", "Runs ended, by kind and outcome.");
+    describe_gauge!(
+        "esg_run_accounts",
+        "Accounts of the latest daily file, by status."
+    );
+    describe_gauge!(
+        "esg_run_failure_ratio",
+        "Failed accounts over all accounts of the latest daily file."
+    );
+    describe_counter!("esg_api_requests_total", "ESG API requests, by outcome.");
+    describe_histogram!(
+        "esg_api_request_duration_seconds",
+        Unit::Seconds,
+        "ESG API request latency."
+    );
+    describe_counter!(
+        "esg_api_retries_total",
+        "ESG API attempts that failed and were tried again."
+    );
+    describe_counter!(
+        "esg_rate_limiter_waits_total",
+        "API calls that waited for the rate limiter."
+    );
+    describe_gauge!(
+        "esg_api_in_flight",
+        "ESG API calls in flight in this process."
+    );
+    describe_gauge!(
+        "esg_scorer_consumer_lag_records",
+        "Account events of this scorer's partitions not yet scored."
+    );
+}

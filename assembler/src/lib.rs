@@ -91,6 +91,58 @@ pub struct RunReport {
     pub summary: Summary,
 }
 
+/// The `kind` label of the run metrics: `daily`, `rerun` or `replay`.
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "Daily" => "daily",
+        "Replay" => "replay",
+        _ => "rerun",
+    }
+}
+
+/// A run the assembler is waiting for: its start and that it is in progress.
+fn run_started_metrics(run: &RunRow) {
+    let kind = kind_label(&run.kind);
+    metrics::gauge!("esg_run_start_timestamp_seconds", "kind" => kind)
+        .set(run.triggered_at_ms as f64 / 1000.0);
+    metrics::gauge!("esg_run_in_progress", "kind" => kind).set(1.0);
+}
+
+/// A run whose files are written: end, outcome, counts (Prometheus names, bounded labels).
+fn run_ended_metrics(run: &RunRow, report: &RunReport) {
+    let kind = kind_label(&run.kind);
+    let outcome = match report.outcome {
+        RunOutcome::Completed => "completed",
+        RunOutcome::CompletedWithFailures => "completed_with_failures",
+        RunOutcome::TimedOut => "timed_out",
+        RunOutcome::Aborted => "aborted",
+    };
+    let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+    metrics::gauge!("esg_run_in_progress", "kind" => kind).set(0.0);
+    metrics::gauge!("esg_run_end_timestamp_seconds", "kind" => kind, "outcome" => outcome).set(now);
+    metrics::gauge!("esg_run_duration_seconds", "kind" => kind)
+        .set(report.summary.duration_seconds as f64);
+    metrics::counter!("esg_runs_total", "kind" => kind, "outcome" => outcome).increment(1);
+    if kind == "daily" {
+        let s = &report.summary;
+        metrics::gauge!("esg_run_accounts", "status" => "successful").set(s.successful as f64);
+        metrics::gauge!("esg_run_accounts", "status" => "partial").set(s.partial as f64);
+        metrics::gauge!("esg_run_accounts", "status" => "failed").set(s.failed as f64);
+        let ratio = if s.accounts == 0 {
+            0.0
+        } else {
+            s.failed as f64 / s.accounts as f64
+        };
+        metrics::gauge!("esg_run_failure_ratio").set(ratio);
+        if matches!(
+            report.outcome,
+            RunOutcome::Completed | RunOutcome::CompletedWithFailures
+        ) {
+            metrics::gauge!("esg_last_successful_run_timestamp_seconds").set(now);
+        }
+    }
+}
+
 /// Progress of a run, for a progress display.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -247,7 +299,9 @@ impl Assembler {
         loop {
             self.catch_up().await?;
             for run in self.open_runs().await? {
+                run_started_metrics(&run);
                 if let Some(report) = self.try_complete(&run).await? {
+                    run_ended_metrics(&run, &report);
                     reports.push(report);
                 }
             }

@@ -346,6 +346,26 @@ enum Step {
     Fail(ApiFailure),
 }
 
+impl Step {
+    /// The `outcome` label of `esg_api_requests_total` (a bounded set).
+    fn outcome(&self) -> &'static str {
+        let code = match self {
+            Step::Done(_) => return "ok",
+            Step::Unauthorized => return "client_error",
+            Step::RateLimited { .. } => return "rate_limited",
+            Step::Retry { failure, .. } | Step::Fail(failure) => failure.code.as_str(),
+        };
+        match code {
+            "TIMEOUT" => "timeout",
+            "CONNECT" => "transport_error",
+            "OUT_OF_CONTRACT" => "out_of_contract",
+            c if c.starts_with("HTTP_5") => "server_error",
+            c if c.starts_with("HTTP_") => "client_error",
+            _ => "transport_error",
+        }
+    }
+}
+
 impl EsgApiClient {
     /// A client calling `config.url` with `http`, tokens from `tokens` and cells from `limiter`.
     /// Call [`ApiClientConfig::validate`] first: an invalid URL makes every call fail with
@@ -417,7 +437,12 @@ impl EsgApiClient {
             inner.limiter.acquire().await;
             let step = match inner.token().await {
                 Ok(token) => {
+                    let began = Instant::now();
                     let step = inner.attempt(&url, account_id, attempt, &token).await;
+                    metrics::histogram!("esg_api_request_duration_seconds")
+                        .record(began.elapsed().as_secs_f64());
+                    metrics::counter!("esg_api_requests_total", "outcome" => step.outcome())
+                        .increment(1);
                     if let Step::Unauthorized = step {
                         // The token is bad whether or not this call tries again with a new one.
                         inner.tokens.invalidate(&token).await;
@@ -498,6 +523,7 @@ impl EsgApiClient {
                 };
             }
             bump(&inner.counters.retries);
+            metrics::counter!("esg_api_retries_total").increment(1);
             tracing::warn!(
                 account_id,
                 attempt,

@@ -150,6 +150,9 @@ impl PartitionState {
     }
 }
 
+/// How often the consumer lag is looked up.
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 struct Done {
     partition: i32,
     offset: i64,
@@ -224,6 +227,9 @@ impl Scorer {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max = self.max_in_flight;
+        let mut last_lag = tokio::time::Instant::now()
+            .checked_sub(LAG_INTERVAL)
+            .unwrap_or_else(tokio::time::Instant::now);
 
         loop {
             // Start work while the window has room.
@@ -278,6 +284,11 @@ impl Scorer {
                 }
                 _ = tick.tick() => {
                     self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
+                    metrics::gauge!("esg_api_in_flight").set(in_flight.len() as f64);
+                    if last_lag.elapsed() >= LAG_INTERVAL {
+                        last_lag = tokio::time::Instant::now();
+                        self.report_lag(&parts).await;
+                    }
                 }
                 delivery = consumer.next(max, wait), if can_fetch => {
                     match delivery? {
@@ -378,6 +389,26 @@ impl Scorer {
             .or_else(|| business_date_of_run(&event.run_id))
             .unwrap_or_else(|| Utc::now().date_naive());
         Ok(Some((event.account_id, event.run_id, event.version, as_of)))
+    }
+
+    /// Sets `esg_scorer_consumer_lag_records`: events of this scorer's partitions not yet
+    /// committed as scored. A failure to look up the ends only skips this report.
+    async fn report_lag(&self, parts: &HashMap<i32, PartitionState>) {
+        if let Ok(ends) = self
+            .bus
+            .transport
+            .end_offsets(&self.bus.topics.account_events)
+            .await
+        {
+            let lag: i64 = parts
+                .iter()
+                .map(|(p, s)| {
+                    ends.get(*p as usize)
+                        .map_or(0, |e| (e - s.committed).max(0))
+                })
+                .sum();
+            metrics::gauge!("esg_scorer_consumer_lag_records").set(lag as f64);
+        }
     }
 
     /// Takes a partition: finds events already scored past the committed offset, and makes

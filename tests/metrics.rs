@@ -1,0 +1,94 @@
+//! The Prometheus endpoint of a running job: scraped after a day's run and checked with
+//! `promtool check metrics` (Debian's prometheus package).
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_exposes_valid_prometheus_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let world = World::start(
+        esg_simulator::SimConfig {
+            accounts: 300,
+            rate_limit_per_second: None,
+            permanent_error_rate: 0.05,
+            transient_error_rate: 0.05,
+            ..Default::default()
+        },
+        &format!("[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .await;
+    let today = chrono::Utc::now().date_naive();
+    let mut job = Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["run", "--config"])
+        .arg(&world.config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("esg starts");
+    let started = Instant::now();
+    while !world.csv_path(today).exists() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no file");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The assembler records the run's end right after writing the file.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let _ = job.kill();
+    let _ = job.wait();
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("exposition written");
+    let checked = promtool.wait_with_output().expect("promtool ends");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{body}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    for expected in [
+        "esg_run_start_timestamp_seconds{kind=\"daily\"}",
+        "esg_run_in_progress{kind=\"daily\"} 0",
+        "esg_runs_total{kind=\"daily\",outcome=\"completed_with_failures\"} 1",
+        "esg_last_successful_run_timestamp_seconds ",
+        "esg_run_accounts{status=\"failed\"}",
+        "esg_run_failure_ratio ",
+        "esg_api_requests_total{outcome=\"ok\"}",
+        "esg_api_requests_total{outcome=\"client_error\"}",
+        "esg_api_request_duration_seconds_bucket{le=\"0.005\"}",
+        "esg_api_retries_total ",
+        "esg_api_in_flight ",
+        "esg_scorer_consumer_lag_records ",
+    ] {
+        assert!(body.contains(expected), "{expected} missing from:\n{body}");
+    }
+    // Bounded labels: no account or run id in any series.
+    assert!(!body.contains("ACC0"), "{body}");
+    assert!(!body.contains("2026-"), "{body}");
+}
