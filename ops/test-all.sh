@@ -20,9 +20,17 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
-if ! command -v kcat >/dev/null; then
-  echo "== installing kcat (Debian)"
-  apt-get update -qq && apt-get install -y -qq kcat >/dev/null
+# Real peers of the tests, from Debian: kcat (a Kafka client), promtool and amtool (Prometheus and
+# Alertmanager), an SMTP server (aiosmtpd), openssl (the test SMTP server's certificate).
+missing=()
+command -v kcat >/dev/null || missing+=(kcat)
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
+command -v openssl >/dev/null || missing+=(openssl)
+/usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+if ((${#missing[@]})); then
+  echo "== installing ${missing[*]} (Debian)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if ! python3 -c 'import yaml' 2>/dev/null; then
