@@ -316,6 +316,9 @@ pub struct Config {
     pub schedule: ScheduleSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// `[alerts]`: email, PagerDuty and webhook; no channel table, no alerts from the job.
+    #[serde(default)]
+    pub alerts: esg_alerts::AlertsConfig,
     #[serde(default)]
     pub producer: esg_producer::ProducerConfig,
     #[serde(default)]
@@ -465,6 +468,7 @@ impl Config {
         self.time_zone().map_err(|m| bad("run.time_zone", m))?;
         self.deadline_time().map_err(|m| bad("run.deadline", m))?;
         self.schedule().map_err(|(key, m)| bad(key, m))?;
+        esg_alerts::Alerter::new(self.alerts.clone()).map_err(|e| bad("alerts", e.to_string()))?;
         if self.run.max_duration.is_zero() {
             return Err(bad("run.max_duration", "must be greater than zero".into()));
         }

@@ -2,6 +2,7 @@
 //! binary itself (`main.rs`) only parses the command line, installs logging and signal handling,
 //! and calls into here, so tests run the real pipeline in-process.
 
+pub mod alerting;
 pub mod config;
 pub mod pipeline;
 pub mod schedule;

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
+use esg::alerting::Alerts;
 use esg::config::BusKind;
 use esg::config::{self, Config};
 use esg::pipeline::{self, Outcome, Pipeline, ProducerService, ReplayBound};
@@ -258,12 +259,15 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 return scheduled(config, args.full, shutdown).await;
             }
             let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+            let alerts = Alerts::new(&pipeline.config)?;
             let date = args.business_date.unwrap_or_else(|| pipeline.today());
+            let deadline = pipeline.config.deadline_for(date, chrono::Utc::now());
             let bar = progress_bar(&format!("run {date}"));
             let outcome = pipeline
-                .run_daily(date, args.full, shutdown, progress_fn(bar.clone()))
+                .run_daily(date, args.full, shutdown.clone(), progress_fn(bar.clone()))
                 .await;
             bar.finish_and_clear();
+            alert_on(&alerts, date, deadline, &outcome, &shutdown).await;
             report(&pipeline, outcome?)
         }
         Command::Rerun(args) => {
@@ -305,7 +309,17 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let shutdown = shutdown_on_signal();
             let service = ProducerService::open(config).await?;
             let date = args.business_date.unwrap_or_else(|| service.today());
-            let sealed = service.daily(date, args.full, &shutdown).await?;
+            let sealed = match service.daily(date, args.full, &shutdown).await {
+                Ok(sealed) => sealed,
+                Err(e) => {
+                    if !shutdown.is_cancelled() {
+                        Alerts::new(&service.config)?
+                            .critical_error(&date.to_string(), date, &e)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
             published(&service, sealed, args.wait, &shutdown).await
         }
         Command::Scorer(args) => {
@@ -351,7 +365,9 @@ async fn scheduled(config: Config, full: bool, shutdown: CancellationToken) -> R
     let (next_date, next_at) = schedule.next_after(chrono::Utc::now());
     tracing::info!(at = %schedule.at, time_zone = %schedule.tz, next_business_date = %next_date, next_run_at = %next_at,
         "scheduled: a run every day");
-    let pipeline = &pipeline;
+    let alerts = Alerts::new(&pipeline.config)?;
+    let grace = chrono::Duration::from_std(alerts.config().missed_start_grace)?;
+    let (pipeline, alerts) = (&pipeline, &alerts);
     let stop = shutdown.clone();
     esg::schedule::run_daily(
         schedule,
@@ -362,9 +378,18 @@ async fn scheduled(config: Config, full: bool, shutdown: CancellationToken) -> R
         move |date| {
             let stop = stop.clone();
             async move {
+                let start_by = schedule.fire_time(date) + grace;
+                if chrono::Utc::now() > start_by
+                    && !pipeline::run_triggered(&pipeline.bus, &date.to_string()).await?
+                {
+                    alerts.started_late(date, start_by).await;
+                }
+                let deadline = pipeline.config.deadline_for(date, chrono::Utc::now());
                 let outcome = pipeline
-                    .run_daily(date, full, stop, progress_fn(ProgressBar::hidden()))
-                    .await?;
+                    .run_daily(date, full, stop.clone(), progress_fn(ProgressBar::hidden()))
+                    .await;
+                alert_on(alerts, date, deadline, &outcome, &stop).await;
+                let outcome = outcome?;
                 match &outcome.report {
                     Some(r) => tracing::info!(run_id = %r.run_id, outcome = %r.outcome, file = %r.csv.display(), "scheduled run ended"),
                     None => tracing::info!(run_id = %outcome.run_id, "run had already completed"),
@@ -375,6 +400,28 @@ async fn scheduled(config: Config, full: bool, shutdown: CancellationToken) -> R
     )
     .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The alerts a run's end calls for: a critical error (not a stop asked for by a signal), a
+/// deadline that came first, too many failed accounts.
+async fn alert_on(
+    alerts: &Alerts,
+    date: NaiveDate,
+    deadline: chrono::DateTime<chrono::Utc>,
+    outcome: &Result<Outcome>,
+    shutdown: &CancellationToken,
+) {
+    match outcome {
+        Err(e) if !shutdown.is_cancelled() => {
+            alerts.critical_error(&date.to_string(), date, e).await
+        }
+        Err(_) => {}
+        Ok(o) => {
+            if let Some(r) = &o.report {
+                alerts.run_written(r, Some(deadline)).await;
+            }
+        }
+    }
 }
 
 /// After the producer published a run on Kafka: says so and, with `wait`, waits for the
@@ -409,7 +456,18 @@ async fn published(
     )
     .await;
     bar.finish_and_clear();
-    let done = done?;
+    let alerts = Alerts::new(&service.config)?;
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            if !shutdown.is_cancelled() {
+                let date = esg_schemas::business_date_of_run(&sealed.run_id).unwrap_or_default();
+                alerts.critical_error(&sealed.run_id, date, &e).await;
+            }
+            return Err(e);
+        }
+    };
+    alerts.run_completed(&done).await;
     println!(
         "run {} {}: {} rows, {} successful, {} partial, {} failed; file {}",
         done.run_id,

@@ -494,6 +494,24 @@ pub async fn wait_completed(
     }
 }
 
+/// True when a `DailyTrigger` of `run_id` is on the triggers topic (the run was started).
+pub async fn run_triggered(bus: &EventBus, run_id: &str) -> Result<bool> {
+    let topic = bus.topics.triggers.clone();
+    let start = bus.transport.start_offsets(&topic).await?[0];
+    let end = bus.transport.end_offsets(&topic).await?[0];
+    let mut reader = RangeReader::new(bus.transport.as_ref(), &topic, 0, start, end, 500);
+    while let Some(batch) = reader.next_batch().await? {
+        for m in batch {
+            if m.key == run_id {
+                if let Ok(Some(Event::DailyTrigger(_))) = bus.decode(m.value.as_deref()) {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// One scorer of the group (`esg scorer`): scores until `shutdown`.
 pub async fn scorer_service(
     config: &Config,

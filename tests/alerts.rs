@@ -1,0 +1,123 @@
+//! The job's own alerts, end to end: a day with too many failed accounts and a day whose account
+//! system stays down each reach the webhook, while a PagerDuty endpoint that is down breaks
+//! nothing (the failure to alert is logged and the run's outcome is unchanged).
+
+mod common;
+
+use axum::routing::post;
+use axum::Json;
+use common::*;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+type Received = Arc<Mutex<Vec<serde_json::Value>>>;
+
+async fn receiver() -> (String, Received) {
+    let got: Received = Arc::default();
+    let seen = got.clone();
+    let app = axum::Router::new().route(
+        "/alerts",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().expect("alerts").push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/alerts", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+fn alerts_config(webhook: &str) -> String {
+    format!(
+        "[alerts]\nretry_backoff = \"10ms\"\n[alerts.webhook]\nurl = \"{webhook}\"\ntimeout = \"2s\"\n\
+         [alerts.pagerduty]\nrouting_key = \"0123456789abcdef0123456789abcdef\"\nurl = \"http://127.0.0.1:9/v2/enqueue\"\ntimeout = \"1s\"\n"
+    )
+}
+
+fn run_once(world: &World) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["run", "--once", "--business-date", "2026-11-23", "--config"])
+        .arg(&world.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("esg runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_failed_accounts_raise_a_failure_ratio_alert() {
+    let (url, got) = receiver().await;
+    let world = World::start(
+        esg_simulator::SimConfig {
+            permanent_error_rate: 0.2,
+            ..quiet_sim(300)
+        },
+        &alerts_config(&url),
+    )
+    .await;
+    let out = run_once(&world);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts = got.lock().expect("alerts").clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let a = &alerts[0];
+    assert_eq!(a["kind"], "failure_ratio");
+    assert_eq!(a["status"], "firing");
+    assert_eq!(a["run_id"], "2026-11-23");
+    assert!(a["summary"].as_str().expect("summary").contains('%'), "{a}");
+    // PagerDuty was down: logged, and the run still succeeded.
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("pagerduty"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_ended_by_a_critical_error_raises_an_alert() {
+    let (url, got) = receiver().await;
+    let world = World::start(
+        esg_simulator::SimConfig {
+            accounts_transient_error_rate: 1.0,
+            ..quiet_sim(50)
+        },
+        &alerts_config(&url),
+    )
+    .await;
+    let text = std::fs::read_to_string(&world.config_path).expect("config");
+    std::fs::write(
+        &world.config_path,
+        text.replace(
+            "client_secret = \"accounts-secret\"",
+            "client_secret = \"accounts-secret\"\nmax_attempts = 2\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"",
+        ),
+    )
+    .expect("config");
+    let out = run_once(&world);
+    assert_eq!(out.status.code(), Some(1));
+    let alerts = got.lock().expect("alerts").clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["kind"], "critical_error");
+    assert!(
+        alerts[0]["summary"]
+            .as_str()
+            .expect("summary")
+            .contains("listing active accounts"),
+        "{}",
+        alerts[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_day_raises_nothing() {
+    let (url, got) = receiver().await;
+    let world = World::start(quiet_sim(100), &alerts_config(&url)).await;
+    let out = run_once(&world);
+    assert!(out.status.success());
+    assert!(got.lock().expect("alerts").is_empty());
+}
