@@ -59,3 +59,61 @@ fn kubernetes_manifests_are_valid_and_scheduled_in_chicago() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn run_ok(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs (Debian package): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn prometheus_rules_pass_their_unit_tests() {
+    run_ok(
+        "promtool",
+        &["check", "rules", "ops/prometheus/esg-rules.yml"],
+    );
+    run_ok(
+        "promtool",
+        &["test", "rules", "ops/prometheus/esg-rules.test.yml"],
+    );
+    run_ok(
+        "promtool",
+        &["check", "config", "ops/prometheus/prometheus.yml"],
+    );
+    run_ok("promtool", &["check", "config", "compose/prometheus.yml"]);
+}
+
+#[test]
+fn alertmanager_routes_alerts_to_the_right_people() {
+    run_ok("bash", &["ops/alertmanager/check.sh"]);
+    run_ok("amtool", &["check-config", "compose/alertmanager.yml"]);
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_the_jobs_metrics() {
+    run_ok("python3", &["ops/grafana/check.py"]);
+}
+
+#[test]
+fn every_prometheus_alert_has_a_runbook_section() {
+    let rules =
+        std::fs::read_to_string(root().join("ops/prometheus/esg-rules.yml")).expect("rules");
+    let runbook = std::fs::read_to_string(root().join("docs/operations.md")).expect("runbook");
+    for name in rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+    {
+        assert!(
+            runbook.contains(&format!("### {name}\n")),
+            "docs/operations.md has no section for {name}"
+        );
+    }
+}
