@@ -121,3 +121,47 @@ async fn a_healthy_day_raises_nothing() {
     assert!(out.status.success());
     assert!(got.lock().expect("alerts").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_comes_first_raises_an_over_window_alert() {
+    let (url, got) = receiver().await;
+    let world = World::start(quiet_sim(300), &alerts_config(&url)).await;
+    // A catch-up of a past date gets `run.max_duration` from its start: one second, for 300
+    // accounts at 50 requests/s.
+    let text = std::fs::read_to_string(&world.config_path).expect("config");
+    std::fs::write(
+        &world.config_path,
+        format!(
+            "{}\n[run]\nmax_duration = \"1s\"\n",
+            text.replace("rate_limit_per_second = 1000", "rate_limit_per_second = 50")
+        ),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["run", "--once", "--business-date", "2026-01-05", "--config"])
+        .arg(&world.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("esg runs");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alerts = got.lock().expect("alerts").clone();
+    let kinds: Vec<&str> = alerts.iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert!(kinds.contains(&"over_window"), "{kinds:?}");
+    let over = alerts
+        .iter()
+        .find(|a| a["kind"] == "over_window")
+        .expect("over_window");
+    assert_eq!(over["run_id"], "2026-01-05");
+    assert!(
+        over["summary"]
+            .as_str()
+            .expect("summary")
+            .contains("not scored"),
+        "{over}"
+    );
+}
