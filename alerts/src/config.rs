@@ -9,7 +9,6 @@
 
 use crate::alert::AlertKind;
 use rust_decimal::Decimal;
-use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -257,34 +256,8 @@ pub struct WebhookConfig {
     pub timeout: Duration,
 }
 
-/// A secret that is never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(secret: impl Into<String>) -> Self {
-        Secret(secret.into())
-    }
-
-    /// The secret itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// A secret that is never printed (`Debug` and `Display` show `***`): the one type of the job.
+pub use esg_auth::Secret;
 
 /// A configuration the alerter cannot work with. Fatal at start-up: fix the configuration.
 #[derive(Debug, thiserror::Error)]
