@@ -577,6 +577,9 @@ impl Transport for KafkaTransport {
                         .get("cleanup.policy")
                         .and_then(|e| e.value.clone())
                         .unwrap_or_default(),
+                    Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if attempts < 24 => {
+                        String::new()
+                    }
                     Some(Err(code)) => {
                         return Err(BusError::Kafka {
                             op: format!("describing topic {}", spec.name),
@@ -598,10 +601,19 @@ impl Transport for KafkaTransport {
                     spec.cleanup.policy_name()
                 )));
             }
-            let this = self.clone();
-            let name = spec.name.clone();
-            let partitions =
-                retrying(self.retry_budget(), move || this.partition_count(&name)).await?;
+            // A topic created a moment ago may not be in every broker's metadata yet.
+            let mut waited = 0;
+            let partitions = loop {
+                let this = self.clone();
+                let name = spec.name.clone();
+                match retrying(self.retry_budget(), move || this.partition_count(&name)).await {
+                    Err(BusError::UnknownTopic(_)) if waited < 50 => {
+                        waited += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    other => break other?,
+                }
+            };
             if partitions != spec.partitions {
                 return Err(BusError::PartitionMismatch {
                     topic: spec.name.clone(),
