@@ -53,61 +53,61 @@ impl Alerts {
     /// A run wrote its file: the deadline and the failure ratio.
     pub async fn run_written(&self, report: &RunReport, deadline: Option<DateTime<Utc>>) {
         let s = &report.summary;
-        if report.outcome == RunOutcome::TimedOut {
-            let not_scored = s.error_codes.get("DEADLINE").copied().unwrap_or(0);
-            let deadline = deadline.unwrap_or_else(Utc::now).with_timezone(&self.tz);
-            self.send(Alert::over_window(
-                &report.run_id,
-                report.business_date,
-                &deadline,
-                not_scored,
-                s.accounts,
-                Utc::now(),
-            ))
-            .await;
-        }
-        if self.config().failure_ratio_exceeded(s.failed, s.accounts) {
-            self.send(
-                Alert::failure_ratio(
-                    &report.run_id,
-                    report.business_date,
-                    s.failed,
-                    s.accounts,
-                    self.config().failure_ratio_threshold,
-                    Utc::now(),
-                )
-                .with_detail("file", report.csv.display()),
-            )
-            .await;
-        }
+        self.run_ended(RunEnd {
+            run_id: &report.run_id,
+            business_date: report.business_date,
+            timed_out: report.outcome == RunOutcome::TimedOut,
+            deadline: deadline.unwrap_or_else(Utc::now),
+            not_scored: s.error_codes.get("DEADLINE").copied().unwrap_or(0),
+            accounts: s.accounts,
+            failed: s.failed,
+            file: report.csv.display().to_string(),
+        })
+        .await;
     }
 
     /// Kafka mode: the assembler announced a run's end (`esg producer --wait` heard it).
     pub async fn run_completed(&self, done: &esg_schemas::RunCompleted) {
         let (failed, rows) = (done.failed.max(0) as u64, done.rows.max(0) as u64);
-        if done.outcome == RunOutcome::TimedOut {
-            let deadline = done.completed_at.with_timezone(&self.tz);
+        self.run_ended(RunEnd {
+            run_id: &done.run_id,
+            business_date: done.business_date,
+            timed_out: done.outcome == RunOutcome::TimedOut,
+            deadline: done.completed_at,
+            not_scored: failed,
+            accounts: rows,
+            failed,
+            file: done.output_file.clone(),
+        })
+        .await;
+    }
+
+    async fn run_ended(&self, end: RunEnd<'_>) {
+        if end.timed_out {
             self.send(Alert::over_window(
-                &done.run_id,
-                done.business_date,
-                &deadline,
-                failed,
-                rows,
+                end.run_id,
+                end.business_date,
+                &end.deadline.with_timezone(&self.tz),
+                end.not_scored,
+                end.accounts,
                 Utc::now(),
             ))
             .await;
         }
-        if self.config().failure_ratio_exceeded(failed, rows) {
+        if self
+            .config()
+            .failure_ratio_exceeded(end.failed, end.accounts)
+        {
             self.send(
                 Alert::failure_ratio(
-                    &done.run_id,
-                    done.business_date,
-                    failed,
-                    rows,
+                    end.run_id,
+                    end.business_date,
+                    end.failed,
+                    end.accounts,
                     self.config().failure_ratio_threshold,
                     Utc::now(),
                 )
-                .with_detail("file", &done.output_file),
+                .with_detail("file", end.file),
             )
             .await;
         }
@@ -125,6 +125,19 @@ impl Alerts {
         ))
         .await;
     }
+}
+
+/// What the alerts of a run's end are decided on.
+struct RunEnd<'a> {
+    run_id: &'a str,
+    business_date: NaiveDate,
+    timed_out: bool,
+    deadline: DateTime<Utc>,
+    /// Accounts the deadline left unscored.
+    not_scored: u64,
+    accounts: u64,
+    failed: u64,
+    file: String,
 }
 
 fn count(report: &AlertReport, kind: &'static str) {

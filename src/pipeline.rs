@@ -455,6 +455,35 @@ impl ProducerService {
     }
 }
 
+/// Reads the triggers topic from `from` to its current end for the first record keyed
+/// `run_id` that `pick` accepts. Returns it, if any, and the offset to read on from.
+async fn find_trigger<T>(
+    bus: &EventBus,
+    run_id: &str,
+    from: i64,
+    pick: impl Fn(Event) -> Option<T>,
+) -> Result<(Option<T>, i64)> {
+    let topic = &bus.topics.triggers;
+    let end = bus.transport.end_offsets(topic).await?[0];
+    let mut reader = RangeReader::new(bus.transport.as_ref(), topic, 0, from, end, 500);
+    while let Some(batch) = reader.next_batch().await? {
+        for m in batch {
+            if m.key != run_id {
+                continue;
+            }
+            if let Some(found) = bus
+                .decode(m.value.as_deref())
+                .ok()
+                .flatten()
+                .and_then(&pick)
+            {
+                return Ok((Some(found), m.offset + 1));
+            }
+        }
+    }
+    Ok((None, reader.position()))
+}
+
 /// Waits until the assembler announces `run_id` completed on the triggers topic (or `shutdown`,
 /// or `timeout`). Calls `tick` with the time waited every few seconds.
 pub async fn wait_completed(
@@ -464,22 +493,18 @@ pub async fn wait_completed(
     timeout: Duration,
     tick: impl Fn(Duration),
 ) -> Result<RunCompleted> {
-    let topic = bus.topics.triggers.clone();
     let started = std::time::Instant::now();
-    let mut next = bus.transport.start_offsets(&topic).await?[0];
+    let mut next = bus.transport.start_offsets(&bus.topics.triggers).await?[0];
     loop {
-        let end = bus.transport.end_offsets(&topic).await?[0];
-        let mut reader = RangeReader::new(bus.transport.as_ref(), &topic, 0, next, end, 500);
-        while let Some(batch) = reader.next_batch().await? {
-            for m in batch {
-                if let Ok(Some(Event::RunCompleted(done))) = bus.decode(m.value.as_deref()) {
-                    if done.run_id == run_id {
-                        return Ok(done);
-                    }
-                }
-            }
+        let (done, position) = find_trigger(bus, run_id, next, |e| match e {
+            Event::RunCompleted(done) if done.run_id == run_id => Some(done),
+            _ => None,
+        })
+        .await?;
+        if let Some(done) = done {
+            return Ok(done);
         }
-        next = reader.position();
+        next = position;
         if started.elapsed() >= timeout {
             bail!(
                 "run {run_id} did not complete within {}; check that the scorers and the assembler are running (esg scorer, esg assembler)",
@@ -496,20 +521,12 @@ pub async fn wait_completed(
 
 /// True when a `DailyTrigger` of `run_id` is on the triggers topic (the run was started).
 pub async fn run_triggered(bus: &EventBus, run_id: &str) -> Result<bool> {
-    let topic = bus.topics.triggers.clone();
-    let start = bus.transport.start_offsets(&topic).await?[0];
-    let end = bus.transport.end_offsets(&topic).await?[0];
-    let mut reader = RangeReader::new(bus.transport.as_ref(), &topic, 0, start, end, 500);
-    while let Some(batch) = reader.next_batch().await? {
-        for m in batch {
-            if m.key == run_id {
-                if let Ok(Some(Event::DailyTrigger(_))) = bus.decode(m.value.as_deref()) {
-                    return Ok(true);
-                }
-            }
-        }
-    }
-    Ok(false)
+    let start = bus.transport.start_offsets(&bus.topics.triggers).await?[0];
+    let (found, _) = find_trigger(bus, run_id, start, |e| {
+        matches!(e, Event::DailyTrigger(_)).then_some(())
+    })
+    .await?;
+    Ok(found.is_some())
 }
 
 /// One scorer of the group (`esg scorer`): scores until `shutdown`.
