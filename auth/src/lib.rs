@@ -4,7 +4,15 @@
 //! `token_url` with their own client id, secret and scope. [`TokenSource`] fetches one token,
 //! shares it between every concurrent caller, renews it shortly before `expires_in` runs out, and
 //! drops it when a caller reports a 401 ([`TokenSource::invalidate`]), so that only one request
-//! for a new token is ever in flight per source.
+//! for a new token is ever in flight per source. Every token request is bounded by a timeout
+//! ([`DEFAULT_TOKEN_TIMEOUT`], or [`TokenSource::with_timeout`]): a token endpoint that accepts
+//! the connection and never answers is [`AuthError::Unavailable`] once it runs out, never a
+//! caller waiting forever.
+//!
+//! Module [`http`] holds the HTTP helpers both API clients share (`Retry-After`, error chains,
+//! the account id pattern).
+
+pub mod http;
 
 use std::fmt;
 use std::sync::Arc;
@@ -70,6 +78,10 @@ struct TokenResponse {
     expires_in: i64,
 }
 
+/// Longest time a token request may take, answer included, unless
+/// [`TokenSource::with_timeout`] says otherwise.
+pub const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Cached {
     token: Arc<str>,
     renew_at: Instant,
@@ -82,6 +94,7 @@ pub struct TokenSource {
     client_id: String,
     client_secret: Secret,
     scope: Option<String>,
+    timeout: Duration,
     cached: Mutex<Option<Cached>>,
 }
 
@@ -91,11 +104,14 @@ impl fmt::Debug for TokenSource {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("scope", &self.scope)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl TokenSource {
+    /// A source for `client_id` at `token_url`; each token request is bounded by
+    /// [`DEFAULT_TOKEN_TIMEOUT`].
     pub fn new(
         http: reqwest::Client,
         token_url: impl Into<String>,
@@ -109,8 +125,20 @@ impl TokenSource {
             client_id: client_id.into(),
             client_secret,
             scope,
+            timeout: DEFAULT_TOKEN_TIMEOUT,
             cached: Mutex::new(None),
         }
+    }
+
+    /// The same source with each token request bounded by `timeout` (connection, request and
+    /// answer together). A zero timeout is taken as the default.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = if timeout.is_zero() {
+            DEFAULT_TOKEN_TIMEOUT
+        } else {
+            timeout
+        };
+        self
     }
 
     /// A valid bearer token, fetched only when none is cached or it is about to expire.
@@ -136,7 +164,18 @@ impl TokenSource {
         }
     }
 
+    /// One token request, bounded by the timeout.
     async fn fetch(&self) -> Result<Cached, AuthError> {
+        match tokio::time::timeout(self.timeout, self.fetch_unbounded()).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(AuthError::Unavailable {
+                url: self.token_url.clone(),
+                detail: format!("no complete answer within {:?} (timeout)", self.timeout),
+            }),
+        }
+    }
+
+    async fn fetch_unbounded(&self) -> Result<Cached, AuthError> {
         let url = self.token_url.clone();
         let mut form = vec![
             ("grant_type", "client_credentials"),
@@ -155,12 +194,12 @@ impl TokenSource {
                 .await
                 .map_err(|e| AuthError::Unavailable {
                     url: url.clone(),
-                    detail: e.to_string(),
+                    detail: http::error_chain(&e.without_url()),
                 })?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| AuthError::Unavailable {
             url: url.clone(),
-            detail: e.to_string(),
+            detail: http::error_chain(&e.without_url()),
         })?;
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(AuthError::Unavailable {
@@ -313,6 +352,65 @@ mod tests {
             None,
         );
         assert!(source.token().await.expect_err("down").is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_token_endpoint_that_never_answers_times_out_as_unavailable() {
+        // Accepts every connection and holds it open without reading or answering.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let source = TokenSource::new(
+            reqwest::Client::new(),
+            format!("http://{addr}/oauth2/token"),
+            "producer",
+            Secret::new("s3cret"),
+            None,
+        )
+        .with_timeout(Duration::from_millis(200));
+        let started = Instant::now();
+        let err = source.token().await.expect_err("no answer");
+        assert!(err.is_transient(), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("timeout") && text.contains(&addr.to_string()),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "secret leaked: {text}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "bounded by the timeout: {:?}",
+            started.elapsed()
+        );
+        silent.abort();
+    }
+
+    #[test]
+    fn the_default_timeout_applies_unless_one_is_given() {
+        let source = || {
+            TokenSource::new(
+                reqwest::Client::new(),
+                "http://127.0.0.1:9/oauth2/token",
+                "scorer",
+                Secret::new("x"),
+                None,
+            )
+        };
+        assert_eq!(source().timeout, DEFAULT_TOKEN_TIMEOUT);
+        let short = source().with_timeout(Duration::from_secs(2));
+        assert_eq!(short.timeout, Duration::from_secs(2));
+        assert_eq!(
+            source().with_timeout(Duration::ZERO).timeout,
+            DEFAULT_TOKEN_TIMEOUT
+        );
+        assert!(format!("{:?}", short).contains("2s"));
     }
 
     #[test]

@@ -12,33 +12,46 @@
 //!
 //! # Delivery guarantee and its limits
 //!
-//! - **At least once, complete only on `Ok`.** When [`AccountsClient::list_active`] returns
-//!   `Ok`, every valid ACTIVE record the account system listed in the final pass reached
-//!   `on_page` at least once. A 410 restarts the listing from the first page, so records of
-//!   earlier passes are delivered again; and the listing is not a snapshot, so an account updated
-//!   while it runs may be delivered twice with different versions. Callers keep, per account id,
-//!   the highest version. On `Err` the records delivered so far are a partial listing: they must
+//! - **At least once, complete only on `Ok`, and only the last pass counts.** When
+//!   [`AccountsClient::list_active`] returns `Ok`, every valid ACTIVE record the account system
+//!   listed in the final pass reached `on_page` at least once. A 410 restarts the listing from
+//!   the first page as a new pass ([`Page::pass`]); page 1 of a pass always reaches `on_page`,
+//!   records or not, and tells the caller to drop what earlier passes delivered: the last pass
+//!   is a whole listing on its own, and an account that left between two passes must not
+//!   survive from the first. The listing is not a snapshot, so an account updated while a pass
+//!   runs may be delivered twice with different versions: callers keep, per account id, the
+//!   highest version. On `Err` the records delivered so far are a partial listing: they must
 //!   not be used to conclude that an account has left.
-//! - **Malformed records are skipped, not fatal.** A record that breaks the contract is counted
-//!   in [`ListingStats::malformed`] and logged once (page, index, account id, rule; never the
-//!   name); the rest of the page is still delivered. A page body that is not the contract's page
-//!   object is fatal, since nothing on it can be trusted.
+//! - **Malformed records are skipped, not fatal.** Each item of a page is decoded on its own,
+//!   and each contract field of it on its own: a record with a field missing, of the wrong type,
+//!   breaking its rule, holding bytes that are not UTF-8 or an escape that is no character (a
+//!   lone surrogate such as `"\ud800"`) is counted in [`ListingStats::malformed`] and logged
+//!   once at WARN (page, index within the page, account id when it decoded, rule; never the
+//!   name); the rest of the page is still delivered. Fields outside the contract are not read.
+//!   A page body that is not the contract's page object is fatal, since nothing on it can be
+//!   trusted; so is a body whose bytes are not UTF-8 outside its items.
 //! - **Bounded.** One page in memory at a time (a body larger than [`MAX_PAGE_BYTES`] is fatal),
-//!   each request bounded by `timeout`, at most `max_attempts` transient failures per page, at
-//!   most [`MAX_AUTH_REFRESHES`] consecutive 401s, at most `max_restarts` restarts, and each wait
-//!   bounded by `backoff_cap` or by a `Retry-After` capped at [`MAX_RETRY_AFTER`].
-//!   Limit: the number of pages is not bounded; a server that keeps handing out new page tokens
-//!   keeps the listing going (a token that repeats itself is caught). The caller's deadline is
-//!   the bound of last resort.
+//!   each request bounded by `timeout` (the token request too), at most `max_attempts` transient
+//!   failures per page, at most [`MAX_AUTH_REFRESHES`] consecutive 401s, at most `max_restarts`
+//!   restarts, each wait bounded by `backoff_cap` or by a `Retry-After` capped at
+//!   [`MAX_RETRY_AFTER`]. A page token handed out twice in one pass ends the listing as
+//!   [`ListingError::Cycle`]; the caller's deadline ends it as [`ListingError::DeadlinePassed`].
+//!   Limit: without a deadline the number of pages is not bounded; a server that keeps handing
+//!   out new page tokens keeps the listing going.
 
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use esg_auth::http::{error_chain, is_valid_account_id, retry_after, MAX_ACCOUNT_ID_LEN};
 use esg_auth::TokenSource;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Largest page body read, in bytes. A page of 5,000 contract-sized records is a few MiB; a
@@ -59,8 +72,8 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const MAX_ERROR_TEXT_CHARS: usize = 300;
 /// `accountName` maxLength in the contract, in characters.
 const MAX_ACCOUNT_NAME_CHARS: usize = 200;
-/// Longest account id the contract's pattern allows; also how much of a bad id is logged.
-const MAX_ACCOUNT_ID_CHARS: usize = 64;
+/// How much of a bad account id is logged, in characters: the longest id the pattern allows.
+const MAX_ACCOUNT_ID_CHARS: usize = MAX_ACCOUNT_ID_LEN;
 /// Bounds checked by [`AccountsClientConfig::validate`].
 const MAX_PAGE_SIZE: u32 = 5000;
 const MAX_ATTEMPTS_LIMIT: u32 = 20;
@@ -77,8 +90,8 @@ pub struct AccountsClientConfig {
     /// Accounts asked for per page (`pageSize`), 1..=5000. Default [`default_page_size`].
     #[serde(default = "default_page_size")]
     pub page_size: u32,
-    /// Longest time one page request may take, response body included. Default
-    /// [`default_timeout`].
+    /// Longest time one page request may take, response body included; it bounds the token
+    /// request of the page too. Default [`default_timeout`].
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Attempts per page when it fails transiently (429, 5xx, timeout, connection or token
@@ -249,24 +262,55 @@ impl fmt::Debug for AccountRecord {
     }
 }
 
-/// What one listing did. Counts add up over every pass: after a restart, pages and records seen
-/// again are counted again.
+/// What one listing did. `pages`, `retries` and `restarts` count the work of every pass; the
+/// record counts and `total_count` are those of the last pass, the one the caller keeps, so a
+/// 410 restart counts no record twice.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ListingStats {
-    /// Pages received (200 answers).
+    /// Pages received (200 answers), over every pass.
     pub pages: u64,
-    /// Valid ACTIVE records handed to `on_page`.
+    /// Valid ACTIVE records of the last pass handed to `on_page`.
     pub records: u64,
-    /// Records skipped because they broke the contract.
+    /// Records of the last pass skipped because they broke the contract.
     pub malformed: u64,
-    /// Valid records skipped because their status was not ACTIVE.
+    /// Valid records of the last pass skipped because their status was not ACTIVE.
     pub not_active: u64,
     /// Restarts from the first page after a 410.
     pub restarts: u32,
     /// `totalCount` of the last pass, when the account system sent it.
     pub total_count: Option<u64>,
-    /// Retries after transient failures (401 token refreshes are not counted).
+    /// Retries after transient failures (401 token refreshes are not counted), over every pass.
     pub retries: u64,
+}
+
+impl ListingStats {
+    /// Forgets the record counts of an abandoned pass.
+    fn begin_pass(&mut self) {
+        self.records = 0;
+        self.malformed = 0;
+        self.not_active = 0;
+        self.total_count = None;
+    }
+}
+
+/// One page of a listing, as `on_page` receives it. Every page reaches `on_page`, in order,
+/// including pages without a valid record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The listing pass, from 1; each restart after a 410 begins the next one.
+    pub pass: u32,
+    /// The page's number within its pass, from 1. Page 1 begins a pass: whatever earlier passes
+    /// delivered is void and must be dropped (see [`Page::begins_pass`]).
+    pub number: u64,
+    /// The page's valid ACTIVE records; may be empty.
+    pub records: Vec<AccountRecord>,
+}
+
+impl Page {
+    /// True for the first page of a pass: drop every record earlier passes delivered.
+    pub fn begins_pass(&self) -> bool {
+        self.number == 1
+    }
 }
 
 /// Why a listing ended without completing. `Sink` stops the listing and is returned as is; every
@@ -294,6 +338,22 @@ pub enum ListingError<E> {
         last_status: Option<u16>,
         last: String,
     },
+    /// The answer to `page` handed out a page token already handed out in this pass, the one
+    /// that led to page `repeats`: followed, the listing would go round in a circle forever.
+    /// (The tokens themselves are not shown: they are opaque and may carry data.)
+    #[error("account listing {url} goes round in a circle: page {page} of pass {pass} hands out the page token already used for page {repeats}")]
+    Cycle {
+        url: String,
+        pass: u32,
+        page: u64,
+        repeats: u64,
+    },
+    /// The caller's deadline passed while the listing was on `page` of `pass`. The records
+    /// delivered so far are a partial listing.
+    #[error(
+        "account listing {url} not finished by its deadline: stopped on page {page} of pass {pass}"
+    )]
+    DeadlinePassed { url: String, pass: u32, page: u64 },
 }
 
 fn status_note(status: &Option<u16>) -> String {
@@ -332,13 +392,21 @@ pub struct AccountsClient {
     listing_url: String,
 }
 
-/// The page object of the contract; items are checked one by one afterwards.
-#[derive(serde::Deserialize)]
+/// A 200 answer: the contract's page object, its items located but not yet decoded.
+///
+/// serde_json refuses a whole document for one byte that is not UTF-8, so the body is kept as
+/// text with each such byte sequence replaced by U+FFFD and its place noted in `not_utf8`: a
+/// record holding one is told apart from a record whose name holds a real U+FFFD, and only that
+/// record is skipped.
 struct RawPage {
-    items: Vec<Value>,
-    #[serde(rename = "nextPageToken", default)]
+    /// The body as text.
+    text: String,
+    /// Where each item's JSON text lies in `text`, in order.
+    items: Vec<Range<usize>>,
+    /// Offsets in `text` of the replacement characters standing for bytes that were not UTF-8,
+    /// ascending.
+    not_utf8: Vec<usize>,
     next_page_token: Option<String>,
-    #[serde(rename = "totalCount", default)]
     total_count: Option<u64>,
 }
 
@@ -364,6 +432,13 @@ enum Fetched {
     Gone,
 }
 
+/// Where a listing stands: read when the deadline stops it.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    pass: u32,
+    page: u64,
+}
+
 impl AccountsClient {
     /// A client for `config.url` (validate `config` first) taking bearer tokens from `tokens`.
     pub fn new(
@@ -381,35 +456,85 @@ impl AccountsClient {
     }
 
     /// Lists every ACTIVE account (`status=ACTIVE` filter), page by page, calling `on_page` with
-    /// each page's valid records (pages without one are not passed on).
+    /// every page (see [`Page`]).
     ///
-    /// On 410 (page token expired) the listing restarts from the first page and `on_page` sees
-    /// pages again from the start (the caller de-duplicates by highest version, see
-    /// [`dedupe_highest_version`]); at most `max_restarts` restarts. An error from `on_page`
-    /// stops the listing and comes back as [`ListingError::Sink`]. See the module documentation
-    /// for the guarantee and its limits.
+    /// On 410 (page token expired) the listing restarts from the first page as a new pass, at
+    /// most `max_restarts` times; `on_page` then sees page 1 again and must drop what the earlier
+    /// pass delivered. Within a pass the caller de-duplicates by highest version (see
+    /// [`dedupe_highest_version`]). A page token handed out twice in one pass ends the listing
+    /// as [`ListingError::Cycle`]. When `deadline` passes first, the listing stops wherever it is
+    /// (a request, a backoff, a `Retry-After` wait) and returns
+    /// [`ListingError::DeadlinePassed`]. An error from `on_page` stops the listing and comes
+    /// back as [`ListingError::Sink`]. See the module documentation for the guarantee and its
+    /// limits.
     pub async fn list_active<E>(
         &self,
-        on_page: impl FnMut(Vec<AccountRecord>) -> Result<(), E>,
+        deadline: Option<Instant>,
+        on_page: impl FnMut(Page) -> Result<(), E>,
     ) -> Result<ListingStats, ListingError<E>> {
         let span = tracing::info_span!("account_listing", url = %self.listing_url);
-        self.list_active_inner(on_page).instrument(span).await
+        self.list_until(deadline, on_page).instrument(span).await
     }
 
-    async fn list_active_inner<E>(
+    async fn list_until<E>(
         &self,
-        mut on_page: impl FnMut(Vec<AccountRecord>) -> Result<(), E>,
+        deadline: Option<Instant>,
+        on_page: impl FnMut(Page) -> Result<(), E>,
     ) -> Result<ListingStats, ListingError<E>> {
         let mut stats = ListingStats::default();
+        let mut at = Position { pass: 1, page: 0 };
+        let listing = self.list_passes(&mut stats, &mut at, on_page);
+        let finished = match deadline {
+            None => Some(listing.await),
+            Some(deadline) => tokio::time::timeout_at(deadline, listing).await.ok(),
+        };
+        match finished {
+            Some(Ok(())) => {
+                tracing::info!(
+                    pages = stats.pages,
+                    records = stats.records,
+                    malformed = stats.malformed,
+                    not_active = stats.not_active,
+                    restarts = stats.restarts,
+                    retries = stats.retries,
+                    total_count = stats.total_count,
+                    "account listing complete"
+                );
+                Ok(stats)
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                tracing::warn!(
+                    pass = at.pass,
+                    page = at.page,
+                    pages = stats.pages,
+                    "account listing stopped: its deadline passed"
+                );
+                Err(ListingError::DeadlinePassed {
+                    url: self.listing_url.clone(),
+                    pass: at.pass,
+                    page: at.page,
+                })
+            }
+        }
+    }
+
+    /// Every pass of the listing until one completes; `at` always says where it stands.
+    async fn list_passes<E>(
+        &self,
+        stats: &mut ListingStats,
+        at: &mut Position,
+        mut on_page: impl FnMut(Page) -> Result<(), E>,
+    ) -> Result<(), ListingError<E>> {
         'listing: loop {
             let mut page_token: Option<String> = None;
-            let mut page: u64 = 0;
+            // Every page token handed out in this pass, with the page it led to.
+            let mut handed_out: HashMap<String, u64> = HashMap::new();
+            at.page = 0;
             loop {
-                page += 1;
-                let raw = match self
-                    .fetch_page(page, page_token.as_deref(), &mut stats)
-                    .await?
-                {
+                at.page += 1;
+                let page = at.page;
+                let raw = match self.fetch_page(page, page_token.as_deref(), stats).await? {
                     Fetched::Page(raw) => raw,
                     Fetched::Gone => {
                         if stats.restarts >= self.config.max_restarts {
@@ -423,52 +548,44 @@ impl AccountsClient {
                             ));
                         }
                         stats.restarts += 1;
+                        at.pass += 1;
+                        stats.begin_pass();
                         tracing::info!(
                             page,
                             restart = stats.restarts,
+                            pass = at.pass,
                             "page token expired (410); restarting the listing from the first page"
                         );
                         continue 'listing;
                     }
                 };
-                let RawPage {
-                    items,
-                    next_page_token,
-                    total_count,
-                } = raw;
                 stats.pages += 1;
-                if total_count.is_some() {
-                    stats.total_count = total_count;
+                if raw.total_count.is_some() {
+                    stats.total_count = raw.total_count;
                 }
-                let records = check_page(page, items, &mut stats);
+                let records = check_page(page, &raw, stats);
+                let next_page_token = raw.next_page_token;
                 tracing::debug!(page, records = records.len(), "account page received");
-                if !records.is_empty() {
-                    stats.records += records.len() as u64;
-                    on_page(records).map_err(ListingError::Sink)?;
+                stats.records += records.len() as u64;
+                on_page(Page {
+                    pass: at.pass,
+                    number: page,
+                    records,
+                })
+                .map_err(ListingError::Sink)?;
+                let Some(next) = next_page_token else {
+                    return Ok(());
+                };
+                if let Some(&repeats) = handed_out.get(&next) {
+                    return Err(ListingError::Cycle {
+                        url: self.listing_url.clone(),
+                        pass: at.pass,
+                        page,
+                        repeats,
+                    });
                 }
-                match next_page_token {
-                    None => {
-                        tracing::info!(
-                            pages = stats.pages,
-                            records = stats.records,
-                            malformed = stats.malformed,
-                            not_active = stats.not_active,
-                            restarts = stats.restarts,
-                            retries = stats.retries,
-                            total_count = stats.total_count,
-                            "account listing complete"
-                        );
-                        return Ok(stats);
-                    }
-                    Some(next) if page_token.as_deref() == Some(next.as_str()) => {
-                        return Err(self.fatal(
-                            page,
-                            Some(200),
-                            "nextPageToken repeats the token of the page it came from".into(),
-                        ));
-                    }
-                    Some(next) => page_token = Some(next),
-                }
+                handed_out.insert(next.clone(), page + 1);
+                page_token = Some(next);
             }
         }
     }
@@ -483,8 +600,11 @@ impl AccountsClient {
         let mut failures: u32 = 0;
         let mut refreshes: u32 = 0;
         loop {
-            let outcome = match self.tokens.token().await {
-                Ok(token) => {
+            // The token request is bounded like the page request: a token endpoint that never
+            // answers is a transient failure of the page, not a listing that hangs.
+            let token = tokio::time::timeout(self.config.timeout, self.tokens.token()).await;
+            let outcome = match token {
+                Ok(Ok(token)) => {
                     let outcome = match tokio::time::timeout(
                         self.config.timeout,
                         self.attempt(&token, page_token),
@@ -506,12 +626,22 @@ impl AccountsClient {
                     }
                     outcome
                 }
-                Err(e) if e.is_transient() => Attempt::Transient {
+                Ok(Err(e)) if e.is_transient() => Attempt::Transient {
                     status: None,
                     detail: e.to_string(),
                     retry_after: None,
                 },
-                Err(e) => return Err(self.fatal(page, None, format!("no bearer token: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(self.fatal(page, None, format!("no bearer token: {e}")));
+                }
+                Err(_) => Attempt::Transient {
+                    status: None,
+                    detail: format!(
+                        "no bearer token within {:?} (token endpoint timeout)",
+                        self.config.timeout
+                    ),
+                    retry_after: None,
+                },
             };
             match outcome {
                 Attempt::Page(raw) => return Ok(Fetched::Page(raw)),
@@ -606,11 +736,11 @@ impl AccountsClient {
         let status = resp.status().as_u16();
         match status {
             200..=299 => match read_bounded(&mut resp, MAX_PAGE_BYTES).await {
-                Ok(body) => match serde_json::from_slice::<RawPage>(&body) {
+                Ok(body) => match decode_page(body) {
                     Ok(raw) => Attempt::Page(raw),
-                    Err(e) => Attempt::Fatal {
+                    Err(reason) => Attempt::Fatal {
                         status: Some(status),
-                        reason: format!("answer is not the contract's page object: {e}"),
+                        reason,
                     },
                 },
                 Err(BodyError::TooLarge) => Attempt::Fatal {
@@ -628,7 +758,7 @@ impl AccountsClient {
             429 | 500..=599 => Attempt::Transient {
                 status: Some(status),
                 detail: format!("HTTP {status}"),
-                retry_after: retry_after(resp.headers(), SystemTime::now()),
+                retry_after: retry_after(resp.headers(), SystemTime::now(), MAX_RETRY_AFTER),
             },
             _ => {
                 let body = read_bounded(&mut resp, MAX_ERROR_BODY_BYTES)
@@ -652,10 +782,137 @@ impl AccountsClient {
     }
 }
 
+/// Reads a 200 body as the contract's page object. Items are only located here; each is decoded
+/// on its own by [`check_page`], so one bad record cannot spoil the page.
+fn decode_page(body: Vec<u8>) -> Result<RawPage, String> {
+    #[derive(serde::Deserialize)]
+    struct Shape<'a> {
+        #[serde(borrow)]
+        items: Vec<&'a RawValue>,
+        #[serde(rename = "nextPageToken", default)]
+        next_page_token: Option<String>,
+        #[serde(rename = "totalCount", default)]
+        total_count: Option<u64>,
+    }
+    let (text, not_utf8) = text_marking_invalid_utf8(body);
+    let Shape {
+        items: raw_items,
+        next_page_token,
+        total_count,
+    } = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "answer is not the contract's page object: {}",
+            describe_json_error(&e)
+        )
+    })?;
+    let items = raw_items
+        .iter()
+        .map(|raw| span_in(&text, raw.get()))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| "an item of the page could not be located in its body".to_owned())?;
+    drop(raw_items);
+    let outside_items = not_utf8.iter().any(|&at| {
+        let i = items.partition_point(|r| r.end <= at);
+        items.get(i).is_none_or(|r| !r.contains(&at))
+    });
+    if outside_items {
+        // In the page token, say: nothing on the page can be trusted.
+        return Err("answer holds bytes that are not UTF-8 outside its items".into());
+    }
+    Ok(RawPage {
+        text,
+        items,
+        not_utf8,
+        next_page_token,
+        total_count,
+    })
+}
+
+/// `body` as text, each byte sequence that is not UTF-8 replaced by U+FFFD, and the offsets of
+/// those replacements in the text (none, and no copy, for a body that is all UTF-8).
+fn text_marking_invalid_utf8(body: Vec<u8>) -> (String, Vec<usize>) {
+    match String::from_utf8(body) {
+        Ok(text) => (text, Vec::new()),
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut text = String::with_capacity(bytes.len() + 16);
+            let mut marks = Vec::new();
+            for chunk in bytes.utf8_chunks() {
+                text.push_str(chunk.valid());
+                if !chunk.invalid().is_empty() {
+                    marks.push(text.len());
+                    text.push(char::REPLACEMENT_CHARACTER);
+                }
+            }
+            (text, marks)
+        }
+    }
+}
+
+/// Where `inner`, a slice of `outer`, lies in it.
+fn span_in(outer: &str, inner: &str) -> Option<Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some(start..end)
+}
+
+/// A serde_json error without the text it choked on (a string value could be an account name).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if e.is_syntax() || e.is_eof() || message.starts_with("missing field") {
+        // These messages name a position or a field, never a value.
+        return message;
+    }
+    format!(
+        "a field of the wrong type at line {} column {}",
+        e.line(),
+        e.column()
+    )
+}
+
+/// One item of a page: its JSON text and the replacement characters in it that stand for bytes
+/// that were not UTF-8.
+struct Item<'a> {
+    text: &'a str,
+    /// Offset of `text` in the page body.
+    base: usize,
+    /// Offsets in the page body (not in `text`) of replacements within `text`.
+    not_utf8: &'a [usize],
+}
+
+impl<'a> Item<'a> {
+    /// The item of `page` at `span`.
+    fn of(page: &'a RawPage, span: &Range<usize>) -> Item<'a> {
+        let lo = page.not_utf8.partition_point(|&at| at < span.start);
+        let hi = page.not_utf8.partition_point(|&at| at < span.end);
+        Item {
+            // The span came from a slice of the text, so it lies on character boundaries.
+            text: page.text.get(span.clone()).unwrap_or_default(),
+            base: span.start,
+            not_utf8: &page.not_utf8[lo..hi],
+        }
+    }
+
+    /// True when `part`, a slice of this item's text, stands for bytes that were not UTF-8.
+    fn spoiled(&self, part: &str) -> bool {
+        if self.not_utf8.is_empty() {
+            return false;
+        }
+        match span_in(self.text, part) {
+            Some(r) => {
+                let r = (self.base + r.start)..(self.base + r.end);
+                self.not_utf8.iter().any(|at| r.contains(at))
+            }
+            None => true,
+        }
+    }
+}
+
 /// Checks every item of a page on its own; returns the valid ACTIVE records and counts the rest.
-fn check_page(page: u64, items: Vec<Value>, stats: &mut ListingStats) -> Vec<AccountRecord> {
-    let mut records = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
+fn check_page(page: u64, raw: &RawPage, stats: &mut ListingStats) -> Vec<AccountRecord> {
+    let mut records = Vec::with_capacity(raw.items.len());
+    for (index, span) in raw.items.iter().enumerate() {
+        let item = Item::of(raw, span);
         match parse_record(&item) {
             Ok(record) if record.status == AccountStatus::Active => records.push(record),
             Ok(record) => {
@@ -670,10 +927,7 @@ fn check_page(page: u64, items: Vec<Value>, stats: &mut ListingStats) -> Vec<Acc
             }
             Err(defect) => {
                 stats.malformed += 1;
-                let account_id = item
-                    .get("accountId")
-                    .and_then(Value::as_str)
-                    .map(loggable_id);
+                let account_id = record_id(&item);
                 tracing::warn!(
                     page,
                     index,
@@ -691,8 +945,14 @@ fn check_page(page: u64, items: Vec<Value>, stats: &mut ListingStats) -> Vec<Acc
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Defect {
     NotAnObject,
+    /// The record is a JSON object, but one of its field names does not decode.
+    UndecodableObject,
     Missing(&'static str),
     NotAString(&'static str),
+    /// The field's string held bytes that are not UTF-8.
+    NotUtf8(&'static str),
+    /// The field's string holds an escape that is no character (a lone surrogate).
+    Undecodable(&'static str),
     IdPattern,
     NameTooLong,
     UnknownStatus,
@@ -705,8 +965,16 @@ impl fmt::Display for Defect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Defect::NotAnObject => f.write_str("record is not a JSON object"),
+            Defect::UndecodableObject => f.write_str(
+                "record is not a decodable JSON object (a field name with an escape that is no character)",
+            ),
             Defect::Missing(field) => write!(f, "{field} is missing or null"),
             Defect::NotAString(field) => write!(f, "{field} is not a string"),
+            Defect::NotUtf8(field) => write!(f, "{field} holds bytes that are not UTF-8"),
+            Defect::Undecodable(field) => write!(
+                f,
+                "{field} holds an escape that is no character (a lone surrogate)"
+            ),
             Defect::IdPattern => {
                 f.write_str("accountId does not match ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
             }
@@ -722,38 +990,82 @@ impl fmt::Display for Defect {
     }
 }
 
-fn parse_record(item: &Value) -> Result<AccountRecord, Defect> {
-    let obj = item.as_object().ok_or(Defect::NotAnObject)?;
-    let field = |name: &'static str| match obj.get(name) {
-        None | Some(Value::Null) => Err(Defect::Missing(name)),
-        Some(v) => Ok(v),
-    };
-    let string =
-        |name: &'static str| field(name).and_then(|v| v.as_str().ok_or(Defect::NotAString(name)));
+/// The fields of one record, each still undecoded: a field is decoded only when read, on its
+/// own, so a bad field is named and fields outside the contract are never looked at.
+struct Fields<'a> {
+    item: &'a Item<'a>,
+    map: HashMap<String, &'a RawValue>,
+}
 
-    let account_id = string("accountId")?;
-    if !is_valid_account_id(account_id) {
+impl<'a> Fields<'a> {
+    fn of(item: &'a Item<'a>) -> Result<Self, Defect> {
+        if !item.text.trim_start().starts_with('{') {
+            return Err(Defect::NotAnObject);
+        }
+        let map = serde_json::from_str(item.text).map_err(|_| Defect::UndecodableObject)?;
+        Ok(Fields { item, map })
+    }
+
+    fn raw(&self, name: &'static str) -> Result<&'a str, Defect> {
+        match self.map.get(name).map(|v| v.get()) {
+            None | Some("null") => Err(Defect::Missing(name)),
+            Some(raw) => Ok(raw),
+        }
+    }
+
+    fn string(&self, name: &'static str) -> Result<String, Defect> {
+        let raw = self.raw(name)?;
+        if !raw.starts_with('"') {
+            return Err(Defect::NotAString(name));
+        }
+        if self.item.spoiled(raw) {
+            return Err(Defect::NotUtf8(name));
+        }
+        serde_json::from_str(raw).map_err(|_| Defect::Undecodable(name))
+    }
+
+    /// The field as a JSON value; `None` when it does not decode (only a string can fail to,
+    /// once the page parsed).
+    fn value(&self, name: &'static str) -> Result<Option<Value>, Defect> {
+        Ok(serde_json::from_str(self.raw(name)?).ok())
+    }
+}
+
+fn parse_record(item: &Item<'_>) -> Result<AccountRecord, Defect> {
+    let fields = Fields::of(item)?;
+    let account_id = fields.string("accountId")?;
+    if !is_valid_account_id(&account_id) {
         return Err(Defect::IdPattern);
     }
-    let account_name = string("accountName")?;
+    let account_name = fields.string("accountName")?;
     if account_name.chars().count() > MAX_ACCOUNT_NAME_CHARS {
         return Err(Defect::NameTooLong);
     }
-    let status = AccountStatus::parse(string("status")?).ok_or(Defect::UnknownStatus)?;
-    let updated_at = DateTime::parse_from_rfc3339(string("updatedAt")?)
+    let status = AccountStatus::parse(&fields.string("status")?).ok_or(Defect::UnknownStatus)?;
+    let updated_at = DateTime::parse_from_rfc3339(&fields.string("updatedAt")?)
         .map_err(|_| Defect::UpdatedAtFormat)?
         .with_timezone(&Utc);
-    let version = json_integer(field("version")?).ok_or(Defect::VersionNotInteger)?;
+    let version = fields
+        .value("version")?
+        .as_ref()
+        .and_then(json_integer)
+        .ok_or(Defect::VersionNotInteger)?;
     if version < 1 {
         return Err(Defect::VersionBelowOne);
     }
     Ok(AccountRecord {
-        account_id: account_id.to_owned(),
-        account_name: account_name.to_owned(),
+        account_id,
+        account_name,
         status,
         updated_at,
         version,
     })
+}
+
+/// The account id of a record that broke a rule, fit for a log line, when it decoded.
+fn record_id(item: &Item<'_>) -> Option<String> {
+    let id = Fields::of(item).ok()?.string("accountId").ok()?;
+    Some(loggable_id(&id))
 }
 
 /// A JSON Schema `integer` that fits an i64. As JSON Schema says, a number with a zero
@@ -765,21 +1077,6 @@ fn json_integer(v: &Value) -> Option<i64> {
     let f = v.as_f64()?;
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     (f.fract() == 0.0 && f.abs() <= EXACT).then_some(f as i64)
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, without a regex engine.
-fn is_valid_account_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            bytes.len() <= MAX_ACCOUNT_ID_CHARS
-                && first.is_ascii_alphanumeric()
-                && rest
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        }
-        None => false,
-    }
 }
 
 /// An account id fit for a log line: at most 64 characters (`…` marks a cut) with control
@@ -843,22 +1140,6 @@ async fn read_bounded(resp: &mut reqwest::Response, limit: usize) -> Result<Vec<
     Ok(body)
 }
 
-/// `Retry-After` as delta-seconds or an HTTP-date (relative to `now`); `None` when absent or
-/// unreadable.
-fn retry_after(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // Only digits: parse fails on overflow alone, which means "very long".
-        return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Wait before retry number `failures` (1-based): `min(cap, base·2^(failures-1)) × jitter`
 /// with `jitter` in [0.5, 1], but at least `retry_after` (itself capped at
 /// [`MAX_RETRY_AFTER`]).
@@ -880,19 +1161,6 @@ fn backoff_delay(
         Some(wait) => delay.max(wait.min(MAX_RETRY_AFTER)),
         None => delay,
     }
-}
-
-/// An error and its sources, `: `-separated (reqwest hides the cause, e.g. "connection
-/// refused", in the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use esg_auth::Secret;
 use serde_json::json;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -35,7 +35,7 @@ impl Req {
 struct Reply {
     status: u16,
     headers: Vec<(&'static str, String)>,
-    body: String,
+    body: Vec<u8>,
     delay: Duration,
 }
 
@@ -46,7 +46,7 @@ impl Reply {
     fn json(status: u16, body: Value) -> Self {
         Reply::raw(status, body.to_string())
     }
-    fn raw(status: u16, body: impl Into<String>) -> Self {
+    fn raw(status: u16, body: impl Into<Vec<u8>>) -> Self {
         Reply {
             status,
             headers: Vec::new(),
@@ -228,20 +228,121 @@ fn paged(data: Vec<Value>) -> impl Fn(&Req) -> Reply + Send + Sync + 'static {
     }
 }
 
-async fn list(
+type Listed = Result<ListingStats, ListingError<Infallible>>;
+
+/// Lists without a deadline and keeps records as a sink must: page 1 of a pass drops what
+/// earlier passes delivered.
+async fn list(client: &AccountsClient) -> (Listed, Vec<AccountRecord>) {
+    list_until(client, None).await
+}
+
+async fn list_until(
     client: &AccountsClient,
-) -> (
-    Result<ListingStats, ListingError<Infallible>>,
-    Vec<AccountRecord>,
-) {
+    deadline: Option<tokio::time::Instant>,
+) -> (Listed, Vec<AccountRecord>) {
     let mut got = Vec::new();
     let result = client
-        .list_active(|page| {
-            got.extend(page);
+        .list_active(deadline, |page| {
+            if page.begins_pass() {
+                got.clear();
+            }
+            got.extend(page.records);
             Ok::<(), Infallible>(())
         })
         .await;
     (result, got)
+}
+
+/// Lists without a deadline and returns every page as delivered.
+async fn list_pages(client: &AccountsClient) -> (Listed, Vec<Page>) {
+    let mut pages = Vec::new();
+    let result = client
+        .list_active(None, |page| {
+            pages.push(page);
+            Ok::<(), Infallible>(())
+        })
+        .await;
+    (result, pages)
+}
+
+/// `(pass, number, ids)` of each page.
+fn page_ids(pages: &[Page]) -> Vec<(u32, u64, Vec<&str>)> {
+    pages
+        .iter()
+        .map(|p| (p.pass, p.number, ids(&p.records)))
+        .collect()
+}
+
+/// A page body written byte by byte, so that items can hold what `json!` cannot: bytes that
+/// are not UTF-8 and escapes that are no character.
+fn page_bytes(items: &[&[u8]], next: Option<&str>) -> Vec<u8> {
+    let mut body = br#"{"items":["#.to_vec();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(br#"],"nextPageToken":"#);
+    body.extend_from_slice(json!(next).to_string().as_bytes());
+    body.push(b'}');
+    body
+}
+
+/// A record with every field given as raw JSON text.
+fn record_bytes(
+    id: &[u8],
+    name: &[u8],
+    status: &[u8],
+    updated_at: &[u8],
+    version: &[u8],
+) -> Vec<u8> {
+    let mut r = Vec::new();
+    for (i, (key, value)) in [
+        ("accountId", id),
+        ("accountName", name),
+        ("status", status),
+        ("updatedAt", updated_at),
+        ("version", version),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        r.extend_from_slice(if i == 0 { b"{\"" } else { b",\"" });
+        r.extend_from_slice(key.as_bytes());
+        r.extend_from_slice(b"\":");
+        r.extend_from_slice(value);
+    }
+    r.push(b'}');
+    r
+}
+
+/// Parses a record given as JSON text, the way `check_page` does.
+fn parse_text(text: &str) -> Result<AccountRecord, Defect> {
+    parse_record(&Item {
+        text,
+        base: 0,
+        not_utf8: &[],
+    })
+}
+
+fn parse_value(v: &Value) -> Result<AccountRecord, Defect> {
+    parse_text(&v.to_string())
+}
+
+/// A TCP listener that accepts connections and never answers; keep it for the test's length.
+async fn silent_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    (addr, task)
 }
 
 fn ids(records: &[AccountRecord]) -> Vec<&str> {
@@ -404,6 +505,299 @@ async fn malformed_records_of_each_kind_are_skipped_counted_and_logged_without_n
 }
 
 #[tokio::test]
+async fn undecodable_records_are_skipped_one_by_one_and_the_page_goes_on() {
+    const AT: &[u8] = br#""2026-11-20T14:30:00Z""#;
+    const ACTIVE: &[u8] = br#""ACTIVE""#;
+    let rec = |id: &[u8], name: &[u8]| record_bytes(id, name, ACTIVE, AT, b"1");
+    let items: Vec<Vec<u8>> = vec![
+        rec(br#""Good1""#, br#""Alpha""#), // 0
+        rec(br#""Utf8Name""#, b"\"SECRET-\xe9-NAME\""), // 1: Latin-1, not UTF-8
+        rec(b"\"Bad\xffId\"", br#""SECRET-NAME""#), // 2: the id itself is not UTF-8
+        rec(br#""CutShort""#, b"\"SECRET-NAME \xe2\x82\""), // 3: a character cut short
+        rec(br#""Surrogate""#, br#""SECRET-\ud800-NAME""#), // 4: lone high surrogate
+        record_bytes(br#""LowSurrogate""#, br#""SECRET-NAME""#, br#""\udc00""#, AT, b"1"), // 5
+        b"{\"accountId\":\"KeySurrogate\",\"account\\ud800Name\":\"SECRET-NAME\"}".to_vec(), // 6
+        rec(br#""NumName""#, b"42"), // 7: wrong type
+        record_bytes(br#""NumDate""#, br#""SECRET-NAME""#, ACTIVE, b"20261120", b"1"), // 8
+        record_bytes(br#""StrVersion""#, br#""SECRET-NAME""#, ACTIVE, AT, br#""1""#), // 9
+        br#"{"accountId":"NoName","status":"ACTIVE","updatedAt":"2026-11-20T14:30:00Z","version":1}"#.to_vec(), // 10
+        rec(br#""Emoji""#, br#""\ud83d\ude00 Fund""#), // 11: a surrogate pair is a character
+        rec(br#""RealFffd""#, "\"Caf\u{FFFD} Trust\"".as_bytes()), // 12: a genuine U+FFFD
+        // 13: bytes that are not UTF-8 in a field outside the contract are not read.
+        b"{\"accountId\":\"Extra\",\"note\":\"\xff\xfe\",\"accountName\":\"Beta\",\"status\":\"ACTIVE\",\"updatedAt\":\"2026-11-20T14:30:00Z\",\"version\":1}".to_vec(),
+        rec(br#""Good2""#, br#""Gamma""#), // 14
+    ];
+    let (client, fake) = start(move |req| match req.token() {
+        None => {
+            let refs: Vec<&[u8]> = items.iter().map(Vec::as_slice).collect();
+            Reply::raw(200, page_bytes(&refs, Some("p2")))
+        }
+        Some(_) => Reply::page(vec![account("Page2", 1)], None),
+    })
+    .await;
+
+    let (logs, _guard) = capture_logs();
+    let (result, got) = list(&client).await;
+    let stats = result.expect("the listing goes on");
+    assert_eq!(
+        ids(&got),
+        ["Good1", "Emoji", "RealFffd", "Extra", "Good2", "Page2"]
+    );
+    assert_eq!(got[1].account_name, "\u{1F600} Fund");
+    assert_eq!(got[2].account_name, "Caf\u{FFFD} Trust");
+    assert_eq!(stats.malformed, 10);
+    assert_eq!(stats.records, 6);
+    assert_eq!(fake.requests().len(), 2, "the next page was fetched");
+
+    let text = logs.text();
+    assert!(!text.contains("SECRET"), "a name reached the logs:\n{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("malformed account record skipped"))
+        .collect();
+    assert_eq!(lines.len(), 10, "one line per record:\n{text}");
+    let line = |index: usize| {
+        let key = format!("index={index} ");
+        lines
+            .iter()
+            .find(|l| l.contains(&key))
+            .copied()
+            .unwrap_or_else(|| panic!("no log line for index {index}:\n{text}"))
+    };
+    for l in &lines {
+        assert!(l.contains("WARN") && l.contains("page=1"), "{l}");
+    }
+    let expect = [
+        (1, "Utf8Name", "accountName holds bytes that are not UTF-8"),
+        (2, "<none>", "accountId holds bytes that are not UTF-8"),
+        (3, "CutShort", "accountName holds bytes that are not UTF-8"),
+        (
+            4,
+            "Surrogate",
+            "accountName holds an escape that is no character",
+        ),
+        (
+            5,
+            "LowSurrogate",
+            "status holds an escape that is no character",
+        ),
+        (6, "<none>", "not a decodable JSON object"),
+        (7, "NumName", "accountName is not a string"),
+        (8, "NumDate", "updatedAt is not a string"),
+        (9, "StrVersion", "version is not an integer"),
+        (10, "NoName", "accountName is missing"),
+    ];
+    for (index, id, rule) in expect {
+        let l = line(index);
+        assert!(
+            l.contains(&format!("account_id={id} ")) && l.contains(rule),
+            "index {index}: {l}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_page_not_utf8_outside_its_items_or_with_an_undecodable_token_is_fatal() {
+    for body in [
+        br#"{"items":[],"nextPageToken":"p"#.iter().copied().chain(*b"\xff\"}").collect::<Vec<u8>>(),
+        br#"{"items":[],"nextPageToken":"\ud800"}"#.to_vec(),
+        b"{\"items\":[],\"x\xff\":1}".to_vec(),
+    ] {
+        let (client, _fake) = start(move |_| Reply::raw(200, body.clone())).await;
+        let (result, _) = list(&client).await;
+        let err = result.expect_err("fatal");
+        assert!(
+            matches!(
+                err,
+                ListingError::Fatal {
+                    page: 1,
+                    status: Some(200),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+}
+
+/// The account system during a listing that a 410 interrupts: the first pass lists A1, a
+/// record without a version and A2, then its page token expires; meanwhile A1 changed and A2
+/// left, so the second pass lists the same malformed record on page 1 and A1 (v2) and A3 on
+/// page 2.
+async fn start_interrupted_listing() -> (AccountsClient, Fake) {
+    let mut no_version = account("NoVersion", 1);
+    no_version
+        .as_object_mut()
+        .expect("object")
+        .remove("version");
+    let expired = Arc::new(AtomicBool::new(false));
+    start(
+        move |req| match (expired.load(Ordering::SeqCst), req.token()) {
+            (false, None) => Reply::page(
+                vec![account("A1", 1), no_version.clone(), account("A2", 1)],
+                Some("p2"),
+            ),
+            (false, Some(_)) => {
+                expired.store(true, Ordering::SeqCst);
+                Reply::json(410, json!({"error": "page_token_expired"}))
+            }
+            (true, None) => Reply::page(vec![no_version.clone()], Some("q2")),
+            (true, Some(_)) => Reply::page(vec![account("A1", 2), account("A3", 1)], None),
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_restart_delivers_a_new_pass_and_counts_only_its_records() {
+    let (client, _fake) = start_interrupted_listing().await;
+    let (result, pages) = list_pages(&client).await;
+    let stats = result.expect("listing");
+    assert_eq!(
+        page_ids(&pages),
+        [
+            (1, 1, vec!["A1", "A2"]),
+            (2, 1, vec![]),
+            (2, 2, vec!["A1", "A3"])
+        ],
+        "page 1 of the new pass is delivered although it has no valid record"
+    );
+    assert!(pages[1].begins_pass() && !pages[2].begins_pass());
+    assert_eq!(stats.restarts, 1);
+    assert_eq!(stats.malformed, 1, "the malformed record is counted once");
+    assert_eq!(stats.records, 2, "records of the second pass");
+    assert_eq!(stats.pages, 3);
+}
+
+#[tokio::test]
+async fn the_producer_keeps_only_the_accounts_of_the_pass_that_completed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = crate::store::open(&dir.path().join("producer.db")).expect("store");
+    let (client, _fake) = start_interrupted_listing().await;
+    let stats = client
+        .list_active(None, |page| crate::insert_page(&store, "2026-11-23", &page))
+        .await
+        .expect("listing");
+    let rows: Vec<(String, i64)> = store
+        .call(|c| {
+            let mut stmt = c.prepare(
+                "SELECT account_id, version FROM listing WHERE run_id = '2026-11-23' ORDER BY account_id",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+        .expect("rows");
+    assert_eq!(
+        rows,
+        [("A1".to_owned(), 2), ("A3".to_owned(), 1)],
+        "A2 left during the listing and does not survive from the first pass"
+    );
+    assert_eq!(stats.malformed, 1);
+}
+
+#[tokio::test]
+async fn a_deadline_ends_a_listing_stuck_on_a_slow_page() {
+    let (client, fake) = start(|req| match req.token() {
+        None => Reply::page(vec![account("A1", 1)], Some("p2")),
+        Some(_) => Reply::page(vec![account("A2", 1)], None).delayed(Duration::from_secs(60)),
+    })
+    .await;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let (result, got) = list_until(&client, Some(deadline)).await;
+    match result {
+        Err(ListingError::DeadlinePassed { pass, page, .. }) => assert_eq!((pass, page), (1, 2)),
+        other => panic!("expected DeadlinePassed, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped at the deadline, not the page timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ids(&got), ["A1"], "a partial listing");
+    assert_eq!(fake.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_deadline_cuts_a_retry_after_wait_short() {
+    let (client, _fake) = start(|_| Reply::error(429).header("retry-after", "600")).await;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+    let (result, _) = list_until(&client, Some(deadline)).await;
+    let err = result.expect_err("deadline");
+    assert!(
+        matches!(
+            err,
+            ListingError::DeadlinePassed {
+                pass: 1,
+                page: 1,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("deadline") && err.to_string().contains("page 1"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_listing_finished_before_its_deadline_is_complete() {
+    let data: Vec<Value> = (1..=3).map(|i| account(&format!("A{i}"), 1)).collect();
+    let (client, _fake) = start(paged(data)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (result, got) = list_until(&client, Some(deadline)).await;
+    assert_eq!(result.expect("listing").records, 3);
+    assert_eq!(ids(&got), ["A1", "A2", "A3"]);
+}
+
+#[tokio::test]
+async fn a_token_endpoint_that_never_answers_is_bounded_by_the_timeout() {
+    let (_, fake) = start(|_| Reply::page(vec![account("A1", 1)], None)).await;
+    let (silent, _held) = silent_server().await;
+    // The token source's own timeout is far longer: the client's bounds the call.
+    let tokens = Arc::new(TokenSource::new(
+        reqwest::Client::new(),
+        format!("http://{silent}/oauth2/token"),
+        "producer",
+        Secret::new("s3cret"),
+        None,
+    ));
+    let mut config = test_config(fake.base.clone());
+    config.timeout = Duration::from_millis(200);
+    config.max_attempts = 2;
+    let client = AccountsClient::new(reqwest::Client::new(), config, tokens);
+    let started = Instant::now();
+    let (result, _) = list(&client).await;
+    match result.expect_err("no token") {
+        ListingError::Exhausted {
+            page: 1,
+            attempts: 2,
+            last_status: None,
+            last,
+            ..
+        } => assert!(last.contains("token") && last.contains("timeout"), "{last}"),
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        fake.requests().is_empty(),
+        "no account request without a token"
+    );
+}
+
+#[tokio::test]
 async fn hostile_names_are_accepted_verbatim_and_201_characters_rejected() {
     let names = [
         "Smith, Jones & Co, LLC".to_string(),
@@ -458,7 +852,7 @@ async fn gone_mid_listing_restarts_and_dedupe_gives_the_complete_latest_set() {
     let stats = result.expect("listing");
     assert_eq!(stats.restarts, 1);
     assert_eq!(stats.pages, 4, "one page before the 410, three after");
-    assert_eq!(stats.records, 7);
+    assert_eq!(stats.records, 5, "records of the pass that completed");
     assert_eq!(stats.total_count, Some(5), "from the pass that completed");
     let tokens: Vec<Option<String>> = fake
         .requests()
@@ -481,7 +875,7 @@ async fn gone_forever_is_fatal_after_max_restarts() {
         }
     })
     .await;
-    let (result, got) = list(&client).await;
+    let (result, pages) = list_pages(&client).await;
     let err = result.expect_err("fatal");
     match &err {
         ListingError::Fatal { page, status, .. } => {
@@ -496,7 +890,11 @@ async fn gone_forever_is_fatal_after_max_restarts() {
     );
     // First pass plus max_restarts (2) passes, two requests each.
     assert_eq!(fake.requests().len(), 6);
-    assert_eq!(got.len(), 3, "page 1 delivered in every pass");
+    assert_eq!(
+        page_ids(&pages),
+        [(1, 1, vec!["A1"]), (2, 1, vec!["A1"]), (3, 1, vec!["A1"])],
+        "page 1 delivered in every pass, each pass numbered"
+    );
 }
 
 #[tokio::test]
@@ -751,14 +1149,60 @@ async fn a_page_outside_the_contract_is_fatal_naming_the_page() {
 }
 
 #[tokio::test]
-async fn a_page_token_that_repeats_itself_is_fatal() {
+async fn a_page_token_that_repeats_itself_is_a_cycle() {
     let (client, fake) = start(|_| Reply::page(vec![account("A1", 1)], Some("same"))).await;
     let (result, _) = list(&client).await;
     assert!(
-        matches!(result, Err(ListingError::Fatal { page: 2, .. })),
+        matches!(
+            result,
+            Err(ListingError::Cycle {
+                pass: 1,
+                page: 2,
+                repeats: 2,
+                ..
+            })
+        ),
         "{result:?}"
     );
     assert_eq!(fake.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn page_tokens_that_cycle_through_several_pages_end_the_listing_naming_the_pages() {
+    // Page 1 → 2 → 3 → 4, and page 4 hands out the token of page 2 again.
+    let token = |n: u32| format!("opaque-cursor-{n}-customer-data");
+    let (client, fake) = start(move |req| {
+        let next = match req.token() {
+            None => token(2),
+            Some(t) if t == token(2) => token(3),
+            Some(t) if t == token(3) => token(4),
+            Some(_) => token(2),
+        };
+        Reply::page(vec![account(&format!("A{}", req.n), 1)], Some(&next))
+    })
+    .await;
+    let (result, got) = list(&client).await;
+    let err = result.expect_err("a cycle");
+    match &err {
+        ListingError::Cycle {
+            pass,
+            page,
+            repeats,
+            ..
+        } => assert_eq!((*pass, *page, *repeats), (1, 4, 2)),
+        other => panic!("expected Cycle, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains("/v1/accounts") && text.contains("page 4") && text.contains("page 2"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("opaque-cursor"),
+        "token contents shown: {text}"
+    );
+    assert_eq!(fake.requests().len(), 4, "no page fetched twice");
+    assert_eq!(ids(&got), ["A1", "A2", "A3", "A4"], "a partial listing");
 }
 
 #[tokio::test]
@@ -767,7 +1211,7 @@ async fn a_sink_error_stops_the_listing_and_is_returned() {
     let (client, fake) = start(paged(data)).await;
     let mut pages_seen = 0;
     let result = client
-        .list_active(|_page| {
+        .list_active(None, |_page| {
             pages_seen += 1;
             if pages_seen == 2 {
                 Err("disk full")
@@ -886,35 +1330,16 @@ fn validate_names_the_key() {
 }
 
 #[test]
-fn account_id_pattern() {
-    for id in ["a", "Z", "0", "A1._-b", &"x".repeat(64)] {
-        assert!(is_valid_account_id(id), "{id}");
-    }
-    for id in [
-        "",
-        "-a",
-        ".a",
-        "_a",
-        "a b",
-        "a\n",
-        "a/b",
-        "é",
-        &"x".repeat(65),
-    ] {
-        assert!(!is_valid_account_id(id), "{id:?}");
-    }
-}
-
-#[test]
 fn each_rule_is_reported() {
     let good = account("A1", 1);
-    assert!(parse_record(&good).is_ok());
+    assert!(parse_value(&good).is_ok());
     let with = |key: &str, value: Value| {
         let mut v = good.clone();
         v[key] = value;
-        parse_record(&v).expect_err(key)
+        parse_value(&v).expect_err(key)
     };
-    assert_eq!(parse_record(&json!([])), Err(Defect::NotAnObject));
+    assert_eq!(parse_value(&json!([])), Err(Defect::NotAnObject));
+    assert_eq!(parse_text(" \n{}"), Err(Defect::Missing("accountId")));
     assert_eq!(with("accountId", Value::Null), Defect::Missing("accountId"));
     assert_eq!(with("accountId", json!(1)), Defect::NotAString("accountId"));
     assert_eq!(with("accountId", json!("a b")), Defect::IdPattern);
@@ -936,11 +1361,33 @@ fn each_rule_is_reported() {
     // JSON Schema counts 3.0 as an integer.
     let mut v = good.clone();
     v["version"] = json!(3.0);
-    assert_eq!(parse_record(&v).expect("3.0").version, 3);
+    assert_eq!(parse_value(&v).expect("3.0").version, 3);
     v["updatedAt"] = json!("2026-11-20T08:30:00-06:00");
     assert_eq!(
-        parse_record(&v).expect("offset").updated_at.to_rfc3339(),
+        parse_value(&v).expect("offset").updated_at.to_rfc3339(),
         "2026-11-20T14:30:00+00:00"
+    );
+    // Escapes decode; an escape that is no character does not.
+    let escaped = r#"{"accountId":"\u0041\u0031","accountName":"\ud83d\ude00 \"Fund\"","status":"ACTIVE","updatedAt":"2026-11-20T14:30:00Z","version":1}"#;
+    let record = parse_text(escaped).expect("escapes");
+    assert_eq!(
+        (record.account_id.as_str(), record.account_name.as_str()),
+        ("A1", "\u{1F600} \"Fund\"")
+    );
+    for (field, text) in [
+        ("accountName", escaped.replace(r"\ude00", "")),
+        ("accountId", escaped.replace(r"\u0041", r"\udc41")),
+        ("status", escaped.replace(r#""ACTIVE""#, r#""\ud800""#)),
+    ] {
+        assert_eq!(parse_text(&text), Err(Defect::Undecodable(field)), "{text}");
+    }
+    assert_eq!(
+        parse_text(&escaped.replace(r#""version""#, r#""v\ud800""#)),
+        Err(Defect::UndecodableObject)
+    );
+    assert_eq!(
+        parse_text(&escaped.replace(r#""version":1"#, r#""version":"\ud800""#)),
+        Err(Defect::VersionNotInteger)
     );
 }
 
@@ -981,32 +1428,6 @@ fn backoff_grows_is_capped_jittered_and_honours_retry_after() {
 }
 
 #[test]
-fn retry_after_reads_seconds_and_http_dates() {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let headers = |v: &str| {
-        let mut h = reqwest::header::HeaderMap::new();
-        h.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_str(v).expect("value"),
-        );
-        h
-    };
-    assert_eq!(
-        retry_after(&headers("7"), now),
-        Some(Duration::from_secs(7))
-    );
-    let later = httpdate::fmt_http_date(now + Duration::from_secs(42));
-    assert_eq!(
-        retry_after(&headers(&later), now),
-        Some(Duration::from_secs(42))
-    );
-    let earlier = httpdate::fmt_http_date(now - Duration::from_secs(42));
-    assert_eq!(retry_after(&headers(&earlier), now), Some(Duration::ZERO));
-    assert_eq!(retry_after(&headers("soon"), now), None);
-    assert_eq!(retry_after(&reqwest::header::HeaderMap::new(), now), None);
-}
-
-#[test]
 fn dedupe_keeps_highest_version_later_on_ties_sorted_by_id() {
     let rec = |id: &str, version: i64, name: &str| AccountRecord {
         account_id: id.into(),
@@ -1031,7 +1452,7 @@ fn dedupe_keeps_highest_version_later_on_ties_sorted_by_id() {
 
 #[test]
 fn debug_of_a_record_hides_the_name() {
-    let record = parse_record(&account_with("A1", 1, "ACTIVE", "Jane Doe")).expect("record");
+    let record = parse_value(&account_with("A1", 1, "ACTIVE", "Jane Doe")).expect("record");
     let text = format!("{record:?}");
     assert!(text.contains("A1") && text.contains("<8 chars>"), "{text}");
     assert!(!text.contains("Jane"), "{text}");
@@ -1050,4 +1471,101 @@ fn error_bodies_are_described_bounded() {
         describe_error_body(long.as_bytes()).chars().count(),
         MAX_ERROR_TEXT_CHARS + 1
     );
+}
+
+// ---- against the simulator -----------------------------------------------------------------
+
+async fn simulated(config: esg_simulator::SimConfig) -> (esg_simulator::SimHandle, AccountsClient) {
+    let sim = esg_simulator::start(config, "127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("simulator starts");
+    let http = reqwest::Client::new();
+    let tokens = Arc::new(TokenSource::new(
+        http.clone(),
+        sim.token_url(),
+        "esg-accounts",
+        Secret::new("accounts-secret"),
+        Some("accounts.read".into()),
+    ));
+    let mut config = test_config(sim.url());
+    config.page_size = 100;
+    config.timeout = Duration::from_millis(500);
+    (sim.clone(), AccountsClient::new(http, config, tokens))
+}
+
+fn sim_config(accounts: u64) -> esg_simulator::SimConfig {
+    esg_simulator::SimConfig {
+        accounts,
+        rate_limit_per_second: None,
+        ..esg_simulator::SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn the_simulators_undecodable_records_are_skipped_and_every_account_kept() {
+    let (_clean_sim, clean) = simulated(sim_config(600)).await;
+    let (truth_result, truth) = list(&clean).await;
+    truth_result.expect("clean listing");
+    let (_sim, client) = simulated(esg_simulator::SimConfig {
+        malformed_record_rate: 0.02,
+        invalid_utf8_record_rate: 0.03,
+        lone_surrogate_record_rate: 0.03,
+        wrong_type_record_rate: 0.03,
+        duplicate_rate: 0.05,
+        ..sim_config(600)
+    })
+    .await;
+    let (result, got) = list(&client).await;
+    let stats = result.expect("one bad record does not fail a page");
+    assert!(stats.malformed >= 30, "{stats:?}");
+    let key = |r: &AccountRecord| (r.account_id.clone(), r.version);
+    let got: BTreeSet<(String, i64)> = dedupe_highest_version(got).iter().map(key).collect();
+    let truth: BTreeSet<(String, i64)> = dedupe_highest_version(truth).iter().map(key).collect();
+    assert_eq!(
+        got.symmetric_difference(&truth).collect::<Vec<_>>(),
+        Vec::<&(String, i64)>::new(),
+        "every account kept, nothing else"
+    );
+}
+
+#[tokio::test]
+async fn the_simulators_cycling_page_tokens_end_the_listing_as_a_cycle() {
+    let (_sim, client) = simulated(esg_simulator::SimConfig {
+        page_token_cycle_after: 4,
+        ..sim_config(1000)
+    })
+    .await;
+    let (result, _) = list(&client).await;
+    match result {
+        Err(ListingError::Cycle {
+            page: 4,
+            repeats: 2,
+            ..
+        }) => {}
+        other => panic!("expected a cycle at page 4, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_simulators_silent_token_endpoint_exhausts_the_page_in_bounded_time() {
+    let (sim, client) = simulated(esg_simulator::SimConfig {
+        token_delay: Duration::from_secs(3600),
+        ..sim_config(10)
+    })
+    .await;
+    let started = Instant::now();
+    let (result, _) = list(&client).await;
+    match result {
+        Err(ListingError::Exhausted {
+            page: 1, attempts, ..
+        }) => assert_eq!(attempts, 3),
+        other => panic!("expected Exhausted, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.stats().account_pages, 0);
+    sim.shutdown();
 }

@@ -17,7 +17,7 @@
 pub mod accounts;
 pub mod store;
 
-use accounts::{AccountRecord, AccountsClient};
+use accounts::{AccountsClient, Page};
 use chrono::{DateTime, NaiveDate, Utc};
 use esg_bus::{EventBus, RangeReader, Store, StoreError};
 use esg_schemas::{
@@ -265,7 +265,9 @@ impl Producer {
             .ok_or_else(|| ProducerError::Listing("run not recorded".into()))
     }
 
-    /// Lists active accounts into the run's listing, keeping the highest version of each.
+    /// Lists active accounts into the run's listing, keeping the highest version of each, and
+    /// only the pass of the listing that completed: a 410 restart drops what earlier passes
+    /// stored (see [`insert_page`]). The listing is bounded by the run's deadline.
     async fn list(&self, req: &RunRequest) -> Result<(), ProducerError> {
         let client = self.accounts.as_ref().ok_or_else(|| {
             ProducerError::Listing("no account system configured for a daily run".into())
@@ -276,8 +278,14 @@ impl Producer {
             .call(move |c| c.execute("DELETE FROM listing WHERE run_id = ?1", [id]))
             .await?;
         let store = self.store.clone();
+        let left = (req.deadline - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        let deadline = tokio::time::Instant::now() + left;
         let stats = client
-            .list_active(|page: Vec<AccountRecord>| insert_page(&store, &run_id, &page))
+            .list_active(Some(deadline), |page: Page| {
+                insert_page(&store, &run_id, &page)
+            })
             .await
             .map_err(|e| ProducerError::Listing(e.to_string()))?;
         let facts = ListingFacts {
@@ -797,9 +805,16 @@ impl Producer {
     }
 }
 
-fn insert_page(store: &Store, run_id: &str, page: &[AccountRecord]) -> Result<(), StoreError> {
+/// Stores one page of the listing into the run's listing, keeping the highest version of each
+/// account. The first page of a pass first drops every row of the run, in the same transaction:
+/// after a 410 restart only the new pass counts, so an account that left between two passes
+/// does not survive from the first.
+fn insert_page(store: &Store, run_id: &str, page: &Page) -> Result<(), StoreError> {
     store.call_blocking(|c| {
         let tx = c.transaction()?;
+        if page.begins_pass() {
+            tx.execute("DELETE FROM listing WHERE run_id = ?1", [run_id])?;
+        }
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO listing (run_id, account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -807,7 +822,7 @@ fn insert_page(store: &Store, run_id: &str, page: &[AccountRecord]) -> Result<()
                    version = excluded.version, updated_at_ms = excluded.updated_at_ms
                  WHERE excluded.version >= listing.version",
             )?;
-            for a in page {
+            for a in &page.records {
                 stmt.execute(params![
                     run_id,
                     a.account_id,

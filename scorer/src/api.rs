@@ -25,6 +25,7 @@
 
 use crate::limiter::RateLimiter;
 use chrono::NaiveDate;
+use esg_auth::http::{is_valid_account_id, parse_retry_after};
 use esg_auth::{AuthError, TokenSource};
 use esg_schemas::Pillar;
 use rust_decimal::Decimal;
@@ -796,17 +797,9 @@ fn error_message(
     }
 }
 
-/// The error and its causes, `a: b: c`, bounded.
+/// The error and its causes, `a: b: c` ([`esg_auth::http::error_chain`]), clipped.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    for _ in 0..5 {
-        let Some(s) = source else { break };
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    clip(&text)
+    clip(&esg_auth::http::error_chain(e))
 }
 
 /// At most [`MAX_QUOTED_CHARS`] characters of `s`, marked when cut.
@@ -814,21 +807,6 @@ fn clip(s: &str) -> String {
     match s.char_indices().nth(MAX_QUOTED_CHARS) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_owned(),
-    }
-}
-
-/// The contract's pattern for account ids: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`.
-fn is_valid_account_id(id: &str) -> bool {
-    let bytes = id.as_bytes();
-    match bytes.split_first() {
-        Some((first, rest)) => {
-            first.is_ascii_alphanumeric()
-                && rest.len() <= 63
-                && rest
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        }
-        None => false,
     }
 }
 
@@ -866,22 +844,6 @@ fn endpoint(
     url.query_pairs_mut()
         .append_pair("asOf", &as_of.format("%Y-%m-%d").to_string());
     Ok(url)
-}
-
-/// A `Retry-After` value as a wait from `now`: delta-seconds or an HTTP-date (a date in the
-/// past is no wait). `None` when it is neither.
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        // More digits than a u64 holds is "very long": the caller caps it.
-        return Some(
-            value
-                .parse::<u64>()
-                .map_or(Duration::MAX, Duration::from_secs),
-        );
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 type Object<'a> = HashMap<String, &'a RawValue>;

@@ -1,9 +1,15 @@
 //! The account system's API: `GET /v1/accounts`, paged with opaque cursor tokens.
 //!
-//! A page token carries the cursor (position and offset within it), the filter, the span and
-//! `totalCount` of the listing, when it was issued and the page-token generation, plus a check
-//! sum; it is stored nowhere. A token older than `page_token_ttl`, or issued before
-//! [`crate::SimHandle::expire_page_tokens`], answers 410; one that does not decode answers 400.
+//! A page token carries the page number it asks for, the cursor (position and offset within
+//! it), the filter, the span and `totalCount` of the listing, when it was issued and the
+//! page-token generation, plus a check sum; it is stored nowhere. A token older than
+//! `page_token_ttl`, or issued before [`crate::SimHandle::expire_page_tokens`], answers 410; one
+//! that does not decode answers 400.
+//!
+//! With `page_token_cycle_after = N`, the answer to page N hands out the token of page 2 again,
+//! byte for byte: every token of such a listing carries the time the listing began, and the
+//! cursor after page 1 is computed again from the page size. A client that follows the tokens
+//! goes round pages 2..=N for ever.
 //!
 //! The listing is not a snapshot: it reads the accounts as they are when each page is served,
 //! so an account changed during a listing shows its new state if its position is still ahead.
@@ -12,15 +18,16 @@ use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 
+use crate::accounts::Registry;
 use crate::accounts::Status;
 use crate::auth::{authorize, denied};
 use crate::config::ACCOUNTS_SCOPE;
 use crate::hash::{fnv1a, hex, mix, salt, unhex, unit};
-use crate::http::{error, first, json_text, query_pairs};
-use crate::listing::{count_matching, entries_at, render, Filter, ListingFaults};
+use crate::http::{error, first, query_pairs};
+use crate::listing::{count_matching, entries_at, write_record, Entry, Filter, ListingFaults};
 use crate::state::{unix_millis, State as SimState};
 
 /// Default and largest page sizes (the contract's).
@@ -30,6 +37,8 @@ const MAX_PAGE_SIZE: usize = 5000;
 /// Where a listing stands between two pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PageToken {
+    /// The page number this token asks for (page 1 has no token).
+    page: u64,
     position: u64,
     offset: usize,
     issued_ms: u64,
@@ -46,8 +55,8 @@ fn encode(key: u64, t: &PageToken) -> String {
         .since
         .map_or_else(|| "-".to_owned(), |s| s.timestamp_micros().to_string());
     let payload = format!(
-        "p1.{}.{}.{}.{}.{}.{}.{status}.{since}",
-        t.position, t.offset, t.issued_ms, t.generation, t.total_count, t.span
+        "p2.{}.{}.{}.{}.{}.{}.{}.{status}.{since}",
+        t.page, t.position, t.offset, t.issued_ms, t.generation, t.total_count, t.span
     );
     let mac = mix(key, &[salt("page-token"), fnv1a(payload.as_bytes())]);
     hex(format!("{payload}.{mac:016x}").as_bytes())
@@ -61,10 +70,11 @@ fn decode(key: u64, token: &str) -> Option<PageToken> {
         return None;
     }
     let parts: Vec<&str> = payload.split('.').collect();
-    let [tag, position, offset, issued, generation, total, span, status, since] = parts[..] else {
+    let [tag, page, position, offset, issued, generation, total, span, status, since] = parts[..]
+    else {
         return None;
     };
-    if tag != "p1" {
+    if tag != "p2" {
         return None;
     }
     let status = match status {
@@ -76,6 +86,7 @@ fn decode(key: u64, token: &str) -> Option<PageToken> {
         s => Some(DateTime::from_timestamp_micros(s.parse().ok()?)?),
     };
     Some(PageToken {
+        page: page.parse().ok()?,
         position: position.parse().ok()?,
         offset: offset.parse().ok()?,
         issued_ms: issued.parse().ok()?,
@@ -88,6 +99,42 @@ fn decode(key: u64, token: &str) -> Option<PageToken> {
 
 fn bad_request(code: &str, message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, code, message, None)
+}
+
+/// Where a page ends: walks the listing from `(position, offset)` until `page_size` entries are
+/// taken or the listing ends, appending them to `out` when given. Returns the cursor after the
+/// page.
+#[allow(clippy::too_many_arguments)]
+fn walk(
+    reg: &Registry,
+    faults: &ListingFaults,
+    filter: &Filter,
+    span: u64,
+    (mut position, mut offset): (u64, usize),
+    page_size: usize,
+    mut out: Option<&mut Vec<Entry>>,
+    here: &mut Vec<Entry>,
+) -> (u64, usize) {
+    let end = reg.total();
+    let mut taken = 0;
+    while position <= end && taken < page_size {
+        here.clear();
+        entries_at(reg, faults, filter, span, position, here);
+        let rest = here.get(offset..).unwrap_or(&[]);
+        let room = page_size - taken;
+        let take = rest.len().min(room);
+        if let Some(out) = out.as_deref_mut() {
+            out.extend_from_slice(&rest[..take]);
+        }
+        taken += take;
+        if rest.len() > room {
+            offset += room;
+            break;
+        }
+        position += 1;
+        offset = 0;
+    }
+    (position, offset)
 }
 
 /// `GET /v1/accounts`.
@@ -216,63 +263,109 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
         seed: cfg.seed,
         malformed_rate: cfg.malformed_record_rate,
         duplicate_rate: cfg.duplicate_rate,
+        invalid_utf8_rate: cfg.invalid_utf8_record_rate,
+        lone_surrogate_rate: cfg.lone_surrogate_record_rate,
+        wrong_type_rate: cfg.wrong_type_record_rate,
     };
     let reg = st.registry();
     let query_filter = Filter { status, since };
-    let (filter, span, total_count, mut position, mut offset) = match token {
-        Some(t) => (t.filter, t.span, t.total_count, t.position, t.offset),
+    let now = unix_millis();
+    let (page, filter, span, total_count, cursor, listing_began_ms) = match token {
+        Some(t) => (
+            t.page,
+            t.filter,
+            t.span,
+            t.total_count,
+            (t.position, t.offset),
+            t.issued_ms,
+        ),
         None => (
+            1,
             query_filter,
             reg.total(),
             count_matching(&reg, &query_filter),
-            1,
-            0,
+            (1, 0),
+            now,
         ),
     };
-    let end = reg.total();
-    let mut items = Vec::with_capacity(page_size.min(end as usize + 16));
+    let mut entries = Vec::with_capacity(page_size.min(reg.total() as usize + 16));
     let mut here = Vec::new();
-    while position <= end && items.len() < page_size {
-        here.clear();
-        entries_at(&reg, &faults, &filter, span, position, &mut here);
-        let rest = here.get(offset..).unwrap_or(&[]);
-        let room = page_size - items.len();
-        if rest.len() > room {
-            items.extend(rest[..room].iter().map(|e| render(e, cfg.seed, &filter)));
-            offset += room;
-            break;
+    let (position, offset) = walk(
+        &reg,
+        &faults,
+        &filter,
+        span,
+        cursor,
+        page_size,
+        Some(&mut entries),
+        &mut here,
+    );
+    let more = position <= reg.total();
+    let cycle = cfg.page_token_cycle_after;
+    let next = more.then(|| {
+        let mut next = PageToken {
+            page: page + 1,
+            position,
+            offset,
+            issued_ms: now,
+            generation: st.page_generation(),
+            total_count,
+            span,
+            filter,
+        };
+        if cycle >= 2 {
+            // Every token of a cycling listing carries the time the listing began, so that the
+            // token of page 2 can be handed out again unchanged.
+            next.issued_ms = listing_began_ms;
+            if page >= u64::from(cycle) {
+                let (position, offset) = walk(
+                    &reg,
+                    &faults,
+                    &filter,
+                    span,
+                    (1, 0),
+                    page_size,
+                    None,
+                    &mut here,
+                );
+                next = PageToken {
+                    page: 2,
+                    position,
+                    offset,
+                    ..next
+                };
+                tracing::debug!(page, "page token cycles back to page 2");
+            }
         }
-        items.extend(rest.iter().map(|e| render(e, cfg.seed, &filter)));
-        position += 1;
-        offset = 0;
-    }
-    drop(reg);
-    let next = (position <= end).then(|| {
-        encode(
-            st.key,
-            &PageToken {
-                position,
-                offset,
-                issued_ms: unix_millis(),
-                generation: st.page_generation(),
-                total_count,
-                span,
-                filter,
-            },
-        )
+        encode(st.key, &next)
     });
+    drop(reg);
     tracing::debug!(
-        items = items.len(),
+        items = entries.len(),
         total_count,
         last = next.is_none(),
         "accounts page served"
     );
-    let body = serde_json::json!({
-        "items": items,
-        "nextPageToken": next,
-        "totalCount": total_count,
-    });
-    json_text(StatusCode::OK, body.to_string())
+    let mut body = Vec::with_capacity(entries.len() * 160 + 64);
+    body.extend_from_slice(br#"{"items":["#);
+    for (i, entry) in entries.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        write_record(entry, cfg.seed, &filter, &mut body);
+    }
+    body.extend_from_slice(br#"],"nextPageToken":"#);
+    body.extend_from_slice(serde_json::Value::from(next).to_string().as_bytes());
+    body.extend_from_slice(format!(r#","totalCount":{total_count}}}"#).as_bytes());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -282,6 +375,7 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_refuse_tampering() {
         let t = PageToken {
+            page: 7,
             position: 1234,
             offset: 2,
             issued_ms: 99,

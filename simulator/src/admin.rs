@@ -111,6 +111,12 @@ pub(crate) struct ConfigPatch {
     malformed_record_rate: Option<f64>,
     duplicate_rate: Option<f64>,
     accounts_transient_error_rate: Option<f64>,
+    invalid_utf8_record_rate: Option<f64>,
+    lone_surrogate_record_rate: Option<f64>,
+    wrong_type_record_rate: Option<f64>,
+    page_token_cycle_after: Option<u32>,
+    #[serde(with = "humantime_serde::option")]
+    token_delay: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
     token_ttl: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
@@ -143,6 +149,17 @@ impl ConfigPatch {
             &mut c.accounts_transient_error_rate,
             self.accounts_transient_error_rate,
         );
+        set(
+            &mut c.invalid_utf8_record_rate,
+            self.invalid_utf8_record_rate,
+        );
+        set(
+            &mut c.lone_surrogate_record_rate,
+            self.lone_surrogate_record_rate,
+        );
+        set(&mut c.wrong_type_record_rate, self.wrong_type_record_rate);
+        set(&mut c.page_token_cycle_after, self.page_token_cycle_after);
+        set(&mut c.token_delay, self.token_delay);
         set(&mut c.token_ttl, self.token_ttl);
         set(&mut c.page_token_ttl, self.page_token_ttl);
         set(&mut c.track_calls, self.track_calls);

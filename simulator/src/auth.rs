@@ -109,6 +109,19 @@ fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
 pub(crate) async fn token(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     st.count_token_request();
     let cfg = st.config();
+    if !cfg.token_delay.is_zero() {
+        tracing::debug!(
+            delay_ms = u64::try_from(cfg.token_delay.as_millis()).unwrap_or(u64::MAX),
+            "token request held (token_delay)"
+        );
+        if !st.pause(cfg.token_delay).await {
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the token endpoint is shutting down",
+            );
+        }
+    }
     let Some(pairs) = std::str::from_utf8(&body)
         .ok()
         .and_then(|text| query_pairs(Some(text)))

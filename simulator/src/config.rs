@@ -59,6 +59,23 @@ pub struct SimConfig {
     /// Chance that a listing page answers 429 (`Retry-After: 1`) or 503 (two fifths each) or
     /// 500 (one fifth) (default 0).
     pub accounts_transient_error_rate: f64,
+    /// Extra listing records whose `accountName` holds bytes that are not UTF-8, per account
+    /// listed (default 0).
+    pub invalid_utf8_record_rate: f64,
+    /// Extra listing records whose `accountName` holds a lone surrogate escape (`\ud800`), which
+    /// no JSON string decoder can turn into a character, per account listed (default 0).
+    pub lone_surrogate_record_rate: f64,
+    /// Extra listing records with a field of the wrong JSON type (a number for a string, a
+    /// string for the version, ...), per account listed (default 0).
+    pub wrong_type_record_rate: f64,
+    /// When at least 2: the answer to page N of a listing hands out the page token of page 2
+    /// again, so a client that follows the tokens goes round pages 2..=N for ever. Only a
+    /// listing longer than N pages cycles. 0 (default) turns it off.
+    pub page_token_cycle_after: u32,
+    /// How long the token endpoint waits before it answers (default 0). Longer than a client's
+    /// timeout, it is a token endpoint that accepts the connection and never answers.
+    #[serde(with = "humantime_serde")]
+    pub token_delay: Duration,
     /// Count ESG calls per account (default true). Turn off for very large account counts:
     /// the counters are the only memory that grows with the number of accounts called.
     pub track_calls: bool,
@@ -128,6 +145,11 @@ impl Default for SimConfig {
             malformed_record_rate: 0.0,
             duplicate_rate: 0.0,
             accounts_transient_error_rate: 0.0,
+            invalid_utf8_record_rate: 0.0,
+            lone_surrogate_record_rate: 0.0,
+            wrong_type_record_rate: 0.0,
+            page_token_cycle_after: 0,
+            token_delay: Duration::ZERO,
             track_calls: true,
             today: None,
         }
@@ -154,6 +176,12 @@ impl SimConfig {
                 "accounts_transient_error_rate",
                 self.accounts_transient_error_rate,
             ),
+            ("invalid_utf8_record_rate", self.invalid_utf8_record_rate),
+            (
+                "lone_surrogate_record_rate",
+                self.lone_surrogate_record_rate,
+            ),
+            ("wrong_type_record_rate", self.wrong_type_record_rate),
         ];
         for (key, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -182,6 +210,13 @@ impl SimConfig {
             return Err(invalid(
                 "accounts",
                 format!("{} is more than {MAX_ACCOUNTS}", self.accounts),
+            ));
+        }
+        if self.page_token_cycle_after == 1 {
+            return Err(invalid(
+                "page_token_cycle_after",
+                "must be 0 (off) or at least 2: page 1 has no page token to hand out again"
+                    .to_owned(),
             ));
         }
         if self.burst == 0 {
@@ -278,6 +313,55 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(c.validate().is_err());
+        let c = SimConfig {
+            wrong_type_record_rate: -0.1,
+            ..SimConfig::default()
+        };
+        match c.validate() {
+            Err(SimError::InvalidConfig { key, .. }) => assert_eq!(key, "wrong_type_record_rate"),
+            other => panic!("expected invalid wrong_type_record_rate, got {other:?}"),
+        }
+        let c = SimConfig {
+            page_token_cycle_after: 1,
+            ..SimConfig::default()
+        };
+        match c.validate() {
+            Err(SimError::InvalidConfig { key, .. }) => assert_eq!(key, "page_token_cycle_after"),
+            other => panic!("expected invalid page_token_cycle_after, got {other:?}"),
+        }
+        for ok in [0, 2, 7] {
+            let c = SimConfig {
+                page_token_cycle_after: ok,
+                ..SimConfig::default()
+            };
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn listing_and_token_faults_are_off_by_default_and_read_from_json() {
+        let c = SimConfig::default();
+        assert_eq!(
+            (
+                c.invalid_utf8_record_rate,
+                c.lone_surrogate_record_rate,
+                c.wrong_type_record_rate
+            ),
+            (0.0, 0.0, 0.0)
+        );
+        assert_eq!(
+            (c.page_token_cycle_after, c.token_delay),
+            (0, Duration::ZERO)
+        );
+        let c: SimConfig = serde_json::from_str(
+            r#"{"invalid_utf8_record_rate":0.1,"lone_surrogate_record_rate":0.2,"wrong_type_record_rate":0.3,"page_token_cycle_after":4,"token_delay":"1h"}"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.invalid_utf8_record_rate, 0.1);
+        assert_eq!(c.lone_surrogate_record_rate, 0.2);
+        assert_eq!(c.wrong_type_record_rate, 0.3);
+        assert_eq!(c.page_token_cycle_after, 4);
+        assert_eq!(c.token_delay, Duration::from_secs(3600));
     }
 
     #[test]

@@ -1157,3 +1157,186 @@ async fn batch_transient_faults_fail_items_or_the_whole_batch() {
         "every item counts, failed batch or not"
     );
 }
+
+/// Sets fault settings through `POST /_sim/config`.
+async fn configure(api: &Api, patch: Value) {
+    let resp = api
+        .http
+        .post(format!("{}/_sim/config", api.sim.url()))
+        .json(&patch)
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT, "{patch}");
+}
+
+/// A page body as JSON, with the bytes that are not UTF-8 and the lone surrogates that
+/// `serde_json` refuses made readable.
+fn readable_page(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body).replace(r"\ud800", "?");
+    serde_json::from_str(&text).expect("page JSON but for the undecodable names")
+}
+
+fn occurrences(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
+}
+
+#[tokio::test]
+async fn undecodable_and_wrong_type_records_appear_at_their_rates() {
+    let api = Api::new(
+        sim(SimConfig {
+            inactive_share: 0.0,
+            invalid_utf8_record_rate: 0.03,
+            lone_surrogate_record_rate: 0.03,
+            wrong_type_record_rate: 0.03,
+            ..quiet(2000)
+        })
+        .await,
+    )
+    .await;
+    let (mut not_utf8, mut surrogates, mut pages_not_utf8) = (0, 0, 0);
+    let mut records = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut q = vec![("pageSize", "250".to_owned())];
+        if let Some(t) = &next {
+            q.push(("pageToken", t.clone()));
+        }
+        let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let resp = api.page(&q).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body = resp.bytes().await.expect("body");
+        not_utf8 += occurrences(&body, b"\"Caf\xe9 de Paris Holdings ");
+        surrogates += occurrences(&body, br#""Fund \ud800 "#);
+        if std::str::from_utf8(&body).is_err() {
+            pages_not_utf8 += 1;
+            assert!(
+                serde_json::from_slice::<Value>(&body).is_err(),
+                "serde_json refuses the whole page"
+            );
+        }
+        let page = readable_page(&body);
+        records.extend(page["items"].as_array().expect("items").iter().cloned());
+        match &page["nextPageToken"] {
+            Value::String(t) => next = Some(t.clone()),
+            _ => break,
+        }
+    }
+    for (n, what) in [(not_utf8, "not UTF-8"), (surrogates, "lone surrogate")] {
+        assert!((25..=110).contains(&n), "{n} records with a name {what}");
+    }
+    assert!(pages_not_utf8 > 0);
+    let wrong_type = records
+        .iter()
+        .filter(|r| {
+            !r["accountId"].is_string()
+                || !r["accountName"].is_string()
+                || !r["updatedAt"].is_string()
+                || r["version"].is_string()
+        })
+        .count();
+    assert!(
+        (25..=110).contains(&wrong_type),
+        "{wrong_type} of the wrong type"
+    );
+    // The undecodable names were made readable above; the accounts themselves are untouched.
+    let accounts: Vec<&str> = records
+        .iter()
+        .filter(|r| valid_account(r))
+        .filter_map(|r| r["accountId"].as_str())
+        .filter(|id| !id.starts_with("MAL"))
+        .collect();
+    assert_eq!(
+        accounts.iter().collect::<BTreeSet<_>>().len(),
+        2000,
+        "every account listed"
+    );
+    assert_eq!(accounts.len(), 2000, "and once");
+    assert_eq!(
+        records.len(),
+        2000 + not_utf8 + surrogates + wrong_type,
+        "nothing else added"
+    );
+}
+
+#[tokio::test]
+async fn page_tokens_cycle_back_to_page_two_when_asked() {
+    let api = Api::new(sim(quiet(50)).await).await;
+    configure(&api, serde_json::json!({ "page_token_cycle_after": 3 })).await;
+    let page = |token: Option<String>| {
+        let api = &api;
+        async move {
+            let mut q = vec![("pageSize", "10".to_owned())];
+            q.extend(token.map(|t| ("pageToken", t)));
+            let q: Vec<(&str, &str)> = q.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let resp = api.page(&q).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let body: Value = resp.json().await.expect("page");
+            let next = body["nextPageToken"].as_str().map(str::to_owned);
+            (body["items"].clone(), next)
+        }
+    };
+    let (_, t2) = page(None).await;
+    let (items2, t3) = page(t2.clone()).await;
+    let (items3, again) = page(t3.clone()).await;
+    assert_ne!(items2, items3);
+    assert!(t2.is_some() && t3.is_some() && t2 != t3);
+    assert_eq!(again, t2, "page 3 hands out the token of page 2 again");
+    let (items2_again, t3_again) = page(again).await;
+    assert_eq!((items2_again, t3_again), (items2, t3), "and round it goes");
+
+    configure(&api, serde_json::json!({ "page_token_cycle_after": 0 })).await;
+    let (all, total) = api.list_all(&[("pageSize", "10")]).await;
+    assert_eq!((all.len(), total), (50, 50), "off again, the listing ends");
+    let refused = api
+        .http
+        .post(format!("{}/_sim/config", api.sim.url()))
+        .json(&serde_json::json!({ "page_token_cycle_after": 1 }))
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_token_delay_holds_the_token_answer() {
+    let api = Api::new(sim(quiet(5)).await).await;
+    let ask = |http: Client| {
+        let url = api.sim.token_url();
+        async move {
+            http.post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "esg-accounts"),
+                    ("client_secret", "accounts-secret"),
+                ])
+                .send()
+                .await
+        }
+    };
+    configure(&api, serde_json::json!({ "token_delay": "1h" })).await;
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let err = ask(impatient).await.expect_err("never answers in time");
+    assert!(err.is_timeout(), "{err}");
+    // Tokens already issued still work: only the token endpoint is stuck.
+    assert_eq!(api.page(&[]).await.status(), StatusCode::OK);
+
+    configure(&api, serde_json::json!({ "token_delay": "200ms" })).await;
+    let started = Instant::now();
+    let resp = ask(Client::new()).await.expect("answered");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    configure(&api, serde_json::json!({ "token_delay": "0s" })).await;
+    assert_eq!(
+        ask(Client::new()).await.expect("answered").status(),
+        StatusCode::OK
+    );
+    assert_eq!(api.sim.stats().token_requests, 2 + 3);
+}

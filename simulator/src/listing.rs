@@ -10,6 +10,13 @@
 //! to the start), where `D` is a quarter, a half or three quarters of the listing's span, so the
 //! two copies usually sit on different pages. One copy carries the current version, the other
 //! the previous one, in either order.
+//!
+//! Malformed records come in two families, each kind drawn at its own rate from the seed and
+//! the position: records that break a rule of the contract but are valid JSON
+//! (`malformed_record_rate`, `wrong_type_record_rate`), and records no JSON decoder turns into
+//! text, whose name holds bytes that are not UTF-8 (`invalid_utf8_record_rate`) or a lone
+//! surrogate escape (`lone_surrogate_record_rate`). The second family cannot be a
+//! `serde_json::Value`, so records are written as bytes ([`write_record`]).
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
@@ -41,6 +48,9 @@ pub(crate) struct ListingFaults {
     pub seed: u64,
     pub malformed_rate: f64,
     pub duplicate_rate: f64,
+    pub invalid_utf8_rate: f64,
+    pub lone_surrogate_rate: f64,
+    pub wrong_type_rate: f64,
 }
 
 /// How a malformed record breaks the contract.
@@ -54,7 +64,26 @@ pub(crate) enum Malformed {
     VersionZero,
     /// The name is longer than 200 characters.
     LongName,
+    /// The name holds bytes that are not UTF-8 (a Latin-1 `é`).
+    NameNotUtf8,
+    /// The name holds a lone surrogate escape (`\ud800`).
+    LoneSurrogate,
+    /// One field has the wrong JSON type (index into [`WRONG_TYPES`]).
+    WrongType(u8),
 }
+
+/// The wrong-type records: which field, and the JSON it holds instead of its contract type.
+pub(crate) const WRONG_TYPES: [(&str, &str); 5] = [
+    ("accountName", "42"),
+    ("accountId", "12345"),
+    ("version", "\"3\""),
+    ("updatedAt", "1763649000"),
+    ("accountName", "[\"a\",\"list\"]"),
+];
+
+/// Stands for the name of a record whose name cannot be a JSON value; replaced by
+/// [`write_record`]. No other field of a record can hold it.
+const NAME_SLOT: &str = "<sim: undecodable name>";
 
 /// One record the listing emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +197,31 @@ pub(crate) fn entries_at(
         };
         out.push(Entry::Malformed { position: p, kind });
     }
+    let undecodable = [
+        (
+            f.invalid_utf8_rate,
+            "malformed-utf8",
+            Malformed::NameNotUtf8,
+        ),
+        (
+            f.lone_surrogate_rate,
+            "malformed-surrogate",
+            Malformed::LoneSurrogate,
+        ),
+        (f.wrong_type_rate, "malformed-type", Malformed::WrongType(0)),
+    ];
+    for (rate, name, kind) in undecodable {
+        if rate > 0.0 && unit(mix(f.seed, &[salt(name), p])) < rate {
+            let kind = match kind {
+                Malformed::WrongType(_) => {
+                    let h = mix(f.seed, &[salt("malformed-type-which"), p]);
+                    Malformed::WrongType((h % WRONG_TYPES.len() as u64) as u8)
+                }
+                other => other,
+            };
+            out.push(Entry::Malformed { position: p, kind });
+        }
+    }
 }
 
 /// Accounts (not copies, not malformed records) matching the filter right now.
@@ -209,6 +263,7 @@ pub(crate) fn render(entry: &Entry, seed: u64, filter: &Filter) -> Value {
             record.insert("accountId".into(), Value::String(id));
             let name = match kind {
                 Malformed::LongName => overlong_name(seed, position),
+                Malformed::NameNotUtf8 | Malformed::LoneSurrogate => NAME_SLOT.to_owned(),
                 _ => account_name(seed, position),
             };
             record.insert("accountName".into(), Value::String(name));
@@ -223,8 +278,46 @@ pub(crate) fn render(entry: &Entry, seed: u64, filter: &Filter) -> Value {
                     [usize::from(which) % 5];
                 record.remove(field);
             }
+            if let Malformed::WrongType(which) = kind {
+                let (field, json) = WRONG_TYPES[usize::from(which) % WRONG_TYPES.len()];
+                if let Ok(value) = serde_json::from_str(json) {
+                    record.insert(field.into(), value);
+                }
+            }
             Value::Object(record)
         }
+    }
+}
+
+/// Appends the JSON text of an entry to `out`: [`render`]'s record, except that the name of a
+/// record whose name cannot be a JSON value is written as raw bytes.
+pub(crate) fn write_record(entry: &Entry, seed: u64, filter: &Filter, out: &mut Vec<u8>) {
+    let text = render(entry, seed, filter).to_string();
+    let name: Option<Vec<u8>> = match *entry {
+        Entry::Malformed {
+            position,
+            kind: Malformed::NameNotUtf8,
+        } => Some(
+            [
+                &b"\"Caf\xe9 de Paris Holdings "[..],
+                format!("{position}\"").as_bytes(),
+            ]
+            .concat(),
+        ),
+        Entry::Malformed {
+            position,
+            kind: Malformed::LoneSurrogate,
+        } => Some(format!("\"Fund \\ud800 {position}\"").into_bytes()),
+        _ => None,
+    };
+    let slot = format!("\"{NAME_SLOT}\"");
+    match (name, text.split_once(&slot)) {
+        (Some(name), Some((before, after))) => {
+            out.extend_from_slice(before.as_bytes());
+            out.extend_from_slice(&name);
+            out.extend_from_slice(after.as_bytes());
+        }
+        _ => out.extend_from_slice(text.as_bytes()),
     }
 }
 
@@ -247,6 +340,9 @@ mod tests {
             seed: 42,
             malformed_rate,
             duplicate_rate,
+            invalid_utf8_rate: 0.0,
+            lone_surrogate_rate: 0.0,
+            wrong_type_rate: 0.0,
         }
     }
 
@@ -320,6 +416,96 @@ mod tests {
                 || record.get("version") == Some(&Value::from(0))
                 || name.is_none_or(|n| n.chars().count() > 200);
             assert!(broken, "{record}");
+        }
+    }
+
+    #[test]
+    fn undecodable_and_wrong_type_records_come_at_their_rates_and_cannot_be_read() {
+        let reg = Registry::new(42, 4000, 0.0);
+        let f = ListingFaults {
+            invalid_utf8_rate: 0.02,
+            lone_surrogate_rate: 0.02,
+            wrong_type_rate: 0.02,
+            ..faults(0.0, 0.0)
+        };
+        let entries = all_entries(&reg, &f, &Filter::default());
+        let (mut not_utf8, mut surrogate, mut wrong_type) = (0, 0, 0);
+        let mut fields = std::collections::BTreeSet::new();
+        for e in &entries {
+            let mut text = Vec::new();
+            write_record(e, 42, &Filter::default(), &mut text);
+            match e {
+                Entry::Account(_) => {
+                    let v: Value = serde_json::from_slice(&text).expect("accounts are JSON");
+                    assert!(v["accountName"].is_string());
+                }
+                Entry::Malformed {
+                    kind: Malformed::NameNotUtf8,
+                    ..
+                } => {
+                    not_utf8 += 1;
+                    assert!(std::str::from_utf8(&text).is_err());
+                    let lossy = String::from_utf8_lossy(&text);
+                    let v: Value = serde_json::from_str(&lossy).expect("JSON but for the bytes");
+                    assert!(v["accountId"]
+                        .as_str()
+                        .is_some_and(crate::accounts::is_valid_account_id));
+                }
+                Entry::Malformed {
+                    kind: Malformed::LoneSurrogate,
+                    ..
+                } => {
+                    surrogate += 1;
+                    assert!(std::str::from_utf8(&text).is_ok());
+                    assert!(serde_json::from_slice::<Value>(&text).is_err());
+                    assert!(!String::from_utf8_lossy(&text).contains(NAME_SLOT));
+                }
+                Entry::Malformed {
+                    kind: Malformed::WrongType(which),
+                    ..
+                } => {
+                    wrong_type += 1;
+                    let v: Value = serde_json::from_slice(&text).expect("valid JSON");
+                    let (field, json) = WRONG_TYPES[usize::from(*which)];
+                    assert_eq!(v[field].to_string(), json);
+                    fields.insert(*which);
+                }
+                Entry::Malformed { kind, .. } => panic!("not asked for: {kind:?}"),
+            }
+        }
+        for (n, what) in [
+            (not_utf8, "not UTF-8"),
+            (surrogate, "surrogate"),
+            (wrong_type, "wrong type"),
+        ] {
+            assert!((40..=130).contains(&n), "{n} {what}");
+        }
+        assert_eq!(fields.len(), WRONG_TYPES.len(), "every wrong type appears");
+        let accounts = entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Account(_)))
+            .count();
+        assert_eq!(accounts, 4000, "every account still listed");
+    }
+
+    #[test]
+    fn without_the_new_rates_the_listing_is_as_before() {
+        let reg = Registry::new(42, 3000, 0.1);
+        let old = all_entries(&reg, &faults(0.05, 0.05), &Filter::default());
+        let f = ListingFaults {
+            invalid_utf8_rate: 0.0,
+            lone_surrogate_rate: 0.0,
+            wrong_type_rate: 0.0,
+            ..faults(0.05, 0.05)
+        };
+        assert_eq!(old, all_entries(&reg, &f, &Filter::default()));
+        for e in &old {
+            let mut text = Vec::new();
+            write_record(e, 42, &Filter::default(), &mut text);
+            assert_eq!(
+                text,
+                render(e, 42, &Filter::default()).to_string().into_bytes()
+            );
         }
     }
 
