@@ -4,11 +4,18 @@
 //! Exactly-once materialisation: each batch read from a topic is applied in one SQLite
 //! transaction together with the next offset to read, so after a crash the store is exactly as
 //! of some offset and reading resumes there. Deleting the file rebuilds the state from the
-//! topics (`esg.accounts` and `esg.scores` are compacted: the latest value per key is kept).
+//! topics (`esg.accounts` and `esg.scores` are compacted: the latest value per key is kept),
+//! except `run_facts`, what each assembled run did, which only the summaries of later re-runs
+//! read: those then fall back to the summary file beside the ratings file.
+//!
+//! A store of an earlier version is brought up to date when opened: new tables by
+//! `CREATE TABLE IF NOT EXISTS`, new columns of old tables by a guarded `ALTER TABLE`.
 
+use crate::summary::{RunFacts, StoredDay};
+use chrono::{DateTime, NaiveDate};
 use esg_bus::{EventBus, Message, Store, StoreError};
-use esg_schemas::{Event, ScoreStatus};
-use rusqlite::{params, Transaction};
+use esg_schemas::{Event, RunSealed, ScoreStatus};
+use rusqlite::{params, OptionalExtension, Transaction};
 use std::path::Path;
 
 const SCHEMA: &str = "
@@ -44,6 +51,7 @@ CREATE TABLE IF NOT EXISTS run_scored (
     run_id TEXT NOT NULL,
     account_id TEXT NOT NULL,
     attempts INTEGER NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, account_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expected (
@@ -65,11 +73,45 @@ CREATE TABLE IF NOT EXISTS runs (
     scored INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS run_facts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    business_date TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    facts_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_facts_by_date ON run_facts (business_date, seq);
 ";
 
-/// Opens the assembler store.
+/// Columns added after a table was first released: `(table, column, definition)`. A store
+/// created before gets them by `ALTER TABLE` when it is opened.
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("run_scored", "requests", "INTEGER NOT NULL DEFAULT 0")];
+
+/// Adds every column of [`ADDED_COLUMNS`] that `c`'s tables lack (idempotent).
+fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let mut stmt = c.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        let mut present = false;
+        for name in names {
+            present |= name? == *column;
+        }
+        if !present {
+            c.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+            tracing::info!(table, column, "state store: column added");
+        }
+    }
+    Ok(())
+}
+
+/// Opens the assembler store, bringing a store of an earlier version up to date.
 pub fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(path, SCHEMA)
+    let store = Store::open(path, SCHEMA)?;
+    store.call_blocking(|c| migrate(c))?;
+    Ok(store)
 }
 
 /// Topics the assembler materialises, in the order it reads them.
@@ -166,13 +208,13 @@ pub fn apply(
                         s.run_id,
                         s.account_version,
                         s.status.as_str(),
-                        text(s.overall),
-                        text(s.environmental),
-                        text(s.social),
-                        text(s.governance),
-                        s.primary_focus.map(|p| p.as_str()),
-                        text(s.primary_focus_score),
-                        s.analysis_date.map(|d| d.to_string()),
+                        text(s.values.overall),
+                        text(s.values.environmental),
+                        text(s.values.social),
+                        text(s.values.governance),
+                        s.values.primary_focus.map(|p| p.as_str()),
+                        text(s.values.primary_focus_score),
+                        s.values.analysis_date.map(|d| d.to_string()),
                         s.attempts,
                         s.error_code,
                         s.error_message,
@@ -180,12 +222,13 @@ pub fn apply(
                     ],
                 )?;
                 // Counted once per account and run (a score published twice after a crash
-                // adds its attempts, not an account), so progress and completion are O(1).
+                // adds its attempts and requests, not an account), so progress and completion
+                // are O(1).
                 let new = tx.execute(
-                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts)
-                     SELECT ?1, ?2, ?3 WHERE NOT EXISTS
+                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts, requests)
+                     SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS
                        (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)",
-                    params![s.run_id, s.account_id, s.attempts],
+                    params![s.run_id, s.account_id, s.attempts, s.requests],
                 )?;
                 if new == 1 {
                     tx.execute(
@@ -194,8 +237,9 @@ pub fn apply(
                     )?;
                 } else {
                     tx.execute(
-                        "UPDATE run_scored SET attempts = attempts + ?3 WHERE run_id = ?1 AND account_id = ?2",
-                        params![s.run_id, s.account_id, s.attempts],
+                        "UPDATE run_scored SET attempts = attempts + ?3, requests = requests + ?4
+                         WHERE run_id = ?1 AND account_id = ?2",
+                        params![s.run_id, s.account_id, s.attempts, s.requests],
                     )?;
                 }
             }
@@ -241,6 +285,110 @@ pub fn apply(
     Ok(applied)
 }
 
+/// Keeps what a run did, for the summaries of later re-runs of its date: a daily run's
+/// [`RunFacts`], a re-run's [`crate::summary::RerunEntry`]. Recording a run again replaces its record and makes
+/// it the latest of its date.
+pub fn record_run_facts(
+    c: &rusqlite::Connection,
+    run_id: &str,
+    business_date: NaiveDate,
+    kind: &str,
+    facts_json: &str,
+) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO run_facts (run_id, business_date, kind, facts_json)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![run_id, business_date.to_string(), kind, facts_json],
+    )?;
+    Ok(())
+}
+
+/// The recorded runs of `business_date`, without `except` (the run being assembled). A record
+/// that does not parse is logged and left out.
+pub fn day_runs(
+    c: &rusqlite::Connection,
+    business_date: NaiveDate,
+    except: &str,
+) -> rusqlite::Result<StoredDay> {
+    let date = business_date.to_string();
+    let daily: Option<(i64, String)> = c
+        .query_row(
+            "SELECT seq, facts_json FROM run_facts
+             WHERE business_date = ?1 AND kind = 'Daily' AND run_id != ?2
+             ORDER BY seq DESC LIMIT 1",
+            params![date, except],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let after = daily.as_ref().map_or(0, |(seq, _)| *seq);
+    let daily = daily.and_then(|(_, json)| parse_facts(&json, &date));
+    let mut stmt = c.prepare(
+        "SELECT facts_json FROM run_facts
+         WHERE business_date = ?1 AND kind != 'Daily' AND run_id != ?2 AND seq > ?3
+         ORDER BY seq",
+    )?;
+    let rows = stmt.query_map(params![date, except, after], |r| r.get::<_, String>(0))?;
+    let mut reruns = Vec::new();
+    for json in rows {
+        if let Some(entry) = parse_facts(&json?, &date) {
+            reruns.push(entry);
+        }
+    }
+    let daily_basics = c
+        .query_row(
+            "SELECT run_id, triggered_at_ms, sealed_json, COALESCE(outcome, '') FROM runs
+             WHERE business_date = ?1 AND kind = 'Daily' AND completed = 1 AND run_id != ?2
+             ORDER BY triggered_at_ms DESC LIMIT 1",
+            params![date, except],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )
+        .optional()?
+        .map(|(run_id, triggered_ms, sealed, outcome)| {
+            let sealed: RunSealed = sealed
+                .and_then(|j| serde_json::from_str(&j).ok())
+                .unwrap_or_default();
+            let n = |v: i64| v.max(0) as u64;
+            let started_at = DateTime::from_timestamp_millis(triggered_ms).unwrap_or_default();
+            RunFacts {
+                run_id,
+                outcome,
+                scored_in_run: 0,
+                carried_forward: 0,
+                deadline_failed: 0,
+                never_scored: 0,
+                new_accounts: n(sealed.new_accounts),
+                gone_accounts: n(sealed.gone_accounts),
+                malformed_records: n(sealed.malformed_records),
+                api_attempts: 0,
+                api_requests: 0,
+                started_at,
+                finished_at: started_at,
+            }
+        });
+    Ok(StoredDay {
+        daily,
+        reruns,
+        daily_basics,
+    })
+}
+
+fn parse_facts<T: serde::de::DeserializeOwned>(json: &str, date: &str) -> Option<T> {
+    match serde_json::from_str(json) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(business_date = date, error = %e, "state store: a run's recorded facts do not parse; left out of the summary");
+            None
+        }
+    }
+}
+
 /// Records a run as completed and drops its per-account bookkeeping, which only served to
 /// decide completion: the store does not grow with every run.
 pub fn mark_completed(
@@ -255,4 +403,257 @@ pub fn mark_completed(
     c.execute("DELETE FROM expected WHERE run_id = ?1", [run_id])?;
     c.execute("DELETE FROM run_scored WHERE run_id = ?1", [run_id])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::summary::RerunEntry;
+    use chrono::{TimeZone, Utc};
+    use esg_schemas::{DailyTrigger, EsgScore, RunKind};
+
+    fn at(h: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, 0, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn date() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
+    }
+
+    fn message(offset: i64, key: &str) -> Message {
+        Message {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            key: key.into(),
+            value: Some(Vec::new()),
+            timestamp_ms: 0,
+        }
+    }
+
+    fn columns(c: &rusqlite::Connection, table: &str) -> Vec<String> {
+        let mut stmt = c
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .expect("pragma");
+        let names = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .expect("query");
+        names.map(|n| n.expect("name")).collect()
+    }
+
+    #[test]
+    fn a_store_of_the_previous_version_gets_the_new_column_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("assembler.db");
+        {
+            let c = rusqlite::Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE run_scored (run_id TEXT NOT NULL, account_id TEXT NOT NULL,
+                    attempts INTEGER NOT NULL, PRIMARY KEY (run_id, account_id)) WITHOUT ROWID;
+                 INSERT INTO run_scored VALUES ('2026-11-23', 'A', 2);",
+            )
+            .expect("old schema");
+        }
+        for _ in 0..2 {
+            // Opening twice: the migration is idempotent.
+            let store = open(&path).expect("opens and migrates");
+            let (cols, row) = store
+                .call_blocking(|c| {
+                    let row: (i64, i64) = c.query_row(
+                        "SELECT attempts, requests FROM run_scored WHERE account_id = 'A'",
+                        [],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    Ok((columns(c, "run_scored"), row))
+                })
+                .expect("read");
+            assert!(cols.contains(&"requests".to_string()), "{cols:?}");
+            assert_eq!(row, (2, 0), "the old row kept, its requests unknown (0)");
+        }
+    }
+
+    #[test]
+    fn a_runs_scores_add_up_attempts_and_requests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("assembler.db")).expect("open");
+        let score = |id: &str, attempts: i32, requests: i32| EsgScore {
+            requests,
+            ..EsgScore::failed(
+                "2026-11-23",
+                id,
+                1,
+                attempts,
+                "HTTP_503",
+                "down".into(),
+                at(11),
+            )
+        };
+        let batch = vec![
+            (message(0, "A"), Some(Event::EsgScore(score("A", 3, 5)))),
+            (message(1, "B"), Some(Event::EsgScore(score("B", 1, 1)))),
+            // A scored again after a crash: its attempts and requests were spent as well.
+            (message(2, "A"), Some(Event::EsgScore(score("A", 1, 2)))),
+        ];
+        let sums = store
+            .call_blocking(move |c| {
+                let tx = c.transaction()?;
+                apply(&tx, "esg.scores", 0, &batch)?;
+                tx.commit()?;
+                c.query_row(
+                    "SELECT COUNT(*), SUM(attempts), SUM(requests) FROM run_scored",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+            })
+            .expect("apply");
+        assert_eq!(sums, (2, 5, 8));
+    }
+
+    fn daily(run_id: &str) -> RunFacts {
+        RunFacts {
+            run_id: run_id.into(),
+            outcome: "Completed".into(),
+            scored_in_run: 10,
+            carried_forward: 0,
+            deadline_failed: 0,
+            never_scored: 0,
+            new_accounts: 10,
+            gone_accounts: 0,
+            malformed_records: 0,
+            api_attempts: 10,
+            api_requests: 11,
+            started_at: at(11),
+            finished_at: at(12),
+        }
+    }
+
+    fn rerun(run_id: &str) -> RerunEntry {
+        RerunEntry {
+            run_id: run_id.into(),
+            kind: "Rerun".into(),
+            outcome: "Completed".into(),
+            accounts: 2,
+            scored: 2,
+            failed: 0,
+            not_in_file: 0,
+            api_attempts: 2,
+            api_requests: 2,
+            started_at: at(14),
+            finished_at: at(15),
+        }
+    }
+
+    #[test]
+    fn a_dates_runs_come_back_daily_first_then_its_reruns_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("assembler.db")).expect("open");
+        fn json<T: serde::Serialize>(v: &T) -> String {
+            serde_json::to_string(v).expect("serialise")
+        }
+        let other = NaiveDate::from_ymd_opt(2026, 11, 24).expect("date");
+        let day = store
+            .call_blocking(move |c| {
+                record_run_facts(c, "old", date(), "Daily", &json(&daily("old")))?;
+                record_run_facts(c, "old.1", date(), "Rerun", &json(&rerun("old.1")))?;
+                record_run_facts(
+                    c,
+                    "2026-11-23",
+                    date(),
+                    "Daily",
+                    &json(&daily("2026-11-23")),
+                )?;
+                record_run_facts(
+                    c,
+                    "2026-11-23.1",
+                    date(),
+                    "Rerun",
+                    &json(&rerun("2026-11-23.1")),
+                )?;
+                record_run_facts(
+                    c,
+                    "2026-11-23.2",
+                    date(),
+                    "Replay",
+                    &json(&rerun("2026-11-23.2")),
+                )?;
+                record_run_facts(c, "2026-11-23.3", date(), "Rerun", "{not json")?;
+                record_run_facts(c, "2026-11-24", other, "Daily", &json(&daily("2026-11-24")))?;
+                // Recorded again (a re-assembly after a crash): still one entry.
+                record_run_facts(
+                    c,
+                    "2026-11-23.1",
+                    date(),
+                    "Rerun",
+                    &json(&rerun("2026-11-23.1")),
+                )?;
+                day_runs(c, date(), "2026-11-23.2")
+            })
+            .expect("query");
+        assert_eq!(day.daily.map(|d| d.run_id).as_deref(), Some("2026-11-23"));
+        let ids: Vec<_> = day.reruns.iter().map(|r| r.run_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["2026-11-23.1"],
+            "not the old daily's re-run, not the one excluded, not the unreadable one"
+        );
+        assert_eq!(day.daily_basics, None, "no completed run in the runs table");
+    }
+
+    #[test]
+    fn the_runs_table_gives_the_daily_runs_basics_when_its_facts_are_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("assembler.db")).expect("open");
+        let trigger = DailyTrigger {
+            run_id: "2026-11-23".into(),
+            business_date: date(),
+            kind: RunKind::Daily,
+            full: false,
+            deadline: at(15),
+            triggered_at: at(11),
+        };
+        let sealed = RunSealed {
+            run_id: "2026-11-23".into(),
+            business_date: date(),
+            new_accounts: 4,
+            gone_accounts: 1,
+            malformed_records: 2,
+            sealed_at: at(11),
+            ..Default::default()
+        };
+        let batch = vec![
+            (message(0, "2026-11-23"), Some(Event::DailyTrigger(trigger))),
+            (message(1, "2026-11-23"), Some(Event::RunSealed(sealed))),
+        ];
+        let day = store
+            .call_blocking(move |c| {
+                let tx = c.transaction()?;
+                apply(&tx, "esg.triggers", 0, &batch)?;
+                mark_completed(&tx, "2026-11-23", "Completed")?;
+                tx.commit()?;
+                day_runs(c, date(), "2026-11-23.1")
+            })
+            .expect("query");
+        assert_eq!(day.daily, None);
+        let basics = day.daily_basics.expect("basics");
+        assert_eq!(
+            (
+                basics.run_id.as_str(),
+                basics.outcome.as_str(),
+                basics.started_at,
+                basics.new_accounts,
+                basics.gone_accounts,
+                basics.malformed_records,
+                basics.scored_in_run
+            ),
+            ("2026-11-23", "Completed", at(11), 4, 1, 2, 0)
+        );
+    }
 }

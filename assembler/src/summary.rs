@@ -1,11 +1,18 @@
 //! The daily summary `FirmESGRatings_YYYYMMDD_summary.json` (DESIGN section 6): statistics
-//! accumulated from the rows of the ratings file ([`RowStats`]), combined with facts of the run
-//! ([`RunFacts`]) into a [`Summary`], written atomically through the same helper as the CSV files.
+//! accumulated from the rows of the ratings file ([`RowStats`]), combined with the facts of the
+//! day's runs ([`DayFacts`]: the daily run's [`RunFacts`] and a [`RerunEntry`] per re-run) into a
+//! [`Summary`], written atomically through the same helper as the CSV files.
 //!
 //! Statistics follow what the file shows, not what the rows carried: a `Failed` row counts no
 //! score, averages come from the exact decimals of the rows written (from the two-decimal cells
-//! for rows copied unchanged by a manual override). Memory is bounded: at most
-//! [`MAX_FAILED_ACCOUNTS`] failed ids and [`MAX_ERROR_CODES`] distinct error codes are kept.
+//! for rows copied unchanged by a manual override). After a re-run the statistics are those of
+//! the whole rewritten file, while the run facts stay the daily run's and the re-run is listed.
+//! Memory is bounded: at most [`MAX_FAILED_ACCOUNTS`] failed ids and [`MAX_ERROR_CODES`] distinct
+//! error codes are kept.
+//!
+//! How the counts add up (checked by [`Summary::inconsistencies`]):
+//! `successful + partial + failed = accounts`, and, for the daily run,
+//! `scored_in_run + carried_forward + deadline_failed + never_scored = accounts`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,12 +79,12 @@ impl RowStats {
             id: &row.account_id,
             status: shown.status,
             scores: [
-                shown.overall,
-                shown.environmental,
-                shown.social,
-                shown.governance,
+                shown.values.overall,
+                shown.values.environmental,
+                shown.values.social,
+                shown.values.governance,
             ],
-            focus: shown.primary_focus,
+            focus: shown.values.primary_focus,
         });
         if shown.status != ScoreStatus::Successful {
             if let Some(code) = shown.error_code {
@@ -176,12 +183,314 @@ fn accumulate(sum: &mut Decimal, n: &mut u64, value: Option<Decimal>) {
     }
 }
 
-/// The daily summary, as written to `FirmESGRatings_YYYYMMDD_summary.json`.
+/// Where the row of an account in a run's file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// A score of this run arrived for the account.
+    ScoredInRun,
+    /// The run did not ask for the account: its last score, from an earlier run, is kept.
+    CarriedForward,
+    /// The run asked for the account but no score of the run arrived by the deadline (the row
+    /// is `Failed` with code `DEADLINE`).
+    DeadlineFailed,
+    /// Not asked for and never scored by any run (the row is `Failed` with code `NOT_SCORED`).
+    NeverScored,
+}
+
+impl Provenance {
+    /// `expected`: the run asked for the account; `scored_in_run`: a score of the run arrived;
+    /// `has_score`: the account has a score from some run.
+    pub fn of(expected: bool, scored_in_run: bool, has_score: bool) -> Self {
+        if scored_in_run {
+            Provenance::ScoredInRun
+        } else if expected {
+            Provenance::DeadlineFailed
+        } else if has_score {
+            Provenance::CarriedForward
+        } else {
+            Provenance::NeverScored
+        }
+    }
+}
+
+/// The rows one run wrote, by [`Provenance`], and how many of them the file shows `Failed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub rows: u64,
+    pub scored_in_run: u64,
+    pub carried_forward: u64,
+    pub deadline_failed: u64,
+    pub never_scored: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Counts one row the run wrote.
+    pub fn add(&mut self, provenance: Provenance, row: &Row) {
+        self.rows += 1;
+        match provenance {
+            Provenance::ScoredInRun => self.scored_in_run += 1,
+            Provenance::CarriedForward => self.carried_forward += 1,
+            Provenance::DeadlineFailed => self.deadline_failed += 1,
+            Provenance::NeverScored => self.never_scored += 1,
+        }
+        if effective(row).status == ScoreStatus::Failed {
+            self.failed += 1;
+        }
+    }
+}
+
+/// The facts of a daily run beyond the rows of its file: what the summary's run fields say.
+/// Also what the state store keeps of a daily run, and what is read back from a summary file
+/// (older files: missing counts read as 0, `api_calls` as `api_attempts`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFacts {
+    pub run_id: String,
+    pub outcome: String,
+    #[serde(default)]
+    pub scored_in_run: u64,
+    #[serde(default)]
+    pub carried_forward: u64,
+    #[serde(default)]
+    pub deadline_failed: u64,
+    #[serde(default)]
+    pub never_scored: u64,
+    #[serde(default)]
+    pub new_accounts: u64,
+    #[serde(default)]
+    pub gone_accounts: u64,
+    #[serde(default)]
+    pub malformed_records: u64,
+    #[serde(default, alias = "api_calls")]
+    pub api_attempts: u64,
+    #[serde(default)]
+    pub api_requests: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl RunFacts {
+    /// Facts of a daily run from its tally; the caller fills the rest.
+    pub fn with_tally(mut self, tally: &Tally) -> Self {
+        self.scored_in_run = tally.scored_in_run;
+        self.carried_forward = tally.carried_forward;
+        self.deadline_failed = tally.deadline_failed;
+        self.never_scored = tally.never_scored;
+        self
+    }
+}
+
+/// One re-run (or replay) of the day, as the summary's `reruns` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerunEntry {
+    pub run_id: String,
+    /// `Rerun` or `Replay`.
+    pub kind: String,
+    /// How the re-run ended (as its `RunCompleted` says).
+    pub outcome: String,
+    /// Accounts the re-run was for.
+    #[serde(default)]
+    pub accounts: u64,
+    /// Of them, scored by the re-run (the others are `Failed` with `DEADLINE`).
+    #[serde(default)]
+    pub scored: u64,
+    /// Of them, `Failed` in the file after the re-run (by the vendor or by the deadline).
+    #[serde(default)]
+    pub failed: u64,
+    /// Of them, not in the day's file, hence not added.
+    #[serde(default)]
+    pub not_in_file: u64,
+    #[serde(default)]
+    pub api_attempts: u64,
+    #[serde(default)]
+    pub api_requests: u64,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// The facts of a business date's runs that a summary shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayFacts {
+    /// The daily run that wrote the file.
+    pub daily: RunFacts,
+    /// The re-runs since, oldest first.
+    pub reruns: Vec<RerunEntry>,
+    /// True when the daily run's counts could not be found (see [`Summary::daily_facts_lost`]).
+    pub daily_facts_lost: bool,
+}
+
+impl DayFacts {
+    /// The facts of a daily run that has just written the file.
+    pub fn daily(daily: RunFacts) -> Self {
+        DayFacts {
+            daily,
+            reruns: Vec::new(),
+            daily_facts_lost: false,
+        }
+    }
+}
+
+/// What the state store holds of a business date's runs (`state::day_runs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredDay {
+    /// The latest daily run of the date, as recorded when it was assembled.
+    pub daily: Option<RunFacts>,
+    /// Re-runs recorded after it (after any daily run when none is recorded), oldest first.
+    pub reruns: Vec<RerunEntry>,
+    /// The latest daily run as the `runs` table has it (id, start, outcome, the seal's
+    /// counts), which survives a rebuild of the store from the topics; its per-account
+    /// counts are 0.
+    pub daily_basics: Option<RunFacts>,
+}
+
+impl DayFacts {
+    /// The day's facts for the summary a re-run writes: the daily run's facts and the re-runs
+    /// before this one from the state store; when the store does not have the daily run (it
+    /// was rebuilt from the topics, or the run was assembled by an earlier version), from the
+    /// previous summary file; when neither has it, what the `runs` table kept, flagged
+    /// `daily_facts_lost`. `this` is appended (replacing an entry of the same run id).
+    pub fn for_rerun(
+        stored: StoredDay,
+        previous: impl FnOnce() -> Result<DayFacts, PreviousSummaryError>,
+        this: RerunEntry,
+    ) -> DayFacts {
+        let StoredDay {
+            daily,
+            reruns: stored_reruns,
+            daily_basics,
+        } = stored;
+        let mut day = match daily {
+            Some(daily) => DayFacts {
+                daily,
+                reruns: stored_reruns,
+                daily_facts_lost: false,
+            },
+            None => match previous() {
+                Ok(mut previous) => {
+                    tracing::warn!(run_id = %this.run_id, "the state store holds no facts of the day's daily run: taken from the previous summary");
+                    for entry in stored_reruns {
+                        if !previous.reruns.iter().any(|r| r.run_id == entry.run_id) {
+                            previous.reruns.push(entry);
+                        }
+                    }
+                    previous
+                }
+                Err(e) => {
+                    tracing::error!(run_id = %this.run_id, error = %e, "the day's daily run is in neither the state store nor a readable previous summary: its counts are written as 0 (unknown) and daily_facts_lost is set");
+                    DayFacts {
+                        daily: daily_basics.unwrap_or_else(|| RunFacts {
+                            run_id: String::new(),
+                            outcome: String::new(),
+                            scored_in_run: 0,
+                            carried_forward: 0,
+                            deadline_failed: 0,
+                            never_scored: 0,
+                            new_accounts: 0,
+                            gone_accounts: 0,
+                            malformed_records: 0,
+                            api_attempts: 0,
+                            api_requests: 0,
+                            started_at: this.started_at,
+                            finished_at: this.started_at,
+                        }),
+                        reruns: stored_reruns,
+                        daily_facts_lost: true,
+                    }
+                }
+            },
+        };
+        day.reruns.retain(|r| r.run_id != this.run_id);
+        day.reruns.push(this);
+        day
+    }
+}
+
+/// What a previous summary file says about the day, read back for a re-run.
+#[derive(Debug, Deserialize)]
+struct PreviousSummary {
+    business_date: NaiveDate,
+    #[serde(flatten)]
+    daily: RunFacts,
+    #[serde(default)]
+    reruns: Vec<RerunEntry>,
+    #[serde(default)]
+    daily_facts_lost: bool,
+}
+
+/// Why a previous summary could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PreviousSummaryError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a summary: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path} is the summary of {found}, not of {wanted}")]
+    OtherDate {
+        path: PathBuf,
+        found: NaiveDate,
+        wanted: NaiveDate,
+    },
+}
+
+/// Largest summary file read back: a summary is a few kilobytes plus 1000 failed ids and the
+/// re-runs; anything far larger is not one of ours.
+const MAX_SUMMARY_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads the day's facts back from `dir`'s summary of `business_date` (the file a re-run
+/// replaces). The file may have been written by an older version: missing counts read as 0.
+pub fn read_previous(
+    dir: &Path,
+    business_date: NaiveDate,
+) -> Result<DayFacts, PreviousSummaryError> {
+    use std::io::Read;
+    let path = dir.join(file_names(business_date).summary_json);
+    let read_err = |source| PreviousSummaryError::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .map_err(read_err)?
+        .take(MAX_SUMMARY_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    let previous: PreviousSummary =
+        serde_json::from_slice(&bytes).map_err(|source| PreviousSummaryError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+    if previous.business_date != business_date {
+        return Err(PreviousSummaryError::OtherDate {
+            path,
+            found: previous.business_date,
+            wanted: business_date,
+        });
+    }
+    Ok(DayFacts {
+        daily: previous.daily,
+        reruns: previous.reruns,
+        daily_facts_lost: previous.daily_facts_lost,
+    })
+}
+
+/// The daily summary, as written to `FirmESGRatings_YYYYMMDD_summary.json`. The file fields
+/// (`accounts` … `error_codes`) describe the file as it is now, re-runs included; the run fields
+/// (`run_id`, `outcome`, `scored_in_run` … `duration_seconds`) the daily run that wrote it;
+/// `reruns` every re-run since.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub business_date: NaiveDate,
+    /// The daily run that wrote the file.
     pub run_id: String,
-    /// How the run ended (`Completed`, `CompletedWithFailures`, `TimedOut`, `Aborted`).
+    /// How the daily run ended (`Completed`, `CompletedWithFailures`, `TimedOut`).
     pub outcome: String,
     /// Name of the ratings file.
     pub file: String,
@@ -204,34 +513,32 @@ pub struct Summary {
     pub failed_accounts: Vec<String>,
     pub failed_accounts_truncated: bool,
     pub error_codes: BTreeMap<String, u64>,
-    /// Accounts scored in this run.
+    /// Rows the daily run scored itself.
     pub scored_in_run: u64,
-    /// Accounts whose last score was carried forward (DESIGN section 5).
+    /// Rows the daily run did not ask for, whose score an earlier run made (DESIGN section 5).
     pub carried_forward: u64,
+    /// Rows the daily run asked for but had no score of by its deadline (`Failed`, `DEADLINE`).
+    pub deadline_failed: u64,
+    /// Rows of accounts no run has ever scored (`Failed`, `NOT_SCORED`).
+    pub never_scored: u64,
     pub new_accounts: u64,
     pub gone_accounts: u64,
     /// Account records skipped as malformed.
     pub malformed_records: u64,
-    /// Calls made to the ESG API.
-    pub api_calls: u64,
+    /// Scoring attempts of the daily run (at most `max_attempts` per account scored; token
+    /// renewals after a 401 are not attempts).
+    pub api_attempts: u64,
+    /// HTTP requests the daily run sent to the ESG API (every request: re-sends after a 401
+    /// and requests answered 429 included).
+    pub api_requests: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_seconds: u64,
-}
-
-/// What the summary says about the run beyond the rows of the file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunFacts {
-    pub run_id: String,
-    pub outcome: String,
-    pub scored_in_run: u64,
-    pub carried_forward: u64,
-    pub new_accounts: u64,
-    pub gone_accounts: u64,
-    pub malformed_records: u64,
-    pub api_calls: u64,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
+    /// Re-runs of the day since the daily run, oldest first.
+    pub reruns: Vec<RerunEntry>,
+    /// True when a re-run found neither the state store nor the previous summary holding the
+    /// daily run's facts: its counts (`scored_in_run` … `api_requests`) then read 0, unknown.
+    pub daily_facts_lost: bool,
 }
 
 /// `part / whole` in percent, 2 dp half away from zero; `when_empty` if `whole` is 0.
@@ -253,19 +560,24 @@ fn average(sum: Decimal, n: u64) -> Option<String> {
 }
 
 impl Summary {
-    /// Combines the statistics of the written file with the facts of the run.
-    pub fn build(business_date: NaiveDate, file: &str, stats: &RowStats, facts: RunFacts) -> Self {
+    /// Combines the statistics of the file as written with the facts of the day's runs.
+    pub fn build(business_date: NaiveDate, file: &str, stats: &RowStats, day: DayFacts) -> Self {
         let primary_focus = BTreeMap::from([
             (Pillar::Environmental.to_string(), stats.focus_environmental),
             (Pillar::Social.to_string(), stats.focus_social),
             (Pillar::Governance.to_string(), stats.focus_governance),
         ]);
+        let DayFacts {
+            daily,
+            reruns,
+            daily_facts_lost,
+        } = day;
         let duration_seconds =
-            u64::try_from((facts.finished_at - facts.started_at).num_seconds()).unwrap_or(0);
+            u64::try_from((daily.finished_at - daily.started_at).num_seconds()).unwrap_or(0);
         Summary {
             business_date,
-            run_id: facts.run_id,
-            outcome: facts.outcome,
+            run_id: daily.run_id,
+            outcome: daily.outcome,
             file: file.to_owned(),
             accounts: stats.rows,
             successful: stats.successful,
@@ -281,16 +593,91 @@ impl Summary {
             failed_accounts: stats.failed_accounts.clone(),
             failed_accounts_truncated: stats.failed_accounts_truncated,
             error_codes: stats.error_codes.clone(),
-            scored_in_run: facts.scored_in_run,
-            carried_forward: facts.carried_forward,
-            new_accounts: facts.new_accounts,
-            gone_accounts: facts.gone_accounts,
-            malformed_records: facts.malformed_records,
-            api_calls: facts.api_calls,
-            started_at: facts.started_at,
-            finished_at: facts.finished_at,
+            scored_in_run: daily.scored_in_run,
+            carried_forward: daily.carried_forward,
+            deadline_failed: daily.deadline_failed,
+            never_scored: daily.never_scored,
+            new_accounts: daily.new_accounts,
+            gone_accounts: daily.gone_accounts,
+            malformed_records: daily.malformed_records,
+            api_attempts: daily.api_attempts,
+            api_requests: daily.api_requests,
+            started_at: daily.started_at,
+            finished_at: daily.finished_at,
             duration_seconds,
+            reruns,
+            daily_facts_lost,
         }
+    }
+
+    /// The sums that must hold, each one that does not, in words (empty when all hold):
+    /// `successful + partial + failed = accounts` and, unless the daily facts were lost,
+    /// `scored_in_run + carried_forward + deadline_failed + never_scored = accounts`.
+    pub fn inconsistencies(&self) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let by_status = self.successful + self.partial + self.failed;
+        if by_status != self.accounts {
+            wrong.push(format!(
+                "successful + partial + failed = {by_status}, accounts = {}",
+                self.accounts
+            ));
+        }
+        let by_source =
+            self.scored_in_run + self.carried_forward + self.deadline_failed + self.never_scored;
+        if !self.daily_facts_lost && by_source != self.accounts {
+            wrong.push(format!(
+                "scored_in_run + carried_forward + deadline_failed + never_scored = {by_source}, accounts = {}",
+                self.accounts
+            ));
+        }
+        wrong
+    }
+
+    /// The summary for a person, one fact a line (indented two spaces): what `esg run` and
+    /// `esg rerun` print, the same numbers as the JSON.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "  accounts {}: {} successful, {} partial, {} failed (success rate {}%)\n",
+            self.accounts, self.successful, self.partial, self.failed, self.success_rate_percent
+        );
+        let lost = if self.daily_facts_lost {
+            " (counts unknown: the daily run's facts were lost)"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "  daily run {} {}{lost}: scored {}, carried forward {}, failed by the deadline {}, never scored {}\n",
+            self.run_id,
+            self.outcome,
+            self.scored_in_run,
+            self.carried_forward,
+            self.deadline_failed,
+            self.never_scored
+        ));
+        out.push_str(&format!(
+            "  accounts new {}, gone {}, malformed records skipped {}\n",
+            self.new_accounts, self.gone_accounts, self.malformed_records
+        ));
+        out.push_str(&format!(
+            "  ESG API: {} scoring attempts, {} HTTP requests, in {} s\n",
+            self.api_attempts, self.api_requests, self.duration_seconds
+        ));
+        for r in &self.reruns {
+            out.push_str(&format!(
+                "  {} {} {}: {} accounts, {} scored, {} failed, {} not in the file; {} attempts, {} requests; finished {}\n",
+                r.kind.to_lowercase(),
+                r.run_id,
+                r.outcome,
+                r.accounts,
+                r.scored,
+                r.failed,
+                r.not_in_file,
+                r.api_attempts,
+                r.api_requests,
+                r.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ));
+        }
+        out
     }
 }
 
@@ -323,13 +710,15 @@ mod tests {
             account_id: id.into(),
             account_name: format!("Name {id}"),
             status,
-            overall: score(scores[0]),
-            environmental: score(scores[1]),
-            social: score(scores[2]),
-            governance: score(scores[3]),
-            primary_focus: focus,
-            primary_focus_score: focus.map(|_| dec("50")),
-            analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            values: esg_schemas::EsgValues {
+                overall: score(scores[0]),
+                environmental: score(scores[1]),
+                social: score(scores[2]),
+                governance: score(scores[3]),
+                primary_focus: focus,
+                primary_focus_score: focus.map(|_| dec("50")),
+                analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            },
             attempts: 1,
             error_code: (status != ScoreStatus::Successful).then(|| "some_code".to_string()),
             error_message: None,
@@ -341,12 +730,15 @@ mod tests {
         RunFacts {
             run_id: "2026-11-23".into(),
             outcome: "CompletedWithFailures".into(),
-            scored_in_run: 3,
+            scored_in_run: 2,
             carried_forward: 1,
+            deadline_failed: 1,
+            never_scored: 0,
             new_accounts: 2,
             gone_accounts: 1,
             malformed_records: 0,
-            api_calls: 5,
+            api_attempts: 5,
+            api_requests: 7,
             started_at: Utc
                 .with_ymd_and_hms(2026, 11, 23, 11, 0, 0)
                 .single()
@@ -391,7 +783,12 @@ mod tests {
     #[test]
     fn summary_numbers_on_a_known_set() {
         let stats = known_stats();
-        let summary = Summary::build(date(), "FirmESGRatings_20261123.csv", &stats, facts());
+        let summary = Summary::build(
+            date(),
+            "FirmESGRatings_20261123.csv",
+            &stats,
+            DayFacts::daily(facts()),
+        );
         assert_eq!(
             (
                 summary.accounts,
@@ -424,7 +821,9 @@ mod tests {
             BTreeMap::from([("some_code".to_string(), 2)])
         );
         assert_eq!(summary.duration_seconds, 125);
-        assert_eq!(summary.api_calls, 5);
+        assert_eq!((summary.api_attempts, summary.api_requests), (5, 7));
+        assert!(summary.reruns.is_empty());
+        assert_eq!(summary.inconsistencies(), Vec::<String>::new());
     }
 
     #[test]
@@ -435,7 +834,18 @@ mod tests {
         assert_eq!(percent(1, 8, "x"), "12.50");
         assert_eq!(percent(1, 200_000, "x"), "0.00");
         assert_eq!(percent(1, 160, "x"), "0.63", "0.625 rounds up");
-        let summary = Summary::build(date(), "f.csv", &RowStats::default(), facts());
+        let summary = Summary::build(
+            date(),
+            "f.csv",
+            &RowStats::default(),
+            DayFacts::daily(RunFacts {
+                scored_in_run: 0,
+                carried_forward: 0,
+                deadline_failed: 0,
+                ..facts()
+            }),
+        );
+        assert_eq!(summary.inconsistencies(), Vec::<String>::new());
         assert_eq!(summary.success_rate_percent, "100.00");
         assert_eq!(summary.failure_rate_percent, "0.00");
         assert_eq!(summary.average_overall, None);
@@ -496,7 +906,7 @@ mod tests {
             date(),
             "FirmESGRatings_20261123.csv",
             &known_stats(),
-            facts(),
+            DayFacts::daily(facts()),
         );
         let path = write_summary(dir.path(), &summary).expect("write");
         assert_eq!(
@@ -527,5 +937,359 @@ mod tests {
         let text = serde_json::to_string(&stats).expect("serialise");
         let back: RowStats = serde_json::from_str(&text).expect("parse");
         assert_eq!(back, stats);
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 23, h, m, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn rerun_entry(id: &str, finished: DateTime<Utc>) -> RerunEntry {
+        RerunEntry {
+            run_id: id.into(),
+            kind: "Rerun".into(),
+            outcome: "Completed".into(),
+            accounts: 3,
+            scored: 3,
+            failed: 0,
+            not_in_file: 0,
+            api_attempts: 3,
+            api_requests: 4,
+            started_at: finished - chrono::Duration::seconds(30),
+            finished_at: finished,
+        }
+    }
+
+    #[test]
+    fn provenance_of_a_row_follows_expected_scored_and_known() {
+        use Provenance::*;
+        // (expected, scored in the run, has a score) → provenance
+        let cases = [
+            ((true, true, true), ScoredInRun),
+            ((false, true, true), ScoredInRun),
+            ((true, false, true), DeadlineFailed),
+            ((true, false, false), DeadlineFailed),
+            ((false, false, true), CarriedForward),
+            ((false, false, false), NeverScored),
+        ];
+        for ((e, s, h), want) in cases {
+            assert_eq!(Provenance::of(e, s, h), want, "{e} {s} {h}");
+        }
+    }
+
+    #[test]
+    fn a_deadline_failure_is_not_carried_forward_and_the_counts_add_up() {
+        use ScoreStatus::*;
+        // A day of 5: 2 scored (one Failed by the vendor), 1 carried, 1 failed by the deadline,
+        // 1 never scored.
+        let rows = [
+            (
+                row("A", Successful, ["70"; 4], Some(Pillar::Social)),
+                Provenance::ScoredInRun,
+            ),
+            (row("B", Failed, ["-"; 4], None), Provenance::ScoredInRun),
+            (
+                row("C", Successful, ["60"; 4], Some(Pillar::Social)),
+                Provenance::CarriedForward,
+            ),
+            (row("D", Failed, ["-"; 4], None), Provenance::DeadlineFailed),
+            (row("E", Failed, ["-"; 4], None), Provenance::NeverScored),
+        ];
+        let (mut stats, mut tally) = (RowStats::default(), Tally::default());
+        for (r, p) in &rows {
+            stats.add(r);
+            tally.add(*p, r);
+        }
+        assert_eq!(
+            tally,
+            Tally {
+                rows: 5,
+                scored_in_run: 2,
+                carried_forward: 1,
+                deadline_failed: 1,
+                never_scored: 1,
+                failed: 3,
+            }
+        );
+        let summary = Summary::build(
+            date(),
+            "f.csv",
+            &stats,
+            DayFacts::daily(facts().with_tally(&tally)),
+        );
+        assert_eq!(
+            (
+                summary.carried_forward,
+                summary.deadline_failed,
+                summary.never_scored
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(summary.successful + summary.partial + summary.failed, 5);
+        assert_eq!(summary.inconsistencies(), Vec::<String>::new());
+
+        // A summary whose counts do not add up says which sum is wrong.
+        let wrong = Summary {
+            carried_forward: 2,
+            ..summary.clone()
+        };
+        let found = wrong.inconsistencies();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("carried_forward"), "{found:?}");
+        // With the daily facts lost, only the status sum is checked.
+        let lost = Summary {
+            daily_facts_lost: true,
+            ..wrong
+        };
+        assert!(lost.inconsistencies().is_empty());
+    }
+
+    #[test]
+    fn a_rerun_summary_keeps_the_days_totals_and_the_daily_runs_facts() {
+        let daily = facts();
+        let reruns = vec![
+            rerun_entry("2026-11-23.1", at(14, 0)),
+            rerun_entry("2026-11-23.2", at(15, 0)),
+        ];
+        let summary = Summary::build(
+            date(),
+            "FirmESGRatings_20261123.csv",
+            &known_stats(),
+            DayFacts {
+                daily: daily.clone(),
+                reruns: reruns.clone(),
+                daily_facts_lost: false,
+            },
+        );
+        assert_eq!(summary.run_id, daily.run_id);
+        assert_eq!(summary.started_at, daily.started_at);
+        assert_eq!(summary.duration_seconds, 125, "the daily run's duration");
+        assert_eq!(summary.scored_in_run, daily.scored_in_run);
+        assert_eq!(summary.accounts, 4, "every row of the file");
+        assert_eq!(summary.reruns, reruns);
+        let json = serde_json::to_value(&summary).expect("json");
+        assert_eq!(json["reruns"][1]["run_id"], "2026-11-23.2");
+        assert_eq!(json["reruns"][0]["accounts"], 3);
+        assert!(json.get("api_calls").is_none(), "renamed: {json}");
+    }
+
+    #[test]
+    fn the_previous_summary_reads_back_with_its_reruns() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let summary = Summary::build(
+            date(),
+            "FirmESGRatings_20261123.csv",
+            &known_stats(),
+            DayFacts {
+                daily: facts(),
+                reruns: vec![rerun_entry("2026-11-23.1", at(14, 0))],
+                daily_facts_lost: false,
+            },
+        );
+        write_summary(dir.path(), &summary).expect("write");
+        let back = read_previous(dir.path(), date()).expect("reads back");
+        assert_eq!(back.daily, facts());
+        assert_eq!(back.reruns, summary.reruns);
+        assert!(!back.daily_facts_lost);
+    }
+
+    #[test]
+    fn a_summary_of_an_older_version_reads_back_with_zero_for_missing_counts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The shape written before `api_calls` was split and `reruns` existed.
+        let old = serde_json::json!({
+            "business_date": "2026-11-23", "run_id": "2026-11-23",
+            "outcome": "Completed", "file": "FirmESGRatings_20261123.csv",
+            "accounts": 4, "successful": 4, "partial": 0, "failed": 0,
+            "scored_in_run": 3, "carried_forward": 1, "new_accounts": 0, "gone_accounts": 0,
+            "malformed_records": 2, "api_calls": 9,
+            "started_at": "2026-11-23T11:00:00Z", "finished_at": "2026-11-23T11:02:05Z",
+            "duration_seconds": 125
+        });
+        std::fs::write(
+            dir.path().join("FirmESGRatings_20261123_summary.json"),
+            old.to_string(),
+        )
+        .expect("write");
+        let back = read_previous(dir.path(), date()).expect("reads back");
+        assert_eq!(back.daily.api_attempts, 9, "api_calls counted attempts");
+        assert_eq!(back.daily.api_requests, 0);
+        assert_eq!(back.daily.deadline_failed, 0);
+        assert_eq!(back.daily.malformed_records, 2);
+        assert!(back.reruns.is_empty());
+    }
+
+    #[test]
+    fn a_missing_unreadable_or_foreign_previous_summary_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = read_previous(dir.path(), date()).expect_err("missing");
+        assert!(matches!(err, PreviousSummaryError::Read { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("FirmESGRatings_20261123_summary.json"),
+            "{err}"
+        );
+
+        let path = dir.path().join("FirmESGRatings_20261123_summary.json");
+        std::fs::write(&path, b"{\"business_date\": \"2026-11-23\", \"run_id\": ").expect("write");
+        let err = read_previous(dir.path(), date()).expect_err("truncated");
+        assert!(matches!(err, PreviousSummaryError::Parse { .. }), "{err}");
+
+        std::fs::write(&path, b"[1, 2, 3]").expect("write");
+        assert!(matches!(
+            read_previous(dir.path(), date()),
+            Err(PreviousSummaryError::Parse { .. })
+        ));
+
+        let other = Summary::build(
+            NaiveDate::from_ymd_opt(2026, 11, 20).expect("date"),
+            "f.csv",
+            &known_stats(),
+            DayFacts::daily(facts()),
+        );
+        let text = serde_json::to_vec(&other).expect("json");
+        std::fs::write(&path, text).expect("write");
+        let err = read_previous(dir.path(), date()).expect_err("other date");
+        assert!(
+            matches!(err, PreviousSummaryError::OtherDate { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_text_shows_the_same_numbers_as_the_json() {
+        let summary = Summary::build(
+            date(),
+            "FirmESGRatings_20261123.csv",
+            &known_stats(),
+            DayFacts {
+                daily: facts(),
+                reruns: vec![RerunEntry {
+                    failed: 1,
+                    not_in_file: 1,
+                    ..rerun_entry("2026-11-23.1", at(14, 0))
+                }],
+                daily_facts_lost: false,
+            },
+        );
+        let text = summary.text();
+        for expected in [
+            "accounts 4: 2 successful, 1 partial, 1 failed (success rate 50.00%)",
+            "daily run 2026-11-23 CompletedWithFailures: scored 2, carried forward 1, failed by the deadline 1, never scored 0",
+            "accounts new 2, gone 1, malformed records skipped 0",
+            "ESG API: 5 scoring attempts, 7 HTTP requests, in 125 s",
+            "rerun 2026-11-23.1 Completed: 3 accounts, 3 scored, 1 failed, 1 not in the file; 3 attempts, 4 requests; finished 2026-11-23T14:00:00Z",
+        ] {
+            assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+        }
+        let lost = Summary {
+            daily_facts_lost: true,
+            ..summary
+        };
+        assert!(lost.text().contains("counts unknown"), "{}", lost.text());
+    }
+
+    #[test]
+    fn a_rerun_takes_the_daily_facts_from_the_store_then_the_previous_summary() {
+        let this = rerun_entry("2026-11-23.2", at(16, 0));
+        let earlier = rerun_entry("2026-11-23.1", at(14, 0));
+        let previous_file = || {
+            Ok(DayFacts {
+                daily: RunFacts {
+                    api_requests: 99,
+                    ..facts()
+                },
+                reruns: vec![earlier.clone()],
+                daily_facts_lost: false,
+            })
+        };
+        // The store has the daily run: the previous summary is not read.
+        let day = DayFacts::for_rerun(
+            StoredDay {
+                daily: Some(facts()),
+                reruns: vec![earlier.clone()],
+                daily_basics: None,
+            },
+            || panic!("the previous summary is not needed"),
+            this.clone(),
+        );
+        assert_eq!(day.daily, facts());
+        assert_eq!(day.reruns, vec![earlier.clone(), this.clone()]);
+        assert!(!day.daily_facts_lost);
+
+        // The store was rebuilt (it knows only this re-run's predecessor): the previous
+        // summary gives the daily facts; re-runs are not listed twice.
+        let day = DayFacts::for_rerun(
+            StoredDay {
+                daily: None,
+                reruns: vec![earlier.clone()],
+                daily_basics: None,
+            },
+            previous_file,
+            this.clone(),
+        );
+        assert_eq!(day.daily.api_requests, 99);
+        assert_eq!(day.reruns, vec![earlier.clone(), this.clone()]);
+
+        // Assembled again after a crash: the entry of the same run is replaced, not added.
+        let day = DayFacts::for_rerun(
+            StoredDay {
+                daily: Some(facts()),
+                reruns: vec![earlier.clone(), this.clone()],
+                daily_basics: None,
+            },
+            || panic!("not needed"),
+            RerunEntry {
+                failed: 1,
+                ..this.clone()
+            },
+        );
+        assert_eq!(day.reruns.len(), 2);
+        assert_eq!(day.reruns[1].failed, 1);
+    }
+
+    #[test]
+    fn a_rerun_with_no_daily_facts_anywhere_writes_what_is_known_and_says_so() {
+        let this = rerun_entry("2026-11-23.1", at(14, 0));
+        let basics = RunFacts {
+            scored_in_run: 0,
+            carried_forward: 0,
+            deadline_failed: 0,
+            api_attempts: 0,
+            api_requests: 0,
+            ..facts()
+        };
+        let missing = || {
+            Err(PreviousSummaryError::Read {
+                path: "FirmESGRatings_20261123_summary.json".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+        };
+        let day = DayFacts::for_rerun(
+            StoredDay {
+                daily: None,
+                reruns: Vec::new(),
+                daily_basics: Some(basics.clone()),
+            },
+            missing,
+            this.clone(),
+        );
+        assert!(day.daily_facts_lost);
+        assert_eq!(day.daily, basics);
+        assert_eq!(day.reruns, vec![this.clone()]);
+        let summary = Summary::build(date(), "f.csv", &known_stats(), day);
+        assert!(summary.daily_facts_lost);
+        assert_eq!(
+            summary.accounts, 4,
+            "the file's statistics are always known"
+        );
+        assert!(summary.inconsistencies().is_empty());
+
+        // Not even the runs table: empty run id, the re-run's start.
+        let day = DayFacts::for_rerun(StoredDay::default(), missing, this.clone());
+        assert!(day.daily_facts_lost);
+        assert_eq!(day.daily.run_id, "");
+        assert_eq!(day.daily.started_at, this.started_at);
     }
 }
