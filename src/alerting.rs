@@ -5,9 +5,12 @@
 
 use crate::config::Config;
 use chrono::{DateTime, NaiveDate, Utc};
-use esg_alerts::{Alert, AlertReport, Alerter};
-use esg_assembler::RunReport;
+use esg_alerts::{Alert, AlertKind, AlertReport, Alerter, Resolution};
+use esg_assembler::{RunEndHook, RunEnded};
+use esg_bus::runs::RunBook;
+use esg_bus::EventBus;
 use esg_schemas::RunOutcome;
+use std::sync::Arc;
 
 /// The job's alerter, built from `[alerts]` (checked when the configuration was loaded).
 pub struct Alerts {
@@ -19,7 +22,7 @@ impl Alerts {
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let alerter =
             Alerter::new(config.alerts.clone()).map_err(|e| anyhow::anyhow!("alerts: {e}"))?;
-        let tz = config.time_zone().unwrap_or(chrono_tz::America::Chicago);
+        let tz = config.time_zone();
         Ok(Alerts { alerter, tz })
     }
 
@@ -50,66 +53,88 @@ impl Alerts {
         .await;
     }
 
-    /// A run wrote its file: the deadline and the failure ratio.
-    pub async fn run_written(&self, report: &RunReport, deadline: Option<DateTime<Utc>>) {
-        let s = &report.summary;
-        self.run_ended(RunEnd {
-            run_id: &report.run_id,
-            business_date: report.business_date,
-            timed_out: report.outcome == RunOutcome::TimedOut,
-            deadline: deadline.unwrap_or_else(Utc::now),
-            not_scored: s.error_codes.get("DEADLINE").copied().unwrap_or(0),
-            accounts: s.accounts,
-            failed: s.failed,
-            file: report.csv.display().to_string(),
+    /// The hook the assembler calls for every run it ends: the alerts of a run's end are
+    /// decided there, on either transport.
+    pub fn run_end_hook(self: &Arc<Self>, bus: EventBus) -> RunEndHook {
+        let alerts = self.clone();
+        Arc::new(move |ended: RunEnded| {
+            let (alerts, bus) = (alerts.clone(), bus.clone());
+            Box::pin(async move { alerts.run_ended(&bus, &ended).await })
         })
-        .await;
     }
 
-    /// Kafka mode: the assembler announced a run's end (`esg producer --wait` heard it).
-    pub async fn run_completed(&self, done: &esg_schemas::RunCompleted) {
-        let (failed, rows) = (done.failed.max(0) as u64, done.rows.max(0) as u64);
-        self.run_ended(RunEnd {
-            run_id: &done.run_id,
-            business_date: done.business_date,
-            timed_out: done.outcome == RunOutcome::TimedOut,
-            deadline: done.completed_at,
-            not_scored: failed,
-            accounts: rows,
-            failed,
-            file: done.output_file.clone(),
-        })
-        .await;
-    }
-
-    async fn run_ended(&self, end: RunEnd<'_>) {
-        if end.timed_out {
+    /// A run ended: the deadline that came first, and the failure ratio of the day's file.
+    ///
+    /// The failure-ratio alert is one incident per business date (its run id is the date, so
+    /// its PagerDuty `dedup_key` is `esg/<date>/failure_ratio` whichever run of the date raised
+    /// it): a re-run that brings the day's file back under the threshold resolves it, with a
+    /// resolution email.
+    pub async fn run_ended(&self, bus: &EventBus, ended: &RunEnded) {
+        let done = &ended.completed;
+        let date = done.business_date;
+        if done.outcome == RunOutcome::TimedOut {
             self.send(Alert::over_window(
-                end.run_id,
-                end.business_date,
-                &end.deadline.with_timezone(&self.tz),
-                end.not_scored,
-                end.accounts,
+                &done.run_id,
+                date,
+                &ended.deadline.with_timezone(&self.tz),
+                ended.not_scored,
+                (done.rows.max(0) as u64).max(ended.not_scored),
                 Utc::now(),
             ))
             .await;
         }
-        if self
-            .config()
-            .failure_ratio_exceeded(end.failed, end.accounts)
-        {
+        if ended.report.is_none() && done.output_file.is_empty() {
+            return;
+        }
+        let (failed, rows) = (done.failed.max(0) as u64, done.rows.max(0) as u64);
+        let incident = date.to_string();
+        if self.config().failure_ratio_exceeded(failed, rows) {
             self.send(
                 Alert::failure_ratio(
-                    end.run_id,
-                    end.business_date,
-                    end.failed,
-                    end.accounts,
+                    &incident,
+                    date,
+                    failed,
+                    rows,
                     self.config().failure_ratio_threshold,
                     Utc::now(),
                 )
-                .with_detail("file", end.file),
+                .with_detail("run_id", &done.run_id)
+                .with_detail("file", &done.output_file),
             )
             .await;
+            return;
+        }
+        // Under the threshold: resolve the date's incident if the file stood above it before.
+        let before = match RunBook::read(bus).await {
+            Ok(book) => book
+                .of_date(date)
+                .into_iter()
+                .filter(|r| r.run_id != done.run_id && r.delivered())
+                .filter_map(|r| r.completed.clone())
+                .filter(|c| c.completed_at <= done.completed_at)
+                .max_by_key(|c| c.completed_at),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the triggers topic to decide a resolution");
+                None
+            }
+        };
+        let was_over = before.is_some_and(|c| {
+            self.config()
+                .failure_ratio_exceeded(c.failed.max(0) as u64, c.rows.max(0) as u64)
+        });
+        if was_over {
+            let resolution = Resolution::new(
+                AlertKind::FailureRatio,
+                incident,
+                date,
+                &format!(
+                    "run {}: {failed} of {rows} accounts failed, under the threshold again",
+                    done.run_id
+                ),
+                Utc::now(),
+            );
+            let report = self.alerter.resolve(&resolution).await;
+            count(&report, AlertKind::FailureRatio.as_str());
         }
     }
 
@@ -127,25 +152,12 @@ impl Alerts {
     }
 }
 
-/// What the alerts of a run's end are decided on.
-struct RunEnd<'a> {
-    run_id: &'a str,
-    business_date: NaiveDate,
-    timed_out: bool,
-    deadline: DateTime<Utc>,
-    /// Accounts the deadline left unscored.
-    not_scored: u64,
-    accounts: u64,
-    failed: u64,
-    file: String,
-}
-
 fn count(report: &AlertReport, kind: &'static str) {
     for channel in &report.sent {
-        metrics::counter!("esg_alerts_sent_total", "channel" => channel.as_str(), "kind" => kind)
+        metrics::counter!(esg_metrics::ALERTS_SENT_TOTAL, "channel" => channel.as_str(), "kind" => kind)
             .increment(1);
     }
     for (channel, _) in &report.failed {
-        metrics::counter!("esg_alert_failures_total", "channel" => channel.as_str()).increment(1);
+        metrics::counter!(esg_metrics::ALERT_FAILURES_TOTAL, "channel" => channel.as_str()).increment(1);
     }
 }

@@ -5,5 +5,9 @@
 pub mod alerting;
 pub mod config;
 pub mod pipeline;
+pub mod preflight;
+pub mod progress;
+pub mod runner;
+pub mod status;
 pub mod schedule;
 pub mod telemetry;

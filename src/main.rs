@@ -1,16 +1,16 @@
-//! `esg`: the daily ESG ratings job.
+//! `esg`: the daily ESG ratings job. This file parses the command line, runs one start-up
+//! prologue (configuration, logs, signals, state lock, then the metrics port) and dispatches
+//! to the library: every command's work is in `esg::runner` and its neighbours.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
-use esg::alerting::Alerts;
-use esg::config::BusKind;
 use esg::config::{self, Config};
-use esg::pipeline::{self, Outcome, Pipeline, ProducerService, ReplayBound};
+use esg::pipeline::ReplayBound;
+use esg::runner::{DailyRequest, Outcome, Refused, Runner, Selection};
 use esg_assembler::Progress;
-use esg_schemas::{RunKind, RunOutcome, RunSealed};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -23,6 +23,11 @@ use tokio_util::sync::CancellationToken;
 ///
 /// Start with `esg demo`: it runs a whole business day against the built-in simulator of the
 /// firm's account system and the vendor API, with nothing to configure.
+///
+/// Exit codes: 0 done; 1 the run failed (the error says why; a critical alert went out);
+/// 2 usage or configuration error (nothing was run); 3 the deadline came first (the file is
+/// written, pending accounts Failed); 4 stopped by a signal (run the same command again to
+/// resume); 5 another esg process holds the state directory.
 #[derive(Parser)]
 #[command(name = "esg", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -39,15 +44,16 @@ enum Command {
     /// Without --once: long-running, a run every day at `[schedule] at` in `[schedule]
     /// time_zone` (05:00 America/Chicago), correct across daylight-saving changes; started after
     /// today's time it resumes (or first starts) today's run. With --once: one run now, resuming
-    /// it if it was started before and stopped (killed, crashed); a run that already completed is
-    /// not run again. Exit code 0 when the file was
-    /// written, 3 when the deadline came first (the file is written, pending accounts Failed),
-    /// 1 on any error, 2 on a configuration error.
+    /// the date's run if it was started before and stopped (killed, crashed); a date whose file
+    /// was delivered is not run again (with --full over a run without it, a new run of the date
+    /// replaces its files). On Kafka the scorers and the assembler are services (`esg scorer`,
+    /// `esg assembler`): this publishes the run and waits for its file.
     Run(RunArgs),
     /// Re-score chosen accounts and replace their rows in that day's file (manual override).
     ///
-    /// On the embedded log this runs the whole re-run here. On Kafka it publishes the re-run for
-    /// the running scorers and assembler and waits until the assembler has written the file.
+    /// The accounts are checked first: an unknown id runs nothing (exit 2, every unknown id
+    /// listed). On Kafka it publishes the re-run for the running scorers and assembler and
+    /// waits until the assembler has written the file.
     Rerun(RerunArgs),
     /// Re-run the accounts of a range of the account-events topic through the scorers (after an
     /// outage of the vendor API, say) and replace their rows in their day's file.
@@ -59,53 +65,82 @@ enum Command {
     ///   esg replay -c esg.toml --topic account-events
     ///     --from 2026-11-23T05:00:00-06:00 --to 2026-11-23T06:00:00-06:00
     Replay(ReplayArgs),
+    /// Where a run stands, read-only, while it runs or after: phase, accounts scored of those
+    /// expected, failed so far, the API rate, an ETA, the files written.
+    Status(StatusArgs),
     /// Kafka mode: publish today's daily run (trigger, account events, seal) and exit.
     ///
     /// The scorers and the assembler, running as services, score it and write the file. Run it
-    /// at 05:00 America/Chicago from the scheduler (systemd timer, Kubernetes CronJob); run again
-    /// after a failure, it resumes the same run. With --wait it also waits for the file.
+    /// at 05:00 America/Chicago from the scheduler (systemd timer, Kubernetes CronJob), from any
+    /// host with the configuration; run again after a failure, it resumes the same run. With
+    /// --wait it also waits for the file (exit codes as `esg run --once`).
     Producer(ProducerArgs),
     /// Kafka mode: one scorer of the consumer group; runs until SIGTERM. Start as many as the
     /// API quota and the partitions allow: they share the partitions and the tenant rate limit.
     Scorer(ServiceArgs),
     /// Kafka mode: the assembler; runs until SIGTERM, writing each run's files when it
-    /// completes or at its deadline.
+    /// completes or at its deadline, and raising the run-end alerts.
     Assembler(ServiceArgs),
     /// Serve the simulator of the account system and the ESG API (for trials and tests).
     Simulator(SimulatorArgs),
-    /// Check a configuration file and print it with secrets hidden.
-    CheckConfig {
-        /// The TOML configuration file.
-        #[arg(long, short, env = "ESG_CONFIG")]
-        config: PathBuf,
-    },
+    /// Check a configuration file and print the effective configuration (secrets masked).
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Args)]
-struct RunArgs {
-    /// The TOML configuration file (see README, "Configuration").
+struct ConfigArg {
+    /// The TOML configuration file (see README, "Configuration", and esg.example.toml).
     #[arg(long, short, env = "ESG_CONFIG")]
     config: PathBuf,
-    /// Run once now and exit. Without it, `esg run` stays up and runs every business date at
-    /// `[schedule] at` (05:00 America/Chicago by default), resuming today's run if it was started.
-    #[arg(long)]
-    once: bool,
+}
+
+#[derive(Args)]
+struct DailyArgs {
     /// Business date to run (YYYY-MM-DD); default today in the configured time zone.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Option<NaiveDate>,
     /// Score every active account, not only those that changed.
     #[arg(long)]
     full: bool,
+    /// Go on although the account system listed far fewer active accounts than the last run
+    /// (below `[accounts] min_active_ratio`, or none): only after a person has checked.
+    #[arg(long)]
+    accept_roster_change: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Run once now and exit. Without it, `esg run` stays up and runs every business date at
+    /// `[schedule] at` (05:00 America/Chicago by default), resuming today's run if it was started.
+    #[arg(long)]
+    once: bool,
+    #[command(flatten)]
+    daily: DailyArgs,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct Chosen {
+    /// Accounts to re-score, comma separated.
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID,...")]
+    accounts: Option<Vec<String>>,
+    /// A file of account ids to re-score: one per line (or comma separated); blank lines and
+    /// lines starting with # are skipped.
+    #[arg(long, value_name = "FILE")]
+    accounts_file: Option<PathBuf>,
+    /// Every account of the day whose row is not Successful (Partial or Failed).
+    #[arg(long)]
+    failed: bool,
 }
 
 #[derive(Args)]
 struct RerunArgs {
-    /// The TOML configuration file.
-    #[arg(long, short, env = "ESG_CONFIG")]
-    config: PathBuf,
-    /// Accounts to re-score, comma separated.
-    #[arg(long, value_delimiter = ',', required = true, value_name = "ID,ID,...")]
-    accounts: Vec<String>,
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    chosen: Chosen,
     /// Whose file to update (YYYY-MM-DD); default today in the configured time zone.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Option<NaiveDate>,
@@ -116,9 +151,8 @@ struct RerunArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// The TOML configuration file.
-    #[arg(long, short, env = "ESG_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
     /// The topic to replay (only account-events can be replayed; the configured prefix is
     /// added).
     #[arg(long, default_value = "account-events")]
@@ -138,16 +172,23 @@ struct ReplayArgs {
 }
 
 #[derive(Args)]
-struct ProducerArgs {
-    /// The TOML configuration file.
-    #[arg(long, short, env = "ESG_CONFIG")]
-    config: PathBuf,
-    /// Business date to run (YYYY-MM-DD); default today in the configured time zone.
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The business date whose latest run to show; default the latest run of all.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Option<NaiveDate>,
-    /// Score every active account, not only those that changed.
+    /// One JSON object instead of text.
     #[arg(long)]
-    full: bool,
+    json: bool,
+}
+
+#[derive(Args)]
+struct ProducerArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    daily: DailyArgs,
     /// Wait until the assembler has written the run's file (exit code as `esg run --once`).
     #[arg(long)]
     wait: bool,
@@ -155,9 +196,18 @@ struct ProducerArgs {
 
 #[derive(Args)]
 struct ServiceArgs {
-    /// The TOML configuration file.
-    #[arg(long, short, env = "ESG_CONFIG")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also run the pre-flight: directories writable, free space, both token endpoints, both
+    /// APIs (no vendor quota spent). Exit 1 when a check fails.
+    #[arg(long)]
+    connect: bool,
 }
 
 #[derive(Args)]
@@ -238,313 +288,352 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(dispatch(cli)) {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            let is_config = e.downcast_ref::<config::ConfigError>().is_some();
-            ExitCode::from(if is_config { 2 } else { 1 })
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::from(exit_code(&e))
         }
     }
 }
 
-async fn dispatch(cli: Cli) -> Result<ExitCode> {
+/// The exit code of a command that failed (see the `esg --help` table).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(refused) = e.downcast_ref::<Refused>() {
+        return refused.exit_code();
+    }
+    if e.downcast_ref::<config::ConfigError>().is_some() {
+        return 2;
+    }
+    1
+}
+
+/// Prints a line on stdout; a closed stdout (`esg status | head -1`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// What every command that runs the job does first: the configuration, the logs, the signals.
+struct Prologue {
+    config: Config,
+    shutdown: CancellationToken,
+    _log: esg::telemetry::LogGuard,
+}
+
+impl Prologue {
+    fn start(args: &ConfigArg) -> Result<Prologue> {
+        let config = Config::load(&args.config)?;
+        let log = esg::telemetry::init(&config.log);
+        Ok(Prologue {
+            config,
+            shutdown: shutdown_on_signal(),
+            _log: log,
+        })
+    }
+
+    /// Takes the state lock (before any port is opened), then serves the metrics.
+    async fn runner(&self) -> Result<Runner> {
+        let runner = Runner::open(self.config.clone(), esg_assembler::system_clock()).await?;
+        esg::telemetry::serve_metrics(&self.config.metrics)?;
+        Ok(runner)
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Demo(args) => demo(args).await,
         Command::Run(args) => {
-            let config = Config::load(&args.config)?;
-            let _log = esg::telemetry::init(&config.log);
-            esg::telemetry::serve_metrics(&config.metrics)?;
-            let shutdown = shutdown_on_signal();
+            let p = Prologue::start(&args.config)?;
+            let runner = p.runner().await?;
+            let request = daily_request(&runner, &args.daily);
             if !args.once {
-                return scheduled(config, args.full, shutdown).await;
+                return scheduled(&runner, request, p.shutdown.clone()).await;
             }
-            let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
-            let alerts = Alerts::new(&pipeline.config)?;
-            let date = args.business_date.unwrap_or_else(|| pipeline.today());
-            let deadline = pipeline.config.deadline_for(date, chrono::Utc::now());
-            let bar = progress_bar(&format!("run {date}"));
-            let outcome = pipeline
-                .run_daily(date, args.full, shutdown.clone(), progress_fn(bar.clone()))
+            let bar = progress_bar(&format!("run {}", request.business_date));
+            let outcome = runner
+                .daily(request, true, p.shutdown.clone(), progress_fn(bar.clone()))
                 .await;
             bar.finish_and_clear();
-            alert_on(&alerts, date, deadline, &outcome, &shutdown).await;
-            report(&pipeline, outcome?)
+            report(&runner, &outcome?)
+        }
+        Command::Producer(args) => {
+            let p = Prologue::start(&args.config)?;
+            if p.config.bus.kind != config::BusKind::Kafka {
+                return Err(Refused::Usage("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day".into()).into());
+            }
+            let runner = p.runner().await?;
+            let request = daily_request(&runner, &args.daily);
+            let outcome = runner
+                .daily(request, args.wait, p.shutdown.clone(), |_| {})
+                .await?;
+            report(&runner, &outcome)
         }
         Command::Rerun(args) => {
-            let config = Config::load(&args.config)?;
-            let _log = esg::telemetry::init(&config.log);
-            esg::telemetry::serve_metrics(&config.metrics)?;
-            let shutdown = shutdown_on_signal();
-            if config.bus.kind == BusKind::Kafka {
-                let service = ProducerService::open(config).await?;
-                let date = args.business_date.unwrap_or_else(|| service.today());
-                let sealed = service
-                    .rerun(date, RunKind::Rerun, args.accounts, &shutdown)
-                    .await?;
-                return published(&service, sealed, !args.no_wait, &shutdown).await;
-            }
-            let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
-            let date = args.business_date.unwrap_or_else(|| pipeline.today());
+            let p = Prologue::start(&args.config)?;
+            let selection = selection(&args.chosen)?;
+            let runner = p.runner().await?;
+            let date = args.business_date.unwrap_or_else(|| runner.today());
             let bar = progress_bar(&format!("re-run {date}"));
-            let outcome = pipeline
+            let outcome = runner
                 .rerun(
                     date,
-                    RunKind::Rerun,
-                    args.accounts,
-                    shutdown,
+                    selection,
+                    !args.no_wait,
+                    p.shutdown.clone(),
                     progress_fn(bar.clone()),
                 )
                 .await;
             bar.finish_and_clear();
-            report(&pipeline, outcome?)
+            report(&runner, &outcome?)
         }
-        Command::Replay(args) => replay(args).await,
-        Command::Producer(args) => {
-            let config = Config::load(&args.config)?;
-            let _log = esg::telemetry::init(&config.log);
-            esg::telemetry::serve_metrics(&config.metrics)?;
-            if config.bus.kind != BusKind::Kafka {
-                bail!("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day");
+        Command::Replay(args) => {
+            let p = Prologue::start(&args.config)?;
+            let topic = args.topic.trim_start_matches(&p.config.bus.topic_prefix);
+            if topic != "account-events" && topic != "esg.account-events" {
+                return Err(Refused::Usage(format!(
+                    "only the account-events topic can be replayed through the scorers, not {:?}",
+                    args.topic
+                ))
+                .into());
             }
-            let shutdown = shutdown_on_signal();
-            let service = ProducerService::open(config).await?;
-            let date = args.business_date.unwrap_or_else(|| service.today());
-            let sealed = match service.daily(date, args.full, &shutdown).await {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    if !shutdown.is_cancelled() {
-                        Alerts::new(&service.config)?
-                            .critical_error(&date.to_string(), date, &e)
-                            .await;
-                    }
-                    return Err(e);
+            let runner = p.runner().await?;
+            let bar = progress_bar("replay");
+            let outcomes = runner
+                .replay(
+                    args.partition,
+                    args.from,
+                    args.to,
+                    !args.no_wait,
+                    p.shutdown.clone(),
+                    progress_fn(bar.clone()),
+                )
+                .await;
+            bar.finish_and_clear();
+            let outcomes = outcomes?;
+            if outcomes.is_empty() {
+                say!("no account events of a delivered day in that range; nothing to replay");
+            }
+            let mut code = 0;
+            for outcome in &outcomes {
+                if let Some(s) = &outcome.sealed {
+                    say!(
+                        "replaying {} accounts of {}",
+                        s.expected_accounts,
+                        outcome.business_date
+                    );
                 }
-            };
-            published(&service, sealed, args.wait, &shutdown).await
+                code = code.max(report(&runner, outcome)?);
+            }
+            Ok(code)
+        }
+        Command::Status(args) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            let status = esg::status::read(&config, args.business_date).await?;
+            if args.json {
+                say!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                say!("{status}");
+            }
+            Ok(0)
         }
         Command::Scorer(args) => {
-            let config = Config::load(&args.config)?;
-            let _log = esg::telemetry::init(&config.log);
-            esg::telemetry::serve_metrics(&config.metrics)?;
-            let shutdown = shutdown_on_signal();
-            let stats = pipeline::scorer_service(&config, shutdown).await?;
-            println!(
+            let p = Prologue::start(&args.config)?;
+            esg::telemetry::serve_metrics(&p.config.metrics)?;
+            let stats = esg::runner::scorer_service(&p.config, p.shutdown.clone()).await?;
+            say!(
                 "scorer stopped: {} events, {} scored ({} successful, {} partial, {} failed)",
-                stats.events, stats.scored, stats.successful, stats.partial, stats.failed
+                stats.events,
+                stats.scored,
+                stats.successful,
+                stats.partial,
+                stats.failed
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(0)
         }
         Command::Assembler(args) => {
-            let config = Config::load(&args.config)?;
-            let _log = esg::telemetry::init(&config.log);
-            esg::telemetry::serve_metrics(&config.metrics)?;
-            let shutdown = shutdown_on_signal();
-            let reports =
-                pipeline::assembler_service(&config, esg_assembler::system_clock(), shutdown)
-                    .await?;
-            println!("assembler stopped after writing {} run(s)", reports.len());
-            Ok(ExitCode::SUCCESS)
+            let p = Prologue::start(&args.config)?;
+            let reports = esg::runner::assembler_service(
+                &p.config,
+                esg_assembler::system_clock(),
+                p.shutdown.clone(),
+                || esg::telemetry::serve_metrics(&p.config.metrics),
+            )
+            .await?;
+            say!("assembler stopped after writing {} run(s)", reports.len());
+            Ok(0)
         }
         Command::Simulator(args) => simulator(args).await,
-        Command::CheckConfig { config } => {
-            let config = Config::load(&config)?;
-            println!("{config:#?}");
-            println!("configuration OK");
-            Ok(ExitCode::SUCCESS)
+        Command::CheckConfig(args) => {
+            let config = Config::load(&args.config.config)?;
+            say!("{}", config.to_masked_toml());
+            say!("# configuration OK");
+            if !args.connect {
+                return Ok(0);
+            }
+            let _log = esg::telemetry::init_text("warn");
+            let report = esg::preflight::run(
+                &config,
+                &esg::preflight::Scope {
+                    output: true,
+                    expected_rows: 0,
+                },
+            )
+            .await;
+            say!("pre-flight:\n{report}");
+            Ok(if report.ok() { 0 } else { 1 })
         }
     }
 }
 
-/// `esg run` without `--once`: a run of every business date at the scheduled time, until a
-/// signal. One process, the pipeline opened once.
-async fn scheduled(config: Config, full: bool, shutdown: CancellationToken) -> Result<ExitCode> {
-    let schedule = config
-        .schedule()
-        .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))?;
-    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
+fn daily_request(runner: &Runner, args: &DailyArgs) -> DailyRequest {
+    DailyRequest {
+        business_date: args.business_date.unwrap_or_else(|| runner.today()),
+        full: args.full,
+        accept_roster_change: args.accept_roster_change,
+    }
+}
+
+/// The accounts `esg rerun` was given.
+fn selection(chosen: &Chosen) -> Result<Selection> {
+    if chosen.failed {
+        return Ok(Selection::NotSuccessful);
+    }
+    if let Some(ids) = &chosen.accounts {
+        return Ok(Selection::Accounts(ids.clone()));
+    }
+    let Some(path) = &chosen.accounts_file else {
+        return Err(Refused::Usage("give --accounts, --accounts-file or --failed".into()).into());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Refused::Usage(format!("cannot read the accounts file {}: {e}", path.display()))
+    })?;
+    Ok(Selection::Accounts(parse_accounts_file(&text)))
+}
+
+/// Ids of an accounts file: one per line or comma separated; blank lines and `#` comments
+/// skipped.
+fn parse_accounts_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .flat_map(|l| l.split(','))
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+/// `esg run` without `--once`: a run of every business date at the scheduled time (and the
+/// pre-flight at `[schedule] preflight_at`), until a signal.
+async fn scheduled(runner: &Runner, request: DailyRequest, shutdown: CancellationToken) -> Result<u8> {
+    let schedule = runner.config.schedule();
     let (next_date, next_at) = schedule.next_after(chrono::Utc::now());
     tracing::info!(at = %schedule.at, time_zone = %schedule.tz, next_business_date = %next_date, next_run_at = %next_at,
         "scheduled: a run every day");
-    let alerts = Alerts::new(&pipeline.config)?;
-    let grace = chrono::Duration::from_std(alerts.config().missed_start_grace)?;
-    let (pipeline, alerts) = (&pipeline, &alerts);
-    let stop = shutdown.clone();
-    esg::schedule::run_daily(
+    let grace = chrono::Duration::from_std(runner.alerts().config().missed_start_grace)?;
+    let preflight = async {
+        let Some(early) = runner.config.preflight_schedule() else {
+            return;
+        };
+        esg::schedule::run_daily(
+            early,
+            chrono::Utc::now,
+            tokio::time::sleep,
+            Duration::from_secs(60),
+            shutdown.clone(),
+            |date| async move {
+                let report = runner.preflight().await?;
+                if let Err(failed) = report.into_result() {
+                    let e = anyhow::Error::new(failed)
+                        .context(format!("early pre-flight for the run of {date}"));
+                    tracing::error!(business_date = %date, error = %format!("{e:#}"), "early pre-flight failed");
+                    runner.alerts().critical_error(&date.to_string(), date, &e).await;
+                }
+                Ok(())
+            },
+        )
+        .await;
+    };
+    let daily = esg::schedule::run_daily(
         schedule,
         chrono::Utc::now,
         tokio::time::sleep,
         Duration::from_secs(60),
-        shutdown,
-        move |date| {
-            let stop = stop.clone();
+        shutdown.clone(),
+        |date| {
+            let stop = shutdown.clone();
             async move {
                 let start_by = schedule.fire_time(date) + grace;
                 if chrono::Utc::now() > start_by
-                    && !pipeline::run_triggered(&pipeline.bus, &date.to_string()).await?
+                    && !esg::runner::run_triggered(&runner.bus, date).await?
                 {
-                    alerts.started_late(date, start_by).await;
+                    runner.alerts().started_late(date, start_by).await;
                 }
-                let deadline = pipeline.config.deadline_for(date, chrono::Utc::now());
-                let outcome = pipeline
-                    .run_daily(date, full, stop.clone(), progress_fn(ProgressBar::hidden()))
-                    .await;
-                alert_on(alerts, date, deadline, &outcome, &stop).await;
-                let outcome = outcome?;
-                match &outcome.report {
-                    Some(r) => tracing::info!(run_id = %r.run_id, outcome = %r.outcome, file = %r.csv.display(), "scheduled run ended"),
-                    None => tracing::info!(run_id = %outcome.run_id, "run had already completed"),
+                let request = DailyRequest {
+                    business_date: date,
+                    ..request
+                };
+                let outcome = runner.daily(request, true, stop, |_| {}).await?;
+                match &outcome.completed {
+                    Some(c) => tracing::info!(run_id = %c.run_id, outcome = %c.outcome, file = %c.output_file, "scheduled run ended"),
+                    None => tracing::info!(run_id = %outcome.run_id, "scheduled run published"),
                 }
                 Ok(())
             }
         },
-    )
-    .await;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// The alerts a run's end calls for: a critical error (not a stop asked for by a signal), a
-/// deadline that came first, too many failed accounts.
-async fn alert_on(
-    alerts: &Alerts,
-    date: NaiveDate,
-    deadline: chrono::DateTime<chrono::Utc>,
-    outcome: &Result<Outcome>,
-    shutdown: &CancellationToken,
-) {
-    match outcome {
-        Err(e) if !shutdown.is_cancelled() => {
-            alerts.critical_error(&date.to_string(), date, e).await
-        }
-        Err(_) => {}
-        Ok(o) => {
-            if let Some(r) = &o.report {
-                alerts.run_written(r, Some(deadline)).await;
-            }
-        }
-    }
-}
-
-/// After the producer published a run on Kafka: says so and, with `wait`, waits for the
-/// assembler's `RunCompleted` (exit code 3 when the deadline came first).
-async fn published(
-    service: &ProducerService,
-    sealed: RunSealed,
-    wait: bool,
-    shutdown: &CancellationToken,
-) -> Result<ExitCode> {
-    println!(
-        "run {} published: {} accounts to score ({} active)",
-        sealed.run_id, sealed.expected_accounts, sealed.active_accounts
     );
-    if !wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let bar = ProgressBar::new_spinner();
-    if !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_message(format!(
-        "waiting for the assembler to complete run {}",
-        sealed.run_id
-    ));
-    let done = pipeline::wait_completed(
-        &service.bus,
-        &sealed.run_id,
-        shutdown,
-        service.config.run.max_duration,
-        |_| bar.tick(),
-    )
-    .await;
-    bar.finish_and_clear();
-    let alerts = Alerts::new(&service.config)?;
-    let done = match done {
-        Ok(done) => done,
-        Err(e) => {
-            if !shutdown.is_cancelled() {
-                let date = esg_schemas::business_date_of_run(&sealed.run_id).unwrap_or_default();
-                alerts.critical_error(&sealed.run_id, date, &e).await;
-            }
-            return Err(e);
-        }
-    };
-    alerts.run_completed(&done).await;
-    println!(
-        "run {} {}: {} rows, {} successful, {} partial, {} failed; file {}",
-        done.run_id,
-        done.outcome,
-        done.rows,
-        done.successful,
-        done.partial,
-        done.failed,
-        done.output_file
-    );
-    Ok(if done.outcome == RunOutcome::TimedOut {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
+    tokio::join!(preflight, daily);
+    Ok(0)
 }
 
-async fn replay(args: ReplayArgs) -> Result<ExitCode> {
-    let config = Config::load(&args.config)?;
-    let _log = esg::telemetry::init(&config.log);
-    esg::telemetry::serve_metrics(&config.metrics)?;
-    let topic = args.topic.trim_start_matches(&config.bus.topic_prefix);
-    if topic != "account-events" && topic != "esg.account-events" {
-        bail!(
-            "only the account-events topic can be replayed through the scorers, not {:?}",
-            args.topic
+/// Prints what a run came to; returns its exit code.
+fn report(runner: &Runner, outcome: &Outcome) -> Result<u8> {
+    if outcome.already_completed {
+        say!(
+            "run {} of {} had already completed; its files are in {}",
+            outcome.run_id,
+            outcome.business_date,
+            runner.config.output.dir.display()
         );
+        return Ok(0);
     }
-    let shutdown = shutdown_on_signal();
-    if config.bus.kind == BusKind::Kafka {
-        let service = ProducerService::open(config).await?;
-        let by_date =
-            pipeline::replay_accounts(&service.bus, args.partition, args.from, args.to).await?;
-        if by_date.is_empty() {
-            println!("no account events in that range; nothing to replay");
-            return Ok(ExitCode::SUCCESS);
+    let Some(done) = &outcome.completed else {
+        match &outcome.sealed {
+            Some(s) => say!(
+                "run {} published: {} accounts to score ({} active)",
+                s.run_id,
+                s.expected_accounts,
+                s.active_accounts
+            ),
+            None => say!("run {} published", outcome.run_id),
         }
-        let mut code = ExitCode::SUCCESS;
-        for (date, accounts) in by_date {
-            println!("replaying {} accounts of {date}", accounts.len());
-            let sealed = service
-                .rerun(date, RunKind::Replay, accounts, &shutdown)
-                .await?;
-            let c = published(&service, sealed, !args.no_wait, &shutdown).await?;
-            if c != ExitCode::SUCCESS {
-                code = c;
+        return Ok(0);
+    };
+    say!("run {} {}", done.run_id, done.outcome);
+    match &outcome.report {
+        Some(report) => {
+            let s = &report.summary;
+            say!("  ratings file  {}", report.csv.display());
+            say!("  errors file   {}", report.errors.display());
+            say!("  summary       {}", report.summary_path.display());
+            // The summary's own text: the same numbers as the JSON beside the file.
+            for line in s.text().lines() {
+                say!("{line}");
             }
         }
-        return Ok(code);
-    }
-    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
-    let by_date =
-        pipeline::replay_accounts(&pipeline.bus, args.partition, args.from, args.to).await?;
-    if by_date.is_empty() {
-        println!("no account events in that range; nothing to replay");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut code = ExitCode::SUCCESS;
-    for (date, accounts) in by_date {
-        println!("replaying {} accounts of {date}", accounts.len());
-        let bar = progress_bar(&format!("replay {date}"));
-        let outcome = pipeline
-            .rerun(
-                date,
-                RunKind::Replay,
-                accounts,
-                shutdown.clone(),
-                progress_fn(bar.clone()),
-            )
-            .await;
-        bar.finish_and_clear();
-        let c = report(&pipeline, outcome?)?;
-        if c != ExitCode::SUCCESS {
-            code = c;
+        None if done.output_file.is_empty() => {
+            say!("  no file written: the previous files are untouched")
         }
+        None => say!(
+            "  {} rows, {} successful, {} partial, {} failed; file {}",
+            done.rows,
+            done.successful,
+            done.partial,
+            done.failed,
+            done.output_file
+        ),
     }
-    Ok(code)
+    Ok(outcome.exit_code())
 }
 
 fn shutdown_on_signal() -> CancellationToken {
@@ -615,41 +704,12 @@ fn progress_fn(bar: ProgressBar) -> impl Fn(&Progress) + Send + Sync + 'static {
     }
 }
 
-fn report(pipeline: &Pipeline, outcome: Outcome) -> Result<ExitCode> {
-    let Some(report) = outcome.report else {
-        println!(
-            "run {} had already completed; its files are in {}",
-            outcome.run_id,
-            pipeline.config.output.dir.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    };
-    let s = &report.summary;
-    println!("run {} {}", report.run_id, report.outcome);
-    println!("  ratings file  {}", report.csv.display());
-    println!("  errors file   {}", report.errors.display());
-    println!("  summary       {}", report.summary_path.display());
-    println!(
-        "  accounts {}: {} successful, {} partial, {} failed (success rate {}%)",
-        s.accounts, s.successful, s.partial, s.failed, s.success_rate_percent
-    );
-    println!(
-        "  scored in this run {}, carried forward {}, new {}, gone {}, malformed records skipped {}",
-        s.scored_in_run, s.carried_forward, s.new_accounts, s.gone_accounts, s.malformed_records
-    );
-    println!("  API calls {} in {} s", s.api_calls, s.duration_seconds);
-    Ok(if report.outcome == RunOutcome::TimedOut {
-        ExitCode::from(3)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-async fn demo(args: DemoArgs) -> Result<ExitCode> {
+async fn demo(args: DemoArgs) -> Result<u8> {
     // The progress bar and the report tell the story; accounts that failed are in the errors
     // file. RUST_LOG=info shows the job's log.
     let _log = esg::telemetry::init_text("error");
     let dir = &args.dir;
+    prepare_demo_dir(dir)?;
     for sub in ["state", "out"] {
         let p = dir.join(sub);
         if p.exists() {
@@ -698,17 +758,17 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
         config_path.display()
     );
     let shutdown = shutdown_on_signal();
-    let pipeline = Pipeline::open(config, esg_assembler::system_clock()).await?;
-    let date = args.business_date.unwrap_or_else(|| pipeline.today());
+    let runner = Runner::open(config, esg_assembler::system_clock()).await?;
+    let date = args.business_date.unwrap_or_else(|| runner.today());
     let bar = progress_bar(&format!("demo {date}"));
     let started = std::time::Instant::now();
-    let outcome = pipeline
+    let outcome = runner
         .run_daily(date, false, shutdown, progress_fn(bar.clone()))
         .await;
     bar.finish_and_clear();
     let outcome = outcome?;
     let elapsed = started.elapsed();
-    let code = report(&pipeline, outcome)?;
+    let code = report(&runner, &outcome)?;
     let stats = sim.stats();
     let rate = stats.esg_requests_per_second();
     let share = if args.unlimited {
@@ -726,9 +786,37 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
         stats.esg_requests,
         stats.rate_limited
     );
-    print_peek(&pipeline.config.output.dir, date);
+    print_peek(&runner.config.output.dir, date);
     sim.shutdown();
     Ok(code)
+}
+
+/// The marker `esg demo` leaves in a directory it made its own.
+const DEMO_MARKER: &str = ".esg-demo";
+
+/// `esg demo --dir`: a new or empty directory becomes the demo's (marked); one the demo made
+/// before is reused; any other non-empty directory is refused, so the demo never clears files
+/// it did not write.
+fn prepare_demo_dir(dir: &Path) -> Result<()> {
+    if dir.join(DEMO_MARKER).exists() {
+        return Ok(());
+    }
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() {
+            return Err(Refused::Usage(format!(
+                "{} is not empty and was not made by `esg demo`: give --dir a new or empty directory",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "made by `esg demo`: it may clear state/ and out/ here\n",
+    )
+    .with_context(|| format!("writing {}", dir.join(DEMO_MARKER).display()))?;
+    Ok(())
 }
 
 fn print_peek(dir: &Path, date: NaiveDate) {
@@ -747,7 +835,7 @@ fn print_peek(dir: &Path, date: NaiveDate) {
     }
 }
 
-async fn simulator(args: SimulatorArgs) -> Result<ExitCode> {
+async fn simulator(args: SimulatorArgs) -> Result<u8> {
     let _log = esg::telemetry::init_text("info");
     let mut config = match &args.config {
         Some(path) => {
@@ -781,5 +869,5 @@ async fn simulator(args: SimulatorArgs) -> Result<ExitCode> {
     let shutdown = shutdown_on_signal();
     shutdown.cancelled().await;
     sim.shutdown();
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }

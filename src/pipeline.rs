@@ -1,31 +1,25 @@
-//! Wiring of the three stages over the configured transport.
-//!
-//! - [`Pipeline`]: producer, scorer and assembler as tasks of one process (`esg run --once`,
-//!   `esg demo`, and `esg rerun`/`esg replay` on the embedded log), exactly the events and
-//!   guarantees they have as separate processes.
-//! - [`ProducerService`], [`scorer_service`], [`assembler_service`]: one stage each, for
-//!   `esg producer`, `esg scorer` and `esg assembler` on Kafka, where they run as separate
-//!   processes (scorers on several machines).
+//! The building blocks of a run, built from the configuration: the state locks, the bus with
+//! its topics, the API clients with their token sources, and the three stages. The run path
+//! itself (which stage runs where, waiting for a run, its alerts) is [`crate::runner`].
 
 use crate::config::{BusKind, Config};
 use anyhow::{bail, Context, Result};
 use chrono::{NaiveDate, Utc};
-use esg_assembler::{Assembler, AssemblerConfig, Clock, Progress, RunReport};
+use esg_assembler::{Assembler, AssemblerConfig, Clock};
 use esg_auth::TokenSource;
 use esg_bus::embedded::EmbeddedLog;
 use esg_bus::kafka::KafkaTransport;
+use esg_bus::runs::RunBook;
 use esg_bus::{EventBus, RangeReader, SharedTransport};
 use esg_producer::accounts::AccountsClient;
-use esg_producer::{Producer, RunRequest};
-use esg_schemas::{Event, RunCompleted, RunKind};
+use esg_producer::Producer;
+use esg_schemas::Event;
 use esg_scorer::api::EsgApiClient;
 use esg_scorer::limiter::RateLimiter;
-use esg_scorer::Scorer;
 use std::fs::File;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Holds a lock file in the state directory: two processes of the same role on the same state
 /// would consume the same partitions, or write the same files, twice.
@@ -47,11 +41,12 @@ impl StateLock {
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => Ok(StateLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
+            Err(std::fs::TryLockError::WouldBlock) => Err(crate::runner::Refused::LockHeld(format!(
                 "another esg process is using the state directory {} (lock {}); wait for it to finish",
                 config.state.dir.display(),
                 path.display()
-            ),
+            ))
+            .into()),
             Err(std::fs::TryLockError::Error(e)) => {
                 Err(e).with_context(|| format!("locking {}", path.display()))
             }
@@ -59,7 +54,8 @@ impl StateLock {
     }
 }
 
-fn http_client(timeout: Duration) -> Result<reqwest::Client> {
+/// An HTTP client for one API: connect timeout, no redirects (a token must not follow one).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(timeout))
         .redirect(reqwest::redirect::Policy::none())
@@ -101,16 +97,32 @@ pub async fn connect_bus(config: &Config) -> Result<(EventBus, Option<EmbeddedLo
     }
 }
 
-/// The ESG API client with the tenant rate limiter.
-pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
-    let api_http = http_client(config.esg_api.timeout)?;
-    let api_tokens = Arc::new(TokenSource::new(
-        api_http.clone(),
+/// The vendor API's token source.
+pub fn esg_tokens(config: &Config, http: reqwest::Client) -> TokenSource {
+    TokenSource::new(
+        http,
         &config.auth.token_url,
         &config.esg_api.client_id,
         config.esg_api.client_secret.clone(),
         Some(config.esg_api.scope.clone()),
-    ));
+    )
+}
+
+/// The account system's token source.
+pub fn accounts_tokens(config: &Config, http: reqwest::Client) -> TokenSource {
+    TokenSource::new(
+        http,
+        &config.auth.token_url,
+        &config.accounts.client_id,
+        config.accounts.client_secret.clone(),
+        Some(config.accounts.scope.clone()),
+    )
+}
+
+/// The ESG API client with the tenant rate limiter.
+pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
+    let api_http = http_client(config.esg_api.timeout)?;
+    let api_tokens = Arc::new(esg_tokens(config, api_http.clone()));
     let rate = NonZeroU32::new(config.esg_api.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
     let burst = config
         .esg_api
@@ -120,25 +132,21 @@ pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
     let limiter = Arc::new(RateLimiter::new(rate, burst));
     Ok(Arc::new(EsgApiClient::new(
         api_http,
-        config.esg_api_client_config(),
+        config.esg_api.clone(),
         api_tokens,
         limiter,
     )))
 }
 
-fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
+/// The producer, its store in the state directory (a cache of the topics, see
+/// `esg_producer::store`).
+pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
     let accounts_http = http_client(config.accounts.timeout)?;
-    let accounts_tokens = Arc::new(TokenSource::new(
-        accounts_http.clone(),
-        &config.auth.token_url,
-        &config.accounts.client_id,
-        config.accounts.client_secret.clone(),
-        Some(config.accounts.scope.clone()),
-    ));
+    let accounts_tokens = Arc::new(accounts_tokens(config, accounts_http.clone()));
     let accounts = AccountsClient::new(
         accounts_http,
-        config.accounts_client_config(),
+        config.accounts.clone(),
         accounts_tokens,
     );
     Ok(Producer::new(
@@ -149,9 +157,10 @@ fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     ))
 }
 
-fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Arc<Assembler>> {
+/// The assembler, its store in the state directory.
+pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assembler> {
     let assembler_store = esg_assembler::state::open(&config.state.dir.join("assembler.db"))?;
-    Ok(Arc::new(Assembler::new(
+    Ok(Assembler::new(
         bus.clone(),
         assembler_store,
         AssemblerConfig {
@@ -159,409 +168,13 @@ fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Arc<Assemb
             poll_interval: Duration::from_millis(200),
         },
         clock,
-    )))
+    ))
 }
 
-fn today(config: &Config) -> NaiveDate {
-    let tz = config.time_zone().unwrap_or(chrono_tz::America::Chicago);
+/// The business date of "today" in the configured time zone.
+pub fn today(config: &Config) -> NaiveDate {
+    let tz = config.time_zone();
     Utc::now().with_timezone(&tz).date_naive()
-}
-
-fn daily_request(config: &Config, business_date: NaiveDate, full: bool) -> RunRequest {
-    RunRequest {
-        run_id: business_date.to_string(),
-        business_date,
-        kind: RunKind::Daily,
-        full,
-        deadline: config.deadline_for(business_date, Utc::now()),
-        forced: Vec::new(),
-    }
-}
-
-async fn rerun_request(
-    config: &Config,
-    producer: &Producer,
-    business_date: NaiveDate,
-    kind: RunKind,
-    accounts: Vec<String>,
-) -> Result<RunRequest> {
-    Ok(RunRequest {
-        run_id: producer.next_rerun_id(business_date).await?,
-        business_date,
-        kind,
-        full: false,
-        deadline: Utc::now() + chrono::Duration::from_std(config.run.max_duration)?,
-        forced: accounts,
-    })
-}
-
-/// Everything a run needs, built once from the configuration.
-pub struct Pipeline {
-    pub config: Config,
-    pub bus: EventBus,
-    pub log: Option<EmbeddedLog>,
-    pub producer: Producer,
-    pub assembler: Arc<Assembler>,
-    pub api: Arc<EsgApiClient>,
-    _locks: Vec<StateLock>,
-}
-
-impl Pipeline {
-    /// Opens the log and the stores and builds the clients.
-    pub async fn open(config: Config, clock: Clock) -> Result<Self> {
-        let locks = vec![
-            StateLock::acquire(&config, "esg")?,
-            StateLock::acquire(&config, "producer")?,
-            StateLock::acquire(&config, "assembler")?,
-        ];
-        let (bus, log) = connect_bus(&config).await?;
-        let producer = producer(&config, &bus)?;
-        let assembler = assembler(&config, &bus, clock)?;
-        let api = api_client(&config)?;
-        Ok(Pipeline {
-            config,
-            bus,
-            log,
-            producer,
-            assembler,
-            api,
-            _locks: locks,
-        })
-    }
-
-    /// The business date of "today" in the configured time zone.
-    pub fn today(&self) -> NaiveDate {
-        today(&self.config)
-    }
-
-    /// The daily run of `business_date`, from trigger to files, resuming if it was started before.
-    pub async fn run_daily(
-        &self,
-        business_date: NaiveDate,
-        full: bool,
-        shutdown: CancellationToken,
-        progress: impl Fn(&Progress) + Send + Sync + 'static,
-    ) -> Result<Outcome> {
-        let req = daily_request(&self.config, business_date, full);
-        self.execute(req, shutdown, progress).await
-    }
-
-    /// The manual override: re-scores `accounts` and replaces their rows in `business_date`'s
-    /// file. `kind` is [`RunKind::Rerun`] (chosen accounts) or [`RunKind::Replay`] (the accounts
-    /// of a range of the account events).
-    pub async fn rerun(
-        &self,
-        business_date: NaiveDate,
-        kind: RunKind,
-        accounts: Vec<String>,
-        shutdown: CancellationToken,
-        progress: impl Fn(&Progress) + Send + Sync + 'static,
-    ) -> Result<Outcome> {
-        let names = esg_assembler::output::file_names(business_date);
-        let file = self.config.output.dir.join(&names.csv);
-        if !file.exists() {
-            bail!(
-                "there is no file for {business_date} to re-run accounts in ({} does not exist); run the day first",
-                file.display()
-            );
-        }
-        let req =
-            rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
-        self.execute(req, shutdown, progress).await
-    }
-
-    async fn execute(
-        &self,
-        req: RunRequest,
-        shutdown: CancellationToken,
-        progress: impl Fn(&Progress) + Send + Sync + 'static,
-    ) -> Result<Outcome> {
-        let run_id = req.run_id.clone();
-        // Housekeeping of the embedded log before the day starts: retention and compaction
-        // (Kafka's brokers do their own).
-        if let Some(log) = &self.log {
-            let maintained = log.maintain(Duration::from_secs(24 * 3600)).await?;
-            tracing::debug!(
-                expired = maintained.expired,
-                compacted = maintained.compacted,
-                "log maintained"
-            );
-        }
-
-        let stop_scorer = shutdown.child_token();
-        let scorer = Scorer::new(
-            self.bus.clone(),
-            self.api.clone(),
-            self.config.scorer.clone(),
-            self.config.esg_api.max_in_flight,
-        );
-        let scorer_task = tokio::spawn(scorer.run(stop_scorer.clone()));
-
-        let stop_assembler = shutdown.child_token();
-        let assembler = self.assembler.clone();
-        let until = Some(run_id.clone());
-        let assembler_task = {
-            let stop = stop_assembler.clone();
-            tokio::spawn(async move { assembler.run(stop, until).await })
-        };
-
-        let progress_task = {
-            let assembler = self.assembler.clone();
-            let id = run_id.clone();
-            let stop = stop_assembler.clone();
-            tokio::spawn(async move {
-                loop {
-                    if let Ok(p) = assembler.progress(&id).await {
-                        progress(&p);
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-            })
-        };
-
-        // The producer runs to the seal, then the assembler to the run's end; a scorer or an
-        // assembler that stops early (the bus failing, a full disk) ends the run with its error
-        // instead of leaving it waiting for the deadline.
-        let mut scorer_task = scorer_task;
-        let mut assembler_task = assembler_task;
-        let mut scorer_result = None;
-        let work = async {
-            let sealed =
-                self.producer.run(&req, &shutdown).await.map_err(|e| {
-                    anyhow::Error::new(e).context(format!("producer of run {run_id}"))
-                })?;
-            tracing::info!(run_id = %run_id, expected = sealed.expected_accounts, "waiting for the run to complete");
-            match (&mut assembler_task).await {
-                Ok(Ok(reports)) => Ok(reports),
-                Ok(Err(e)) => Err(anyhow::Error::new(e).context("assembler")),
-                Err(e) => Err(anyhow::anyhow!("assembler task failed: {e}")),
-            }
-        };
-        let result = tokio::select! {
-            r = work => r,
-            s = &mut scorer_task => {
-                let err = match &s {
-                    Ok(Ok(_)) => anyhow::anyhow!("scorer stopped before the run completed"),
-                    Ok(Err(e)) => anyhow::anyhow!("scorer: {e}"),
-                    Err(e) => anyhow::anyhow!("scorer task failed: {e}"),
-                };
-                scorer_result = Some(s);
-                Err(err)
-            }
-        };
-        stop_assembler.cancel();
-        stop_scorer.cancel();
-        let _ = progress_task.await;
-        if !assembler_task.is_finished() {
-            let _ = assembler_task.await;
-        }
-        let scorer_result = match scorer_result {
-            Some(r) => r,
-            None => scorer_task.await,
-        };
-        let scorer_stats = match scorer_result {
-            Ok(Ok(stats)) => Some(stats),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "scorer failed");
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "scorer task failed");
-                None
-            }
-        };
-        let reports = result?;
-        if shutdown.is_cancelled() && !self.assembler.is_completed(&run_id).await? {
-            bail!("stopped before run {run_id} completed; run the same command again to resume");
-        }
-        let report = reports.into_iter().find(|r| r.run_id == run_id);
-        Ok(Outcome {
-            run_id,
-            report,
-            scorer: scorer_stats,
-            api: self.api.stats(),
-        })
-    }
-}
-
-/// The result of one command.
-#[derive(Debug)]
-pub struct Outcome {
-    pub run_id: String,
-    /// `None` when the run had been completed before (nothing written this time).
-    pub report: Option<RunReport>,
-    pub scorer: Option<esg_scorer::ScorerStats>,
-    pub api: esg_scorer::api::ApiStats,
-}
-
-/// The producer alone (`esg producer`, and `esg rerun`/`esg replay` on Kafka): publishes a run's
-/// events and its seal; the scorers and the assembler are other processes.
-pub struct ProducerService {
-    pub config: Config,
-    pub bus: EventBus,
-    producer: Producer,
-    _lock: StateLock,
-}
-
-impl ProducerService {
-    pub async fn open(config: Config) -> Result<Self> {
-        let lock = StateLock::acquire(&config, "producer")?;
-        let (bus, _) = connect_bus(&config).await?;
-        let producer = producer(&config, &bus)?;
-        Ok(ProducerService {
-            config,
-            bus,
-            producer,
-            _lock: lock,
-        })
-    }
-
-    /// The business date of "today" in the configured time zone.
-    pub fn today(&self) -> NaiveDate {
-        today(&self.config)
-    }
-
-    /// Publishes the daily run of `business_date` (resuming it if it was started before).
-    pub async fn daily(
-        &self,
-        business_date: NaiveDate,
-        full: bool,
-        shutdown: &CancellationToken,
-    ) -> Result<esg_schemas::RunSealed> {
-        let req = daily_request(&self.config, business_date, full);
-        self.producer
-            .run(&req, shutdown)
-            .await
-            .with_context(|| format!("producer of run {}", req.run_id))
-    }
-
-    /// Publishes a re-run (or replay) of `accounts` of `business_date`; returns its seal.
-    pub async fn rerun(
-        &self,
-        business_date: NaiveDate,
-        kind: RunKind,
-        accounts: Vec<String>,
-        shutdown: &CancellationToken,
-    ) -> Result<esg_schemas::RunSealed> {
-        let req =
-            rerun_request(&self.config, &self.producer, business_date, kind, accounts).await?;
-        self.producer
-            .run(&req, shutdown)
-            .await
-            .with_context(|| format!("producer of run {}", req.run_id))
-    }
-}
-
-/// Reads the triggers topic from `from` to its current end for the first record keyed
-/// `run_id` that `pick` accepts. Returns it, if any, and the offset to read on from.
-async fn find_trigger<T>(
-    bus: &EventBus,
-    run_id: &str,
-    from: i64,
-    pick: impl Fn(Event) -> Option<T>,
-) -> Result<(Option<T>, i64)> {
-    let topic = &bus.topics.triggers;
-    let end = bus.transport.end_offsets(topic).await?[0];
-    let mut reader = RangeReader::new(bus.transport.as_ref(), topic, 0, from, end, 500);
-    while let Some(batch) = reader.next_batch().await? {
-        for m in batch {
-            if m.key != run_id {
-                continue;
-            }
-            if let Some(found) = bus
-                .decode(m.value.as_deref())
-                .ok()
-                .flatten()
-                .and_then(&pick)
-            {
-                return Ok((Some(found), m.offset + 1));
-            }
-        }
-    }
-    Ok((None, reader.position()))
-}
-
-/// Waits until the assembler announces `run_id` completed on the triggers topic (or `shutdown`,
-/// or `timeout`). Calls `tick` with the time waited every few seconds.
-pub async fn wait_completed(
-    bus: &EventBus,
-    run_id: &str,
-    shutdown: &CancellationToken,
-    timeout: Duration,
-    tick: impl Fn(Duration),
-) -> Result<RunCompleted> {
-    let started = std::time::Instant::now();
-    let mut next = bus.transport.start_offsets(&bus.topics.triggers).await?[0];
-    loop {
-        let (done, position) = find_trigger(bus, run_id, next, |e| match e {
-            Event::RunCompleted(done) if done.run_id == run_id => Some(done),
-            _ => None,
-        })
-        .await?;
-        if let Some(done) = done {
-            return Ok(done);
-        }
-        next = position;
-        if started.elapsed() >= timeout {
-            bail!(
-                "run {run_id} did not complete within {}; check that the scorers and the assembler are running (esg scorer, esg assembler)",
-                humantime_serde::re::humantime::format_duration(timeout)
-            );
-        }
-        tick(started.elapsed());
-        tokio::select! {
-            _ = shutdown.cancelled() => bail!("stopped while waiting for run {run_id}; it goes on without this command"),
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
-}
-
-/// True when a `DailyTrigger` of `run_id` is on the triggers topic (the run was started).
-pub async fn run_triggered(bus: &EventBus, run_id: &str) -> Result<bool> {
-    let start = bus.transport.start_offsets(&bus.topics.triggers).await?[0];
-    let (found, _) = find_trigger(bus, run_id, start, |e| {
-        matches!(e, Event::DailyTrigger(_)).then_some(())
-    })
-    .await?;
-    Ok(found.is_some())
-}
-
-/// One scorer of the group (`esg scorer`): scores until `shutdown`.
-pub async fn scorer_service(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> Result<esg_scorer::ScorerStats> {
-    if config.bus.kind != BusKind::Kafka {
-        bail!("`esg scorer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the scorer in-process");
-    }
-    let (bus, _) = connect_bus(config).await?;
-    let api = api_client(config)?;
-    let scorer = Scorer::new(
-        bus,
-        api,
-        config.scorer.clone(),
-        config.esg_api.max_in_flight,
-    );
-    Ok(scorer.run(shutdown).await?)
-}
-
-/// The assembler alone (`esg assembler`): materialises scores and writes each run's files when
-/// it completes or at its deadline, until `shutdown`.
-pub async fn assembler_service(
-    config: &Config,
-    clock: Clock,
-    shutdown: CancellationToken,
-) -> Result<Vec<RunReport>> {
-    if config.bus.kind != BusKind::Kafka {
-        bail!("`esg assembler` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the assembler in-process");
-    }
-    let _lock = StateLock::acquire(config, "assembler")?;
-    let (bus, _) = connect_bus(config).await?;
-    let assembler = assembler(config, &bus, clock)?;
-    Ok(assembler.run(shutdown, None).await?)
 }
 
 /// Where a replay starts or ends: an offset, or the first record at or after a time.
@@ -593,6 +206,7 @@ impl std::str::FromStr for ReplayBound {
 /// all), grouped by the business date of the run that emitted them.
 pub async fn replay_accounts(
     bus: &EventBus,
+    book: &RunBook,
     partition: Option<i32>,
     from: ReplayBound,
     to: ReplayBound,
@@ -640,11 +254,18 @@ pub async fn replay_accounts(
         while let Some(batch) = reader.next_batch().await? {
             for m in batch.into_iter().filter(|m| m.offset < end) {
                 match bus.decode(m.value.as_deref()) {
-                    Ok(Some(Event::AccountChanged(e))) => {
-                        if let Some(date) = esg_schemas::business_date_of_run(&e.run_id) {
-                            by_date.entry(date).or_default().insert(e.account_id);
+                    Ok(Some(Event::AccountChanged(e))) => match book.get(&e.run_id) {
+                        Some(run) => {
+                            by_date
+                                .entry(run.business_date)
+                                .or_default()
+                                .insert(e.account_id);
                         }
-                    }
+                        None => {
+                            tracing::warn!(partition = p, offset = m.offset, run_id = %e.run_id,
+                                "skipping an account event of a run no longer on the triggers topic")
+                        }
+                    },
                     Ok(_) => {}
                     Err(err) => {
                         tracing::warn!(partition = p, offset = m.offset, error = %err, "skipping an undecodable account event")

@@ -4,41 +4,9 @@
 
 mod common;
 
-use axum::routing::post;
-use axum::Json;
+use common::webhook::{alerts_config, receiver};
 use common::*;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-
-type Received = Arc<Mutex<Vec<serde_json::Value>>>;
-
-async fn receiver() -> (String, Received) {
-    let got: Received = Arc::default();
-    let seen = got.clone();
-    let app = axum::Router::new().route(
-        "/alerts",
-        post(move |Json(body): Json<serde_json::Value>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().expect("alerts").push(body);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}/alerts", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, got)
-}
-
-fn alerts_config(webhook: &str) -> String {
-    format!(
-        "[alerts]\nretry_backoff = \"10ms\"\n[alerts.webhook]\nurl = \"{webhook}\"\ntimeout = \"2s\"\n\
-         [alerts.pagerduty]\nrouting_key = \"0123456789abcdef0123456789abcdef\"\nurl = \"http://127.0.0.1:9/v2/enqueue\"\ntimeout = \"1s\"\n"
-    )
-}
 
 fn run_once(world: &World) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_esg"))
@@ -107,7 +75,7 @@ async fn a_run_ended_by_a_critical_error_raises_an_alert() {
         alerts[0]["summary"]
             .as_str()
             .expect("summary")
-            .contains("listing active accounts"),
+            .contains("pre-flight failed"),
         "{}",
         alerts[0]
     );

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use esg::pipeline::Pipeline;
+use esg::runner::Runner;
 use esg_schemas::RunOutcome;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 const HEADER: &str = "Account ID,Account Name,Overall ESG Score,Environmental Score,Social Score,Governance Score,Primary ESG Focus,Primary Focus Score,Analysis Date,Processing Status";
 
-async fn run_day(world: &World, day: chrono::NaiveDate, full: bool) -> esg::pipeline::Outcome {
-    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+async fn run_day(world: &World, day: chrono::NaiveDate, full: bool) -> esg::runner::Outcome {
+    let pipeline = Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .expect("pipeline opens");
     pipeline
@@ -161,7 +161,7 @@ async fn a_full_day_rates_every_active_account_once() {
         "first day scores all"
     );
     assert!(summary["malformed_records"].as_u64().unwrap_or(0) > 0);
-    assert!(summary["api_calls"].as_u64().unwrap_or(0) >= ids.len() as u64);
+    assert!(summary["api_attempts"].as_u64().unwrap_or(0) >= ids.len() as u64);
 
     // Every account was called, retries aside, and none more than 3 times.
     assert!(world.sim.accounts_called_at_least(4).is_empty());
@@ -304,14 +304,14 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
 
     world.sim.rerate(); // the vendor re-rates: every score would change
     world.sim.reset_call_counts();
-    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+    let pipeline = Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .expect("opens");
     let outcome = pipeline
         .rerun(
             day,
-            esg_schemas::RunKind::Rerun,
-            chosen.clone(),
+            esg::runner::Selection::Accounts(chosen.clone()),
+            true,
             CancellationToken::new(),
             |_| {},
         )
@@ -336,8 +336,8 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
     let err = pipeline
         .rerun(
             date("2026-11-20"),
-            esg_schemas::RunKind::Rerun,
-            chosen.clone(),
+            esg::runner::Selection::Accounts(chosen.clone()),
+            true,
             CancellationToken::new(),
             |_| {},
         )
@@ -349,8 +349,8 @@ async fn a_rerun_replaces_only_the_chosen_rows() {
     let err = pipeline
         .rerun(
             day,
-            esg_schemas::RunKind::Rerun,
-            vec!["NOPE-1".into()],
+            esg::runner::Selection::Accounts(vec!["NOPE-1".into()]),
+            true,
             CancellationToken::new(),
             |_| {},
         )
@@ -379,7 +379,7 @@ async fn at_the_deadline_pending_accounts_fail_and_the_file_is_written() {
     let o = offset.clone();
     let clock: esg_assembler::Clock =
         Arc::new(move || chrono::Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
-    let pipeline = Pipeline::open(config, clock).await.expect("opens");
+    let pipeline = Runner::open(config, clock).await.expect("opens");
     let day = date("2026-11-23");
     let jump = tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -416,7 +416,7 @@ async fn an_unwritable_output_fails_the_run_clearly_and_loses_nothing() {
     std::fs::write(&blocked, b"not a directory").expect("write");
     let mut config = world.config();
     config.output.dir = blocked.clone();
-    let pipeline = Pipeline::open(config, esg_assembler::system_clock())
+    let pipeline = Runner::open(config, esg_assembler::system_clock())
         .await
         .expect("opens");
     let err = pipeline
@@ -425,17 +425,14 @@ async fn an_unwritable_output_fails_the_run_clearly_and_loses_nothing() {
         .expect_err("the files cannot be written");
     let text = format!("{err:#}");
     assert!(text.contains("blocked"), "the error names the path: {text}");
+    // Found by the pre-flight: no quota spent on a day that could not be delivered.
+    assert!(text.contains("pre-flight failed"), "{text}");
+    assert_eq!(world.sim.stats().esg_requests, 0);
     drop(pipeline);
 
-    // Fixed: the same command finishes the run from the scores already on the bus.
-    let called_before = world.sim.accounts_called_at_least(1).len();
-    world.sim.reset_call_counts();
+    // Fixed: the same command runs the day.
     let outcome = run_day(&world, day, false).await;
     assert!(outcome.report.is_some());
-    assert!(
-        world.sim.accounts_called_at_least(1).is_empty(),
-        "no account scored again ({called_before} were scored before)"
-    );
     let rows = read_csv(&world.csv_path(day));
     assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
 }
@@ -479,7 +476,7 @@ async fn an_account_system_that_stays_down_fails_the_run_with_the_cause() {
         "client_secret = \"accounts-secret\"\nmax_attempts = 2\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"",
     );
     std::fs::write(&world.config_path, text).expect("config");
-    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+    let pipeline = Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .expect("opens");
     let err = pipeline
@@ -487,7 +484,7 @@ async fn an_account_system_that_stays_down_fails_the_run_with_the_cause() {
         .await
         .expect_err("cannot list accounts");
     let text = format!("{err:#}");
-    assert!(text.contains("listing active accounts"), "{text}");
+    assert!(text.contains("account system answers"), "{text}");
     assert!(text.contains("/v1/accounts"), "names the URL: {text}");
     assert!(!world.csv_path(date("2026-11-23")).exists());
     assert!(
@@ -499,10 +496,10 @@ async fn an_account_system_that_stays_down_fails_the_run_with_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_state_is_refused() {
     let world = World::start(quiet_sim(10), "").await;
-    let first = Pipeline::open(world.config(), esg_assembler::system_clock())
+    let first = Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .expect("opens");
-    let err = Pipeline::open(world.config(), esg_assembler::system_clock())
+    let err = Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .err()
         .expect("second one refused");
@@ -511,7 +508,7 @@ async fn a_second_process_on_the_same_state_is_refused() {
         "{err:#}"
     );
     drop(first);
-    Pipeline::open(world.config(), esg_assembler::system_clock())
+    Runner::open(world.config(), esg_assembler::system_clock())
         .await
         .expect("free again once the first is gone");
 }

@@ -5,8 +5,6 @@ mod common;
 
 use common::kafka::{services, unique, use_kafka};
 use common::*;
-use esg::pipeline::Pipeline;
-use esg_schemas::RunKind;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -31,11 +29,13 @@ fn sim() -> esg_simulator::SimConfig {
     }
 }
 
-async fn run_day(world: &World, day: chrono::NaiveDate) -> esg::pipeline::Outcome {
-    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+async fn run_day(world: &World, day: chrono::NaiveDate) -> esg::runner::Outcome {
+    if world.config().bus.kind == esg::config::BusKind::Kafka {
+        return common::kafka::run_day_on_kafka(world.config(), day).await;
+    }
+    esg::runner::Runner::open(world.config(), esg_assembler::system_clock())
         .await
-        .expect("pipeline opens");
-    pipeline
+        .expect("runner opens")
         .run_daily(day, false, CancellationToken::new(), |_| {})
         .await
         .expect("run completes")
@@ -57,8 +57,8 @@ async fn kafka_mode_writes_the_same_file_as_the_embedded_log() {
     let ns = unique("same-file");
     let kafka = kafka_world(&ns).await;
     let outcome = run_day(&kafka, day).await;
-    let report = outcome.report.expect("written");
-    assert!(report.summary.accounts > 600, "{:?}", report.summary);
+    let done = outcome.completed.expect("completed");
+    assert!(done.rows > 600, "{done:?}");
 
     let names = esg_assembler::output::file_names(day);
     let a = std::fs::read(embedded.out().join(&names.csv)).expect("embedded file");
@@ -254,11 +254,15 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
 
     // The API is back: replay the run's events by time, over every partition.
     world.sim.update(|c| c.transient_error_rate = 0.0);
-    let pipeline = Pipeline::open(world.config(), esg_assembler::system_clock())
+    let config = world.config();
+    let services = common::kafka::InProcess::start(&config);
+    let runner = esg::runner::Runner::open(config, esg_assembler::system_clock())
         .await
-        .expect("pipeline opens");
+        .expect("runner opens");
+    let book = esg_bus::runs::RunBook::read(&runner.bus).await.expect("book");
     let by_date = esg::pipeline::replay_accounts(
-        &pipeline.bus,
+        &runner.bus,
+        &book,
         None,
         esg::pipeline::ReplayBound::Time(before),
         esg::pipeline::ReplayBound::Time(after + chrono::Duration::seconds(1)),
@@ -271,24 +275,102 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
         rows.len() - 1,
         "every account's event is in the range"
     );
-    let outcome = pipeline
-        .rerun(
-            day,
-            RunKind::Replay,
-            accounts,
+    let outcomes = runner
+        .replay(
+            None,
+            esg::pipeline::ReplayBound::Time(before),
+            esg::pipeline::ReplayBound::Time(after + chrono::Duration::seconds(1)),
+            true,
             CancellationToken::new(),
             |_| {},
         )
         .await
         .expect("replay completes");
-    assert!(
-        outcome.run_id.starts_with("2026-11-23."),
-        "{}",
-        outcome.run_id
-    );
+    services.stop().await;
+    assert_eq!(outcomes.len(), 1);
+    let outcome = &outcomes[0];
+    assert_eq!(outcome.run_id, "2026-11-23.1");
+    assert_eq!(outcome.sealed.as_ref().map(|s| s.expected_accounts as usize), Some(accounts.len()));
     let rows = read_csv(&world.csv_path(day));
     let failed = rows[1..].iter().filter(|r| r[9] == "Failed").count();
     // Only the vendor's permanent refusals and out-of-contract answers stay Failed.
     assert!(failed < rows.len() / 10, "{failed} still failed");
     assert!(rows[1..].iter().any(|r| r[9] == "Successful"));
+}
+
+/// The day-two changes of the stateless-producer test: three accounts touched overnight.
+fn touch_three(world: &World, ids: &[String]) -> Vec<String> {
+    let touched: Vec<String> = ids.iter().step_by(97).take(3).cloned().collect();
+    for id in &touched {
+        world.sim.touch(id);
+    }
+    touched
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_producer_keeps_no_state_of_its_own_on_kafka() {
+    let (day1, day2) = (date("2026-11-23"), date("2026-11-24"));
+    let embedded = World::start(sim(), "").await;
+    run_day(&embedded, day1).await;
+    let ids = active_ids(&embedded.sim).await;
+    touch_three(&embedded, &ids);
+    run_day(&embedded, day2).await;
+
+    let kafka = kafka_world(&unique("stateless")).await;
+    run_day(&kafka, day1).await;
+    // The producer's host is lost: its state directory goes, the topics stay.
+    let state = kafka.dir.path().join("state");
+    for name in ["producer.db", "producer.db-wal", "producer.db-shm"] {
+        let _ = std::fs::remove_file(state.join(name));
+    }
+    let mut touched = touch_three(&kafka, &ids);
+    touched.sort();
+    kafka.sim.reset_call_counts();
+    let outcome = run_day(&kafka, day2).await;
+    assert_eq!(outcome.run_id, "2026-11-24");
+    // Still incremental: the roster and the last scores came back from the topics, so only the
+    // touched accounts and those not Successful the day before were scored.
+    let called = kafka.sim.accounts_called_at_least(1);
+    let day1_rows = read_csv(&kafka.csv_path(day1));
+    let not_successful: Vec<String> = day1_rows[1..]
+        .iter()
+        .filter(|r| r[9] != "Successful")
+        .map(|r| r[0].clone())
+        .collect();
+    assert!(touched.iter().all(|id| called.contains(id)), "{called:?}");
+    assert!(
+        called
+            .iter()
+            .all(|id| touched.contains(id) || not_successful.contains(id)),
+        "only changed or not successful accounts were scored: {called:?}"
+    );
+    let names = esg_assembler::output::file_names(day2);
+    assert!(
+        std::fs::read(embedded.out().join(&names.csv)).expect("embedded")
+            == std::fs::read(kafka.out().join(&names.csv)).expect("kafka"),
+        "day two on Kafka without the producer's state differs from the embedded log"
+    );
+
+    // A re-run from another host: its own, empty state directory; the services as before.
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut elsewhere = kafka.config();
+    elsewhere.state.dir = other.path().to_path_buf();
+    let services = common::kafka::InProcess::start(&kafka.config());
+    let runner = esg::runner::Runner::open(elsewhere, esg_assembler::system_clock())
+        .await
+        .expect("runner opens elsewhere");
+    kafka.sim.reset_call_counts();
+    let rerun = runner
+        .rerun(
+            day2,
+            esg::runner::Selection::Accounts(vec![ids[1].clone()]),
+            true,
+            CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect("re-run from another state directory");
+    services.stop().await;
+    assert_eq!(rerun.run_id, "2026-11-24.1", "the run sequence is the topic's");
+    assert_eq!(kafka.sim.accounts_called_at_least(1), vec![ids[1].clone()]);
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::kafka::{deterministic_faults, root, services, set_job_rate, unique, use_kafka};
 use common::*;
-use esg::pipeline::Pipeline;
+use esg::runner::Runner;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ impl Drop for Cluster {
 async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
     let reference = World::start(deterministic_faults(5), "").await;
     set_job_rate(&reference.config_path, 250);
-    Pipeline::open(reference.config(), esg_assembler::system_clock())
+    Runner::open(reference.config(), esg_assembler::system_clock())
         .await
         .expect("opens")
         .run_daily(date(DAY), false, CancellationToken::new(), |_| {})
@@ -94,11 +94,12 @@ async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
     .expect("config");
 
     let config = world.config();
+    let services = common::kafka::InProcess::start(&config);
     let run = tokio::spawn(async move {
-        let pipeline = Pipeline::open(config, esg_assembler::system_clock())
+        let runner = Runner::open(config, esg_assembler::system_clock())
             .await
             .expect("opens");
-        pipeline
+        runner
             .run_daily(date(DAY), false, CancellationToken::new(), |_| {})
             .await
     });
@@ -119,7 +120,8 @@ async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
         .expect("the run completes within 4 minutes after the failover")
         .expect("task")
         .expect("run completes");
-    assert!(outcome.report.is_some());
+    services.stop().await;
+    assert!(outcome.completed.is_some_and(|c| !c.output_file.is_empty()));
 
     let names = esg_assembler::output::file_names(date(DAY));
     let expected = std::fs::read(reference.out().join(&names.csv)).expect("reference");

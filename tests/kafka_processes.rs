@@ -7,7 +7,7 @@ mod common;
 
 use common::kafka::{deterministic_faults, services, set_job_rate, unique, use_kafka};
 use common::*;
-use esg::pipeline::Pipeline;
+use esg::runner::Runner;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -191,7 +191,7 @@ async fn a_killed_scorer_and_a_restarted_assembler_lose_nothing() {
     // The reference: the same day on the embedded log.
     let reference = World::start(deterministic_faults(11), "").await;
     set_job_rate(&reference.config_path, 250);
-    Pipeline::open(reference.config(), esg_assembler::system_clock())
+    Runner::open(reference.config(), esg_assembler::system_clock())
         .await
         .expect("opens")
         .run_daily(date(DAY), false, CancellationToken::new(), |_| {})

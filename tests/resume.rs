@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use esg::pipeline::Pipeline;
+use esg::runner::Runner;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -79,7 +79,7 @@ async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_aga
     // The reference: one uninterrupted run against an identical simulator.
     let reference = World::start(sim(), &extra()).await;
     configure(&reference);
-    Pipeline::open(reference.config(), esg_assembler::system_clock())
+    Runner::open(reference.config(), esg_assembler::system_clock())
         .await
         .expect("opens")
         .run_daily(date(day), false, CancellationToken::new(), |_| {})

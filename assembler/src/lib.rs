@@ -19,7 +19,7 @@ pub mod summary;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use esg_bus::{BusError, EventBus, RangeReader, Store, StoreError};
-use esg_schemas::{Event, Pillar, RunCompleted, RunOutcome, RunSealed, ScoreStatus};
+use esg_schemas::{EsgValues, Event, Pillar, RunCompleted, RunOutcome, RunSealed, ScoreStatus};
 use output::{OutputError, OutputWriter, Row};
 use rusqlite::{params, OptionalExtension};
 use rust_decimal::Decimal;
@@ -28,13 +28,36 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use summary::{RunFacts, Summary};
+use summary::{DayFacts, Provenance, RerunEntry, RunFacts, Summary, Tally};
 use tokio_util::sync::CancellationToken;
 
 /// Error code of an account that was not scored by the run's deadline.
 pub const DEADLINE: &str = "DEADLINE";
 /// Error code of an active account that has never been scored.
 pub const NOT_SCORED: &str = "NOT_SCORED";
+
+/// How a run ended, as the assembler decided it: what the run-end alerts are decided on.
+#[derive(Debug, Clone)]
+pub struct RunEnded {
+    /// The `RunCompleted` the assembler published.
+    pub completed: RunCompleted,
+    /// `Daily`, `Rerun` or `Replay`.
+    pub kind: esg_schemas::RunKind,
+    /// The run's deadline, from its trigger.
+    pub deadline: DateTime<Utc>,
+    /// Accounts the run expected that the deadline left unscored (0 when it completed).
+    pub not_scored: u64,
+    /// The files, when the run wrote them (`None` for a run that delivered no file).
+    pub report: Option<RunReport>,
+}
+
+/// Called once for every run the assembler ends (the job's alerts hang here, so they are
+/// decided where a run ends, on either transport). Must not fail: it logs its own trouble.
+pub type RunEndHook = Arc<
+    dyn Fn(RunEnded) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the assembler needs to know.
 #[derive(Debug, Clone)]
@@ -88,6 +111,9 @@ pub struct RunReport {
     pub csv: PathBuf,
     pub errors: PathBuf,
     pub summary_path: PathBuf,
+    /// This run's own duration, trigger to files (for a re-run, `summary.duration_seconds` is
+    /// the daily run's).
+    pub duration_seconds: u64,
     pub summary: Summary,
 }
 
@@ -103,42 +129,48 @@ fn kind_label(kind: &str) -> &'static str {
 /// A run the assembler is waiting for: its start and that it is in progress.
 fn run_started_metrics(run: &RunRow) {
     let kind = kind_label(&run.kind);
-    metrics::gauge!("esg_run_start_timestamp_seconds", "kind" => kind)
+    metrics::gauge!(esg_metrics::RUN_START_TIMESTAMP_SECONDS, "kind" => kind)
         .set(run.triggered_at_ms as f64 / 1000.0);
-    metrics::gauge!("esg_run_in_progress", "kind" => kind).set(1.0);
+    metrics::gauge!(esg_metrics::RUN_IN_PROGRESS, "kind" => kind).set(1.0);
 }
 
-/// A run whose files are written: end, outcome, counts (Prometheus names, bounded labels).
-fn run_ended_metrics(run: &RunRow, report: &RunReport) {
+/// A run that ended: end, outcome, and (a daily run with its file) counts (Prometheus names,
+/// bounded labels).
+fn run_ended_metrics(run: &RunRow, ended: &RunEnded) {
     let kind = kind_label(&run.kind);
-    let outcome = match report.outcome {
+    let outcome = match ended.completed.outcome {
         RunOutcome::Completed => "completed",
         RunOutcome::CompletedWithFailures => "completed_with_failures",
         RunOutcome::TimedOut => "timed_out",
         RunOutcome::Aborted => "aborted",
     };
     let now = Utc::now().timestamp_millis() as f64 / 1000.0;
-    metrics::gauge!("esg_run_in_progress", "kind" => kind).set(0.0);
-    metrics::gauge!("esg_run_end_timestamp_seconds", "kind" => kind, "outcome" => outcome).set(now);
-    metrics::gauge!("esg_run_duration_seconds", "kind" => kind)
-        .set(report.summary.duration_seconds as f64);
-    metrics::counter!("esg_runs_total", "kind" => kind, "outcome" => outcome).increment(1);
+    metrics::gauge!(esg_metrics::RUN_IN_PROGRESS, "kind" => kind).set(0.0);
+    metrics::gauge!(esg_metrics::RUN_END_TIMESTAMP_SECONDS, "kind" => kind, "outcome" => outcome)
+        .set(now);
+    metrics::counter!(esg_metrics::RUNS_TOTAL, "kind" => kind, "outcome" => outcome).increment(1);
+    let Some(report) = &ended.report else {
+        return;
+    };
+    metrics::gauge!(esg_metrics::RUN_DURATION_SECONDS, "kind" => kind)
+        .set(report.duration_seconds as f64);
     if kind == "daily" {
         let s = &report.summary;
-        metrics::gauge!("esg_run_accounts", "status" => "successful").set(s.successful as f64);
-        metrics::gauge!("esg_run_accounts", "status" => "partial").set(s.partial as f64);
-        metrics::gauge!("esg_run_accounts", "status" => "failed").set(s.failed as f64);
+        metrics::gauge!(esg_metrics::RUN_ACCOUNTS, "status" => "successful")
+            .set(s.successful as f64);
+        metrics::gauge!(esg_metrics::RUN_ACCOUNTS, "status" => "partial").set(s.partial as f64);
+        metrics::gauge!(esg_metrics::RUN_ACCOUNTS, "status" => "failed").set(s.failed as f64);
         let ratio = if s.accounts == 0 {
             0.0
         } else {
             s.failed as f64 / s.accounts as f64
         };
-        metrics::gauge!("esg_run_failure_ratio").set(ratio);
+        metrics::gauge!(esg_metrics::RUN_FAILURE_RATIO).set(ratio);
         if matches!(
             report.outcome,
             RunOutcome::Completed | RunOutcome::CompletedWithFailures
         ) {
-            metrics::gauge!("esg_last_successful_run_timestamp_seconds").set(now);
+            metrics::gauge!(esg_metrics::LAST_SUCCESSFUL_RUN_TIMESTAMP_SECONDS).set(now);
         }
     }
 }
@@ -158,6 +190,7 @@ pub struct Assembler {
     store: Store,
     config: AssemblerConfig,
     clock: Clock,
+    on_end: Option<RunEndHook>,
 }
 
 struct RunRow {
@@ -177,7 +210,14 @@ impl Assembler {
             store,
             config,
             clock,
+            on_end: None,
         }
+    }
+
+    /// Calls `hook` for every run this assembler ends.
+    pub fn with_run_end_hook(mut self, hook: RunEndHook) -> Self {
+        self.on_end = Some(hook);
+        self
     }
 
     /// Reads every topic up to its current end into the state store.
@@ -300,9 +340,14 @@ impl Assembler {
             self.catch_up().await?;
             for run in self.open_runs().await? {
                 run_started_metrics(&run);
-                if let Some(report) = self.try_complete(&run).await? {
-                    run_ended_metrics(&run, &report);
-                    reports.push(report);
+                if let Some(ended) = self.try_complete(&run).await? {
+                    run_ended_metrics(&run, &ended);
+                    if let Some(report) = &ended.report {
+                        reports.push(report.clone());
+                    }
+                    if let Some(hook) = &self.on_end {
+                        hook(ended).await;
+                    }
                 }
             }
             if let Some(id) = &until {
@@ -359,7 +404,7 @@ impl Assembler {
     }
 
     /// Assembles `run` if it is complete or past its deadline.
-    async fn try_complete(&self, run: &RunRow) -> Result<Option<RunReport>, AssemblerError> {
+    async fn try_complete(&self, run: &RunRow) -> Result<Option<RunEnded>, AssemblerError> {
         let now = (self.clock)();
         let past_deadline = now.timestamp_millis() >= run.deadline_ms;
         let complete = self.is_complete(run).await?;
@@ -367,17 +412,41 @@ impl Assembler {
             return Ok(None);
         }
         let timed_out = !complete;
-        if timed_out && run.kind != "Daily" && run.sealed.is_none() {
-            // A re-run whose producer never finished: its accounts are unknown, and the day's
-            // file must not be touched.
-            self.abort(run, now).await?;
-            return Ok(None);
+        let ended =
+            |completed: RunCompleted, not_scored: u64, report: Option<RunReport>| RunEnded {
+                completed,
+                kind: esg_schemas::RunKind::from_str(&run.kind)
+                    .unwrap_or(esg_schemas::RunKind::Daily),
+                deadline: DateTime::from_timestamp_millis(run.deadline_ms).unwrap_or(now),
+                not_scored,
+                report,
+            };
+        if timed_out && run.sealed.is_none() {
+            // The producer never sealed the run (the listing did not finish, say): its accounts
+            // are unknown. A daily run ends TimedOut with no file, so the day is not taken as
+            // delivered and a later `esg run --once` of the date writes the whole file; a re-run
+            // is aborted. Either way the files on disk are not touched.
+            let outcome = if run.kind == "Daily" {
+                tracing::error!(run_id = %run.run_id, "deadline reached before the run was sealed (its listing never finished): no file written, the previous files are untouched");
+                RunOutcome::TimedOut
+            } else {
+                tracing::error!(run_id = %run.run_id, "re-run never sealed by its deadline: aborted, the day's file is unchanged");
+                RunOutcome::Aborted
+            };
+            let completed = self.end_without_file(run, outcome, now).await?;
+            return Ok(Some(ended(completed, 0, None)));
         }
         if timed_out {
             tracing::error!(run_id = %run.run_id, "deadline reached before the run completed: assembling what is there, pending accounts Failed (DEADLINE)");
         }
-        let report = self.assemble(run, timed_out, now).await?;
-        Ok(Some(report))
+        let (report, completed) = self.assemble(run, timed_out, now).await?;
+        let not_scored = report
+            .summary
+            .error_codes
+            .get(DEADLINE)
+            .copied()
+            .unwrap_or(0);
+        Ok(Some(ended(completed, not_scored, Some(report))))
     }
 
     async fn is_complete(&self, run: &RunRow) -> Result<bool, AssemblerError> {
@@ -419,13 +488,17 @@ impl Assembler {
         Ok(scored >= expected)
     }
 
-    /// Ends a run that cannot be assembled: publishes `RunCompleted` with outcome `Aborted`.
-    async fn abort(&self, run: &RunRow, now: DateTime<Utc>) -> Result<(), AssemblerError> {
-        tracing::error!(run_id = %run.run_id, "re-run never sealed by its deadline: aborted, the day's file is unchanged");
+    /// Ends a run that cannot be assembled: publishes `RunCompleted` with `outcome` and no file.
+    async fn end_without_file(
+        &self,
+        run: &RunRow,
+        outcome: RunOutcome,
+        now: DateTime<Utc>,
+    ) -> Result<RunCompleted, AssemblerError> {
         let completed = RunCompleted {
             run_id: run.run_id.clone(),
             business_date: run.business_date,
-            outcome: RunOutcome::Aborted,
+            outcome,
             rows: 0,
             successful: 0,
             partial: 0,
@@ -433,7 +506,8 @@ impl Assembler {
             output_file: String::new(),
             completed_at: now,
         };
-        self.complete(completed).await
+        self.complete(completed.clone()).await?;
+        Ok(completed)
     }
 
     /// Publishes `RunCompleted` and records the run as done, so it is never assembled again.
@@ -457,12 +531,19 @@ impl Assembler {
     }
 
     /// Writes the run's files, publishes `RunCompleted`, marks the run done.
+    ///
+    /// The summary's counts: each row is classified by where it came from ([`Provenance`]:
+    /// scored by this run, carried forward from an earlier run's score, failed by the deadline,
+    /// never scored), so an account the run expected but did not score by its deadline is never
+    /// counted as carried forward. A re-run rewrites the whole day's summary: the file's
+    /// statistics are the whole rewritten file's, the run facts stay the daily run's (from the
+    /// state store, else the previous summary), and the re-run is appended to `reruns`.
     async fn assemble(
         &self,
         run: &RunRow,
         timed_out: bool,
         now: DateTime<Utc>,
-    ) -> Result<RunReport, AssemblerError> {
+    ) -> Result<(RunReport, RunCompleted), AssemblerError> {
         let dir = self.config.output_dir.clone();
         let run_id = run.run_id.clone();
         let date = run.business_date;
@@ -471,20 +552,28 @@ impl Assembler {
             let run_id = run_id.to_owned();
             move |source| AssemblerError::Output { run_id, source }
         };
-        let (written, scored_in_run, api_calls) = self
+        let (written, tally, not_in_file, (api_attempts, api_requests), stored_day) = self
             .store
             .call_with(move |c| -> Result<_, AssemblerError> {
-                let counts: (i64, i64) = c.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM run_scored WHERE run_id = ?1",
+                // The run's use of the ESG API: attempts and HTTP requests of every score of
+                // the run (an account that has since left the roster included).
+                let api: (i64, i64) = c.query_row(
+                    "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(requests), 0)
+                     FROM run_scored WHERE run_id = ?1",
                     [&run_id],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )?;
-                let written = if is_rerun {
+                let api = (api.0.max(0) as u64, api.1.max(0) as u64);
+                let with_provenance =
+                    |r: &rusqlite::Row<'_>| Ok((read_row(r)?, provenance(r)?));
+                let mut tally = Tally::default();
+                if is_rerun {
                     let mut replacements = BTreeMap::new();
                     let mut stmt = c.prepare(&format!("{ROW_SELECT} WHERE e.run_id = ?1 ORDER BY e.account_id"))?;
-                    let rows = stmt.query_map([&run_id], read_row)?;
+                    let rows = stmt.query_map([&run_id], with_provenance)?;
                     for row in rows {
-                        let row = row?;
+                        let (row, from) = row?;
+                        tally.add(from, &row);
                         replacements.insert(row.account_id.clone(), row);
                     }
                     let replaced = output::replace_rows(&dir, date, &replacements)
@@ -492,17 +581,20 @@ impl Assembler {
                     if !replaced.missing.is_empty() {
                         tracing::warn!(run_id = %run_id, missing = ?replaced.missing, "re-run accounts not in that day's file were not added");
                     }
-                    replaced.written
+                    let stored = state::day_runs(c, date, &run_id)?;
+                    let missing = replaced.missing.len() as u64;
+                    Ok((replaced.written, tally, missing, api, Some(stored)))
                 } else {
                     let mut writer = OutputWriter::create(&dir, date).map_err(output_err(&run_id))?;
                     let mut stmt = c.prepare(ROSTER_SELECT)?;
-                    let rows = stmt.query_map([&run_id], read_row)?;
+                    let rows = stmt.query_map([&run_id], with_provenance)?;
                     for row in rows {
-                        writer.write(&row?).map_err(output_err(&run_id))?;
+                        let (row, from) = row?;
+                        writer.write(&row).map_err(output_err(&run_id))?;
+                        tally.add(from, &row);
                     }
-                    writer.finish().map_err(output_err(&run_id))?
-                };
-                Ok((written, counts.0 as u64, counts.1 as u64))
+                    Ok((writer.finish().map_err(output_err(&run_id))?, tally, 0, api, None))
+                }
             })
             .await?;
         let stats = &written.stats;
@@ -513,30 +605,59 @@ impl Assembler {
         } else {
             RunOutcome::Completed
         };
-        let sealed = run.sealed.clone().unwrap_or_default();
-        let n = |v: i64| v.max(0) as u64;
+        let started_at = DateTime::from_timestamp_millis(run.triggered_at_ms).unwrap_or(now);
+        let (day, record) = match stored_day {
+            Some(stored) => {
+                let entry = RerunEntry {
+                    run_id: run.run_id.clone(),
+                    kind: run.kind.clone(),
+                    outcome: outcome.as_str().to_owned(),
+                    accounts: tally.rows,
+                    scored: tally.scored_in_run,
+                    failed: tally.failed,
+                    not_in_file,
+                    api_attempts,
+                    api_requests,
+                    started_at,
+                    finished_at: now,
+                };
+                let record = serde_json::to_string(&entry);
+                let dir = self.config.output_dir.clone();
+                let day = DayFacts::for_rerun(
+                    stored,
+                    || summary::read_previous(&dir, run.business_date),
+                    entry,
+                );
+                (day, record)
+            }
+            None => {
+                let sealed = run.sealed.clone().unwrap_or_default();
+                let n = |v: i64| v.max(0) as u64;
+                let facts = RunFacts {
+                    run_id: run.run_id.clone(),
+                    outcome: outcome.as_str().to_owned(),
+                    scored_in_run: 0,
+                    carried_forward: 0,
+                    deadline_failed: 0,
+                    never_scored: 0,
+                    new_accounts: n(sealed.new_accounts),
+                    gone_accounts: n(sealed.gone_accounts),
+                    malformed_records: n(sealed.malformed_records),
+                    api_attempts,
+                    api_requests,
+                    started_at,
+                    finished_at: now,
+                }
+                .with_tally(&tally);
+                let record = serde_json::to_string(&facts);
+                (DayFacts::daily(facts), record)
+            }
+        };
         let file = output::file_names(run.business_date).csv;
-        let summary = Summary::build(
-            run.business_date,
-            &file,
-            stats,
-            RunFacts {
-                run_id: run.run_id.clone(),
-                outcome: outcome.as_str().to_owned(),
-                scored_in_run,
-                carried_forward: if is_rerun {
-                    0
-                } else {
-                    stats.rows.saturating_sub(scored_in_run)
-                },
-                new_accounts: n(sealed.new_accounts),
-                gone_accounts: n(sealed.gone_accounts),
-                malformed_records: n(sealed.malformed_records),
-                api_calls,
-                started_at: DateTime::from_timestamp_millis(run.triggered_at_ms).unwrap_or(now),
-                finished_at: now,
-            },
-        );
+        let summary = Summary::build(run.business_date, &file, stats, day);
+        for problem in summary.inconsistencies() {
+            tracing::error!(run_id = %run.run_id, problem = %problem, "summary counts do not add up");
+        }
         let summary_path =
             summary::write_summary(&self.config.output_dir, &summary).map_err(|source| {
                 AssemblerError::Output {
@@ -544,6 +665,15 @@ impl Assembler {
                     source,
                 }
             })?;
+        // What this run did, for the summaries of later re-runs of the date.
+        let record = record.map_err(|e| AssemblerError::State {
+            run_id: run.run_id.clone(),
+            detail: format!("run facts do not serialise: {e}"),
+        })?;
+        let (id, kind) = (run.run_id.clone(), run.kind.clone());
+        self.store
+            .call(move |c| state::record_run_facts(c, &id, date, &kind, &record))
+            .await?;
         let completed = RunCompleted {
             run_id: run.run_id.clone(),
             business_date: run.business_date,
@@ -555,7 +685,7 @@ impl Assembler {
             output_file: file,
             completed_at: now,
         };
-        self.complete(completed).await?;
+        self.complete(completed.clone()).await?;
         tracing::info!(
             run_id = %run.run_id,
             outcome = outcome.as_str(),
@@ -563,20 +693,25 @@ impl Assembler {
             successful = stats.successful,
             partial = stats.partial,
             failed = stats.failed,
-            scored_in_run,
-            api_calls,
+            scored_in_run = tally.scored_in_run,
+            carried_forward = tally.carried_forward,
+            deadline_failed = tally.deadline_failed,
+            api_attempts,
+            api_requests,
             file = %written.csv.display(),
             "run assembled"
         );
-        Ok(RunReport {
+        let report = RunReport {
             run_id: run.run_id.clone(),
             business_date: run.business_date,
             outcome,
             csv: written.csv.clone(),
             errors: written.errors.clone(),
             summary_path,
+            duration_seconds: u64::try_from((now - started_at).num_seconds()).unwrap_or(0),
             summary,
-        })
+        };
+        Ok((report, completed))
     }
 }
 
@@ -606,6 +741,15 @@ LEFT JOIN roster r ON r.account_id = e.account_id
 LEFT JOIN scores s ON s.account_id = e.account_id
 LEFT JOIN run_scored rs ON rs.run_id = e.run_id AND rs.account_id = e.account_id";
 
+/// Where a row of [`ROSTER_SELECT`] or [`ROW_SELECT`] came from (columns 2, 14 and 15; the
+/// same reading of them as [`read_row`]'s).
+fn provenance(r: &rusqlite::Row<'_>) -> rusqlite::Result<Provenance> {
+    let has_score = r
+        .get::<_, Option<String>>(2)?
+        .is_some_and(|s| ScoreStatus::from_str(&s).is_ok());
+    Ok(Provenance::of(r.get(14)?, r.get(15)?, has_score))
+}
+
 fn dec(v: Option<String>) -> Option<Decimal> {
     v.and_then(|s| Decimal::from_str(&s).ok())
 }
@@ -620,13 +764,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         account_id: account_id.clone(),
         account_name: name.clone(),
         status: ScoreStatus::Failed,
-        overall: None,
-        environmental: None,
-        social: None,
-        governance: None,
-        primary_focus: None,
-        primary_focus_score: None,
-        analysis_date: None,
+        values: EsgValues::failed(),
         attempts,
         error_code: Some(code.to_owned()),
         error_message: Some(message.to_owned()),
@@ -653,17 +791,19 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         account_id: account_id.clone(),
         account_name: name.clone(),
         status,
-        overall: dec(r.get(3)?),
-        environmental: dec(r.get(4)?),
-        social: dec(r.get(5)?),
-        governance: dec(r.get(6)?),
-        primary_focus: r
-            .get::<_, Option<String>>(7)?
-            .and_then(|p| Pillar::from_str(&p).ok()),
-        primary_focus_score: dec(r.get(8)?),
-        analysis_date: r
-            .get::<_, Option<String>>(9)?
-            .and_then(|d| NaiveDate::from_str(&d).ok()),
+        values: EsgValues {
+            overall: dec(r.get(3)?),
+            environmental: dec(r.get(4)?),
+            social: dec(r.get(5)?),
+            governance: dec(r.get(6)?),
+            primary_focus: r
+                .get::<_, Option<String>>(7)?
+                .and_then(|p| Pillar::from_str(&p).ok()),
+            primary_focus_score: dec(r.get(8)?),
+            analysis_date: r
+                .get::<_, Option<String>>(9)?
+                .and_then(|d| NaiveDate::from_str(&d).ok()),
+        },
         attempts: r.get(10)?,
         error_code: r.get(11)?,
         error_message: r.get(12)?,

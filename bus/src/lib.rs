@@ -24,6 +24,7 @@ pub mod embedded;
 pub mod kafka;
 mod partitioner;
 pub mod registry;
+pub mod runs;
 pub mod store;
 pub mod topics;
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// `[producer]` configuration.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProducerConfig {
     /// A successful score older than this is refreshed (DESIGN section 5).
@@ -62,6 +62,11 @@ pub struct RunRequest {
     pub deadline: DateTime<Utc>,
     /// For a re-run: the accounts to score.
     pub forced: Vec<String>,
+    /// The roster guard of a daily run: the listing must hold at least this share of the
+    /// accounts of the roster last published (and never zero accounts), or the run fails before
+    /// anything is published. `None`: a person has accepted the change
+    /// (`--accept-roster-change`).
+    pub min_active_ratio: Option<f64>,
 }
 
 /// Errors of the producer. `Listing` and `Bus` may be transient (try the run again);
@@ -74,8 +79,18 @@ pub enum ProducerError {
     Bus(#[from] esg_bus::BusError),
     #[error("listing active accounts: {0}")]
     Listing(String),
+    /// The run's deadline came before the listing finished: the run ends `TimedOut` with no
+    /// file (the assembler decides that at the deadline).
+    #[error("listing active accounts did not finish by the run's deadline: {0}")]
+    ListingDeadline(String),
     #[error("run {run_id}: these accounts are not in the roster of active accounts: {accounts}")]
     UnknownAccounts { run_id: String, accounts: String },
+    #[error("{}", roster_collapsed(*listed, *previous, *min_ratio))]
+    RosterCollapsed {
+        listed: u64,
+        previous: u64,
+        min_ratio: f64,
+    },
     #[error("run {0} was started with different settings ({1}); use a new run id")]
     Conflict(String, String),
     #[error("stopped before the run was sealed")]
@@ -87,6 +102,17 @@ pub enum ProducerError {
         offset: i64,
         detail: String,
     },
+}
+
+fn roster_collapsed(listed: u64, previous: u64, min_ratio: f64) -> String {
+    let why = if listed == 0 {
+        "no active accounts at all".to_owned()
+    } else {
+        format!("below {:.0}% of them", min_ratio * 100.0)
+    };
+    format!(
+        "roster guard: the account system listed {listed} active accounts against {previous} in the roster of the last run ({why}); nothing was published and the previous files are untouched. Check the account system; if the change is real, run again with --accept-roster-change"
+    )
 }
 
 /// The producer stage.
@@ -131,30 +157,6 @@ impl Producer {
         }
     }
 
-    /// The id of the next manual re-run of `business_date`: `DATE.N`. A re-run of that date that
-    /// was started but not sealed (the process stopped) is resumed instead: its id is returned.
-    pub async fn next_rerun_id(&self, business_date: NaiveDate) -> Result<String, ProducerError> {
-        let prefix = format!("{business_date}.");
-        let like = format!("{prefix}%");
-        let ids: Vec<(String, String)> = self
-            .store
-            .call(move |c| {
-                let mut stmt = c.prepare("SELECT run_id, phase FROM runs WHERE run_id LIKE ?1")?;
-                let rows = stmt.query_map([like], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect()
-            })
-            .await?;
-        let latest = ids
-            .iter()
-            .filter_map(|(id, phase)| Some((id.strip_prefix(&prefix)?.parse::<u32>().ok()?, phase)))
-            .max_by_key(|(n, _)| *n);
-        Ok(match latest {
-            Some((n, phase)) if phase != Phase::Sealed.as_str() => format!("{prefix}{n}"),
-            Some((n, _)) => format!("{prefix}{}", n + 1),
-            None => format!("{prefix}1"),
-        })
-    }
-
     /// Runs the producer's part of `req` to the seal, resuming where a previous attempt of
     /// the same run stopped. Returns the seal (the recorded one if the run was sealed before).
     pub async fn run(
@@ -180,12 +182,15 @@ impl Producer {
             match row.phase {
                 Phase::Triggered => {
                     if req.kind != RunKind::Daily {
+                        self.sync_roster().await?;
                         self.plan_rerun(req).await?;
                     } else {
                         self.list(req).await?;
                     }
                 }
                 Phase::Listed => {
+                    self.sync_roster().await?;
+                    self.guard_roster(req).await?;
                     self.catch_up_scores().await?;
                     self.plan(req).await?;
                 }
@@ -287,7 +292,12 @@ impl Producer {
                 insert_page(&store, &run_id, &page)
             })
             .await
-            .map_err(|e| ProducerError::Listing(e.to_string()))?;
+            .map_err(|e| match e {
+                accounts::ListingError::DeadlinePassed { .. } => {
+                    ProducerError::ListingDeadline(e.to_string())
+                }
+                e => ProducerError::Listing(e.to_string()),
+            })?;
         let facts = ListingFacts {
             malformed: stats.malformed,
         };
@@ -302,6 +312,169 @@ impl Producer {
                 store::set_phase(c, &id, Phase::Listed)
             })
             .await?;
+        Ok(())
+    }
+
+    /// Fails a daily run whose listing collapsed: zero accounts, or fewer than
+    /// `req.min_active_ratio` of the roster last published. Runs before anything of the run
+    /// but its trigger is published.
+    async fn guard_roster(&self, req: &RunRequest) -> Result<(), ProducerError> {
+        let Some(min_ratio) = req.min_active_ratio else {
+            return Ok(());
+        };
+        let run_id = req.run_id.clone();
+        let (listed, previous): (i64, i64) = self
+            .store
+            .call(move |c| {
+                let listed = c.query_row(
+                    "SELECT COUNT(*) FROM listing WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )?;
+                let previous = c.query_row("SELECT COUNT(*) FROM roster", [], |r| r.get(0))?;
+                Ok((listed, previous))
+            })
+            .await?;
+        let (listed, previous) = (listed.max(0) as u64, previous.max(0) as u64);
+        if listed == 0 || (listed as f64) < min_ratio * previous as f64 {
+            tracing::error!(
+                listed,
+                previous,
+                min_active_ratio = min_ratio,
+                "roster guard: the listing collapsed; nothing published"
+            );
+            return Err(ProducerError::RosterCollapsed {
+                listed,
+                previous,
+                min_ratio,
+            });
+        }
+        Ok(())
+    }
+
+    /// The accounts of `ids` that are not in the roster of active accounts (after bringing the
+    /// roster up to date with `esg.accounts`). A re-run checks its accounts with this before it
+    /// starts, so a mistyped id creates no run.
+    pub async fn unknown_accounts(&self, ids: &[String]) -> Result<Vec<String>, ProducerError> {
+        self.sync_roster().await?;
+        let ids = ids.to_vec();
+        Ok(self
+            .store
+            .call(move |c| {
+                let mut stmt =
+                    c.prepare_cached("SELECT EXISTS (SELECT 1 FROM roster WHERE account_id = ?1)")?;
+                let mut missing = Vec::new();
+                for id in ids {
+                    if !stmt.query_row([&id], |r| r.get::<_, bool>(0))? {
+                        missing.push(id);
+                    }
+                }
+                Ok(missing)
+            })
+            .await?)
+    }
+
+    /// The active accounts whose latest score is not `Successful` (or that have none): what
+    /// `esg rerun --failed` re-scores.
+    pub async fn not_successful(&self) -> Result<Vec<String>, ProducerError> {
+        self.sync_roster().await?;
+        self.catch_up_scores().await?;
+        Ok(self
+            .store
+            .call(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT r.account_id FROM roster r
+                     LEFT JOIN last_scores s ON s.account_id = r.account_id
+                     WHERE s.status IS NULL OR s.status <> 'Successful'
+                     ORDER BY r.account_id",
+                )?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect()
+            })
+            .await?)
+    }
+
+    /// Number of accounts in the roster (after bringing it up to date with `esg.accounts`).
+    pub async fn roster_size(&self) -> Result<u64, ProducerError> {
+        self.sync_roster().await?;
+        let n: i64 = self
+            .store
+            .call(|c| c.query_row("SELECT COUNT(*) FROM roster", [], |r| r.get(0)))
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Brings the roster up to date with the compacted `esg.accounts` topic, from where the last
+    /// sync stopped (from the start on a fresh store): the roster is the topic's, not this
+    /// host's.
+    async fn sync_roster(&self) -> Result<(), ProducerError> {
+        let topic = self.bus.topics.accounts.clone();
+        let ends = self.bus.transport.end_offsets(&topic).await?;
+        let starts = self.bus.transport.start_offsets(&topic).await?;
+        let done: HashMap<i32, i64> = self
+            .store
+            .call(|c| {
+                let mut stmt = c.prepare("SELECT partition, next_offset FROM accounts_offsets")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect()
+            })
+            .await?;
+        let mut applied = 0u64;
+        for (p, end) in ends.iter().enumerate() {
+            let p = p as i32;
+            let from = done.get(&p).copied().unwrap_or(0).max(starts[p as usize]);
+            if from >= *end {
+                continue;
+            }
+            let mut range = RangeReader::new(&*self.bus.transport, &topic, p, from, *end, 5000);
+            while let Some(batch) = range.next_batch().await? {
+                let next = range.position();
+                let mut rows: Vec<(String, Option<AccountEntry>)> = Vec::with_capacity(batch.len());
+                for m in &batch {
+                    match self.bus.decode(m.value.as_deref()) {
+                        Ok(Some(Event::AccountEntry(e))) => rows.push((m.key.clone(), Some(e))),
+                        Ok(None) => rows.push((m.key.clone(), None)),
+                        Ok(Some(_)) => {}
+                        Err(e) => {
+                            return Err(ProducerError::Decode {
+                                topic: topic.clone(),
+                                partition: p,
+                                offset: m.offset,
+                                detail: e.to_string(),
+                            })
+                        }
+                    }
+                }
+                applied += rows.len() as u64;
+                self.store
+                    .call(move |c| {
+                        let tx = c.transaction()?;
+                        for (key, entry) in rows {
+                            match entry {
+                                Some(e) => {
+                                    tx.execute(
+                                        "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                                         ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
+                                           version = excluded.version, updated_at_ms = excluded.updated_at_ms",
+                                        params![key, e.account_name, e.version, ms(e.updated_at)],
+                                    )?;
+                                }
+                                None => {
+                                    tx.execute("DELETE FROM roster WHERE account_id = ?1", [key])?;
+                                }
+                            }
+                        }
+                        tx.execute(
+                            "INSERT INTO accounts_offsets (partition, next_offset) VALUES (?1, ?2)
+                             ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
+                            params![p, next],
+                        )?;
+                        tx.commit()
+                    })
+                    .await?;
+            }
+        }
+        tracing::debug!(applied, "roster caught up with the accounts topic");
         Ok(())
     }
 
@@ -360,7 +533,7 @@ impl Producer {
                                             s.run_id,
                                             s.account_version,
                                             s.status.as_str(),
-                                            s.analysis_date.map(|d| d.to_string())
+                                            s.values.analysis_date.map(|d| d.to_string())
                                         ],
                                     )?;
                                 }

@@ -2,6 +2,11 @@
 //! the roster last published to `esg.accounts`, the last score of each account (materialised
 //! from `esg.scores`), and the accounts each run asks to score.
 //!
+//! Nothing here is known only to this host: the roster is materialised from the compacted
+//! `esg.accounts` topic (`accounts_offsets`) and the last scores from `esg.scores`
+//! (`scores_offsets`), so a producer on a fresh state directory (another host, a lost disk)
+//! rebuilds both from the topics before it plans a run. Run ids come from `esg.triggers`.
+//!
 //! Every phase of a run is recorded here once it is done, so a producer killed at any point
 //! resumes at the phase it was in (see [`crate::Producer::run`]).
 
@@ -43,6 +48,10 @@ CREATE TABLE IF NOT EXISTS last_scores (
     status TEXT NOT NULL,
     analysis_date TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts_offsets (
+    partition INTEGER PRIMARY KEY,
+    next_offset INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS scores_offsets (
     partition INTEGER PRIMARY KEY,
     next_offset INTEGER NOT NULL

@@ -121,6 +121,7 @@ async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
         full: false,
         deadline: chrono::Utc::now() + chrono::Duration::hours(4),
         forced: Vec::new(),
+        min_active_ratio: None,
     };
 
     let bus = EventBus::connect(crashing, &topics).await.expect("bus");

@@ -118,6 +118,8 @@ pub(crate) struct ConfigPatch {
     #[serde(with = "humantime_serde::option")]
     token_delay: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
+    page_delay: Option<Duration>,
+    #[serde(with = "humantime_serde::option")]
     token_ttl: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
     page_token_ttl: Option<Duration>,
@@ -160,6 +162,7 @@ impl ConfigPatch {
         set(&mut c.wrong_type_record_rate, self.wrong_type_record_rate);
         set(&mut c.page_token_cycle_after, self.page_token_cycle_after);
         set(&mut c.token_delay, self.token_delay);
+        set(&mut c.page_delay, self.page_delay);
         set(&mut c.token_ttl, self.token_ttl);
         set(&mut c.page_token_ttl, self.page_token_ttl);
         set(&mut c.track_calls, self.track_calls);

@@ -76,6 +76,10 @@ pub struct SimConfig {
     /// timeout, it is a token endpoint that accepts the connection and never answers.
     #[serde(with = "humantime_serde")]
     pub token_delay: Duration,
+    /// How long each page of the account listing takes to answer (default 0): a slow account
+    /// system, for listings that do not finish by the run's deadline.
+    #[serde(with = "humantime_serde")]
+    pub page_delay: Duration,
     /// Count ESG calls per account (default true). Turn off for very large account counts:
     /// the counters are the only memory that grows with the number of accounts called.
     pub track_calls: bool,
@@ -150,6 +154,7 @@ impl Default for SimConfig {
             wrong_type_record_rate: 0.0,
             page_token_cycle_after: 0,
             token_delay: Duration::ZERO,
+            page_delay: Duration::ZERO,
             track_calls: true,
             today: None,
         }

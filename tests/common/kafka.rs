@@ -188,3 +188,76 @@ pub fn set_job_rate(config: &Path, per_second: u32) {
     )
     .expect("config");
 }
+
+/// The Kafka-mode services a run needs besides the runner, `esg scorer` and `esg assembler`,
+/// as tasks of the test process (the binary runs the same library functions).
+pub struct InProcess {
+    stop: tokio_util::sync::CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcess {
+    /// Starts one scorer and the assembler on `config`.
+    pub fn start(config: &esg::config::Config) -> InProcess {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let scorer = {
+            let (config, stop) = (config.clone(), stop.clone());
+            tokio::spawn(async move {
+                if let Err(e) = esg::runner::scorer_service(&config, stop).await {
+                    panic!("scorer service: {e:#}");
+                }
+            })
+        };
+        let assembler = {
+            let (config, stop) = (config.clone(), stop.clone());
+            tokio::spawn(async move {
+                let clock = esg_assembler::system_clock();
+                if let Err(e) =
+                    esg::runner::assembler_service(&config, clock, stop, || Ok(())).await
+                {
+                    panic!("assembler service: {e:#}");
+                }
+            })
+        };
+        InProcess {
+            stop,
+            tasks: vec![scorer, assembler],
+        }
+    }
+
+    /// Stops both services and waits for them (a service that failed fails the test here).
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            task.await.expect("service task");
+        }
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// One daily run on Kafka: the runner publishes and waits while the services score and write.
+pub async fn run_day_on_kafka(
+    config: esg::config::Config,
+    day: chrono::NaiveDate,
+) -> esg::runner::Outcome {
+    let services = InProcess::start(&config);
+    let runner = esg::runner::Runner::open(config, esg_assembler::system_clock())
+        .await
+        .expect("runner opens");
+    let outcome = runner
+        .run_daily(
+            day,
+            false,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect("run completes");
+    services.stop().await;
+    outcome
+}
