@@ -409,12 +409,79 @@ impl Producer {
     /// host's.
     async fn sync_roster(&self) -> Result<(), ProducerError> {
         let topic = self.bus.topics.accounts.clone();
+        let pick = |e: Event| match e {
+            Event::AccountEntry(e) => Some(e),
+            _ => None,
+        };
+        let applied = self
+            .follow(topic, "accounts_offsets", pick, |tx, key, entry| {
+                match entry {
+                    Some(e) => tx.execute(
+                        "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
+                           version = excluded.version, updated_at_ms = excluded.updated_at_ms",
+                        params![key, e.account_name, e.version, ms(e.updated_at)],
+                    ),
+                    None => tx.execute("DELETE FROM roster WHERE account_id = ?1", [key]),
+                }
+                .map(|_| ())
+            })
+            .await?;
+        tracing::debug!(applied, "roster caught up with the accounts topic");
+        Ok(())
+    }
+
+    /// Brings `last_scores` up to date with `esg.scores`.
+    async fn catch_up_scores(&self) -> Result<(), ProducerError> {
+        let topic = self.bus.topics.scores.clone();
+        let pick = |e: Event| match e {
+            Event::EsgScore(s) => Some(s),
+            _ => None,
+        };
+        let applied = self
+            .follow(topic, "scores_offsets", pick, |tx, key, score| {
+                match score {
+                    Some(s) => tx.execute(
+                        "INSERT INTO last_scores (account_id, run_id, account_version, status, analysis_date)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
+                           account_version = excluded.account_version, status = excluded.status,
+                           analysis_date = excluded.analysis_date",
+                        params![
+                            key,
+                            s.run_id,
+                            s.account_version,
+                            s.status.as_str(),
+                            s.values.analysis_date.map(|d| d.to_string())
+                        ],
+                    ),
+                    None => tx.execute("DELETE FROM last_scores WHERE account_id = ?1", [key]),
+                }
+                .map(|_| ())
+            })
+            .await?;
+        tracing::debug!(applied, "last scores caught up");
+        Ok(())
+    }
+
+    /// Materialises a keyed topic into the store: reads every partition from the offset it
+    /// reached (kept in `offsets_table`) to its end, and applies each batch with `apply` (the
+    /// record `pick` accepts, or `None` for a tombstone) in one transaction with the offset it
+    /// reached. Returns the records applied.
+    async fn follow<T: Send + 'static>(
+        &self,
+        topic: String,
+        offsets_table: &'static str,
+        pick: impl Fn(Event) -> Option<T>,
+        apply: fn(&rusqlite::Transaction<'_>, &str, Option<T>) -> rusqlite::Result<()>,
+    ) -> Result<u64, ProducerError> {
         let ends = self.bus.transport.end_offsets(&topic).await?;
         let starts = self.bus.transport.start_offsets(&topic).await?;
         let done: HashMap<i32, i64> = self
             .store
-            .call(|c| {
-                let mut stmt = c.prepare("SELECT partition, next_offset FROM accounts_offsets")?;
+            .call(move |c| {
+                let mut stmt =
+                    c.prepare(&format!("SELECT partition, next_offset FROM {offsets_table}"))?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })
@@ -429,76 +496,7 @@ impl Producer {
             let mut range = RangeReader::new(&*self.bus.transport, &topic, p, from, *end, 5000);
             while let Some(batch) = range.next_batch().await? {
                 let next = range.position();
-                let mut rows: Vec<(String, Option<AccountEntry>)> = Vec::with_capacity(batch.len());
-                for m in &batch {
-                    match self.bus.decode(m.value.as_deref()) {
-                        Ok(Some(Event::AccountEntry(e))) => rows.push((m.key.clone(), Some(e))),
-                        Ok(None) => rows.push((m.key.clone(), None)),
-                        Ok(Some(_)) => {}
-                        Err(e) => {
-                            return Err(ProducerError::Decode {
-                                topic: topic.clone(),
-                                partition: p,
-                                offset: m.offset,
-                                detail: e.to_string(),
-                            })
-                        }
-                    }
-                }
-                applied += rows.len() as u64;
-                self.store
-                    .call(move |c| {
-                        let tx = c.transaction()?;
-                        for (key, entry) in rows {
-                            match entry {
-                                Some(e) => {
-                                    tx.execute(
-                                        "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                                         ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
-                                           version = excluded.version, updated_at_ms = excluded.updated_at_ms",
-                                        params![key, e.account_name, e.version, ms(e.updated_at)],
-                                    )?;
-                                }
-                                None => {
-                                    tx.execute("DELETE FROM roster WHERE account_id = ?1", [key])?;
-                                }
-                            }
-                        }
-                        tx.execute(
-                            "INSERT INTO accounts_offsets (partition, next_offset) VALUES (?1, ?2)
-                             ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
-                            params![p, next],
-                        )?;
-                        tx.commit()
-                    })
-                    .await?;
-            }
-        }
-        tracing::debug!(applied, "roster caught up with the accounts topic");
-        Ok(())
-    }
-
-    /// Brings `last_scores` up to date with `esg.scores`.
-    async fn catch_up_scores(&self) -> Result<(), ProducerError> {
-        let topic = self.bus.topics.scores.clone();
-        let ends = self.bus.transport.end_offsets(&topic).await?;
-        let starts = self.bus.transport.start_offsets(&topic).await?;
-        let done: HashMap<i32, i64> = self
-            .store
-            .call(|c| {
-                let mut stmt = c.prepare("SELECT partition, next_offset FROM scores_offsets")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect()
-            })
-            .await?;
-        let mut applied = 0u64;
-        for (p, end) in ends.iter().enumerate() {
-            let p = p as i32;
-            let from = done.get(&p).copied().unwrap_or(0).max(starts[p as usize]);
-            let mut range = RangeReader::new(&*self.bus.transport, &topic, p, from, *end, 5000);
-            while let Some(batch) = range.next_batch().await? {
-                let next = range.position();
-                let mut rows = Vec::with_capacity(batch.len());
+                let mut rows: Vec<(String, Option<T>)> = Vec::with_capacity(batch.len());
                 for m in &batch {
                     let event =
                         self.bus
@@ -510,41 +508,26 @@ impl Producer {
                                 detail: e.to_string(),
                             })?;
                     match event {
-                        Some(Event::EsgScore(s)) => rows.push((m.key.clone(), Some(s))),
                         None => rows.push((m.key.clone(), None)),
-                        Some(_) => {}
+                        Some(e) => {
+                            if let Some(record) = pick(e) {
+                                rows.push((m.key.clone(), Some(record)));
+                            }
+                        }
                     }
                 }
                 applied += rows.len() as u64;
                 self.store
                     .call(move |c| {
                         let tx = c.transaction()?;
-                        for (key, s) in rows {
-                            match s {
-                                Some(s) => {
-                                    tx.execute(
-                                        "INSERT INTO last_scores (account_id, run_id, account_version, status, analysis_date)
-                                         VALUES (?1, ?2, ?3, ?4, ?5)
-                                         ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
-                                           account_version = excluded.account_version, status = excluded.status,
-                                           analysis_date = excluded.analysis_date",
-                                        params![
-                                            key,
-                                            s.run_id,
-                                            s.account_version,
-                                            s.status.as_str(),
-                                            s.values.analysis_date.map(|d| d.to_string())
-                                        ],
-                                    )?;
-                                }
-                                None => {
-                                    tx.execute("DELETE FROM last_scores WHERE account_id = ?1", [key])?;
-                                }
-                            }
+                        for (key, record) in rows {
+                            apply(&tx, &key, record)?;
                         }
                         tx.execute(
-                            "INSERT INTO scores_offsets (partition, next_offset) VALUES (?1, ?2)
-                             ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset",
+                            &format!(
+                                "INSERT INTO {offsets_table} (partition, next_offset) VALUES (?1, ?2)
+                                 ON CONFLICT (partition) DO UPDATE SET next_offset = excluded.next_offset"
+                            ),
                             params![p, next],
                         )?;
                         tx.commit()
@@ -552,8 +535,7 @@ impl Producer {
                     .await?;
             }
         }
-        tracing::debug!(applied, "last scores caught up");
-        Ok(())
+        Ok(applied)
     }
 
     /// Decides which accounts this run scores, and the roster changes.
