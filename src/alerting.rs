@@ -158,6 +158,7 @@ fn count(report: &AlertReport, kind: &'static str) {
             .increment(1);
     }
     for (channel, _) in &report.failed {
-        metrics::counter!(esg_metrics::ALERT_FAILURES_TOTAL, "channel" => channel.as_str()).increment(1);
+        metrics::counter!(esg_metrics::ALERT_FAILURES_TOTAL, "channel" => channel.as_str())
+            .increment(1);
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! Responsibilities:
 //! - the exact cell text of a row: two-decimal scores rounded half away from zero from the exact
-//!   decimal, `N/A` for missing cells and for every ESG cell of a `Failed` row, and formula
-//!   neutralisation (a leading `'` before `=`, `+`, `-`, `@`, tab or CR) of every cell;
+//!   decimal, `N/A` for missing cells and for every ESG cell of a `Failed` row (the values come
+//!   as one [`EsgValues`], whose rules say what a `Failed` or `Partial` score holds), control
+//!   characters cleaned ([`clean_controls`]: no NUL, escape, DEL or C1 character ever reaches a
+//!   file; line breaks become LF, tabs a space, the rest U+FFFD), then formula neutralisation (a
+//!   leading `'` before `=`, `+`, `-`, `@`, tab, CR or LF) of every cell;
 //! - "nothing duplicated": [`OutputWriter`] refuses a row whose account id is not strictly
 //!   greater (byte order) than the previous one, so a file it produces has each id once, sorted;
 //! - the manual override [`replace_rows`], which rewrites the rows of named accounts in an
@@ -28,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use esg_schemas::{Pillar, ScoreStatus};
+use esg_schemas::{EsgValues, Pillar, ScoreStatus};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::summary::RowStats;
@@ -60,8 +63,9 @@ pub const ERRORS_HEADER: [&str; 6] = [
 /// The text of a missing cell.
 pub const NOT_AVAILABLE: &str = "N/A";
 
-/// Error code written for a row that claims `Successful` but lacks an ESG field and carries no
-/// error code of its own; such a row is written as `Partial` (see [`format_row`]).
+/// Error code written for a row that claims `Successful` but lacks an ESG value
+/// ([`EsgValues::is_partial`]) and carries no error code of its own; such a row is written as
+/// `Partial` (see [`format_row`]).
 pub const INCOMPLETE_SCORE_CODE: &str = "incomplete_score";
 
 /// Permissions of every output file: owner read/write, group read (DESIGN section 6).
@@ -143,13 +147,9 @@ pub struct Row {
     pub account_id: String,
     pub account_name: String,
     pub status: ScoreStatus,
-    pub overall: Option<Decimal>,
-    pub environmental: Option<Decimal>,
-    pub social: Option<Decimal>,
-    pub governance: Option<Decimal>,
-    pub primary_focus: Option<Pillar>,
-    pub primary_focus_score: Option<Decimal>,
-    pub analysis_date: Option<NaiveDate>,
+    /// The ESG values the score carries (a `Failed` row shows none of them, whatever it
+    /// carries: [`EsgValues::failed`]).
+    pub values: EsgValues,
     /// Attempts the scorer made (errors file).
     pub attempts: i32,
     /// Machine-readable reason of a non-`Successful` row (errors file).
@@ -197,12 +197,48 @@ pub fn format_score(value: Decimal) -> String {
     rounded.to_string()
 }
 
-/// True when a spreadsheet would run a cell starting with this text as a formula.
+/// True when a spreadsheet would run a cell starting with this text as a formula. A leading
+/// line feed is included: a cell cleaned by [`clean_controls`] starts with LF where the text
+/// started with CR.
 fn is_formula_trigger(cell: &str) -> bool {
     matches!(
         cell.as_bytes().first(),
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r' | b'\n')
     )
+}
+
+/// What replaces a control character that is neither a line break nor a tab.
+pub const REPLACEMENT_CHARACTER: char = '\u{FFFD}';
+
+/// The text of a cell with no control character but LF: every line break (CR LF, a lone CR,
+/// NEL U+0085) becomes one LF, a tab becomes a space, and every other control character (C0,
+/// DEL, C1: NUL, escape, backspace, ...) becomes U+FFFD, so a person sees that something was
+/// there. Everything else, other Unicode included, is kept. The CSV quoting keeps the LFs
+/// inside the cell.
+pub fn clean_controls(cell: String) -> String {
+    if !cell.chars().any(|c| c.is_control() && c != '\n') {
+        return cell;
+    }
+    let mut clean = String::with_capacity(cell.len());
+    let mut chars = cell.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                chars.next_if_eq(&'\n');
+                clean.push('\n');
+            }
+            '\n' | '\u{85}' => clean.push('\n'),
+            '\t' => clean.push(' '),
+            c if c.is_control() => clean.push(REPLACEMENT_CHARACTER),
+            c => clean.push(c),
+        }
+    }
+    clean
+}
+
+/// A cell as the files write it (before CSV quoting): controls cleaned, then neutralised.
+fn file_cell(cell: String) -> String {
+    neutralise(clean_controls(cell))
 }
 
 /// Neutralises a cell a spreadsheet would run as a formula by prefixing `'`.
@@ -228,57 +264,33 @@ pub(crate) fn unneutralise(cell: &str) -> &str {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Effective<'a> {
     pub status: ScoreStatus,
-    pub overall: Option<Decimal>,
-    pub environmental: Option<Decimal>,
-    pub social: Option<Decimal>,
-    pub governance: Option<Decimal>,
-    pub primary_focus: Option<Pillar>,
-    pub primary_focus_score: Option<Decimal>,
-    pub analysis_date: Option<NaiveDate>,
+    pub values: EsgValues,
     pub error_code: Option<&'a str>,
     pub error_message: Option<&'a str>,
 }
 
-/// Applies the file's rules to a row: a `Failed` row shows no ESG value whatever it carries; a
-/// row claiming `Successful` with a missing ESG field is shown as `Partial` (the status column
-/// never claims a complete score the cells do not show).
+/// Applies the file's rules to a row: a `Failed` row shows no ESG value whatever it carries
+/// ([`EsgValues::failed`]); a row claiming `Successful` whose values are partial
+/// ([`EsgValues::is_partial`]) is shown as `Partial` (the status column never claims a complete
+/// score the cells do not show).
 pub(crate) fn effective(row: &Row) -> Effective<'_> {
     let error_code = row.error_code.as_deref().filter(|c| !c.is_empty());
     let error_message = row.error_message.as_deref().filter(|m| !m.is_empty());
     if row.status == ScoreStatus::Failed {
         return Effective {
             status: ScoreStatus::Failed,
-            overall: None,
-            environmental: None,
-            social: None,
-            governance: None,
-            primary_focus: None,
-            primary_focus_score: None,
-            analysis_date: None,
+            values: EsgValues::failed(),
             error_code,
             error_message,
         };
     }
-    let complete = row.overall.is_some()
-        && row.environmental.is_some()
-        && row.social.is_some()
-        && row.governance.is_some()
-        && row.primary_focus.is_some()
-        && row.primary_focus_score.is_some()
-        && row.analysis_date.is_some();
     let mut shown = Effective {
         status: row.status,
-        overall: row.overall,
-        environmental: row.environmental,
-        social: row.social,
-        governance: row.governance,
-        primary_focus: row.primary_focus,
-        primary_focus_score: row.primary_focus_score,
-        analysis_date: row.analysis_date,
+        values: row.values,
         error_code,
         error_message,
     };
-    if row.status == ScoreStatus::Successful && !complete {
+    if row.status == ScoreStatus::Successful && row.values.is_partial() {
         shown.status = ScoreStatus::Partial;
         if shown.error_code.is_none() {
             shown.error_code = Some(INCOMPLETE_SCORE_CODE);
@@ -292,30 +304,47 @@ fn score_cell(value: Option<Decimal>) -> String {
     value.map_or_else(|| NOT_AVAILABLE.to_owned(), format_score)
 }
 
-/// The ten cells of a row exactly as the ratings file holds them (before CSV quoting): the N/A
-/// rules applied (every ESG cell of a `Failed` row and every missing cell `N/A`; a `Successful`
-/// row with a missing ESG field shown as `Partial`), then every cell neutralised.
-pub fn format_row(row: &Row) -> [String; 10] {
-    let shown = effective(row);
+/// The seven ESG cells of a row, Overall ESG Score to Analysis Date: each value in the file's
+/// format, `N/A` where there is none. The one place the `N/A` cells are written.
+fn esg_cells(values: &EsgValues) -> [String; 7] {
     [
-        row.account_id.clone(),
-        row.account_name.clone(),
-        score_cell(shown.overall),
-        score_cell(shown.environmental),
-        score_cell(shown.social),
-        score_cell(shown.governance),
-        shown
+        score_cell(values.overall),
+        score_cell(values.environmental),
+        score_cell(values.social),
+        score_cell(values.governance),
+        values
             .primary_focus
             .map_or(NOT_AVAILABLE, Pillar::as_str)
             .to_owned(),
-        score_cell(shown.primary_focus_score),
-        shown.analysis_date.map_or_else(
+        score_cell(values.primary_focus_score),
+        values.analysis_date.map_or_else(
             || NOT_AVAILABLE.to_owned(),
             |d| d.format("%Y-%m-%d").to_string(),
         ),
+    ]
+}
+
+/// The ten cells of a row exactly as the ratings file holds them (before CSV quoting): the N/A
+/// rules applied (every ESG cell of a `Failed` row and every missing cell `N/A`; a `Successful`
+/// row with a missing ESG value shown as `Partial`), then every cell cleaned of control
+/// characters and neutralised.
+pub fn format_row(row: &Row) -> [String; 10] {
+    let shown = effective(row);
+    let [overall, environmental, social, governance, focus, focus_score, analysis_date] =
+        esg_cells(&shown.values);
+    [
+        row.account_id.clone(),
+        row.account_name.clone(),
+        overall,
+        environmental,
+        social,
+        governance,
+        focus,
+        focus_score,
+        analysis_date,
         shown.status.as_str().to_owned(),
     ]
-    .map(neutralise)
+    .map(file_cell)
 }
 
 /// The six cells of a row's errors-file line (before CSV quoting), or `None` for a row shown as
@@ -336,7 +365,7 @@ pub fn format_error_row(row: &Row) -> Option<[String; 6]> {
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
                 .unwrap_or_default(),
         ]
-        .map(neutralise),
+        .map(file_cell),
     )
 }
 
@@ -512,6 +541,21 @@ impl CsvSink {
         self.out
             .write_all(bytes)
             .map_err(io_error("writing", &self.pending.temp))
+    }
+
+    /// Copies a record of an existing file byte for byte, except a record holding a control
+    /// character (a file written before they were cleaned), which is written again with its
+    /// cells cleaned ([`clean_controls`]; they were neutralised when first written).
+    fn copy_record(&mut self, raw: &[u8], cells: &[String]) -> Result<(), OutputError> {
+        if cells
+            .iter()
+            .any(|c| c.chars().any(|c| c.is_control() && c != '\n'))
+        {
+            let cleaned: Vec<String> = cells.iter().cloned().map(clean_controls).collect();
+            self.write_cells(&cleaned)
+        } else {
+            self.write_raw(raw)
+        }
     }
 
     /// Flushes and fsyncs; the returned file is ready to persist.
@@ -697,7 +741,8 @@ pub struct Replaced {
 
 /// Manual override: rewrites an existing day's files, replacing the rows of the accounts in
 /// `replacements` (keyed by id) and copying every other row byte for byte as it was (copied
-/// rows are never re-parsed into a [`Row`] nor re-neutralised). The errors file likewise: old
+/// rows are never re-parsed into a [`Row`] nor re-neutralised; only a row holding a control
+/// character, from a file written before they were cleaned, has its cells cleaned). The errors file likewise: old
 /// lines of replaced ids are dropped, new lines added (in id order) for replaced rows that are
 /// not `Successful`, every other line copied byte for byte. Ids in `replacements` that the file
 /// does not hold are returned in `missing` and not added. Atomic like [`OutputWriter`]; both
@@ -743,7 +788,7 @@ pub fn replace_rows(
             stats.add(row);
             replaced.push(id.clone());
         } else {
-            ratings_out.write_raw(&raw)?;
+            ratings_out.copy_record(&raw, &cells)?;
             stats
                 .add_cells(&cells)
                 .map_err(|reason| records.malformed(reason))?;
@@ -776,7 +821,7 @@ pub fn replace_rows(
         if replaced_set.contains(id) {
             continue;
         }
-        errors_out.write_raw(&raw)?;
+        errors_out.copy_record(&raw, &cells)?;
         stats.add_error_code(unneutralise(&cells[2]));
     }
     for (_, line) in new_lines {

@@ -12,11 +12,8 @@ fn date() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 11, 23).expect("date")
 }
 
-fn ok_row(id: &str, name: &str) -> Row {
-    Row {
-        account_id: id.into(),
-        account_name: name.into(),
-        status: ScoreStatus::Successful,
+fn ok_values() -> EsgValues {
+    EsgValues {
         overall: Some(dec("72.345")),
         environmental: Some(dec("80")),
         social: Some(dec("65.5")),
@@ -24,6 +21,15 @@ fn ok_row(id: &str, name: &str) -> Row {
         primary_focus: Some(Pillar::Environmental),
         primary_focus_score: Some(dec("80")),
         analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+    }
+}
+
+fn ok_row(id: &str, name: &str) -> Row {
+    Row {
+        account_id: id.into(),
+        account_name: name.into(),
+        status: ScoreStatus::Successful,
+        values: ok_values(),
         attempts: 1,
         error_code: None,
         error_message: None,
@@ -48,9 +54,12 @@ fn failed_row(id: &str, code: &str) -> Row {
 fn partial_row(id: &str) -> Row {
     Row {
         status: ScoreStatus::Partial,
-        social: None,
-        primary_focus: None,
-        primary_focus_score: None,
+        values: EsgValues {
+            social: None,
+            primary_focus: None,
+            primary_focus_score: None,
+            ..ok_values()
+        },
         error_code: Some("partial_response".into()),
         ..ok_row(id, "Partial Fund")
     }
@@ -172,7 +181,7 @@ fn successful_row_cells() {
 #[test]
 fn failed_row_is_na_in_every_esg_field_even_when_scores_are_set() {
     let row = failed_row("A1", "http_404");
-    assert!(row.overall.is_some() && row.analysis_date.is_some());
+    assert!(row.values.overall.is_some() && row.values.analysis_date.is_some());
     let cells = format_row(&row);
     assert_eq!(cells[0], "A1");
     assert_eq!(cells[1], "Failed Fund");
@@ -206,7 +215,10 @@ fn partial_row_is_na_only_in_missing_cells() {
 #[test]
 fn successful_row_with_a_missing_field_is_shown_as_partial() {
     let row = Row {
-        governance: None,
+        values: EsgValues {
+            governance: None,
+            ..ok_values()
+        },
         ..ok_row("A1", "n")
     };
     let cells = format_row(&row);
@@ -219,11 +231,21 @@ fn successful_row_with_a_missing_field_is_shown_as_partial() {
 
 #[test]
 fn formula_prefixes_are_neutralised() {
-    for prefix in ["=", "+", "-", "@", "\t", "\r"] {
+    for prefix in ["=", "+", "-", "@"] {
         let name = format!("{prefix}SUM(A1:A9)");
         let cells = format_row(&ok_row("A1", &name));
         assert_eq!(cells[1], format!("'{name}"), "prefix {prefix:?}");
     }
+    // neutralise itself knows tab and CR; in a file they are cleaned first: a leading CR is a
+    // line break (LF, still neutralised), a leading tab a space (no longer a trigger).
+    for prefix in ["\t", "\r", "\n"] {
+        assert_eq!(neutralise(format!("{prefix}=1")), format!("'{prefix}=1"));
+    }
+    assert_eq!(format_row(&ok_row("A1", "\r=SUM(A1)"))[1], "'\n=SUM(A1)");
+    assert_eq!(format_row(&ok_row("A1", "\r\n=SUM(A1)"))[1], "'\n=SUM(A1)");
+    assert_eq!(format_row(&ok_row("A1", "\n=SUM(A1)"))[1], "'\n=SUM(A1)");
+    assert_eq!(format_row(&ok_row("A1", "\t=SUM(A1)"))[1], " =SUM(A1)");
+    assert_eq!(unneutralise("'\nx"), "\nx");
     for harmless in ["Acme = Good", "O'Brien Fund", "", " =1", "100% Green"] {
         let cells = format_row(&ok_row("A1", harmless));
         assert_eq!(cells[1], harmless);
@@ -257,11 +279,117 @@ fn awkward_names_survive_a_round_trip_through_the_csv_reader() {
     assert_eq!(records.len(), names.len() + 1);
     assert_eq!(records[0], HEADER.map(String::from).to_vec());
     for (i, name) in names.iter().enumerate() {
-        assert_eq!(records[i + 1][1], neutralise(name.to_string()));
+        assert_eq!(
+            records[i + 1][1],
+            neutralise(clean_controls(name.to_string()))
+        );
         assert_eq!(records[i + 1].len(), 10);
     }
     let bytes = fs::read(&written.csv).expect("read");
     assert!(!bytes.starts_with(&[0xEF, 0xBB, 0xBF]), "no BOM");
+}
+
+#[test]
+fn clean_controls_keeps_text_and_line_breaks_and_replaces_the_rest() {
+    let table = [
+        ("Plain Fund", "Plain Fund"),
+        ("Ünïcødé – Fund ✓", "Ünïcødé – Fund ✓"),
+        ("Line one\nline two", "Line one\nline two"),
+        ("Windows\r\nbreak", "Windows\nbreak"),
+        ("Old Mac\rbreak", "Old Mac\nbreak"),
+        ("Two\r\r\nbreaks", "Two\n\nbreaks"),
+        ("Next\u{85}line", "Next\nline"),
+        ("Tab\tbed", "Tab bed"),
+        ("Nul\0Fund", "Nul\u{FFFD}Fund"),
+        ("Esc\x1b[31mRed", "Esc\u{FFFD}[31mRed"),
+        ("Del\x7fete", "Del\u{FFFD}ete"),
+        ("Csi\u{9b}2J", "Csi\u{FFFD}2J"),
+        (
+            "Bell\x07 Vt\x0b Ff\x0c Bs\x08",
+            "Bell\u{FFFD} Vt\u{FFFD} Ff\u{FFFD} Bs\u{FFFD}",
+        ),
+        // Not control characters: kept.
+        ("Nbsp\u{a0}Line\u{2028}sep", "Nbsp\u{a0}Line\u{2028}sep"),
+        ("", ""),
+    ];
+    for (input, expected) in table {
+        assert_eq!(clean_controls(input.to_owned()), expected, "{input:?}");
+    }
+}
+
+/// Every control character in a file's text: the record terminators (CR LF outside quotes) and
+/// LFs inside quoted cells are the only ones allowed.
+fn forbidden_controls(bytes: &[u8]) -> Vec<(usize, char)> {
+    let text = std::str::from_utf8(bytes).expect("utf-8");
+    let mut quoted = false;
+    let mut found = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\r' if !quoted && chars.peek().map(|(_, n)| *n) == Some('\n') => {
+                chars.next();
+            }
+            '\n' if quoted => {}
+            c if c.is_control() => found.push((at, c)),
+            _ => {}
+        }
+    }
+    found
+}
+
+#[test]
+fn control_characters_never_reach_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = [
+        ("A0", "Nul\0Fund", "Nul\u{FFFD}Fund"),
+        ("A1", "Esc\x1b[2JFund", "Esc\u{FFFD}[2JFund"),
+        ("A2", "Del\x7fFund", "Del\u{FFFD}Fund"),
+        ("A3", "Next\u{85}Line", "Next\nLine"),
+        ("A4", "Crlf\r\nFund", "Crlf\nFund"),
+        ("A5", "Lone\rCr", "Lone\nCr"),
+        ("A6", "Tab\tFund", "Tab Fund"),
+        ("A7", "\r=HYPERLINK(\"x\")", "'\n=HYPERLINK(\"x\")"),
+        ("A8", "\0=1+1", "\u{FFFD}=1+1"),
+    ];
+    let mut rows: Vec<Row> = names.iter().map(|(id, name, _)| ok_row(id, name)).collect();
+    rows.push(Row {
+        error_message: Some("vendor said \0\x1b[0m\r\nno\tway".into()),
+        ..failed_row("B0", "HTTP_422")
+    });
+    let written = write_day(dir.path(), &rows);
+    for path in [&written.csv, &written.errors] {
+        let bytes = fs::read(path).expect("read");
+        assert_eq!(forbidden_controls(&bytes), [], "{}", path.display());
+    }
+    let records = read_records(&written.csv);
+    for (i, (_, _, shown)) in names.iter().enumerate() {
+        assert_eq!(records[i + 1][1], *shown, "row {i}");
+    }
+    let errors = read_records(&written.errors);
+    assert_eq!(errors[1][3], "vendor said \u{FFFD}\u{FFFD}[0m\nno way");
+}
+
+#[test]
+fn replace_rows_cleans_a_copied_row_that_holds_control_characters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = write_day(dir.path(), &[ok_row("A", "Alpha"), ok_row("B", "Bravo")]);
+    // A file written before control characters were cleaned: a NUL and an escape in A's name.
+    let bytes = fs::read(&first.csv).expect("read");
+    let legacy = String::from_utf8(bytes)
+        .expect("utf-8")
+        .replace("Alpha", "Al\0pha\x1b");
+    fs::write(&first.csv, legacy.as_bytes()).expect("write");
+    assert_eq!(forbidden_controls(legacy.as_bytes()).len(), 2);
+
+    let replacements = BTreeMap::from([("B".to_string(), ok_row("B", "Bravo 2"))]);
+    let result = replace_rows(dir.path(), date(), &replacements).expect("replace");
+    let bytes = fs::read(&result.written.csv).expect("read");
+    assert_eq!(forbidden_controls(&bytes), []);
+    let records = read_records(&result.written.csv);
+    assert_eq!(records[1][1], "Al\u{FFFD}pha\u{FFFD}");
+    assert_eq!(records[1][2], "72.35", "the other cells as they were");
+    assert_eq!(records[2][1], "Bravo 2");
 }
 
 #[test]

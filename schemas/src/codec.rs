@@ -458,30 +458,35 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
                     "status",
                     Value::Enum(e.status.index(), e.status.as_str().into()),
                 ),
-                ("overall", opt_decimal(R, "overall", e.overall)?),
+                ("overall", opt_decimal(R, "overall", e.values.overall)?),
                 (
                     "environmental",
-                    opt_decimal(R, "environmental", e.environmental)?,
+                    opt_decimal(R, "environmental", e.values.environmental)?,
                 ),
-                ("social", opt_decimal(R, "social", e.social)?),
-                ("governance", opt_decimal(R, "governance", e.governance)?),
+                ("social", opt_decimal(R, "social", e.values.social)?),
+                (
+                    "governance",
+                    opt_decimal(R, "governance", e.values.governance)?,
+                ),
                 (
                     "primary_focus",
                     opt(e
+                        .values
                         .primary_focus
                         .map(|p| Value::Enum(p.index(), p.as_str().into()))),
                 ),
                 (
                     "primary_focus_score",
-                    opt_decimal(R, "primary_focus_score", e.primary_focus_score)?,
+                    opt_decimal(R, "primary_focus_score", e.values.primary_focus_score)?,
                 ),
-                ("analysis_date", opt(e.analysis_date.map(date))),
+                ("analysis_date", opt(e.values.analysis_date.map(date))),
                 ("attempts", Value::Int(e.attempts)),
                 ("error_code", opt(e.error_code.as_deref().map(s))),
                 ("error_message", opt(e.error_message.as_deref().map(s))),
                 ("scored_at", ts(e.scored_at)),
                 ("source_partition", Value::Int(e.source_partition)),
                 ("source_offset", Value::Long(e.source_offset)),
+                ("requests", Value::Int(e.requests)),
             ]
         }
     };
@@ -693,19 +698,22 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
             account_id: f.string("account_id")?,
             account_version: f.long("account_version")?,
             status: f.symbol("status")?,
-            overall: f.opt_decimal("overall")?,
-            environmental: f.opt_decimal("environmental")?,
-            social: f.opt_decimal("social")?,
-            governance: f.opt_decimal("governance")?,
-            primary_focus: f.opt_symbol("primary_focus")?,
-            primary_focus_score: f.opt_decimal("primary_focus_score")?,
-            analysis_date: f.opt_date("analysis_date")?,
+            values: EsgValues {
+                overall: f.opt_decimal("overall")?,
+                environmental: f.opt_decimal("environmental")?,
+                social: f.opt_decimal("social")?,
+                governance: f.opt_decimal("governance")?,
+                primary_focus: f.opt_symbol("primary_focus")?,
+                primary_focus_score: f.opt_decimal("primary_focus_score")?,
+                analysis_date: f.opt_date("analysis_date")?,
+            },
             attempts: f.int("attempts")?,
             error_code: f.opt_string("error_code")?,
             error_message: f.opt_string("error_message")?,
             scored_at: f.ts("scored_at")?,
             source_partition: f.int("source_partition")?,
             source_offset: f.long("source_offset")?,
+            requests: f.int("requests")?,
         }),
         other => return Err(CodecError::UnknownSchema(other.to_owned())),
     })
@@ -726,20 +734,92 @@ mod tests {
             account_id: "ACC-1".into(),
             account_version: 7,
             status: ScoreStatus::Partial,
-            overall: Some(Decimal::from_str("72.3456").unwrap_or_default()),
-            environmental: Some(Decimal::from_str("0").unwrap_or_default()),
-            social: None,
-            governance: Some(Decimal::from_str("100").unwrap_or_default()),
-            primary_focus: Some(Pillar::Governance),
-            primary_focus_score: Some(Decimal::from_str("99.995").unwrap_or_default()),
-            analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            values: EsgValues {
+                overall: Some(Decimal::from_str("72.3456").unwrap_or_default()),
+                environmental: Some(Decimal::from_str("0").unwrap_or_default()),
+                social: None,
+                governance: Some(Decimal::from_str("100").unwrap_or_default()),
+                primary_focus: Some(Pillar::Governance),
+                primary_focus_score: Some(Decimal::from_str("99.995").unwrap_or_default()),
+                analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+            },
             attempts: 2,
             error_code: None,
             error_message: None,
             scored_at: t(1_763_900_000_123),
             source_partition: 3,
             source_offset: 42,
+            requests: 4,
         }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Guards the bytes on the bus: grouping a score's ESG fields into `EsgValues` changed the
+    /// Rust type, not the record (these are the bytes the flat struct encoded to).
+    #[test]
+    fn esg_score_bytes_are_unchanged_by_the_values_type() {
+        let codec = Codec::new().expect("schemas parse");
+        let partial = EsgScore {
+            error_code: Some("PARTIAL".into()),
+            error_message: Some("m".into()),
+            ..score()
+        };
+        assert_eq!(
+            hex(&codec.encode(&Event::EsgScore(partial)).expect("encode")),
+            "c301d3e3b1c904a8a25614323032362d31312d32330a4143432d310e020208000b0a00020800000000\
+             000208000f424002040208000f420e02d2c40204020e5041525449414c02026df69d908ad666065408"
+        );
+        let failed = EsgScore::failed(
+            "2026-11-23",
+            "B",
+            1,
+            3,
+            "HTTP_503",
+            "service unavailable".into(),
+            t(3),
+        );
+        assert_eq!(
+            hex(&codec.encode(&Event::EsgScore(failed)).expect("encode")),
+            "c301d3e3b1c904a8a25614323032362d31312d32330242020400000000000000060210485454505f\
+             35303302267365727669636520756e617661696c61626c6506010100"
+        );
+    }
+
+    #[test]
+    fn failed_values_are_empty_and_partial() {
+        let none = EsgValues::failed();
+        assert_eq!(none, EsgValues::default());
+        assert!(none.is_partial());
+        let full = score().values;
+        let full = EsgValues {
+            social: Some(Decimal::ONE),
+            ..full
+        };
+        assert!(!full.is_partial());
+        assert_eq!(full.scored_status(), ScoreStatus::Successful);
+        // Each value missing on its own makes the score Partial: the primary focus is its
+        // pillar and its score.
+        let missing: [fn(&mut EsgValues); 7] = [
+            |v| v.overall = None,
+            |v| v.environmental = None,
+            |v| v.social = None,
+            |v| v.governance = None,
+            |v| v.primary_focus = None,
+            |v| v.primary_focus_score = None,
+            |v| v.analysis_date = None,
+        ];
+        for (i, clear) in missing.iter().enumerate() {
+            let mut v = full;
+            clear(&mut v);
+            assert!(v.is_partial(), "value {i}");
+            assert_eq!(v.scored_status(), ScoreStatus::Partial, "value {i}");
+        }
+        let failed = EsgScore::failed("r", "A", 1, 3, "HTTP_503", String::new(), t(0));
+        assert_eq!(failed.values, EsgValues::failed());
+        assert_eq!(failed.status, ScoreStatus::Failed);
     }
 
     #[test]
@@ -822,15 +902,15 @@ mod tests {
             "-99999.9999",
         ] {
             let mut s = score();
-            s.overall = Some(Decimal::from_str(text).expect("decimal"));
+            s.values.overall = Some(Decimal::from_str(text).expect("decimal"));
             let back = codec
                 .decode(&codec.encode(&Event::EsgScore(s.clone())).expect("encode"))
                 .expect("decode");
             let Event::EsgScore(back) = back else {
                 panic!("wrong record")
             };
-            assert_eq!(back.overall, s.overall, "{text}");
-            assert_eq!(back.overall.map(|d| d.scale()), Some(4));
+            assert_eq!(back.values.overall, s.values.overall, "{text}");
+            assert_eq!(back.values.overall.map(|d| d.scale()), Some(4));
         }
     }
 
@@ -838,7 +918,7 @@ mod tests {
     fn more_than_nine_digits_is_refused() {
         let codec = Codec::new().expect("schemas parse");
         let mut s = score();
-        s.overall = Some(Decimal::from_str("100000").expect("decimal"));
+        s.values.overall = Some(Decimal::from_str("100000").expect("decimal"));
         let err = codec.encode(&Event::EsgScore(s)).expect_err("must refuse");
         assert!(err.to_string().contains("9 digits"), "{err}");
     }
@@ -847,7 +927,7 @@ mod tests {
     fn more_than_four_decimals_is_refused() {
         let codec = Codec::new().expect("schemas parse");
         let mut s = score();
-        s.overall = Some(Decimal::from_str("1.23456").expect("decimal"));
+        s.values.overall = Some(Decimal::from_str("1.23456").expect("decimal"));
         let err = codec.encode(&Event::EsgScore(s)).expect_err("must refuse");
         assert!(err.to_string().contains("EsgScore.overall"), "{err}");
     }
@@ -906,8 +986,44 @@ mod tests {
         };
         assert_eq!(read.source_partition, -1);
         assert_eq!(read.source_offset, -1);
-        assert_eq!(read.overall, written.overall);
+        assert_eq!(read.values.overall, written.values.overall);
         assert_eq!(read.account_id, written.account_id);
+    }
+
+    #[test]
+    fn a_score_written_with_released_v1_reads_with_zero_requests() {
+        // v1 has no `requests` field: records written by older scorers count no request.
+        let v1 = RELEASED
+            .iter()
+            .find(|(version, s)| *version == "v1" && s.name == "EsgScore")
+            .map(|(_, s)| Schema::parse_str(s.text).expect("v1 parses"))
+            .expect("v1 EsgScore released");
+        let written = score();
+        let Value::Record(mut values) = to_value(&Event::EsgScore(written.clone())).expect("value")
+        else {
+            panic!("record")
+        };
+        values.retain(|(k, _)| k != "requests");
+        let datum = GenericDatumWriter::builder(&v1)
+            .build()
+            .and_then(|w| w.write_value_to_vec(Value::Record(values)))
+            .expect("v1 datum");
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&fingerprint(&v1));
+        bytes.extend_from_slice(&datum);
+        let codec = Codec::new().expect("codec");
+        let Event::EsgScore(read) = codec.decode(&bytes).expect("decodes") else {
+            panic!("wrong record")
+        };
+        assert_eq!(read.requests, 0);
+        assert_eq!(read.attempts, written.attempts);
+        assert_eq!(
+            EsgScore {
+                requests: written.requests,
+                ..read
+            },
+            written
+        );
     }
 
     #[test]

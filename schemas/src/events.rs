@@ -156,6 +156,70 @@ pub struct AccountEntry {
     pub run_id: String,
 }
 
+/// The ESG values of one account's score: what the file's seven ESG cells (Overall,
+/// Environmental, Social and Governance Score, Primary ESG Focus, Primary Focus Score,
+/// Analysis Date) show, `None` where a cell shows `N/A`. The one place that says which values
+/// a `Failed` score has ([`EsgValues::failed`]) and when a score is `Partial`
+/// ([`EsgValues::is_partial`]); the scorer builds its scores and the assembler its rows with it.
+///
+/// The primary focus is the pair of the pillar and its score: the API sends both or neither
+/// (`primaryFocus` is an object with a pillar and a score, or null), and either one missing
+/// means the primary focus is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EsgValues {
+    pub overall: Option<Decimal>,
+    pub environmental: Option<Decimal>,
+    pub social: Option<Decimal>,
+    pub governance: Option<Decimal>,
+    /// The pillar of the primary focus.
+    pub primary_focus: Option<Pillar>,
+    /// The score of the primary focus.
+    pub primary_focus_score: Option<Decimal>,
+    /// The date the vendor's analysis is as of.
+    pub analysis_date: Option<NaiveDate>,
+}
+
+impl EsgValues {
+    /// The values of a `Failed` score: none (every ESG cell of its row is `N/A`).
+    pub const fn failed() -> Self {
+        EsgValues {
+            overall: None,
+            environmental: None,
+            social: None,
+            governance: None,
+            primary_focus: None,
+            primary_focus_score: None,
+            analysis_date: None,
+        }
+    }
+
+    /// True when a value is missing: the overall score, a pillar score (E, S or G), the primary
+    /// focus (its pillar or its score) or the analysis date. A scored account with such values
+    /// is `Partial` (DESIGN section 4: a 200 whose overall, a pillar or the primary focus is
+    /// null). A 200 always carries its analysis date (the contract requires it; an answer
+    /// without one is `OUT_OF_CONTRACT`), so for the scorer the date never decides; it is in
+    /// the rule so that a row never claims `Successful` with an `N/A` cell.
+    pub fn is_partial(&self) -> bool {
+        self.overall.is_none()
+            || self.environmental.is_none()
+            || self.social.is_none()
+            || self.governance.is_none()
+            || self.primary_focus.is_none()
+            || self.primary_focus_score.is_none()
+            || self.analysis_date.is_none()
+    }
+
+    /// The status of an account scored with these values: `Partial` when
+    /// [`is_partial`](Self::is_partial), else `Successful`.
+    pub fn scored_status(&self) -> ScoreStatus {
+        if self.is_partial() {
+            ScoreStatus::Partial
+        } else {
+            ScoreStatus::Successful
+        }
+    }
+}
+
 /// The outcome of scoring one account (esg.scores, compacted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EsgScore {
@@ -163,23 +227,22 @@ pub struct EsgScore {
     pub account_id: String,
     pub account_version: i64,
     pub status: ScoreStatus,
-    pub overall: Option<Decimal>,
-    pub environmental: Option<Decimal>,
-    pub social: Option<Decimal>,
-    pub governance: Option<Decimal>,
-    pub primary_focus: Option<Pillar>,
-    pub primary_focus_score: Option<Decimal>,
-    pub analysis_date: Option<NaiveDate>,
+    /// The ESG values; [`EsgValues::failed`] for a `Failed` score. The Avro record carries
+    /// them as its own fields (`overall` … `analysis_date`).
+    pub values: EsgValues,
     pub attempts: i32,
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub scored_at: DateTime<Utc>,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// HTTP requests sent to the ESG API for this score (401 re-sends and 429 answers
+    /// included; `attempts` counts scoring attempts). 0 in records written before the field.
+    pub requests: i32,
 }
 
 impl EsgScore {
-    /// A `Failed` score with every ESG field empty.
+    /// A `Failed` score: no ESG value ([`EsgValues::failed`]), the error's code and message.
     pub fn failed(
         run_id: &str,
         account_id: &str,
@@ -194,25 +257,14 @@ impl EsgScore {
             account_id: account_id.to_owned(),
             account_version,
             status: ScoreStatus::Failed,
-            overall: None,
-            environmental: None,
-            social: None,
-            governance: None,
-            primary_focus: None,
-            primary_focus_score: None,
-            analysis_date: None,
+            values: EsgValues::failed(),
             attempts,
             error_code: Some(error_code.to_owned()),
             error_message: Some(error_message),
             scored_at,
             source_partition: -1,
             source_offset: -1,
+            requests: 0,
         }
     }
-}
-
-/// The business date a run id names: `2026-11-23` or `2026-11-23.2`.
-pub fn business_date_of_run(run_id: &str) -> Option<NaiveDate> {
-    let date = run_id.split('.').next()?;
-    NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
 }

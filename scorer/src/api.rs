@@ -27,7 +27,7 @@ use crate::limiter::RateLimiter;
 use chrono::NaiveDate;
 use esg_auth::http::{is_valid_account_id, parse_retry_after};
 use esg_auth::{AuthError, TokenSource};
-use esg_schemas::Pillar;
+use esg_schemas::{EsgValues, Pillar};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -51,6 +51,21 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Characters of vendor-supplied text (error messages, offending values) kept in a failure
 /// message.
 const MAX_QUOTED_CHARS: usize = 200;
+
+/// Default `scope`: `esg.read`.
+pub fn default_scope() -> String {
+    "esg.read".into()
+}
+
+/// Default `rate_limit_per_second`: 50, the vendor's default tenant quota.
+pub fn default_rate_limit_per_second() -> u32 {
+    50
+}
+
+/// Default `max_in_flight`: 64 calls.
+pub fn default_max_in_flight() -> usize {
+    64
+}
 
 /// Default per-attempt timeout: 10 s.
 pub fn default_timeout() -> Duration {
@@ -77,12 +92,41 @@ pub fn default_max_retry_after() -> Duration {
     Duration::from_secs(60)
 }
 
-/// Configuration of the ESG API client (the `[scorer.api]` table, or wherever the binary puts it).
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+/// Default `breaker_consecutive`: 20 accounts in a row whose calls ended in an authentication
+/// failure ([`ApiFailure::breaker_cause`]) stop the scorer. Large enough that a token expiring
+/// under load does not trip it, small enough that a locked-out job spends at most a few hundred
+/// requests (see the scorer's README).
+pub fn default_breaker_consecutive() -> u32 {
+    20
+}
+
+/// Configuration of the ESG API client: the `[esg_api]` section of the job's configuration
+/// file, every key of it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiClientConfig {
     /// Base URL of the API, e.g. `https://esg-api.vendor.example`; a path prefix is kept.
     pub url: String,
+    /// OAuth 2.0 client id of the job at the firm's authentication system (required by the job;
+    /// empty here means unset).
+    #[serde(default)]
+    pub client_id: String,
+    /// Its client secret (required by the job).
+    #[serde(default)]
+    pub client_secret: esg_auth::Secret,
+    /// Scope asked for with the token. Default [`default_scope`].
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// This process's share of the tenant's quota, in requests per second. With several scorer
+    /// processes (Kafka), their shares add up to the quota. Default [`default_rate_limit_per_second`].
+    #[serde(default = "default_rate_limit_per_second")]
+    pub rate_limit_per_second: u32,
+    /// Requests allowed at once above the rate (GCRA burst); none: one second's worth.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Most API calls in flight at once in this process. Default [`default_max_in_flight`].
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Timeout of one attempt, from sending the request to the end of the body.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -98,6 +142,12 @@ pub struct ApiClientConfig {
     /// Longest `Retry-After` honoured; a longer one is capped to this.
     #[serde(default = "default_max_retry_after", with = "humantime_serde")]
     pub max_retry_after: Duration,
+    /// Circuit breaker: this many accounts in a row whose calls ended because the vendor
+    /// rejected fresh tokens or the token endpoint was down or refused the credentials stop
+    /// scoring with a critical error; the accounts not scored stay pending for the resume. At
+    /// least 1. Default [`default_breaker_consecutive`].
+    #[serde(default = "default_breaker_consecutive")]
+    pub breaker_consecutive: u32,
 }
 
 impl ApiClientConfig {
@@ -105,11 +155,18 @@ impl ApiClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         ApiClientConfig {
             url: url.into(),
+            client_id: String::new(),
+            client_secret: esg_auth::Secret::default(),
+            scope: default_scope(),
+            rate_limit_per_second: default_rate_limit_per_second(),
+            burst: None,
+            max_in_flight: default_max_in_flight(),
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
             backoff_base: default_backoff_base(),
             backoff_cap: default_backoff_cap(),
             max_retry_after: default_max_retry_after(),
+            breaker_consecutive: default_breaker_consecutive(),
         }
     }
 
@@ -137,6 +194,12 @@ impl ApiClientConfig {
                     "{:?} is longer than backoff_cap {:?}",
                     self.backoff_base, self.backoff_cap
                 ),
+            });
+        }
+        if self.breaker_consecutive == 0 {
+            return Err(ApiConfigError::Invalid {
+                key: "breaker_consecutive",
+                reason: "must be at least 1".into(),
             });
         }
         let an_hour = Duration::from_secs(3600);
@@ -172,6 +235,9 @@ pub enum ApiConfigError {
 pub struct ApiOutcome {
     /// Attempts made (401 refreshes excluded; 0 when nothing was sent).
     pub attempts: u32,
+    /// HTTP requests sent to the API for this call: every request, 401 re-sends and 429
+    /// answers included (an attempt that got no token sent none).
+    pub requests: u32,
     /// The analysis, or why there is none.
     pub result: Result<Analysis, ApiFailure>,
 }
@@ -194,14 +260,18 @@ pub struct Analysis {
 }
 
 impl Analysis {
-    /// True when any of the five values (overall, E, S, G, primary focus) is missing: the
-    /// account's status is then `Partial`.
-    pub fn is_partial(&self) -> bool {
-        self.overall.is_none()
-            || self.environmental.is_none()
-            || self.social.is_none()
-            || self.governance.is_none()
-            || self.primary_focus.is_none()
+    /// The analysis as the ESG values of a score; whether it is `Partial` is
+    /// [`EsgValues::is_partial`]'s to say.
+    pub fn values(&self) -> EsgValues {
+        EsgValues {
+            overall: self.overall,
+            environmental: self.environmental,
+            social: self.social,
+            governance: self.governance,
+            primary_focus: self.primary_focus.map(|(pillar, _)| pillar),
+            primary_focus_score: self.primary_focus.map(|(_, score)| score),
+            analysis_date: Some(self.analysis_date),
+        }
     }
 }
 
@@ -238,6 +308,63 @@ impl ApiFailure {
             permanent: false,
             ..ApiFailure::permanent(code, message, status)
         }
+    }
+
+    /// The cause this failure gives the circuit breaker, when it says that no call can succeed
+    /// as things stand (every account would fail the same way): `AUTH_REJECTED` (the API
+    /// answered 401 to fresh tokens), `AUTH_REFUSED` (the token endpoint refuses the
+    /// credentials), `AUTH_UNAVAILABLE` and `AUTH_BAD_RESPONSE` (the token endpoint is down or
+    /// answers nonsense). `None` for a failure of the account itself or of one request.
+    pub fn breaker_cause(&self) -> Option<BreakerCause> {
+        match self.code.as_str() {
+            "AUTH_REJECTED" => Some(BreakerCause::TokensRejected),
+            "AUTH_REFUSED" => Some(BreakerCause::CredentialsRefused),
+            "AUTH_UNAVAILABLE" | "AUTH_BAD_RESPONSE" => Some(BreakerCause::TokenEndpointDown),
+            _ => None,
+        }
+    }
+}
+
+/// Why the circuit breaker opened: what a person must fix before scoring can resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerCause {
+    /// The ESG API answers 401 even to fresh tokens.
+    TokensRejected,
+    /// The token endpoint refuses the job's client credentials.
+    CredentialsRefused,
+    /// The token endpoint cannot be reached, times out, fails or answers outside OAuth 2.0.
+    TokenEndpointDown,
+}
+
+impl BreakerCause {
+    /// The error code of the failures behind this cause (`AUTH_REJECTED`, `AUTH_REFUSED`,
+    /// `AUTH_UNAVAILABLE`).
+    pub fn code(self) -> &'static str {
+        match self {
+            BreakerCause::TokensRejected => "AUTH_REJECTED",
+            BreakerCause::CredentialsRefused => "AUTH_REFUSED",
+            BreakerCause::TokenEndpointDown => "AUTH_UNAVAILABLE",
+        }
+    }
+}
+
+impl fmt::Display for BreakerCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BreakerCause::TokensRejected => {
+                "the ESG API rejects fresh tokens (401): the vendor has locked the job out or \
+                 no longer accepts its client; check esg_api.client_id and esg_api.scope with \
+                 the vendor and the firm's authentication team"
+            }
+            BreakerCause::CredentialsRefused => {
+                "the token endpoint refuses the job's credentials: check esg_api.client_id and \
+                 esg_api.client_secret (expired or rotated secret?)"
+            }
+            BreakerCause::TokenEndpointDown => {
+                "the token endpoint is down or answers outside OAuth 2.0: check the firm's \
+                 authentication system and the token URL, and the network path to it"
+            }
+        })
     }
 }
 
@@ -389,12 +516,17 @@ impl EsgApiClient {
         }
     }
 
-    /// Counters since creation.
     /// The tenant rate limiter this client takes its cells from.
     pub fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
     }
 
+    /// The configuration the client was built with.
+    pub fn config(&self) -> &ApiClientConfig {
+        &self.inner.config
+    }
+
+    /// Counters since creation.
     pub fn stats(&self) -> ApiStats {
         self.inner.counters.snapshot()
     }
@@ -406,6 +538,7 @@ impl EsgApiClient {
         if !is_valid_account_id(account_id) {
             return ApiOutcome {
                 attempts: 0,
+                requests: 0,
                 result: Err(ApiFailure::permanent(
                     "INVALID_ACCOUNT_ID",
                     format!(
@@ -425,6 +558,7 @@ impl EsgApiClient {
             Err(reason) => {
                 return ApiOutcome {
                     attempts: 0,
+                    requests: 0,
                     result: Err(ApiFailure::permanent("INVALID_CONFIG", reason, None)),
                 }
             }
@@ -433,16 +567,18 @@ impl EsgApiClient {
         let max_attempts = inner.config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT);
         let mut attempts: u32 = 0;
         let mut refreshes: u32 = 0;
+        let mut requests: u32 = 0;
         loop {
             let attempt = attempts + 1;
             inner.limiter.acquire().await;
             let step = match inner.token().await {
                 Ok(token) => {
                     let began = Instant::now();
+                    requests += 1;
                     let step = inner.attempt(&url, account_id, attempt, &token).await;
-                    metrics::histogram!("esg_api_request_duration_seconds")
+                    metrics::histogram!(esg_metrics::API_REQUEST_DURATION_SECONDS)
                         .record(began.elapsed().as_secs_f64());
-                    metrics::counter!("esg_api_requests_total", "outcome" => step.outcome())
+                    metrics::counter!(esg_metrics::API_REQUESTS_TOTAL, "outcome" => step.outcome())
                         .increment(1);
                     if let Step::Unauthorized = step {
                         // The token is bad whether or not this call tries again with a new one.
@@ -471,6 +607,7 @@ impl EsgApiClient {
                     bump(&inner.counters.ok);
                     return ApiOutcome {
                         attempts,
+                        requests,
                         result: Ok(analysis),
                     };
                 }
@@ -479,6 +616,7 @@ impl EsgApiClient {
                     // account that was called never shows 0 attempts.
                     return ApiOutcome {
                         attempts,
+                        requests,
                         result: Err(ApiFailure::permanent(
                             "AUTH_REJECTED",
                             format!(
@@ -492,6 +630,7 @@ impl EsgApiClient {
                 Step::Fail(failure) => {
                     return ApiOutcome {
                         attempts,
+                        requests,
                         result: Err(failure),
                     }
                 }
@@ -520,15 +659,18 @@ impl EsgApiClient {
             if attempts >= max_attempts {
                 return ApiOutcome {
                     attempts,
+                    requests,
                     result: Err(failure),
                 };
             }
             bump(&inner.counters.retries);
-            metrics::counter!("esg_api_retries_total").increment(1);
-            tracing::warn!(
+            metrics::counter!(esg_metrics::API_RETRIES_TOTAL).increment(1);
+            // Below WARN: a retry is the client doing its job; a call that still fails after
+            // its attempts is logged at WARN by the scorer, once per account.
+            tracing::debug!(
                 account_id,
                 attempt,
-                code = %failure.code,
+                error_code = %failure.code,
                 delay_ms = delay.as_millis() as u64,
                 "ESG API attempt failed, retrying"
             );

@@ -232,7 +232,7 @@ async fn success_keeps_exact_decimals_and_sends_as_of_and_token() {
     assert_eq!(a.social, Some(Decimal::ZERO));
     assert_eq!(a.governance.expect("g").to_string(), "55.1234");
     assert_eq!(a.primary_focus, Some((Pillar::Environmental, dec("100"))));
-    assert!(!a.is_partial());
+    assert!(!a.values().is_partial());
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].account, "ACC-1");
@@ -267,7 +267,7 @@ async fn null_pillar_and_null_or_absent_focus_are_partial() {
         .await
         .result
         .expect("analysis");
-    assert!(p1.is_partial());
+    assert!(p1.values().is_partial());
     assert_eq!(p1.environmental, None);
     assert_eq!(p1.governance, Some(dec("50.25")));
     assert_eq!(p1.primary_focus, None);
@@ -277,7 +277,7 @@ async fn null_pillar_and_null_or_absent_focus_are_partial() {
         .await
         .result
         .expect("analysis");
-    assert!(p2.is_partial());
+    assert!(p2.values().is_partial());
     assert_eq!((p2.overall, p2.primary_focus), (None, None));
 
     let p3 = client
@@ -285,7 +285,7 @@ async fn null_pillar_and_null_or_absent_focus_are_partial() {
         .await
         .result
         .expect("analysis");
-    assert!(!p3.is_partial());
+    assert!(!p3.values().is_partial());
     assert_eq!(p3.primary_focus, Some((Pillar::Social, dec("70.1"))));
 }
 
@@ -936,4 +936,149 @@ fn config_defaults_durations_and_unknown_keys() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn an_outcome_counts_every_http_request_it_sent() {
+    let (fake, client, _) = setup().await;
+    // Two 401s re-sent with fresh tokens: one attempt, three requests.
+    fake.script(
+        "R1",
+        [
+            Reply::status(401),
+            Reply::status(401),
+            Reply::ok(body("R1", FULL_SCORES, FOCUS)),
+        ],
+    );
+    let o = client.analyse("R1", as_of()).await;
+    assert_eq!((o.attempts, o.requests), (1, 3));
+    // A 429 (no Retry-After) then a 503 then a 200: each answer was a request.
+    fake.script(
+        "R2",
+        [
+            Reply::status(429),
+            Reply::status(503),
+            Reply::ok(body("R2", FULL_SCORES, FOCUS)),
+        ],
+    );
+    let o = client.analyse("R2", as_of()).await;
+    assert!(o.result.is_ok());
+    assert_eq!(o.requests, 3);
+    // A 404: one request, no retry.
+    fake.script("R3", [Reply::status(404)]);
+    let o = client.analyse("R3", as_of()).await;
+    assert_eq!((o.attempts, o.requests), (1, 1));
+    // An id the contract refuses: nothing sent.
+    let o = client.analyse("-bad", as_of()).await;
+    assert_eq!((o.attempts, o.requests), (0, 0));
+    // The sum over outcomes is what the client counted.
+    assert_eq!(client.stats().requests, 3 + 3 + 1);
+    // The token endpoint down (a new client: no token cached): attempts spent, no request
+    // reached the API.
+    let (fake, client, _) = setup().await;
+    fake.token_status.store(503, Ordering::SeqCst);
+    let o = client.analyse("R4", as_of()).await;
+    assert_eq!((o.attempts, o.requests), (3, 0));
+}
+
+#[test]
+fn breaker_consecutive_defaults_to_20_and_must_be_at_least_1() {
+    let c: ApiClientConfig =
+        serde_json::from_str(r#"{"url":"https://esg-api.vendor.example"}"#).expect("config");
+    assert_eq!(c.breaker_consecutive, default_breaker_consecutive());
+    assert_eq!(default_breaker_consecutive(), 20);
+    let c: ApiClientConfig =
+        serde_json::from_str(r#"{"url":"http://h","breaker_consecutive":1}"#).expect("config");
+    assert_eq!((c.breaker_consecutive, c.validate()), (1, Ok(())));
+    let c = ApiClientConfig {
+        breaker_consecutive: 0,
+        ..ApiClientConfig::new("http://h")
+    };
+    let err = c.validate().expect_err("0 is refused");
+    assert!(matches!(
+        err,
+        ApiConfigError::Invalid {
+            key: "breaker_consecutive",
+            ..
+        }
+    ));
+    assert!(err.to_string().contains("breaker_consecutive"), "{err}");
+}
+
+#[test]
+fn only_authentication_failures_count_for_the_breaker() {
+    let failure = |code: &str| ApiFailure::permanent(code, "m", None);
+    assert_eq!(
+        failure("AUTH_REJECTED").breaker_cause(),
+        Some(BreakerCause::TokensRejected)
+    );
+    assert_eq!(
+        failure("AUTH_REFUSED").breaker_cause(),
+        Some(BreakerCause::CredentialsRefused)
+    );
+    for code in ["AUTH_UNAVAILABLE", "AUTH_BAD_RESPONSE"] {
+        assert_eq!(
+            failure(code).breaker_cause(),
+            Some(BreakerCause::TokenEndpointDown),
+            "{code}"
+        );
+    }
+    for code in [
+        "HTTP_404",
+        "HTTP_422",
+        "HTTP_503",
+        "HTTP_429",
+        "TIMEOUT",
+        "CONNECT",
+        "OUT_OF_CONTRACT",
+        "INVALID_ACCOUNT_ID",
+    ] {
+        assert_eq!(failure(code).breaker_cause(), None, "{code}");
+    }
+    // Each cause says what to fix.
+    assert!(BreakerCause::TokensRejected.to_string().contains("vendor"));
+    assert!(BreakerCause::CredentialsRefused
+        .to_string()
+        .contains("esg_api.client_secret"));
+    assert!(BreakerCause::TokenEndpointDown
+        .to_string()
+        .contains("token endpoint"));
+}
+
+#[tokio::test]
+async fn an_analysis_gives_the_values_of_its_score() {
+    let (fake, client, _) = setup().await;
+    fake.script("V1", [Reply::ok(body("V1", FULL_SCORES, FOCUS))]);
+    fake.script("V2", [Reply::ok(body("V2", FULL_SCORES, "null"))]);
+    let full = client
+        .analyse("V1", as_of())
+        .await
+        .result
+        .expect("analysis")
+        .values();
+    assert_eq!(
+        full,
+        EsgValues {
+            overall: Some(dec("72.345")),
+            environmental: Some(dec("100")),
+            social: Some(Decimal::ZERO),
+            governance: Some(dec("55.1234")),
+            primary_focus: Some(Pillar::Environmental),
+            primary_focus_score: Some(dec("100")),
+            analysis_date: NaiveDate::from_ymd_opt(2026, 11, 20),
+        }
+    );
+    assert!(!full.is_partial());
+    let no_focus = client
+        .analyse("V2", as_of())
+        .await
+        .result
+        .expect("analysis")
+        .values();
+    assert_eq!(
+        (no_focus.primary_focus, no_focus.primary_focus_score),
+        (None, None)
+    );
+    assert!(no_focus.is_partial());
+    assert_eq!(no_focus.scored_status(), esg_schemas::ScoreStatus::Partial);
 }

@@ -94,7 +94,7 @@ impl RateLimiter {
         }
         if waited {
             self.waits.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("esg_rate_limiter_waits_total").increment(1);
+            metrics::counter!(esg_metrics::RATE_LIMITER_WAITS_TOTAL).increment(1);
             started.elapsed()
         } else {
             Duration::ZERO

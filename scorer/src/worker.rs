@@ -17,10 +17,12 @@
 //!   during a rebalance the worst case is one API call too many for an in-flight event, never a
 //!   lost score.
 
-use crate::api::{ApiOutcome, EsgApiClient};
+use crate::api::{ApiOutcome, BreakerCause, EsgApiClient};
+use crate::breaker::{Breaker, Opened};
 use chrono::{NaiveDate, Utc};
+use esg_bus::runs::RunBook;
 use esg_bus::{BusError, CommitOffset, Consumer, Delivery, EventBus, Message, RangeReader};
-use esg_schemas::{business_date_of_run, EsgScore, Event, ScoreStatus};
+use esg_schemas::{EsgScore, Event, ScoreStatus};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// `[scorer]` configuration.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScorerConfig {
     /// Consumer group of the scorers.
@@ -55,11 +57,21 @@ impl Default for ScorerConfig {
     }
 }
 
-/// Errors that end the scorer (the bus failing); API failures never do.
+/// Errors that end the scorer: the bus failing, or the circuit breaker. A failure of one
+/// account's call never does.
 #[derive(Debug, thiserror::Error)]
 pub enum ScorerError {
     #[error("bus: {0}")]
     Bus(#[from] BusError),
+    /// The circuit breaker opened ([`crate::breaker`]): scoring stopped; the accounts not scored
+    /// have no score and their events are not committed, so the same command run again once
+    /// the cause is fixed scores them.
+    #[error("scoring stopped by the circuit breaker: {consecutive} accounts in a row failed because {cause} (last error: {last_error}); accounts not scored stay pending: fix the cause, then run the same command again to resume")]
+    Breaker {
+        cause: BreakerCause,
+        consecutive: u32,
+        last_error: String,
+    },
     #[error("topics {events} ({events_partitions} partitions) and {scores} ({scores_partitions}) must have the same partition count")]
     NotCoPartitioned {
         events: String,
@@ -83,49 +95,6 @@ pub struct ScorerStats {
     pub closed_run: u64,
     /// Events that could not be decoded (logged with partition and offset).
     pub undecodable: u64,
-}
-
-#[derive(Debug, Clone)]
-struct RunInfo {
-    business_date: NaiveDate,
-    deadline_ms: Option<i64>,
-    completed: bool,
-}
-
-/// Runs known from `esg.triggers`.
-struct RunDirectory {
-    runs: HashMap<String, RunInfo>,
-    next_offset: i64,
-}
-
-impl RunDirectory {
-    async fn refresh(&mut self, bus: &EventBus) -> Result<(), BusError> {
-        let topic = &bus.topics.triggers;
-        let mut range =
-            RangeReader::new(&*bus.transport, topic, 0, self.next_offset, i64::MAX, 1000);
-        while let Some(batch) = range.next_batch().await? {
-            self.next_offset = range.position();
-            for m in batch {
-                match bus.decode(m.value.as_deref()) {
-                    Ok(Some(Event::DailyTrigger(t))) => {
-                        let entry = self.runs.entry(t.run_id).or_insert(RunInfo {
-                            business_date: t.business_date,
-                            deadline_ms: None,
-                            completed: false,
-                        });
-                        entry.deadline_ms = Some(t.deadline.timestamp_millis());
-                    }
-                    Ok(Some(Event::RunCompleted(c))) => {
-                        if let Some(r) = self.runs.get_mut(&c.run_id) {
-                            r.completed = true;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Offsets of one partition between receipt and durable score.
@@ -157,6 +126,22 @@ struct Done {
     partition: i32,
     offset: i64,
     score: Option<EsgScore>,
+    /// The call ended with a failure the circuit breaker counts: its cause and `CODE: message`.
+    breaker: Option<(BreakerCause, String)>,
+}
+
+/// Routes a finished call through the breaker: an authentication failure is held back,
+/// anything else ends the streak and goes (after the held ones) to the publish buffer.
+fn settle(done: Done, breaker: &mut Breaker<Done>, buffer: &mut Vec<Done>) -> Option<Opened> {
+    let mut done = done;
+    match done.breaker.take() {
+        Some((cause, error)) => breaker.hold(done, cause, error),
+        None => {
+            buffer.extend(breaker.pass());
+            buffer.push(done);
+            None
+        }
+    }
 }
 
 /// One scorer: a member of the scorer group.
@@ -214,16 +199,14 @@ impl Scorer {
         shutdown: &CancellationToken,
     ) -> Result<ScorerStats, ScorerError> {
         let mut stats = ScorerStats::default();
-        let mut runs = RunDirectory {
-            runs: HashMap::new(),
-            next_offset: 0,
-        };
-        runs.refresh(&self.bus).await?;
+        let mut runs = RunBook::read(&self.bus).await?;
         let mut parts: HashMap<i32, PartitionState> = HashMap::new();
         let mut skip: HashSet<(i32, i64)> = HashSet::new();
         let mut queue: VecDeque<Message> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
         let mut buffer: Vec<Done> = Vec::new();
+        let mut breaker: Breaker<Done> = Breaker::new(self.client.config().breaker_consecutive);
+        let mut opened: Option<Opened> = None;
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max = self.max_in_flight;
@@ -244,6 +227,9 @@ impl Scorer {
                         in_flight.push(
                             async move {
                                 let outcome = client.analyse(&account_id, as_of).await;
+                                let breaker = outcome.result.as_ref().err().and_then(|f| {
+                                    f.breaker_cause().map(|cause| (cause, f.to_string()))
+                                });
                                 let score = to_score(
                                     &run_id,
                                     &account_id,
@@ -256,6 +242,7 @@ impl Scorer {
                                     partition,
                                     offset,
                                     score: Some(score),
+                                    breaker,
                                 }
                             }
                             .instrument(span),
@@ -265,6 +252,7 @@ impl Scorer {
                         partition: m.partition,
                         offset: m.offset,
                         score: None,
+                        breaker: None,
                     }),
                 }
             }
@@ -277,14 +265,22 @@ impl Scorer {
             tokio::select! {
                 _ = shutdown.cancelled(), if !shutdown.is_cancelled() => {}
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                    buffer.push(done);
+                    opened = settle(done, &mut breaker, &mut buffer);
                     if buffer.len() >= self.config.flush_max {
                         self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
                     }
                 }
                 _ = tick.tick() => {
+                    if breaker.held() > 0
+                        && in_flight.is_empty()
+                        && queue.is_empty()
+                        && self.drained(&parts).await
+                    {
+                        // No call could extend the streak soon: what it holds are failures.
+                        buffer.extend(breaker.release());
+                    }
                     self.flush(consumer, &mut parts, &mut buffer, &mut stats).await?;
-                    metrics::gauge!("esg_api_in_flight").set(in_flight.len() as f64);
+                    metrics::gauge!(esg_metrics::API_IN_FLIGHT).set(in_flight.len() as f64);
                     if last_lag.elapsed() >= LAG_INTERVAL {
                         last_lag = tokio::time::Instant::now();
                         self.report_lag(&parts).await;
@@ -320,17 +316,38 @@ impl Scorer {
                     }
                 }
             }
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || opened.is_some() {
                 break;
             }
         }
 
-        // Stop: let in-flight calls finish within the grace period, publish, commit.
+        if let Some(opened) = opened {
+            return Err(self
+                .stop_by_breaker(
+                    consumer,
+                    opened,
+                    in_flight.len(),
+                    &mut parts,
+                    &mut buffer,
+                    &mut stats,
+                )
+                .await);
+        }
+
+        // Stop: let in-flight calls finish within the grace period, publish, commit. Outcomes
+        // the breaker still holds stay unpublished, like abandoned calls: scored after restart.
         let grace = tokio::time::sleep(self.config.shutdown_grace);
         tokio::pin!(grace);
         while !in_flight.is_empty() {
             tokio::select! {
-                Some(done) = in_flight.next() => buffer.push(done),
+                Some(done) = in_flight.next() => {
+                    if let Some(opened) = settle(done, &mut breaker, &mut buffer) {
+                        let running = in_flight.len();
+                        return Err(self
+                            .stop_by_breaker(consumer, opened, running, &mut parts, &mut buffer, &mut stats)
+                            .await);
+                    }
+                }
                 _ = &mut grace => {
                     tracing::warn!(abandoned = in_flight.len(), "stopping with calls in flight; their events will be scored again after restart");
                     break;
@@ -349,11 +366,43 @@ impl Scorer {
         Ok(stats)
     }
 
+    /// The breaker opened: calls in flight are abandoned (their futures are dropped by the
+    /// caller), what finished outside the streak is published and committed up to the first
+    /// event without a score, and the breaker's error is returned (or the bus's, if that fails).
+    async fn stop_by_breaker(
+        &self,
+        consumer: &mut dyn Consumer,
+        opened: Opened,
+        abandoned: usize,
+        parts: &mut HashMap<i32, PartitionState>,
+        buffer: &mut Vec<Done>,
+        stats: &mut ScorerStats,
+    ) -> ScorerError {
+        if let Err(e) = self.flush(consumer, parts, buffer, stats).await {
+            return e;
+        }
+        let pending: usize = parts.values().map(|p| p.pending.len()).sum();
+        tracing::error!(
+            error_code = opened.cause.code(),
+            consecutive = opened.consecutive,
+            abandoned,
+            pending,
+            scored = stats.scored,
+            error = %opened.last_error,
+            "circuit breaker open: scoring stopped, accounts not scored stay pending"
+        );
+        ScorerError::Breaker {
+            cause: opened.cause,
+            consecutive: opened.consecutive,
+            last_error: opened.last_error,
+        }
+    }
+
     /// Decides what to do with one event: `Some(work)` to score it, `None` to skip it.
     async fn prepare(
         &self,
         m: &Message,
-        runs: &mut RunDirectory,
+        runs: &mut RunBook,
         skip: &HashSet<(i32, i64)>,
         stats: &mut ScorerStats,
     ) -> Result<Option<(String, String, i64, NaiveDate)>, ScorerError> {
@@ -370,25 +419,43 @@ impl Scorer {
                 return Ok(None);
             }
         };
-        if !runs.runs.contains_key(&event.run_id) {
+        if runs.get(&event.run_id).is_none() {
             runs.refresh(&self.bus).await?;
         }
-        let info = runs.runs.get(&event.run_id).cloned();
-        if let Some(info) = &info {
-            let past_deadline = info
-                .deadline_ms
-                .is_some_and(|d| Utc::now().timestamp_millis() >= d);
-            if info.completed || past_deadline {
-                stats.closed_run += 1;
-                tracing::debug!(run_id = %event.run_id, account_id = %event.account_id, "event of a closed run skipped");
-                return Ok(None);
+        let as_of = match runs.get(&event.run_id) {
+            Some(run) => {
+                if run.completed.is_some() || Utc::now() >= run.deadline {
+                    stats.closed_run += 1;
+                    tracing::debug!(run_id = %event.run_id, account_id = %event.account_id, "event of a closed run skipped");
+                    return Ok(None);
+                }
+                run.business_date
             }
-        }
-        let as_of = info
-            .map(|i| i.business_date)
-            .or_else(|| business_date_of_run(&event.run_id))
-            .unwrap_or_else(|| Utc::now().date_naive());
+            None => {
+                // The trigger is published before any event of its run; one missing means the
+                // triggers topic lost it (retention). Score as of today rather than drop it.
+                tracing::warn!(run_id = %event.run_id, account_id = %event.account_id,
+                    "event of a run without a trigger on the triggers topic: scored as of today");
+                Utc::now().date_naive()
+            }
+        };
         Ok(Some((event.account_id, event.run_id, event.version, as_of)))
+    }
+
+    /// True when every event of this scorer's partitions has been received (none waits on the
+    /// topic). A failure to look up the ends counts as not drained.
+    async fn drained(&self, parts: &HashMap<i32, PartitionState>) -> bool {
+        match self
+            .bus
+            .transport
+            .end_offsets(&self.bus.topics.account_events)
+            .await
+        {
+            Ok(ends) => parts
+                .iter()
+                .all(|(p, s)| ends.get(*p as usize).is_none_or(|end| s.next >= *end)),
+            Err(_) => false,
+        }
     }
 
     /// Sets `esg_scorer_consumer_lag_records`: events of this scorer's partitions not yet
@@ -407,7 +474,7 @@ impl Scorer {
                         .map_or(0, |e| (e - s.committed).max(0))
                 })
                 .sum();
-            metrics::gauge!("esg_scorer_consumer_lag_records").set(lag as f64);
+            metrics::gauge!(esg_metrics::SCORER_CONSUMER_LAG_RECORDS).set(lag as f64);
         }
     }
 
@@ -502,7 +569,10 @@ impl Scorer {
                     match s.status {
                         ScoreStatus::Successful => stats.successful += 1,
                         ScoreStatus::Partial => stats.partial += 1,
-                        ScoreStatus::Failed => stats.failed += 1,
+                        ScoreStatus::Failed => {
+                            stats.failed += 1;
+                            account_failed(s);
+                        }
                     }
                 }
             }
@@ -534,6 +604,19 @@ fn parse_metadata(m: &str) -> Option<i64> {
     m.strip_prefix("scores_from=")?.parse().ok()
 }
 
+/// An account failed for good (its `Failed` score is durable): logged at WARN, once per
+/// account, with the facts and never the account's name. Retries are logged below WARN.
+fn account_failed(score: &EsgScore) {
+    tracing::warn!(
+        run_id = %score.run_id,
+        account_id = %score.account_id,
+        attempts = score.attempts,
+        error_code = score.error_code.as_deref().unwrap_or(""),
+        error = score.error_message.as_deref().unwrap_or(""),
+        "account failed"
+    );
+}
+
 /// The score of one API outcome.
 fn to_score(
     run_id: &str,
@@ -545,25 +628,17 @@ fn to_score(
 ) -> EsgScore {
     let now = Utc::now();
     let attempts = outcome.attempts as i32;
+    let requests = i32::try_from(outcome.requests).unwrap_or(i32::MAX);
     match outcome.result {
         Ok(a) => {
-            let partial = a.is_partial();
+            let values = a.values();
+            let partial = values.is_partial();
             EsgScore {
                 run_id: run_id.to_owned(),
                 account_id: account_id.to_owned(),
                 account_version: version,
-                status: if partial {
-                    ScoreStatus::Partial
-                } else {
-                    ScoreStatus::Successful
-                },
-                overall: a.overall,
-                environmental: a.environmental,
-                social: a.social,
-                governance: a.governance,
-                primary_focus: a.primary_focus.map(|(p, _)| p),
-                primary_focus_score: a.primary_focus.map(|(_, s)| s),
-                analysis_date: Some(a.analysis_date),
+                status: values.scored_status(),
+                values,
                 attempts,
                 error_code: partial.then(|| "PARTIAL".to_owned()),
                 error_message: partial
@@ -571,28 +646,23 @@ fn to_score(
                 scored_at: now,
                 source_partition: partition,
                 source_offset: offset,
+                requests,
             }
         }
-        Err(f) => {
-            tracing::warn!(
-                run_id,
-                account_id,
-                attempts,
-                error_code = %f.code,
-                error = %f.message,
-                permanent = f.permanent,
-                "account failed"
-            );
-            EsgScore {
-                source_partition: partition,
-                source_offset: offset,
-                ..EsgScore::failed(
-                    run_id, account_id, version, attempts, &f.code, f.message, now,
-                )
-            }
-        }
+        Err(f) => EsgScore {
+            source_partition: partition,
+            source_offset: offset,
+            requests,
+            ..EsgScore::failed(
+                run_id, account_id, version, attempts, &f.code, f.message, now,
+            )
+        },
     }
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod loop_tests;
 
 #[cfg(test)]
 mod tests {
