@@ -751,7 +751,7 @@ async fn demo(args: DemoArgs) -> Result<u8> {
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(&config_path)?;
-    println!(
+    say!(
         "simulator at {} with {} accounts; configuration written to {}",
         sim.url(),
         args.accounts,
@@ -780,7 +780,7 @@ async fn demo(args: DemoArgs) -> Result<u8> {
             args.rate_limit
         )
     };
-    println!(
+    say!(
         "  wall time {:.1} s; simulator answered {} API requests at {rate:.0}/s while scoring{share}; {} rate limited (429)",
         elapsed.as_secs_f64(),
         stats.esg_requests,
@@ -824,13 +824,13 @@ fn print_peek(dir: &Path, date: NaiveDate) {
     // Only the first lines: the file of a large firm is hundreds of megabytes.
     if let Ok(file) = std::fs::File::open(&path) {
         use std::io::BufRead;
-        println!("\nfirst lines of {}:", path.display());
+        say!("\nfirst lines of {}:", path.display());
         for line in std::io::BufReader::new(file)
             .lines()
             .take(6)
             .map_while(Result::ok)
         {
-            println!("  {line}");
+            say!("  {line}");
         }
     }
 }
@@ -861,7 +861,7 @@ async fn simulator(args: SimulatorArgs) -> Result<u8> {
     let sim = esg_simulator::start(config, args.listen)
         .await
         .context("starting the simulator")?;
-    println!(
+    say!(
         "simulator listening on {} (token endpoint {})",
         sim.url(),
         sim.token_url()
