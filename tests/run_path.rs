@@ -428,3 +428,46 @@ async fn page_tokens_that_cycle_end_the_listing_as_an_error() {
     assert_eq!(outcome.run_id, "2026-11-23");
     assert_eq!(outcome.exit_code(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_that_rejects_every_token_opens_the_breaker_and_the_run_resumes_once_fixed() {
+    let (url, got) = receiver().await;
+    let world = World::start(quiet_sim(200), &alerts_config(&url)).await;
+    // A token the vendor refuses: issued for the account system's scope.
+    let text = std::fs::read_to_string(&world.config_path).expect("config");
+    let good = text.clone();
+    std::fs::write(
+        &world.config_path,
+        text.replace(
+            "client_secret = \"scorer-secret\"",
+            "client_secret = \"scorer-secret\"\nscope = \"accounts.read\"",
+        ),
+    )
+    .expect("config");
+    let runner = open(&world).await;
+    let err = daily(&runner, "2026-11-23", false, false)
+        .await
+        .expect_err("the breaker stops scoring");
+    let message = format!("{err:#}");
+    assert!(message.contains("scorer"), "{message}");
+    assert!(!world.csv_path(date("2026-11-23")).exists());
+    let requests = world.sim.stats().esg_requests;
+    // Far fewer than 4 requests for each of the accounts.
+    assert!(requests < 200, "{requests} requests against a vendor that refuses them all");
+    assert_eq!(
+        kinds(&got),
+        vec![("critical_error".to_owned(), "firing".to_owned())]
+    );
+    drop(runner);
+
+    // Credentials fixed: the same command resumes the same run and scores every account.
+    std::fs::write(&world.config_path, good).expect("config");
+    let runner = open(&world).await;
+    let outcome = daily(&runner, "2026-11-23", false, false)
+        .await
+        .expect("resumed");
+    assert_eq!(outcome.run_id, "2026-11-23");
+    let rows = read_csv(&world.csv_path(date("2026-11-23")));
+    assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
+    assert!(rows.iter().skip(1).all(|r| r[9] == "Successful"), "{rows:?}");
+}
