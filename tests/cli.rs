@@ -68,7 +68,7 @@ fn kafka_services_on_the_embedded_log_say_what_to_run_instead() {
         ("producer", "esg run --once"),
     ] {
         let out = esg(&[cmd, "--config", config]);
-        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        assert_eq!(out.status.code(), Some(2), "{cmd}: a usage error");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("bus.kind") && err.contains(hint),
@@ -145,4 +145,122 @@ fn rerun_needs_accounts() {
     let out = esg(&["rerun", "--config", "x.toml"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--accounts"));
+}
+
+fn esg_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("esg runs")
+}
+
+fn example_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let path = dir.join("esg.toml");
+    let text = esg::config::example("http://127.0.0.1:9", &dir.join("o"), &dir.join("s"));
+    std::fs::write(&path, &text).expect("write");
+    (path, text)
+}
+
+#[test]
+fn check_config_prints_the_effective_config_as_toml_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (path, text) = example_config(dir.path());
+    std::fs::write(
+        &path,
+        format!(
+            "{text}\n[kafka.properties]\n\"sasl.password\" = \"kafka-secret\"\n\
+             [alerts.pagerduty]\nrouting_key = \"0123456789abcdef0123456789abcdef\"\n"
+        ),
+    )
+    .expect("write");
+    let out = esg_env(
+        &["check-config", "--config", path.to_str().expect("utf8")],
+        &[
+            ("ESG__ACCOUNTS__CLIENT_SECRET", "from-the-environment"),
+            ("ESG__ESG_API__RATE_LIMIT_PER_SECOND", "7"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    for secret in [
+        "scorer-secret",
+        "accounts-secret",
+        "from-the-environment",
+        "kafka-secret",
+        "0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret}:\n{stdout}"
+        );
+    }
+    let shown: toml::Table = toml::from_str(&stdout).unwrap_or_else(|e| panic!("{e}\n{stdout}"));
+    let esg_api = shown["esg_api"].as_table().expect("esg_api");
+    assert_eq!(esg_api["client_secret"].as_str(), Some("********"));
+    // The effective value: the environment's, and the defaults.
+    assert_eq!(esg_api["rate_limit_per_second"].as_integer(), Some(7));
+    assert_eq!(esg_api["timeout"].as_str(), Some("10s"));
+    assert_eq!(
+        shown["run"]["time_zone"].as_str(),
+        Some("America/Chicago"),
+        "{stdout}"
+    );
+    assert_eq!(
+        shown["accounts"]["client_secret"].as_str(),
+        Some("********")
+    );
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+}
+
+#[test]
+fn config_errors_are_said_plainly_with_where_they_come_from_and_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (path, text) = example_config(dir.path());
+    let config = path.to_str().expect("utf8");
+    let check = |env: &[(&str, &str)]| {
+        let out = esg_env(&["check-config", "--config", config], env);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+
+    // From the environment: the variable is named, and the message has no Rust type in it.
+    let err = check(&[("ESG__ESG_API__RATE_LIMIT_PER_SECOND", "fast")]);
+    assert!(
+        err.contains("ESG__ESG_API__RATE_LIMIT_PER_SECOND=fast")
+            && err.contains("expected a whole number"),
+        "{err}"
+    );
+    assert!(!err.contains("u32"), "{err}");
+
+    // TOML syntax: line and column.
+    std::fs::write(
+        &path,
+        text.replace("max_in_flight = 64", "max_in_flight = = 64"),
+    )
+    .expect("write");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_in_flight"))
+        .expect("line")
+        + 1;
+    let err = check(&[]);
+    assert!(err.contains(&format!("line {line}, column 17")), "{err}");
+
+    // An invalid log level.
+    std::fs::write(&path, format!("{text}\n[log]\nlevel = \"verbose\"\n")).expect("write");
+    let err = check(&[]);
+    assert!(
+        err.contains("log.level") && err.contains("verbose"),
+        "{err}"
+    );
+
+    // The schedule after the deadline: both keys named.
+    std::fs::write(&path, format!("{text}\n[schedule]\nat = \"10:00\"\n")).expect("write");
+    let err = check(&[]);
+    assert!(
+        err.contains("schedule.at") && err.contains("run.deadline"),
+        "{err}"
+    );
 }

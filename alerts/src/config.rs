@@ -73,7 +73,7 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub const MAX_MISSED_START_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// The `[alerts]` table.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
     /// A run whose failed accounts are MORE than this share of its expected accounts raises
@@ -124,7 +124,7 @@ impl AlertsConfig {
 }
 
 /// `[alerts.email]`: SMTP submission with STARTTLS.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// Off switch that keeps the rest of the table.
@@ -164,7 +164,7 @@ pub struct EmailConfig {
 }
 
 /// `[alerts.email.recipients]`: the addresses of each audience.
-#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipients {
     /// The job's development team (and the operators on call, if they read email).
@@ -176,7 +176,7 @@ pub struct Recipients {
 }
 
 /// `[alerts.email.routes]`: which kinds each audience receives.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Routes {
     /// Default: every kind.
@@ -217,7 +217,7 @@ impl EmailConfig {
 }
 
 /// `[alerts.pagerduty]`: PagerDuty Events API v2.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PagerDutyConfig {
     /// Off switch that keeps the rest of the table.
@@ -240,7 +240,7 @@ pub struct PagerDutyConfig {
 }
 
 /// `[alerts.webhook]`: a POST of a JSON document per alert and resolution.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Off switch that keeps the rest of the table.

@@ -20,11 +20,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// A secret that is never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
+    /// What a secret serialises as.
+    pub const MASK: &'static str = "********";
+
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
@@ -42,6 +45,14 @@ impl fmt::Debug for Secret {
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")
+    }
+}
+
+/// Serialises as `"********"`, never the secret: a configuration written out (`esg check-config`)
+/// shows that a secret is set, not what it is.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(Secret::MASK)
     }
 }
 
@@ -417,5 +428,9 @@ mod tests {
     fn secrets_do_not_print() {
         let s = Secret::new("hunter2");
         assert_eq!(format!("{s:?} {s}"), "*** ***");
+        assert_eq!(
+            serde_json::to_string(&s).expect("serialises"),
+            "\"********\""
+        );
     }
 }

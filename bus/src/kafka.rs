@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// `[kafka]`: how to reach the cluster.
-#[derive(Clone, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// `host:port,host:port` of one or more brokers.

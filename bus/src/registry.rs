@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `[kafka.schema_registry]`.
-#[derive(Clone, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
     /// Base URL of the Confluent-compatible API, e.g. `http://registry:8081` or, for Apicurio,

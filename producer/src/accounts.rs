@@ -81,12 +81,29 @@ const MAX_RESTARTS_LIMIT: u32 = 20;
 
 /// Settings of the account system client. Validate once at start-up with
 /// [`AccountsClientConfig::validate`].
-#[derive(Debug, Clone, serde::Deserialize)]
+///
+/// This is the `[accounts]` section of the job's configuration file, every key of it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountsClientConfig {
     /// Base URL of the account system, e.g. `https://ams.firm.example`; `/v1/accounts` is
     /// appended.
     pub url: String,
+    /// OAuth 2.0 client id of the job at the firm's authentication system (required by the job;
+    /// empty here means unset).
+    #[serde(default)]
+    pub client_id: String,
+    /// Its client secret (required by the job).
+    #[serde(default)]
+    pub client_secret: esg_auth::Secret,
+    /// Scope asked for with the token. Default [`default_scope`].
+    #[serde(default = "default_scope")]
+    pub scope: String,
+    /// Roster guard: a daily run whose listing holds fewer than this share of the accounts of
+    /// the last completed run (or none at all) fails before anything is published. 0..=1.
+    /// Default [`default_min_active_ratio`].
+    #[serde(default = "default_min_active_ratio")]
+    pub min_active_ratio: f64,
     /// Accounts asked for per page (`pageSize`), 1..=5000. Default [`default_page_size`].
     #[serde(default = "default_page_size")]
     pub page_size: u32,
@@ -112,6 +129,15 @@ pub struct AccountsClientConfig {
     pub max_restarts: u32,
 }
 
+/// Default `scope`: `accounts.read`.
+pub fn default_scope() -> String {
+    "accounts.read".into()
+}
+/// Default `min_active_ratio`: 0.8 (a listing of fewer than 80% of the last run's accounts is
+/// taken for a fault of the account system, not a real change).
+pub fn default_min_active_ratio() -> f64 {
+    0.8
+}
 /// Default `page_size`: 1000, the contract's default.
 pub fn default_page_size() -> u32 {
     1000
@@ -142,6 +168,10 @@ impl AccountsClientConfig {
     pub fn new(url: impl Into<String>) -> Self {
         AccountsClientConfig {
             url: url.into(),
+            client_id: String::new(),
+            client_secret: esg_auth::Secret::default(),
+            scope: default_scope(),
+            min_active_ratio: default_min_active_ratio(),
             page_size: default_page_size(),
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),

@@ -143,6 +143,7 @@ fn test_config(url: String) -> AccountsClientConfig {
         backoff_base: Duration::from_millis(1),
         backoff_cap: Duration::from_millis(4),
         max_restarts: 2,
+        ..AccountsClientConfig::new(String::new())
     }
 }
 
