@@ -113,3 +113,57 @@ async fn json_logs_carry_the_facts_and_never_a_name_or_a_secret() {
         assert!(!logs.contains(secret), "a secret is in the logs");
     }
 }
+
+/// Colour codes only on a terminal: a run whose output goes to pipes and a log file writes
+/// none, in text or JSON, on stdout, stderr or in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_colour_codes_without_a_terminal() {
+    let world = World::start(
+        esg_simulator::SimConfig {
+            permanent_error_rate: 0.05,
+            ..quiet_sim(60)
+        },
+        "",
+    )
+    .await;
+    let base = std::fs::read_to_string(&world.config_path).expect("config");
+    for (n, format) in ["text", "json"].iter().enumerate() {
+        let log_dir = world.dir.path().join(format!("logs-{format}"));
+        std::fs::write(
+            &world.config_path,
+            format!(
+                "{base}\n[log]\nformat = \"{format}\"\nlevel = \"info\"\ndir = \"{}\"\n",
+                log_dir.display()
+            ),
+        )
+        .expect("config");
+        let out = Command::new(env!("CARGO_BIN_EXE_esg"))
+            .args(["run", "--once", "--business-date"])
+            .arg(format!("2026-11-{:02}", 23 + n))
+            .arg("--config")
+            .arg(&world.config_path)
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
+            // Even where colour is asked for by the terminal type, a pipe gets none.
+            .env("TERM", "xterm-256color")
+            .env("CLICOLOR_FORCE", "1")
+            .output()
+            .expect("esg runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{format}: {stderr}");
+        let logs = if *format == "text" { &stderr } else { &stdout };
+        assert!(logs.contains("INFO"), "{format}: no log lines in {logs}");
+        let file: String = std::fs::read_dir(&log_dir)
+            .expect("log dir")
+            .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("log file"))
+            .collect();
+        assert!(file.contains("run triggered"), "{format}: {file}");
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr), ("file", &file)] {
+            assert!(
+                !text.contains("\u{1b}["),
+                "{format}: an escape code on {stream}:\n{text}"
+            );
+        }
+    }
+}
