@@ -10,11 +10,6 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_exposes_valid_prometheus_metrics() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
     let world = World::start(
         esg_simulator::SimConfig {
             accounts: 300,
@@ -23,31 +18,46 @@ async fn a_running_job_exposes_valid_prometheus_metrics() {
             transient_error_rate: 0.05,
             ..Default::default()
         },
-        &format!("[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        // Port 0: the job takes a free port and logs which (no port chosen here, none taken).
+        "[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
     let today = chrono::Utc::now().date_naive();
+    let log = world.dir.path().join("esg.log");
     let mut job = Command::new(env!("CARGO_BIN_EXE_esg"))
         .args(["run", "--config"])
         .arg(&world.config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,esg::telemetry=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("esg starts");
+    let addr = wait_for_address(
+        &log,
+        "metrics served at /metrics",
+        "listen",
+        Duration::from_secs(60),
+        || matches!(job.try_wait(), Ok(None)),
+    )
+    .await;
+    // The run's end is recorded right after its file is written: scrape until it shows.
+    let ended = "esg_runs_total{kind=\"daily\",outcome=\"completed_with_failures\"} 1";
     let started = Instant::now();
-    while !world.csv_path(today).exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no file");
+    let body = loop {
+        let body = match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if body.contains(ended) {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no {ended} within 60 s (file written: {}):\n{body}",
+            world.csv_path(today).exists()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // The assembler records the run's end right after writing the file.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("body");
+    };
     let _ = job.kill();
     let _ = job.wait();
 

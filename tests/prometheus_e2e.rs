@@ -23,23 +23,28 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn spawn(program: &str, args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("log");
     Command::new(program)
         .args(args)
+        // The job logs its metrics address at INFO, in text without colour (not a terminal).
+        .env("RUST_LOG", "info")
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("{program} runs (Debian package): {e}"))
 }
+
+/// Whether the last process started is still running.
+fn alive(running: &mut Killed) -> bool {
+    running
+        .0
+        .last_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+}
+
+/// How long a server may take to say where it listens.
+const STARTUP: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_and_alertmanager_deliver_a_failure_ratio_alert() {
@@ -62,16 +67,14 @@ async fn prometheus_and_alertmanager_deliver_a_failure_ratio_alert() {
     let hook = format!("http://{}/hook", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    // A job whose day ends with 20% of accounts failed.
-    let metrics_port = free_port();
+    // A job whose day ends with 20% of accounts failed. Every server below takes a port of its
+    // own choosing (port 0) and says in its log which: none can be given a port another holds.
     let world = World::start(
         esg_simulator::SimConfig {
             permanent_error_rate: 0.2,
             ..quiet_sim(300)
         },
-        &format!(
-            "[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
-        ),
+        "[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .await;
     let dir = world.dir.path();
@@ -85,8 +88,15 @@ async fn prometheus_and_alertmanager_deliver_a_failure_ratio_alert() {
         ],
         &dir.join("esg.log"),
     ));
+    let metrics = wait_for_address(
+        &dir.join("esg.log"),
+        "metrics served at /metrics",
+        "listen",
+        STARTUP,
+        || alive(&mut running),
+    )
+    .await;
 
-    let am_port = free_port();
     std::fs::write(
         dir.join("alertmanager.yml"),
         format!(
@@ -100,21 +110,28 @@ async fn prometheus_and_alertmanager_deliver_a_failure_ratio_alert() {
         &[
             format!("--config.file={}", dir.join("alertmanager.yml").display()),
             format!("--storage.path={}", dir.join("am-data").display()),
-            format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--web.listen-address=127.0.0.1:0".into(),
             "--cluster.listen-address=".into(),
         ],
         &dir.join("alertmanager.log"),
     ));
+    let alertmanager = wait_for_address(
+        &dir.join("alertmanager.log"),
+        "msg=\"Listening on\"",
+        "address",
+        STARTUP,
+        || alive(&mut running),
+    )
+    .await;
 
-    let prom_port = free_port();
     let rules = root().join("ops/prometheus/esg-rules.yml");
     std::fs::write(
         dir.join("prometheus.yml"),
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {}\n\
-             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{am_port}']\n\
-             scrape_configs:\n  - job_name: esg\n    static_configs:\n      - targets: ['127.0.0.1:{metrics_port}']\n",
+             alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['{alertmanager}']\n\
+             scrape_configs:\n  - job_name: esg\n    static_configs:\n      - targets: ['{metrics}']\n",
             rules.display()
         ),
     )
@@ -124,7 +141,7 @@ async fn prometheus_and_alertmanager_deliver_a_failure_ratio_alert() {
         &[
             format!("--config.file={}", dir.join("prometheus.yml").display()),
             format!("--storage.tsdb.path={}", dir.join("prom-data").display()),
-            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+            "--web.listen-address=127.0.0.1:0".into(),
         ],
         &dir.join("prometheus.log"),
     ));

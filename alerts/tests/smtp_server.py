@@ -28,10 +28,22 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class BoundController(Controller):
+    """A Controller serving on a socket bound to a free port of 127.0.0.1 and kept: the port is
+    never released between choosing it and listening on it, so no other test can be given it."""
+
+    def __init__(self, handler, **kwargs):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen()
+        super().__init__(
+            handler, hostname="127.0.0.1", port=self._sock.getsockname()[1], **kwargs
+        )
+
+    def _create_server(self):
+        return self.loop.create_server(
+            self._factory_invoker, sock=self._sock, ssl=self.ssl_context
+        )
 
 
 class Recorder:
@@ -91,14 +103,11 @@ def main() -> None:
         )
         return AuthResult(success=ok, handled=False, auth_data=auth_data)
 
-    port = free_port()
     if args.plain:
-        controller = Controller(Recorder(args.out), hostname="127.0.0.1", port=port)
+        controller = BoundController(Recorder(args.out))
     else:
-        controller = Controller(
+        controller = BoundController(
             Recorder(args.out),
-            hostname="127.0.0.1",
-            port=port,
             tls_context=tls,
             require_starttls=True,
             authenticator=authenticator,
@@ -106,7 +115,7 @@ def main() -> None:
             auth_require_tls=True,
         )
     controller.start()
-    print(json.dumps({"port": port}), flush=True)
+    print(json.dumps({"port": controller.port}), flush=True)
     try:
         sys.stdin.read()
     except (ValueError, OSError):

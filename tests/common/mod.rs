@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod webhook;
 
 use esg::config::{self, Config};
 use esg_simulator::{SimConfig, SimHandle};
@@ -148,4 +149,51 @@ fn valid_active_id(item: &serde_json::Value) -> Option<String> {
         .is_some_and(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok());
     let version_ok = item["version"].as_i64().is_some_and(|v| v >= 1);
     (pattern_ok && name_ok && status_ok && updated_ok && version_ok).then(|| id.to_owned())
+}
+
+/// The address a server wrote in its log once it listened on a port of its own choosing (port 0
+/// asked for): the first line of `log` containing `marker`, the value after `key=`. Waits until
+/// `within` has passed, reading the file again every 50 ms; `alive` is asked between reads so
+/// a server that died is reported at once, with its log. No port is ever chosen by the test, so
+/// none can be taken by another server between choosing and listening.
+pub async fn wait_for_address(
+    log: &Path,
+    marker: &str,
+    key: &str,
+    within: std::time::Duration,
+    mut alive: impl FnMut() -> bool,
+) -> std::net::SocketAddr {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = address_in(&text, marker, key) {
+            return addr;
+        }
+        let tail = || {
+            let lines: Vec<&str> = text.lines().rev().take(20).collect();
+            lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        assert!(
+            alive(),
+            "the server of {} exited before saying {marker:?}:\n{}",
+            log.display(),
+            tail()
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {marker:?} with {key}= in {} within {within:?}:\n{}",
+            log.display(),
+            tail()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The `key=value` address on the first line of `text` containing `marker`.
+pub fn address_in(text: &str, marker: &str, key: &str) -> Option<std::net::SocketAddr> {
+    let line = text.lines().find(|l| l.contains(marker))?;
+    let pattern = format!("{key}=");
+    let value = line.split(&pattern).nth(1)?;
+    let value = value.split_whitespace().next()?.trim_matches('"');
+    value.parse().ok()
 }

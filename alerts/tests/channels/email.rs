@@ -199,8 +199,8 @@ async fn an_untrusted_certificate_is_refused() {
 
 #[tokio::test]
 async fn a_server_that_is_down_is_retried_once_reported_and_counted() {
-    let port = support::closed_port();
-    let alerter = alerter(email_config(port, None, SMTP_PASSWORD));
+    let closed = support::closed_port();
+    let alerter = alerter(email_config(closed.port(), None, SMTP_PASSWORD));
     let started = std::time::Instant::now();
     let report = alerter
         .send(&support::alert(

@@ -42,12 +42,32 @@ pub fn base_config() -> AlertsConfig {
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
-pub fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    drop(listener);
-    port
+/// A TCP port on 127.0.0.1 that nothing listens on, for as long as the guard lives: the port is
+/// bound by a socket that never listens (a connection to it is refused), so no other test or
+/// process can take it meanwhile (bound without `SO_REUSEADDR`). A port bound and then released
+/// could be given to the next server that asks for a free port.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ClosedPort {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// See [`ClosedPort`].
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let port = socket.local_addr().expect("addr").port();
+    ClosedPort {
+        _socket: socket,
+        port,
+    }
 }
 
 /// Serves `router` on 127.0.0.1 on a free port until the test's runtime ends.

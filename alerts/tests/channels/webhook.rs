@@ -122,7 +122,8 @@ async fn a_refused_token_is_permanent_and_does_not_leak_the_url() {
 
 #[tokio::test]
 async fn a_receiver_that_is_down_does_not_fail_send() {
-    let url = format!("http://127.0.0.1:{}/hooks/esg", support::closed_port());
+    let closed = support::closed_port();
+    let url = format!("http://127.0.0.1:{}/hooks/esg", closed.port());
     let alerter = Alerter::new(AlertsConfig {
         webhook: Some(webhook(url, TOKEN)),
         ..support::base_config()
@@ -156,7 +157,8 @@ async fn every_channel_at_once_and_one_down_does_not_stop_the_others() {
     let smtp = SmtpServer::start().await;
     let (webhook_received, webhook_url) = start_receiver().await;
     // PagerDuty is down.
-    let pagerduty_url = format!("http://127.0.0.1:{}/v2/enqueue", support::closed_port());
+    let closed = support::closed_port();
+    let pagerduty_url = format!("http://127.0.0.1:{}/v2/enqueue", closed.port());
     let alerter = Alerter::new(AlertsConfig {
         email: Some(EmailConfig {
             enabled: true,
