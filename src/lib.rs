@@ -8,6 +8,6 @@ pub mod pipeline;
 pub mod preflight;
 pub mod progress;
 pub mod runner;
-pub mod status;
 pub mod schedule;
+pub mod status;
 pub mod telemetry;

@@ -8,13 +8,10 @@ use clap::{Args, Parser, Subcommand};
 use esg::config::{self, Config};
 use esg::pipeline::ReplayBound;
 use esg::runner::{DailyRequest, Outcome, Refused, Runner, Selection};
-use esg_assembler::Progress;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -350,11 +347,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             if !args.once {
                 return scheduled(&runner, request, p.shutdown.clone()).await;
             }
-            let bar = progress_bar(&format!("run {}", request.business_date));
+            let bar = esg::progress::Progress::new(&format!("run {}", request.business_date));
             let outcome = runner
-                .daily(request, true, p.shutdown.clone(), progress_fn(bar.clone()))
+                .daily(request, true, p.shutdown.clone(), bar.callback())
                 .await;
-            bar.finish_and_clear();
+            bar.finish();
             report(&runner, &outcome?)
         }
         Command::Producer(args) => {
@@ -374,17 +371,17 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             let selection = selection(&args.chosen)?;
             let runner = p.runner().await?;
             let date = args.business_date.unwrap_or_else(|| runner.today());
-            let bar = progress_bar(&format!("re-run {date}"));
+            let bar = esg::progress::Progress::new(&format!("re-run {date}"));
             let outcome = runner
                 .rerun(
                     date,
                     selection,
                     !args.no_wait,
                     p.shutdown.clone(),
-                    progress_fn(bar.clone()),
+                    bar.callback(),
                 )
                 .await;
-            bar.finish_and_clear();
+            bar.finish();
             report(&runner, &outcome?)
         }
         Command::Replay(args) => {
@@ -398,7 +395,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 .into());
             }
             let runner = p.runner().await?;
-            let bar = progress_bar("replay");
+            let bar = esg::progress::Progress::new("replay");
             let outcomes = runner
                 .replay(
                     args.partition,
@@ -406,10 +403,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     args.to,
                     !args.no_wait,
                     p.shutdown.clone(),
-                    progress_fn(bar.clone()),
+                    bar.callback(),
                 )
                 .await;
-            bar.finish_and_clear();
+            bar.finish();
             let outcomes = outcomes?;
             if outcomes.is_empty() {
                 say!("no account events of a delivered day in that range; nothing to replay");
@@ -507,7 +504,10 @@ fn selection(chosen: &Chosen) -> Result<Selection> {
         return Err(Refused::Usage("give --accounts, --accounts-file or --failed".into()).into());
     };
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Refused::Usage(format!("cannot read the accounts file {}: {e}", path.display()))
+        Refused::Usage(format!(
+            "cannot read the accounts file {}: {e}",
+            path.display()
+        ))
     })?;
     Ok(Selection::Accounts(parse_accounts_file(&text)))
 }
@@ -525,7 +525,11 @@ fn parse_accounts_file(text: &str) -> Vec<String> {
 
 /// `esg run` without `--once`: a run of every business date at the scheduled time (and the
 /// pre-flight at `[schedule] preflight_at`), until a signal.
-async fn scheduled(runner: &Runner, request: DailyRequest, shutdown: CancellationToken) -> Result<u8> {
+async fn scheduled(
+    runner: &Runner,
+    request: DailyRequest,
+    shutdown: CancellationToken,
+) -> Result<u8> {
     let schedule = runner.config.schedule();
     let (next_date, next_at) = schedule.next_after(chrono::Utc::now());
     tracing::info!(at = %schedule.at, time_zone = %schedule.tz, next_business_date = %next_date, next_run_at = %next_at,
@@ -573,9 +577,14 @@ async fn scheduled(runner: &Runner, request: DailyRequest, shutdown: Cancellatio
                     business_date: date,
                     ..request
                 };
-                let outcome = runner.daily(request, true, stop, |_| {}).await?;
+                let progress = esg::progress::Progress::log_only();
+                let outcome = runner.daily(request, true, stop, progress.callback()).await;
+                progress.finish();
+                let outcome = outcome?;
                 match &outcome.completed {
-                    Some(c) => tracing::info!(run_id = %c.run_id, outcome = %c.outcome, file = %c.output_file, "scheduled run ended"),
+                    Some(c) => {
+                        tracing::info!(run_id = %c.run_id, outcome = %c.outcome, file = %c.output_file, "scheduled run ended")
+                    }
                     None => tracing::info!(run_id = %outcome.run_id, "scheduled run published"),
                 }
                 Ok(())
@@ -667,43 +676,6 @@ fn shutdown_on_signal() -> CancellationToken {
     token
 }
 
-fn progress_bar(label: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-    if !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} accounts scored ({percent}%, eta {eta}) {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_owned());
-    bar
-}
-
-fn progress_fn(bar: ProgressBar) -> impl Fn(&Progress) + Send + Sync + 'static {
-    let last_log = Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
-    move |p: &Progress| {
-        if let Some(n) = p.expected {
-            bar.set_length(n);
-        }
-        bar.set_position(p.scored);
-        if p.failed > 0 {
-            bar.set_message(format!("{} failed", p.failed));
-        }
-        // Without a terminal, a log line every 10 s instead of a bar.
-        if bar.is_hidden() {
-            if let Ok(mut last) = last_log.lock() {
-                if last.elapsed() >= Duration::from_secs(10) {
-                    *last = std::time::Instant::now();
-                    tracing::info!(run_id = %p.run_id, scored = p.scored, expected = ?p.expected, failed = p.failed, "progress");
-                }
-            }
-        }
-    }
-}
-
 async fn demo(args: DemoArgs) -> Result<u8> {
     // The progress bar and the report tell the story; accounts that failed are in the errors
     // file. RUST_LOG=info shows the job's log.
@@ -760,12 +732,12 @@ async fn demo(args: DemoArgs) -> Result<u8> {
     let shutdown = shutdown_on_signal();
     let runner = Runner::open(config, esg_assembler::system_clock()).await?;
     let date = args.business_date.unwrap_or_else(|| runner.today());
-    let bar = progress_bar(&format!("demo {date}"));
+    let bar = esg::progress::Progress::new(&format!("demo {date}"));
     let started = std::time::Instant::now();
     let outcome = runner
-        .run_daily(date, false, shutdown, progress_fn(bar.clone()))
+        .run_daily(date, false, shutdown, bar.callback())
         .await;
-    bar.finish_and_clear();
+    bar.finish();
     let outcome = outcome?;
     let elapsed = started.elapsed();
     let code = report(&runner, &outcome)?;

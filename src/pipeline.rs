@@ -144,11 +144,7 @@ pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
     let accounts_http = http_client(config.accounts.timeout)?;
     let accounts_tokens = Arc::new(accounts_tokens(config, accounts_http.clone()));
-    let accounts = AccountsClient::new(
-        accounts_http,
-        config.accounts.clone(),
-        accounts_tokens,
-    );
+    let accounts = AccountsClient::new(accounts_http, config.accounts.clone(), accounts_tokens);
     Ok(Producer::new(
         bus.clone(),
         producer_store,

@@ -164,7 +164,9 @@ pub fn needed_bytes(dir: &Path, expected_rows: u64) -> u64 {
         .max()
         .unwrap_or(0);
     // A file is written beside the old one and renamed over it: both exist for a moment.
-    last_file.max(expected_rows.saturating_mul(ROW_BYTES)) + MARGIN_BYTES
+    last_file
+        .max(expected_rows.saturating_mul(ROW_BYTES))
+        .saturating_add(MARGIN_BYTES)
 }
 
 fn free_space(dir: &Path, expected_rows: u64) -> Check {
@@ -225,7 +227,10 @@ async fn accounts_api(config: &Config) -> Vec<Check> {
         passed("account system token", "issued".into()),
         match answer {
             Ok(r) if r.status().is_success() => passed("account system answers", url),
-            Ok(r) => failed("account system answers", format!("{url}: HTTP {}", r.status())),
+            Ok(r) => failed(
+                "account system answers",
+                format!("{url}: HTTP {}", r.status()),
+            ),
             Err(e) => failed("account system answers", format!("{url}: {}", chain(&e))),
         },
     ]
@@ -339,7 +344,10 @@ mod tests {
         };
         let err = report.into_result().expect_err("fails");
         let text = err.to_string();
-        assert!(text.contains("ESG API healthy: http://x/v1/health: HTTP 503"), "{text}");
+        assert!(
+            text.contains("ESG API healthy: http://x/v1/health: HTTP 503"),
+            "{text}"
+        );
         assert!(!text.contains("state directory"), "{text}");
     }
 }

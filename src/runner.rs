@@ -409,7 +409,10 @@ impl Runner {
                 "log maintained"
             );
         }
-        let stages = self.local.as_ref().map(|l| LocalTasks::start(l, &self.config, &shutdown, &run_id, progress));
+        let stages = self
+            .local
+            .as_ref()
+            .map(|l| LocalTasks::start(l, &self.config, &shutdown, &run_id, progress));
 
         let work = async {
             let sealed = match sealed_before {
@@ -434,7 +437,11 @@ impl Runner {
                 },
             };
             if let Some(s) = &sealed {
-                tracing::info!(expected = s.expected_accounts, active = s.active_accounts, "run published");
+                tracing::info!(
+                    expected = s.expected_accounts,
+                    active = s.active_accounts,
+                    "run published"
+                );
             }
             if !wait && sealed.is_some() {
                 return Ok((sealed, None));
@@ -490,8 +497,11 @@ fn already(done: &RunFacts) -> Outcome {
 /// The scorer and the assembler as tasks of this process, for one run.
 struct LocalTasks {
     stop: CancellationToken,
-    scorer: Option<tokio::task::JoinHandle<Result<esg_scorer::ScorerStats, esg_scorer::worker::ScorerError>>>,
-    assembler: Option<tokio::task::JoinHandle<Result<Vec<RunReport>, esg_assembler::AssemblerError>>>,
+    scorer: Option<
+        tokio::task::JoinHandle<Result<esg_scorer::ScorerStats, esg_scorer::worker::ScorerError>>,
+    >,
+    assembler:
+        Option<tokio::task::JoinHandle<Result<Vec<RunReport>, esg_assembler::AssemblerError>>>,
     progress: tokio::task::JoinHandle<()>,
     reports: Vec<RunReport>,
 }

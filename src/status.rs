@@ -75,7 +75,10 @@ pub async fn read(config: &Config, date: Option<NaiveDate>) -> Result<Status> {
         .map(|s| s.expected_accounts.max(0) as u64);
     let quota = config.esg_api.rate_limit_per_second;
     let eta_seconds = match (expected, &run.completed) {
-        (Some(n), None) => Some(n.saturating_sub(counts.scored).div_ceil(u64::from(quota.max(1)))),
+        (Some(n), None) => Some(
+            n.saturating_sub(counts.scored)
+                .div_ceil(u64::from(quota.max(1))),
+        ),
         _ => None,
     };
     let names = esg_assembler::output::file_names(run.business_date);

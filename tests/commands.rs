@@ -38,7 +38,11 @@ async fn a_rerun_of_unknown_or_no_accounts_exits_2_and_runs_nothing() {
 
     let out = esg(
         &world,
-        &[&["rerun", "--accounts", &format!("{},GHOST-1", ids[0])][..], &day].concat(),
+        &[
+            &["rerun", "--accounts", &format!("{},GHOST-1", ids[0])][..],
+            &day,
+        ]
+        .concat(),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("GHOST-1"), "{}", text(&out));
@@ -48,8 +52,14 @@ async fn a_rerun_of_unknown_or_no_accounts_exits_2_and_runs_nothing() {
 
     // An accounts file: one id a line, comments and blank lines skipped; the next run id follows.
     let file = world.dir.path().join("ids.txt");
-    std::fs::write(&file, format!("# to re-score\n{}\n\n  {}  # and this one\n", ids[1], ids[2]))
-        .expect("file");
+    std::fs::write(
+        &file,
+        format!(
+            "# to re-score\n{}\n\n  {}  # and this one\n",
+            ids[1], ids[2]
+        ),
+    )
+    .expect("file");
     world.sim.reset_call_counts();
     let out = esg(
         &world,
@@ -60,7 +70,11 @@ async fn a_rerun_of_unknown_or_no_accounts_exits_2_and_runs_nothing() {
         .concat(),
     );
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("run 2026-11-23.1 Completed"), "{}", text(&out));
+    assert!(
+        text(&out).contains("run 2026-11-23.1 Completed"),
+        "{}",
+        text(&out)
+    );
     let mut wanted = vec![ids[1].clone(), ids[2].clone()];
     wanted.sort();
     assert_eq!(world.sim.accounts_called_at_least(1), wanted);
@@ -113,7 +127,10 @@ async fn a_run_stopped_by_a_signal_exits_4_and_the_same_command_resumes_it() {
         .expect("esg starts");
     let started = Instant::now();
     while world.sim.stats().esg_requests < 20 {
-        assert!(started.elapsed() < Duration::from_secs(60), "scoring did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "scoring did not start"
+        );
         assert!(child.try_wait().expect("wait").is_none(), "ended early");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -140,7 +157,10 @@ async fn status_prints_text_json_and_survives_a_closed_pipe() {
     let out = esg(&world, &["run", "--once", "--business-date", "2026-11-23"]);
     assert!(out.status.success(), "{}", text(&out));
 
-    let out = esg(&world, &["status", "--business-date", "2026-11-23", "--json"]);
+    let out = esg(
+        &world,
+        &["status", "--business-date", "2026-11-23", "--json"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["phase"], "completed");
@@ -149,8 +169,15 @@ async fn status_prints_text_json_and_survives_a_closed_pipe() {
 
     let out = esg(&world, &["status"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("run 2026-11-23 (Daily)"), "{}", text(&out));
-    assert!(!text(&out).contains('\u{1b}'), "no colour codes into a pipe");
+    assert!(
+        text(&out).contains("run 2026-11-23 (Daily)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !text(&out).contains('\u{1b}'),
+        "no colour codes into a pipe"
+    );
 
     // The reader goes away at once (`esg status | head -0`): no panic, a clean exit.
     let mut child = Command::new(env!("CARGO_BIN_EXE_esg"))
@@ -167,7 +194,11 @@ async fn status_prints_text_json_and_survives_a_closed_pipe() {
 
     let out = esg(&world, &["status", "--business-date", "2026-01-01"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).contains("no run of 2026-01-01"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no run of 2026-01-01"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -182,7 +213,11 @@ fn demo_keeps_away_from_a_directory_it_did_not_make() {
         .output()
         .expect("esg demo");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("not made by `esg demo`"), "{}", text(&out));
+    assert!(
+        text(&out).contains("not made by `esg demo`"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         std::fs::read(theirs.join("state").join("precious.db")).expect("kept"),
         b"keep me"
@@ -192,11 +227,21 @@ fn demo_keeps_away_from_a_directory_it_did_not_make() {
     let mine = dir.path().join("mine");
     for _ in 0..2 {
         let out = Command::new(env!("CARGO_BIN_EXE_esg"))
-            .args(["demo", "--accounts", "20", "--business-date", "2026-11-23", "--dir"])
+            .args([
+                "demo",
+                "--accounts",
+                "20",
+                "--business-date",
+                "2026-11-23",
+                "--dir",
+            ])
             .arg(&mine)
             .output()
             .expect("esg demo");
         assert!(out.status.success(), "{}", text(&out));
     }
-    assert!(mine.join("out").join("FirmESGRatings_20261123.csv").exists());
+    assert!(mine
+        .join("out")
+        .join("FirmESGRatings_20261123.csv")
+        .exists());
 }

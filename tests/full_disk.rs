@@ -57,7 +57,9 @@ fn available(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_too_small_for_the_file_is_found_before_any_vendor_call() {
     if !is_root() {
-        eprintln!("not root: cannot mount a small tmpfs; tests/run_path.rs covers a failed pre-flight");
+        eprintln!(
+            "not root: cannot mount a small tmpfs; tests/run_path.rs covers a failed pre-flight"
+        );
         return;
     }
     let world = World::start(quiet_sim(300), "").await;
@@ -101,17 +103,17 @@ async fn a_full_disk_fails_the_run_and_the_next_run_finishes_it() {
     });
     let started = std::time::Instant::now();
     while world.sim.stats().esg_requests == 0 {
-        assert!(started.elapsed() < std::time::Duration::from_secs(60), "scoring did not start");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "scoring did not start"
+        );
         assert!(!run.is_finished(), "the run ended before scoring");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let filler = small.join("filler");
     let free = available(&small);
     std::fs::write(&filler, vec![0u8; (free - 64 * 1024) as usize]).expect("fill the disk");
-    let err = run
-        .await
-        .expect("task")
-        .expect_err("the file does not fit");
+    let err = run.await.expect("task").expect_err("the file does not fit");
     let text = format!("{err:#}");
     assert!(
         text.contains("No space left on device") || text.contains("os error 28"),

@@ -259,7 +259,9 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
     let runner = esg::runner::Runner::open(config, esg_assembler::system_clock())
         .await
         .expect("runner opens");
-    let book = esg_bus::runs::RunBook::read(&runner.bus).await.expect("book");
+    let book = esg_bus::runs::RunBook::read(&runner.bus)
+        .await
+        .expect("book");
     let by_date = esg::pipeline::replay_accounts(
         &runner.bus,
         &book,
@@ -290,7 +292,13 @@ async fn a_replayed_range_is_scored_again_and_its_rows_replaced() {
     assert_eq!(outcomes.len(), 1);
     let outcome = &outcomes[0];
     assert_eq!(outcome.run_id, "2026-11-23.1");
-    assert_eq!(outcome.sealed.as_ref().map(|s| s.expected_accounts as usize), Some(accounts.len()));
+    assert_eq!(
+        outcome
+            .sealed
+            .as_ref()
+            .map(|s| s.expected_accounts as usize),
+        Some(accounts.len())
+    );
     let rows = read_csv(&world.csv_path(day));
     let failed = rows[1..].iter().filter(|r| r[9] == "Failed").count();
     // Only the vendor's permanent refusals and out-of-contract answers stay Failed.
@@ -371,6 +379,9 @@ async fn the_producer_keeps_no_state_of_its_own_on_kafka() {
         .await
         .expect("re-run from another state directory");
     services.stop().await;
-    assert_eq!(rerun.run_id, "2026-11-24.1", "the run sequence is the topic's");
+    assert_eq!(
+        rerun.run_id, "2026-11-24.1",
+        "the run sequence is the topic's"
+    );
     assert_eq!(kafka.sim.accounts_called_at_least(1), vec![ids[1].clone()]);
 }

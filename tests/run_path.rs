@@ -67,7 +67,10 @@ async fn a_collapsed_listing_fails_the_run_before_anything_is_published() {
             if *previous == rows as u64 && *listed < *previous),
         "{err:#}"
     );
-    assert!(format!("{err:#}").contains("--accept-roster-change"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("--accept-roster-change"),
+        "{err:#}"
+    );
     // Nothing published: no tombstone, no file of the day, the previous file untouched.
     let after = runner
         .bus
@@ -146,7 +149,10 @@ async fn a_failed_pre_flight_spends_no_vendor_quota() {
     let report = runner.preflight().await.expect("pre-flight");
     assert!(!report.ok());
     assert_eq!(
-        report.failures().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+        report
+            .failures()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
         vec!["output directory writable", "free space for the file"]
     );
 }
@@ -177,14 +183,17 @@ async fn full_over_a_completed_day_is_a_new_run_that_replaces_its_files() {
     assert!(kinds(&got).is_empty(), "{:?}", kinds(&got));
     let book = RunBook::read(&runner.bus).await.expect("book");
     assert_eq!(
-        book.delivered_daily(date("2026-11-23")).map(|r| r.run_id.as_str()),
+        book.delivered_daily(date("2026-11-23"))
+            .map(|r| r.run_id.as_str()),
         Some("2026-11-23.1")
     );
     // And once more with --full: that date is done with --full now.
-    assert!(daily(&runner, "2026-11-23", true, false)
-        .await
-        .expect("full again")
-        .already_completed);
+    assert!(
+        daily(&runner, "2026-11-23", true, false)
+            .await
+            .expect("full again")
+            .already_completed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,7 +334,10 @@ async fn status_reports_a_run_and_its_files() {
     assert_eq!(status.eta_seconds, None);
     assert!(status.files.iter().all(|f| f.bytes.is_some()), "{status:?}");
     let text = status.to_string();
-    assert!(text.contains(&format!("scored {expected} of {expected}")), "{text}");
+    assert!(
+        text.contains(&format!("scored {expected} of {expected}")),
+        "{text}"
+    );
     let err = esg::status::read(&world.config(), Some(date("2026-11-01")))
         .await
         .expect_err("no such run");
@@ -367,7 +379,10 @@ async fn a_listing_cut_short_by_the_deadline_delivers_nothing_until_the_day_is_r
     assert!(done.output_file.is_empty(), "no file: {done:?}");
     assert_eq!(outcome.exit_code(), 3);
     assert!(outcome.report.is_none());
-    assert!(!world.csv_path(date("2026-11-23")).exists(), "no header-only file");
+    assert!(
+        !world.csv_path(date("2026-11-23")).exists(),
+        "no header-only file"
+    );
     assert_eq!(world.sim.stats().esg_requests, 0);
     assert_eq!(
         kinds(&got),
@@ -375,7 +390,9 @@ async fn a_listing_cut_short_by_the_deadline_delivers_nothing_until_the_day_is_r
     );
 
     // The account system is healthy again: the same command delivers the whole file.
-    world.sim.update(|c| c.page_delay = std::time::Duration::ZERO);
+    world
+        .sim
+        .update(|c| c.page_delay = std::time::Duration::ZERO);
     let again = daily(&runner, "2026-11-23", false, false)
         .await
         .expect("the day again");
@@ -453,7 +470,10 @@ async fn a_vendor_that_rejects_every_token_opens_the_breaker_and_the_run_resumes
     assert!(!world.csv_path(date("2026-11-23")).exists());
     let requests = world.sim.stats().esg_requests;
     // Far fewer than 4 requests for each of the accounts.
-    assert!(requests < 200, "{requests} requests against a vendor that refuses them all");
+    assert!(
+        requests < 200,
+        "{requests} requests against a vendor that refuses them all"
+    );
     assert_eq!(
         kinds(&got),
         vec![("critical_error".to_owned(), "firing".to_owned())]
@@ -469,5 +489,8 @@ async fn a_vendor_that_rejects_every_token_opens_the_breaker_and_the_run_resumes
     assert_eq!(outcome.run_id, "2026-11-23");
     let rows = read_csv(&world.csv_path(date("2026-11-23")));
     assert_eq!(rows.len() - 1, active_ids(&world.sim).await.len());
-    assert!(rows.iter().skip(1).all(|r| r[9] == "Successful"), "{rows:?}");
+    assert!(
+        rows.iter().skip(1).all(|r| r[9] == "Successful"),
+        "{rows:?}"
+    );
 }

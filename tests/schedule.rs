@@ -76,7 +76,13 @@ fn zone_at_midday() -> String {
     (-12..=14)
         .find(|offset| (6..=18).contains(&(hour + offset).rem_euclid(24)))
         // Etc/GMT-N is N hours east of UTC (the sign is POSIX's).
-        .map(|offset| format!("Etc/GMT{}{}", if offset > 0 { "-" } else { "+" }, offset.abs()))
+        .map(|offset| {
+            format!(
+                "Etc/GMT{}{}",
+                if offset > 0 { "-" } else { "+" },
+                offset.abs()
+            )
+        })
         .expect("some offset is at midday")
 }
 
@@ -113,5 +119,9 @@ async fn the_early_pre_flight_alerts_before_the_run_is_due() {
     let summary = alerts[0]["summary"].as_str().expect("summary");
     assert!(summary.contains("early pre-flight"), "{summary}");
     assert!(summary.contains("output directory writable"), "{summary}");
-    assert_eq!(world.sim.stats().esg_requests, 0, "the run itself is not due");
+    assert_eq!(
+        world.sim.stats().esg_requests,
+        0,
+        "the run itself is not due"
+    );
 }

@@ -255,7 +255,10 @@ mod tests {
     fn a_daily_run_without_a_file_does_not_deliver_the_day() {
         let mut book = RunBook::new();
         book.apply(trigger("2026-11-23", RunKind::Daily));
-        assert_eq!(book.latest_daily(date()).map(|r| r.phase()), Some("started"));
+        assert_eq!(
+            book.latest_daily(date()).map(|r| r.phase()),
+            Some("started")
+        );
         book.apply(completed("2026-11-23", RunOutcome::TimedOut, ""));
         assert!(book.delivered_daily(date()).is_none());
         book.apply(trigger("2026-11-23.1", RunKind::Daily));

@@ -480,8 +480,9 @@ impl Producer {
         let done: HashMap<i32, i64> = self
             .store
             .call(move |c| {
-                let mut stmt =
-                    c.prepare(&format!("SELECT partition, next_offset FROM {offsets_table}"))?;
+                let mut stmt = c.prepare(&format!(
+                    "SELECT partition, next_offset FROM {offsets_table}"
+                ))?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 rows.collect()
             })

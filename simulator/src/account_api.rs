@@ -145,7 +145,11 @@ pub(crate) async fn list_accounts(
 ) -> Response {
     let delay = st.config().page_delay;
     if !delay.is_zero() && !st.pause(delay).await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "the simulator is shutting down").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the simulator is shutting down",
+        )
+            .into_response();
     }
     let resp = list(&st, raw.as_deref(), &headers);
     let ok = resp.status() == StatusCode::OK;
