@@ -50,8 +50,11 @@ if [[ "${ESG_TEST_USE_DOCKER:-0}" != 1 ]]; then
 fi
 
 echo "== cargo test"
+# The summary below is printed whether or not a test failed.
+set +e
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 status=${PIPESTATUS[0]}
+set -e
 
 echo
 echo "== summary"

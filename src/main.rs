@@ -356,9 +356,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         }
         Command::Producer(args) => {
             let p = Prologue::start(&args.config)?;
-            if p.config.bus.kind != config::BusKind::Kafka {
-                return Err(Refused::Usage("`esg producer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run --once` runs the whole day".into()).into());
-            }
+            esg::runner::kafka_only(
+                &p.config,
+                "esg producer",
+                "`esg run --once` runs the whole day",
+            )?;
             let runner = p.runner().await?;
             let request = daily_request(&runner, &args.daily);
             let outcome = runner

@@ -99,8 +99,11 @@ pub struct Outcome {
 
 impl Outcome {
     /// The exit code of a command that ran this: 0, 3 when the deadline came first, 1 when the
-    /// run was aborted.
+    /// run was aborted; 0 when the date was done before (nothing ran this time).
     pub fn exit_code(&self) -> u8 {
+        if self.already_completed {
+            return 0;
+        }
         match self.completed.as_ref().map(|c| c.outcome) {
             Some(RunOutcome::TimedOut) => 3,
             Some(RunOutcome::Aborted) => 1,
@@ -641,15 +644,25 @@ pub async fn run_triggered(bus: &EventBus, date: NaiveDate) -> Result<bool> {
     Ok(RunBook::read(bus).await?.latest_daily(date).is_some())
 }
 
+/// Refuses (exit 2) a command that exists for Kafka mode only, saying what to run instead on
+/// the embedded log.
+pub fn kafka_only(config: &Config, command: &str, instead: &str) -> Result<()> {
+    if config.bus.kind == BusKind::Kafka {
+        return Ok(());
+    }
+    Err(Refused::Usage(format!(
+        "`{command}` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, {instead}"
+    ))
+    .into())
+}
+
 /// One scorer of the group (`esg scorer` on Kafka): scores until `shutdown`. A scorer that stops
 /// on an error (the breaker, the bus) raises the critical alert.
 pub async fn scorer_service(
     config: &Config,
     shutdown: CancellationToken,
 ) -> Result<esg_scorer::ScorerStats> {
-    if config.bus.kind != BusKind::Kafka {
-        return Err(Refused::Usage("`esg scorer` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the scorer in-process".into()).into());
-    }
+    kafka_only(config, "esg scorer", "`esg run` runs the scorer in-process")?;
     let (bus, _) = pipeline::connect_bus(config).await?;
     let api = pipeline::api_client(config)?;
     let scorer = Scorer::new(
@@ -684,9 +697,11 @@ pub async fn assembler_service(
     shutdown: CancellationToken,
     after_lock: impl FnOnce() -> Result<()>,
 ) -> Result<Vec<RunReport>> {
-    if config.bus.kind != BusKind::Kafka {
-        return Err(Refused::Usage("`esg assembler` runs on Kafka (bus.kind = \"kafka\"); with the embedded log, `esg run` runs the assembler in-process".into()).into());
-    }
+    kafka_only(
+        config,
+        "esg assembler",
+        "`esg run` runs the assembler in-process",
+    )?;
     let _lock = StateLock::acquire(config, "assembler")?;
     after_lock()?;
     let (bus, _) = pipeline::connect_bus(config).await?;

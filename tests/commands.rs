@@ -134,6 +134,29 @@ async fn a_run_stopped_by_a_signal_exits_4_and_the_same_command_resumes_it() {
         assert!(child.try_wait().expect("wait").is_none(), "ended early");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // While it runs, `esg status` reads where it stands (no lock taken, nothing written).
+    let out = esg(
+        &world,
+        &["status", "--business-date", "2026-11-23", "--json"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        status["phase"] == "started" || status["phase"] == "sealed",
+        "{status}"
+    );
+    assert!(
+        status["completed"].is_null() && status["outcome"].is_null(),
+        "{status}"
+    );
+    if status["phase"] == "sealed" {
+        let expected = status["expected"].as_u64().expect("expected");
+        assert!(
+            status["scored"].as_u64().expect("scored") < expected,
+            "{status}"
+        );
+        assert!(status["eta_seconds"].as_u64().is_some(), "{status}");
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -94,11 +94,12 @@ async fn the_run_completes_when_a_broker_of_three_dies_mid_run() {
     .expect("config");
 
     let config = world.config();
+    // The runner first: it creates the topics the services then find.
+    let runner = Runner::open(config.clone(), esg_assembler::system_clock())
+        .await
+        .expect("opens");
     let services = common::kafka::InProcess::start(&config);
     let run = tokio::spawn(async move {
-        let runner = Runner::open(config, esg_assembler::system_clock())
-            .await
-            .expect("opens");
         runner
             .run_daily(date(DAY), false, CancellationToken::new(), |_| {})
             .await

@@ -560,7 +560,8 @@ impl Transport for KafkaTransport {
         }
 
         // Check every topic: partitions and cleanup policy as configured. A topic created a
-        // moment ago may not show its configuration yet: asked again for a few seconds.
+        // moment ago (by this process, or by another one starting at the same time) may not
+        // show its configuration yet: asked again for up to 20 s (a loaded broker takes long).
         for spec in topics {
             let mut attempts = 0;
             let policy = loop {
@@ -577,7 +578,7 @@ impl Transport for KafkaTransport {
                         .get("cleanup.policy")
                         .and_then(|e| e.value.clone())
                         .unwrap_or_default(),
-                    Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if attempts < 24 => {
+                    Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if attempts < 99 => {
                         String::new()
                     }
                     Some(Err(code)) => {
@@ -589,7 +590,7 @@ impl Transport for KafkaTransport {
                     None => String::new(),
                 };
                 attempts += 1;
-                if !policy.is_empty() || attempts >= 25 {
+                if !policy.is_empty() || attempts >= 100 {
                     break policy;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;

@@ -245,10 +245,11 @@ pub async fn run_day_on_kafka(
     config: esg::config::Config,
     day: chrono::NaiveDate,
 ) -> esg::runner::Outcome {
-    let services = InProcess::start(&config);
-    let runner = esg::runner::Runner::open(config, esg_assembler::system_clock())
+    // The runner first: it creates the topics the services then find.
+    let runner = esg::runner::Runner::open(config.clone(), esg_assembler::system_clock())
         .await
         .expect("runner opens");
+    let services = InProcess::start(&config);
     let outcome = runner
         .run_daily(
             day,
