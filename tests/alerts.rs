@@ -57,15 +57,7 @@ async fn a_run_ended_by_a_critical_error_raises_an_alert() {
         &alerts_config(&url),
     )
     .await;
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "client_secret = \"accounts-secret\"",
-            "client_secret = \"accounts-secret\"\nmax_attempts = 2\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"",
-        ),
-    )
-    .expect("config");
+    world.add_accounts_keys("max_attempts = 2\nbackoff_base = \"5ms\"\nbackoff_cap = \"10ms\"");
     let out = run_once(&world);
     assert_eq!(out.status.code(), Some(1));
     let alerts = got.lock().expect("alerts").clone();

@@ -123,17 +123,11 @@ async fn a_failed_pre_flight_spends_no_vendor_quota() {
     let world = World::start(quiet_sim(40), &alerts_config(&url)).await;
     // The output directory cannot be made: a regular file stands where its parent should be.
     std::fs::write(world.dir.path().join("blocker"), b"x").expect("file");
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    let out = world.out();
     let blocked = world.dir.path().join("blocker").join("out");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            &format!("dir = \"{}\"", out.display()),
-            &format!("dir = \"{}\"", blocked.display()),
-        ),
-    )
-    .expect("config");
+    world.replace_in_config(
+        &format!("dir = \"{}\"", world.out().display()),
+        &format!("dir = \"{}\"", blocked.display()),
+    );
     let runner = open(&world).await;
     let err = daily(&runner, "2026-11-23", false, false)
         .await
@@ -356,15 +350,7 @@ async fn a_listing_cut_short_by_the_deadline_delivers_nothing_until_the_day_is_r
         &format!("{}\n[run]\nmax_duration = \"3s\"\n", alerts_config(&url)),
     )
     .await;
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "client_secret = \"accounts-secret\"",
-            "client_secret = \"accounts-secret\"\npage_size = 10",
-        ),
-    )
-    .expect("config");
+    world.add_accounts_keys("page_size = 10");
     let runner = open(&world).await;
     let started = std::time::Instant::now();
     let outcome = daily(&runner, "2026-11-23", false, false)
@@ -414,15 +400,7 @@ async fn page_tokens_that_cycle_end_the_listing_as_an_error() {
         &alerts_config(&url),
     )
     .await;
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "client_secret = \"accounts-secret\"",
-            "client_secret = \"accounts-secret\"\npage_size = 20",
-        ),
-    )
-    .expect("config");
+    world.add_accounts_keys("page_size = 20");
     let runner = open(&world).await;
     let err = tokio::time::timeout(
         std::time::Duration::from_secs(30),
@@ -451,16 +429,9 @@ async fn a_vendor_that_rejects_every_token_opens_the_breaker_and_the_run_resumes
     let (url, got) = receiver().await;
     let world = World::start(quiet_sim(200), &alerts_config(&url)).await;
     // A token the vendor refuses: issued for the account system's scope.
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    let good = text.clone();
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "client_secret = \"scorer-secret\"",
-            "client_secret = \"scorer-secret\"\nscope = \"accounts.read\"",
-        ),
-    )
-    .expect("config");
+    let secret = "client_secret = \"scorer-secret\"";
+    let wrong = format!("{secret}\nscope = \"accounts.read\"");
+    world.replace_in_config(secret, &wrong);
     let runner = open(&world).await;
     let err = daily(&runner, "2026-11-23", false, false)
         .await
@@ -481,7 +452,7 @@ async fn a_vendor_that_rejects_every_token_opens_the_breaker_and_the_run_resumes
     drop(runner);
 
     // Credentials fixed: the same command resumes the same run and scores every account.
-    std::fs::write(&world.config_path, good).expect("config");
+    world.replace_in_config(&wrong, secret);
     let runner = open(&world).await;
     let outcome = daily(&runner, "2026-11-23", false, false)
         .await

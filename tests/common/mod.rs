@@ -47,6 +47,19 @@ impl World {
         }
     }
 
+    /// Rewrites the configuration file, replacing `from` with `to` (which must be there).
+    pub fn replace_in_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config_path).expect("config");
+        assert!(text.contains(from), "{from:?} is not in the configuration");
+        std::fs::write(&self.config_path, text.replace(from, to)).expect("config");
+    }
+
+    /// Adds `[accounts]` keys to the configuration (after its client secret).
+    pub fn add_accounts_keys(&self, keys: &str) {
+        let secret = "client_secret = \"accounts-secret\"";
+        self.replace_in_config(secret, &format!("{secret}\n{keys}"));
+    }
+
     pub fn config(&self) -> Config {
         Config::load(&self.config_path).expect("config loads")
     }
