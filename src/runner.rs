@@ -227,7 +227,8 @@ impl Runner {
                 forced: Vec::new(),
                 min_active_ratio,
             };
-            return self.execute(req, wait, shutdown, progress).await;
+            let sealed = open.sealed.clone();
+            return self.execute(req, sealed, wait, shutdown, progress).await;
         }
         if let Some(done) = book.delivered_daily(date) {
             if done.full || !request.full {
@@ -243,7 +244,7 @@ impl Runner {
             forced: Vec::new(),
             min_active_ratio,
         };
-        self.execute(req, wait, shutdown, progress).await
+        self.execute(req, None, wait, shutdown, progress).await
     }
 
     /// The manual override: re-scores the selected accounts and replaces their rows in the
@@ -297,7 +298,7 @@ impl Runner {
             .into());
         }
         let req = self.rerun_request(&book, business_date, RunKind::Rerun, accounts)?;
-        self.execute(req, wait, shutdown, progress).await
+        self.execute(req, None, wait, shutdown, progress).await
     }
 
     /// Re-runs the accounts whose events lie in `[from, to)` of the account-events topic, one
@@ -312,7 +313,7 @@ impl Runner {
         progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Result<Vec<Outcome>> {
         let progress = Arc::new(progress);
-        let book = RunBook::read(&self.bus).await?;
+        let mut book = RunBook::read(&self.bus).await?;
         let by_date = pipeline::replay_accounts(&self.bus, &book, partition, from, to).await?;
         let mut outcomes = Vec::new();
         for (date, accounts) in by_date {
@@ -322,11 +323,15 @@ impl Runner {
                 continue;
             }
             tracing::info!(business_date = %date, accounts = accounts.len(), "replaying");
-            let book = RunBook::read(&self.bus).await?;
+            // The replay of the date before is a run of the topic now: the next id follows it.
+            book.refresh(&self.bus).await?;
             let req = self.rerun_request(&book, date, RunKind::Replay, accounts)?;
             let progress = progress.clone();
             let progress = move |p: &Progress| progress(p);
-            outcomes.push(self.execute(req, wait, shutdown.clone(), progress).await?);
+            outcomes.push(
+                self.execute(req, None, wait, shutdown.clone(), progress)
+                    .await?,
+            );
         }
         Ok(outcomes)
     }
@@ -363,10 +368,12 @@ impl Runner {
     }
 
     /// Runs `req` to its end; a failure that is not a refusal or a stop raises the critical
-    /// alert.
+    /// alert. `sealed_before`: the seal of a run being resumed, when the triggers topic holds
+    /// one (the producer's part is done, and the pre-flight is not run again).
     async fn execute(
         &self,
         req: RunRequest,
+        sealed_before: Option<RunSealed>,
         wait: bool,
         shutdown: CancellationToken,
         progress: impl Fn(&Progress) + Send + Sync + 'static,
@@ -374,7 +381,7 @@ impl Runner {
         let (run_id, date) = (req.run_id.clone(), req.business_date);
         let span = tracing::info_span!("run", run_id = %run_id);
         let result = tracing::Instrument::instrument(
-            self.execute_inner(req, wait, shutdown.clone(), progress),
+            self.execute_inner(req, sealed_before, wait, shutdown.clone(), progress),
             span,
         )
         .await;
@@ -390,13 +397,12 @@ impl Runner {
     async fn execute_inner(
         &self,
         req: RunRequest,
+        sealed_before: Option<RunSealed>,
         wait: bool,
         shutdown: CancellationToken,
         progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Result<Outcome> {
         let run_id = req.run_id.clone();
-        let book = RunBook::read(&self.bus).await?;
-        let sealed_before = book.get(&run_id).and_then(|r| r.sealed.clone());
         if sealed_before.is_none() {
             let report = self.preflight().await?;
             let report = report.into_result()?;
@@ -719,12 +725,5 @@ pub async fn assembler_service(
             }
             Err(e)
         }
-    }
-}
-
-impl Runner {
-    /// The producer (tests and `esg status` read the roster through it).
-    pub fn producer(&self) -> &Producer {
-        &self.producer
     }
 }
