@@ -632,21 +632,16 @@ impl Assembler {
             }
             None => {
                 let sealed = run.sealed.clone().unwrap_or_default();
-                let n = |v: i64| v.max(0) as u64;
                 let facts = RunFacts {
-                    run_id: run.run_id.clone(),
-                    outcome: outcome.as_str().to_owned(),
-                    scored_in_run: 0,
-                    carried_forward: 0,
-                    deadline_failed: 0,
-                    never_scored: 0,
-                    new_accounts: n(sealed.new_accounts),
-                    gone_accounts: n(sealed.gone_accounts),
-                    malformed_records: n(sealed.malformed_records),
                     api_attempts,
                     api_requests,
-                    started_at,
-                    finished_at: now,
+                    ..RunFacts::from_seal(
+                        run.run_id.clone(),
+                        outcome.as_str().to_owned(),
+                        &sealed,
+                        started_at,
+                        now,
+                    )
                 }
                 .with_tally(&tally);
                 let record = serde_json::to_string(&facts);

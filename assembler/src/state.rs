@@ -354,23 +354,8 @@ pub fn day_runs(
             let sealed: RunSealed = sealed
                 .and_then(|j| serde_json::from_str(&j).ok())
                 .unwrap_or_default();
-            let n = |v: i64| v.max(0) as u64;
             let started_at = DateTime::from_timestamp_millis(triggered_ms).unwrap_or_default();
-            RunFacts {
-                run_id,
-                outcome,
-                scored_in_run: 0,
-                carried_forward: 0,
-                deadline_failed: 0,
-                never_scored: 0,
-                new_accounts: n(sealed.new_accounts),
-                gone_accounts: n(sealed.gone_accounts),
-                malformed_records: n(sealed.malformed_records),
-                api_attempts: 0,
-                api_requests: 0,
-                started_at,
-                finished_at: started_at,
-            }
+            RunFacts::from_seal(run_id, outcome, &sealed, started_at, started_at)
         });
     Ok(StoredDay {
         daily,

@@ -270,6 +270,33 @@ pub struct RunFacts {
 }
 
 impl RunFacts {
+    /// Facts of a run as its seal gives them (new, gone, malformed), with no tally and no API
+    /// counts yet.
+    pub fn from_seal(
+        run_id: String,
+        outcome: String,
+        sealed: &esg_schemas::RunSealed,
+        started_at: DateTime<Utc>,
+        finished_at: DateTime<Utc>,
+    ) -> Self {
+        let n = |v: i64| v.max(0) as u64;
+        RunFacts {
+            run_id,
+            outcome,
+            scored_in_run: 0,
+            carried_forward: 0,
+            deadline_failed: 0,
+            never_scored: 0,
+            new_accounts: n(sealed.new_accounts),
+            gone_accounts: n(sealed.gone_accounts),
+            malformed_records: n(sealed.malformed_records),
+            api_attempts: 0,
+            api_requests: 0,
+            started_at,
+            finished_at,
+        }
+    }
+
     /// Facts of a daily run from its tally; the caller fills the rest.
     pub fn with_tally(mut self, tally: &Tally) -> Self {
         self.scored_in_run = tally.scored_in_run;
