@@ -42,6 +42,17 @@ pub const API_RETRIES_TOTAL: &str = "esg_api_retries_total";
 pub const RATE_LIMITER_WAITS_TOTAL: &str = "esg_rate_limiter_waits_total";
 /// Gauge: ESG API calls in flight in this process.
 pub const API_IN_FLIGHT: &str = "esg_api_in_flight";
+/// Gauge, requests per second: the ESG API send rate in force in this process (the adaptive
+/// rate controller's, at most this process's share of the tenant quota).
+pub const API_SEND_RATE: &str = "esg_api_send_rate";
+/// Counter: ESG API answers 429 (rate limited); they are not attempts.
+pub const API_RATE_LIMITED_TOTAL: &str = "esg_api_rate_limited_total";
+/// Counter: times every caller of this process was paused because most recent answers were 429.
+pub const API_PAUSES_TOTAL: &str = "esg_api_pauses_total";
+/// Histogram: accounts per batch request sent to `POST /v1/esg-analysis:batch`.
+pub const API_BATCH_ACCOUNTS: &str = "esg_api_batch_accounts";
+/// Counter: single calls answered 304 Not Modified (the stored analysis is kept).
+pub const API_NOT_MODIFIED_TOTAL: &str = "esg_api_not_modified_total";
 /// Gauge: account events of this scorer's partitions not yet scored.
 pub const SCORER_CONSUMER_LAG_RECORDS: &str = "esg_scorer_consumer_lag_records";
 
@@ -72,6 +83,11 @@ pub const ALL: &[&str] = &[
     API_RETRIES_TOTAL,
     RATE_LIMITER_WAITS_TOTAL,
     API_IN_FLIGHT,
+    API_SEND_RATE,
+    API_RATE_LIMITED_TOTAL,
+    API_PAUSES_TOTAL,
+    API_BATCH_ACCOUNTS,
+    API_NOT_MODIFIED_TOTAL,
     SCORER_CONSUMER_LAG_RECORDS,
     ALERTS_SENT_TOTAL,
     ALERT_FAILURES_TOTAL,
@@ -125,6 +141,23 @@ pub fn describe_all() {
         "API calls that waited for the rate limiter."
     );
     describe_gauge!(API_IN_FLIGHT, "ESG API calls in flight in this process.");
+    describe_gauge!(
+        API_SEND_RATE,
+        "ESG API send rate in force (requests per second), at most this process's share of the quota."
+    );
+    describe_counter!(
+        API_RATE_LIMITED_TOTAL,
+        "ESG API answers 429; they are not attempts."
+    );
+    describe_counter!(
+        API_PAUSES_TOTAL,
+        "Pauses of every caller because most recent ESG API answers were 429."
+    );
+    describe_histogram!(API_BATCH_ACCOUNTS, "Accounts per ESG API batch request.");
+    describe_counter!(
+        API_NOT_MODIFIED_TOTAL,
+        "ESG API single calls answered 304 Not Modified."
+    );
     describe_gauge!(
         SCORER_CONSUMER_LAG_RECORDS,
         "Account events of this scorer's partitions not yet scored."
