@@ -21,7 +21,8 @@ use accounts::{AccountsClient, Page};
 use chrono::{DateTime, NaiveDate, Utc};
 use esg_bus::{EventBus, RangeReader, Store, StoreError};
 use esg_schemas::{
-    AccountChanged, AccountEntry, ChangeReason, DailyTrigger, Event, RunKind, RunSealed,
+    AccountChanged, AccountEntry, ChangeReason, DailyTrigger, EsgScore, Event, PriorAnalysis,
+    RunKind, RunSealed, ScoreStatus,
 };
 use rusqlite::params;
 use std::collections::HashMap;
@@ -440,7 +441,7 @@ impl Producer {
         };
         let applied = self
             .follow(topic, "scores_offsets", pick, |tx, key, score| {
-                match score {
+                match &score {
                     Some(s) => tx.execute(
                         "INSERT INTO last_scores (account_id, run_id, account_version, status, analysis_date)
                          VALUES (?1, ?2, ?3, ?4, ?5)
@@ -456,6 +457,30 @@ impl Producer {
                         ],
                     ),
                     None => tx.execute("DELETE FROM last_scores WHERE account_id = ?1", [key]),
+                }?;
+                match score.as_ref().and_then(prior_of) {
+                    Some(prior) => {
+                        let v = &prior.values;
+                        let text = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
+                        tx.execute(
+                            "INSERT OR REPLACE INTO last_etags (account_id, etag, overall,
+                               environmental, social, governance, primary_focus,
+                               primary_focus_score, analysis_date)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                            params![
+                                key,
+                                prior.etag,
+                                text(v.overall),
+                                text(v.environmental),
+                                text(v.social),
+                                text(v.governance),
+                                v.primary_focus.map(|p| p.as_str()),
+                                text(v.primary_focus_score),
+                                v.analysis_date.map(|d| d.to_string()),
+                            ],
+                        )
+                    }
+                    None => tx.execute("DELETE FROM last_etags WHERE account_id = ?1", [key]),
                 }
                 .map(|_| ())
             })
@@ -752,16 +777,19 @@ impl Producer {
             }
             let run_id = req.run_id.clone();
             let from = after.clone();
-            let rows: Vec<(String, String, i64, String)> = self
+            let rows: Vec<(String, String, i64, String, Option<PriorAnalysis>)> = self
                 .store
                 .call(move |c| {
                     let mut stmt = c.prepare_cached(
-                        "SELECT account_id, name, version, reason FROM pending
-                         WHERE run_id = ?1 AND account_id > ?3 AND emitted = 0
-                         ORDER BY account_id LIMIT ?2",
+                        "SELECT p.account_id, p.name, p.version, p.reason, e.etag, e.overall,
+                                e.environmental, e.social, e.governance, e.primary_focus,
+                                e.primary_focus_score, e.analysis_date
+                         FROM pending p LEFT JOIN last_etags e ON e.account_id = p.account_id
+                         WHERE p.run_id = ?1 AND p.account_id > ?3 AND p.emitted = 0
+                         ORDER BY p.account_id LIMIT ?2",
                     )?;
                     let rows = stmt.query_map(params![run_id, batch, from], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, prior_row(r)?))
                     })?;
                     rows.collect()
                 })
@@ -787,7 +815,7 @@ impl Producer {
             let now = Utc::now();
             let events: Vec<(String, Event)> = rows
                 .iter()
-                .map(|(id, name, version, reason)| {
+                .map(|(id, name, version, reason, prior)| {
                     (
                         id.clone(),
                         Event::AccountChanged(AccountChanged {
@@ -797,6 +825,7 @@ impl Producer {
                             version: *version,
                             reason: reason.parse().unwrap_or(ChangeReason::Forced),
                             emitted_at: now,
+                            prior: prior.clone(),
                         }),
                     )
                 })
@@ -965,6 +994,48 @@ impl Producer {
 /// account. The first page of a pass first drops every row of the run, in the same transaction:
 /// after a 410 restart only the new pass counts, so an account that left between two passes
 /// does not survive from the first.
+/// The prior analysis a score leaves for the account's next conditional request: its values
+/// and ETag when it has an ETag and is not `Failed`.
+fn prior_of(score: &EsgScore) -> Option<PriorAnalysis> {
+    let etag = score.etag.clone()?;
+    (score.status != ScoreStatus::Failed).then_some(PriorAnalysis {
+        etag,
+        values: score.values,
+    })
+}
+
+/// The `last_etags` columns 4..=11 of an emit row as a prior analysis (`None` when the join
+/// found none). A stored value that no longer parses drops the prior: the account is then asked
+/// for unconditionally, which is always correct.
+fn prior_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<PriorAnalysis>> {
+    let Some(etag) = r.get::<_, Option<String>>(4)? else {
+        return Ok(None);
+    };
+    let text = |i: usize| r.get::<_, Option<String>>(i);
+    let (overall, environmental, social, governance) = (text(5)?, text(6)?, text(7)?, text(8)?);
+    let (pillar, focus_score, date) = (text(9)?, text(10)?, text(11)?);
+    let decimal = |t: Option<String>| -> Option<Option<rust_decimal::Decimal>> {
+        t.map(|t| t.parse().ok())
+            .map_or(Some(None), |d| d.map(Some))
+    };
+    let values = (|| {
+        Some(esg_schemas::EsgValues {
+            overall: decimal(overall)?,
+            environmental: decimal(environmental)?,
+            social: decimal(social)?,
+            governance: decimal(governance)?,
+            primary_focus: pillar
+                .map(|t| t.parse().ok())
+                .map_or(Some(None), |p| p.map(Some))?,
+            primary_focus_score: decimal(focus_score)?,
+            analysis_date: date
+                .map(|t| t.parse().ok())
+                .map_or(Some(None), |d| d.map(Some))?,
+        })
+    })();
+    Ok(values.map(|values| PriorAnalysis { etag, values }))
+}
+
 fn insert_page(store: &Store, run_id: &str, page: &Page) -> Result<(), StoreError> {
     store.call_blocking(|c| {
         let tx = c.transaction()?;

@@ -1,6 +1,7 @@
 //! The producer's state store (`producer.db`): runs and their phase, the listing of each run,
 //! the roster last published to `esg.accounts`, the last score of each account (materialised
-//! from `esg.scores`), and the accounts each run asks to score.
+//! from `esg.scores`; `last_etags` holds the analysis and ETag of those whose last score came
+//! with one, for conditional requests), and the accounts each run asks to score.
 //!
 //! Nothing here is known only to this host: the roster is materialised from the compacted
 //! `esg.accounts` topic (`accounts_offsets`) and the last scores from `esg.scores`
@@ -46,6 +47,17 @@ CREATE TABLE IF NOT EXISTS last_scores (
     run_id TEXT NOT NULL,
     account_version INTEGER NOT NULL,
     status TEXT NOT NULL,
+    analysis_date TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS last_etags (
+    account_id TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    overall TEXT,
+    environmental TEXT,
+    social TEXT,
+    governance TEXT,
+    primary_focus TEXT,
+    primary_focus_score TEXT,
     analysis_date TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts_offsets (

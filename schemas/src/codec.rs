@@ -391,6 +391,46 @@ fn opt_decimal(
     Ok(opt(d.map(|d| decimal(record, field, d)).transpose()?))
 }
 
+/// The seven ESG value fields (`overall` … `analysis_date`) of `record`, in schema order.
+fn value_fields(
+    record: &'static str,
+    v: &EsgValues,
+) -> Result<Vec<(&'static str, Value)>, CodecError> {
+    Ok(vec![
+        ("overall", opt_decimal(record, "overall", v.overall)?),
+        (
+            "environmental",
+            opt_decimal(record, "environmental", v.environmental)?,
+        ),
+        ("social", opt_decimal(record, "social", v.social)?),
+        (
+            "governance",
+            opt_decimal(record, "governance", v.governance)?,
+        ),
+        (
+            "primary_focus",
+            opt(v
+                .primary_focus
+                .map(|p| Value::Enum(p.index(), p.as_str().into()))),
+        ),
+        (
+            "primary_focus_score",
+            opt_decimal(record, "primary_focus_score", v.primary_focus_score)?,
+        ),
+        ("analysis_date", opt(v.analysis_date.map(date))),
+    ])
+}
+
+/// The `PriorAnalysis` record of an `AccountChanged`.
+fn prior_value(p: &PriorAnalysis) -> Result<Value, CodecError> {
+    let fields = [("etag", s(&p.etag))]
+        .into_iter()
+        .chain(value_fields("PriorAnalysis", &p.values)?);
+    Ok(Value::Record(
+        fields.map(|(k, v)| (k.to_owned(), v)).collect(),
+    ))
+}
+
 fn to_value(event: &Event) -> Result<Value, CodecError> {
     let fields: Vec<(&str, Value)> = match event {
         Event::DailyTrigger(t) => vec![
@@ -440,6 +480,7 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
                 Value::Enum(a.reason.index(), a.reason.as_str().into()),
             ),
             ("emitted_at", ts(a.emitted_at)),
+            ("prior", opt(a.prior.as_ref().map(prior_value).transpose()?)),
         ],
         Event::AccountEntry(a) => vec![
             ("account_id", s(&a.account_id)),
@@ -458,28 +499,10 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
                     "status",
                     Value::Enum(e.status.index(), e.status.as_str().into()),
                 ),
-                ("overall", opt_decimal(R, "overall", e.values.overall)?),
-                (
-                    "environmental",
-                    opt_decimal(R, "environmental", e.values.environmental)?,
-                ),
-                ("social", opt_decimal(R, "social", e.values.social)?),
-                (
-                    "governance",
-                    opt_decimal(R, "governance", e.values.governance)?,
-                ),
-                (
-                    "primary_focus",
-                    opt(e
-                        .values
-                        .primary_focus
-                        .map(|p| Value::Enum(p.index(), p.as_str().into()))),
-                ),
-                (
-                    "primary_focus_score",
-                    opt_decimal(R, "primary_focus_score", e.values.primary_focus_score)?,
-                ),
-                ("analysis_date", opt(e.values.analysis_date.map(date))),
+            ]
+            .into_iter()
+            .chain(value_fields(R, &e.values)?)
+            .chain([
                 ("attempts", Value::Int(e.attempts)),
                 ("error_code", opt(e.error_code.as_deref().map(s))),
                 ("error_message", opt(e.error_message.as_deref().map(s))),
@@ -487,7 +510,9 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
                 ("source_partition", Value::Int(e.source_partition)),
                 ("source_offset", Value::Long(e.source_offset)),
                 ("requests", Value::Int(e.requests)),
-            ]
+                ("etag", opt(e.etag.as_deref().map(s))),
+            ])
+            .collect()
         }
     };
     Ok(Value::Record(
@@ -619,6 +644,31 @@ impl Fields {
             v => Err(self.bad(f, &v)),
         }
     }
+    /// The seven ESG value fields ([`value_fields`]).
+    fn values(&mut self) -> Result<EsgValues, CodecError> {
+        Ok(EsgValues {
+            overall: self.opt_decimal("overall")?,
+            environmental: self.opt_decimal("environmental")?,
+            social: self.opt_decimal("social")?,
+            governance: self.opt_decimal("governance")?,
+            primary_focus: self.opt_symbol("primary_focus")?,
+            primary_focus_score: self.opt_decimal("primary_focus_score")?,
+            analysis_date: self.opt_date("analysis_date")?,
+        })
+    }
+    fn opt_prior(&mut self, f: &'static str) -> Result<Option<PriorAnalysis>, CodecError> {
+        match self.take(f)? {
+            Value::Null => Ok(None),
+            record @ Value::Record(_) => {
+                let mut p = Fields::new("PriorAnalysis", record)?;
+                Ok(Some(PriorAnalysis {
+                    etag: p.string("etag")?,
+                    values: p.values()?,
+                }))
+            }
+            v => Err(self.bad(f, &v)),
+        }
+    }
     fn opt_decimal(&mut self, f: &'static str) -> Result<Option<Decimal>, CodecError> {
         match self.take(f)? {
             Value::Null => Ok(None),
@@ -685,6 +735,7 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
             version: f.long("version")?,
             reason: f.symbol("reason")?,
             emitted_at: f.ts("emitted_at")?,
+            prior: f.opt_prior("prior")?,
         }),
         "AccountEntry" => Event::AccountEntry(AccountEntry {
             account_id: f.string("account_id")?,
@@ -698,15 +749,7 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
             account_id: f.string("account_id")?,
             account_version: f.long("account_version")?,
             status: f.symbol("status")?,
-            values: EsgValues {
-                overall: f.opt_decimal("overall")?,
-                environmental: f.opt_decimal("environmental")?,
-                social: f.opt_decimal("social")?,
-                governance: f.opt_decimal("governance")?,
-                primary_focus: f.opt_symbol("primary_focus")?,
-                primary_focus_score: f.opt_decimal("primary_focus_score")?,
-                analysis_date: f.opt_date("analysis_date")?,
-            },
+            values: f.values()?,
             attempts: f.int("attempts")?,
             error_code: f.opt_string("error_code")?,
             error_message: f.opt_string("error_message")?,
@@ -714,6 +757,7 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
             source_partition: f.int("source_partition")?,
             source_offset: f.long("source_offset")?,
             requests: f.int("requests")?,
+            etag: f.opt_string("etag")?,
         }),
         other => return Err(CodecError::UnknownSchema(other.to_owned())),
     })
@@ -750,6 +794,7 @@ mod tests {
             source_partition: 3,
             source_offset: 42,
             requests: 4,
+            etag: Some("\"v7-2026-11-20\"".into()),
         }
     }
 
@@ -758,19 +803,28 @@ mod tests {
     }
 
     /// Guards the bytes on the bus: grouping a score's ESG fields into `EsgValues` changed the
-    /// Rust type, not the record (these are the bytes the flat struct encoded to).
+    /// Rust type, not the record, and adding `etag` only appended its null (`00`) to the datum.
+    /// The literals are the datums the flat struct encoded to before `etag` existed; the 10
+    /// bytes before the datum are the marker and the schema fingerprint.
     #[test]
     fn esg_score_bytes_are_unchanged_by_the_values_type() {
         let codec = Codec::new().expect("schemas parse");
+        let datum = |score: EsgScore| {
+            let bytes = codec.encode(&Event::EsgScore(score)).expect("encode");
+            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            hex(&bytes[10..])
+        };
         let partial = EsgScore {
             error_code: Some("PARTIAL".into()),
             error_message: Some("m".into()),
+            etag: None,
             ..score()
         };
         assert_eq!(
-            hex(&codec.encode(&Event::EsgScore(partial)).expect("encode")),
-            "c301d3e3b1c904a8a25614323032362d31312d32330a4143432d310e020208000b0a00020800000000\
-             000208000f424002040208000f420e02d2c40204020e5041525449414c02026df69d908ad666065408"
+            datum(partial),
+            "14323032362d31312d32330a4143432d310e020208000b0a00020800000000\
+             000208000f424002040208000f420e02d2c40204020e5041525449414c02026df69d908ad666065408\
+             00"
         );
         let failed = EsgScore::failed(
             "2026-11-23",
@@ -782,9 +836,9 @@ mod tests {
             t(3),
         );
         assert_eq!(
-            hex(&codec.encode(&Event::EsgScore(failed)).expect("encode")),
-            "c301d3e3b1c904a8a25614323032362d31312d32330242020400000000000000060210485454505f\
-             35303302267365727669636520756e617661696c61626c6506010100"
+            datum(failed),
+            "14323032362d31312d32330242020400000000000000060210485454505f\
+             35303302267365727669636520756e617661696c61626c650601010000"
         );
     }
 
@@ -862,6 +916,19 @@ mod tests {
                 version: 3,
                 reason: ChangeReason::Stale,
                 emitted_at: t(1),
+                prior: None,
+            }),
+            Event::AccountChanged(AccountChanged {
+                run_id: "2026-11-24".into(),
+                account_id: "A.2".into(),
+                account_name: "Fund".into(),
+                version: 3,
+                reason: ChangeReason::Forced,
+                emitted_at: t(1),
+                prior: Some(PriorAnalysis {
+                    etag: "W/\"abc\"".into(),
+                    values: score().values,
+                }),
             }),
             Event::AccountEntry(AccountEntry {
                 account_id: "A.1".into(),
@@ -1003,7 +1070,7 @@ mod tests {
         else {
             panic!("record")
         };
-        values.retain(|(k, _)| k != "requests");
+        values.retain(|(k, _)| k != "requests" && k != "etag");
         let datum = GenericDatumWriter::builder(&v1)
             .build()
             .and_then(|w| w.write_value_to_vec(Value::Record(values)))
@@ -1016,10 +1083,12 @@ mod tests {
             panic!("wrong record")
         };
         assert_eq!(read.requests, 0);
+        assert_eq!(read.etag, None);
         assert_eq!(read.attempts, written.attempts);
         assert_eq!(
             EsgScore {
                 requests: written.requests,
+                etag: written.etag.clone(),
                 ..read
             },
             written

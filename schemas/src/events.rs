@@ -144,6 +144,20 @@ pub struct AccountChanged {
     pub version: i64,
     pub reason: ChangeReason,
     pub emitted_at: DateTime<Utc>,
+    /// The account's stored analysis and its ETag, for a conditional request; `None` when
+    /// there is none (never scored, last score `Failed`, or scored through the batch endpoint,
+    /// whose answers carry no ETag). Absent in events written before the field.
+    pub prior: Option<PriorAnalysis>,
+}
+
+/// A stored analysis with the vendor's ETag for it: what a `304 Not Modified` answer to
+/// `If-None-Match: <etag>` confirms is still the account's analysis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriorAnalysis {
+    /// The ETag the vendor sent with the analysis.
+    pub etag: String,
+    /// The analysis's values (its analysis date included).
+    pub values: EsgValues,
 }
 
 /// One active account of the roster (esg.accounts, compacted).
@@ -239,6 +253,9 @@ pub struct EsgScore {
     /// HTTP requests sent to the ESG API for this score (401 re-sends and 429 answers
     /// included; `attempts` counts scoring attempts). 0 in records written before the field.
     pub requests: i32,
+    /// The vendor's ETag of the analysis, when a single call gave one (batch answers carry
+    /// none); `None` for a `Failed` score and in records written before the field.
+    pub etag: Option<String>,
 }
 
 impl EsgScore {
@@ -265,6 +282,7 @@ impl EsgScore {
             source_partition: -1,
             source_offset: -1,
             requests: 0,
+            etag: None,
         }
     }
 }

@@ -647,6 +647,7 @@ fn to_score(
                 source_partition: partition,
                 source_offset: offset,
                 requests,
+                etag: None,
             }
         }
         Err(f) => EsgScore {

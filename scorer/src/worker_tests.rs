@@ -146,6 +146,7 @@ async fn world(accounts: usize, partitions: i32) -> World {
                 version: 1,
                 reason: ChangeReason::New,
                 emitted_at: now,
+                prior: None,
             });
             (id, event)
         })
