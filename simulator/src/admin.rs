@@ -10,6 +10,7 @@
 //! | `POST /_sim/rerate` | the vendor re-rates: every score changes |
 //! | `POST /_sim/expire-page-tokens` | every page token issued so far answers 410 |
 //! | `POST /_sim/config` | change fault settings (JSON object, see [`ConfigPatch`]) |
+//! | `POST /_sim/storm?seconds=N` | every ESG API request answers 429 for N seconds (0..=3600; 0 ends it) |
 //! | `GET /_sim/stats` | [`crate::SimStats`] |
 //! | `GET /_sim/calls/{id}` | `{"accountId", "calls"}` |
 //! | `GET /_sim/calls?min=2` | sorted ids called at least `min` times (default 1) |
@@ -87,6 +88,21 @@ pub(crate) fn rerate(st: &SimState) -> u64 {
     epoch
 }
 
+/// Longest storm `POST /_sim/storm` starts.
+pub(crate) const MAX_STORM: Duration = Duration::from_secs(3600);
+
+pub(crate) fn storm(st: &SimState, d: Duration) {
+    st.storm(d);
+    if d.is_zero() {
+        tracing::info!("429 storm ended");
+    } else {
+        tracing::info!(
+            seconds = d.as_secs_f64(),
+            "429 storm: every ESG API request answers 429"
+        );
+    }
+}
+
 pub(crate) fn expire_page_tokens(st: &SimState) {
     st.expire_page_tokens();
     tracing::info!("every page token issued so far expired");
@@ -105,6 +121,11 @@ pub(crate) struct ConfigPatch {
     timeout_rate: Option<f64>,
     #[serde(with = "humantime_serde::option")]
     stall: Option<Duration>,
+    rate_limited_first_attempt_rate: Option<f64>,
+    #[serde(with = "humantime_serde::option")]
+    fault_retry_after: Option<Duration>,
+    batch_endpoint: Option<bool>,
+    batch_disabled_status: Option<u16>,
     permanent_error_rate: Option<f64>,
     partial_rate: Option<f64>,
     out_of_contract_rate: Option<f64>,
@@ -142,6 +163,13 @@ impl ConfigPatch {
         set(&mut c.transient_error_rate, self.transient_error_rate);
         set(&mut c.timeout_rate, self.timeout_rate);
         set(&mut c.stall, self.stall);
+        set(
+            &mut c.rate_limited_first_attempt_rate,
+            self.rate_limited_first_attempt_rate,
+        );
+        set(&mut c.fault_retry_after, self.fault_retry_after);
+        set(&mut c.batch_endpoint, self.batch_endpoint);
+        set(&mut c.batch_disabled_status, self.batch_disabled_status);
         set(&mut c.permanent_error_rate, self.permanent_error_rate);
         set(&mut c.partial_rate, self.partial_rate);
         set(&mut c.out_of_contract_rate, self.out_of_contract_rate);
@@ -181,6 +209,7 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
         .route("/_sim/rerate", post(rerate_route))
         .route("/_sim/expire-page-tokens", post(expire_route))
         .route("/_sim/config", post(config_route))
+        .route("/_sim/storm", post(storm_route))
         .route("/_sim/stats", get(stats_route))
         .route("/_sim/calls", get(calls_route))
         .route("/_sim/calls/{id}", get(calls_for_route))
@@ -283,6 +312,23 @@ async fn config_route(State(st): State<Arc<SimState>>, body: axum::body::Bytes) 
             None,
         ),
     }
+}
+
+async fn storm_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let Some(seconds) = first(&pairs, "seconds")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n <= MAX_STORM.as_secs())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_SECONDS",
+            "seconds must be a whole number from 0 to 3600",
+            None,
+        );
+    };
+    storm(&st, Duration::from_secs(seconds));
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn stats_route(State(st): State<Arc<SimState>>) -> Response {

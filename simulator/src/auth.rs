@@ -1,7 +1,8 @@
 //! The firm's token endpoint (`POST /oauth2/token`, client credentials) and bearer checks.
 //!
-//! Tokens are self-contained: expiry, scope and a check sum keyed by a per-simulator secret, so
-//! nothing is stored per token and a token from another simulator is refused. A missing,
+//! Tokens are self-contained: expiry, scope, the client they were issued to and a check sum keyed
+//! by a per-simulator secret, so nothing is stored per token and a token from another simulator
+//! is refused. The client id lets the ESG API tell tenants apart (the batch endpoint per client). A missing,
 //! malformed, expired or wrong-scope token answers 401 with the contract's error body.
 
 use std::sync::Arc;
@@ -35,16 +36,31 @@ impl Denied {
     }
 }
 
-/// A token granting `scope` until `expires_ms` (Unix milliseconds).
-fn issue(key: u64, scope: &str, expires_ms: u64) -> String {
+/// What a token this simulator issued says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claims {
+    /// Space-separated scopes granted.
+    scope: String,
+    /// Unix milliseconds at which it expires.
+    expires_ms: u64,
+    /// The OAuth client it was issued to.
+    client_id: String,
+}
+
+/// A token issued to `client_id` granting `scope` until `expires_ms` (Unix milliseconds).
+fn issue(key: u64, client_id: &str, scope: &str, expires_ms: u64) -> String {
     let nonce: u64 = rand::random();
-    let payload = format!("sim.{expires_ms}.{nonce:016x}.{}", hex(scope.as_bytes()));
+    let payload = format!(
+        "sim.{expires_ms}.{nonce:016x}.{}.{}",
+        hex(scope.as_bytes()),
+        hex(client_id.as_bytes())
+    );
     let mac = mix(key, &[fnv1a(payload.as_bytes())]);
     format!("{payload}.{mac:016x}")
 }
 
-/// The scope and expiry of a token this simulator issued.
-fn verify(key: u64, token: &str) -> Option<(String, u64)> {
+/// The claims of a token this simulator issued, unchanged.
+fn verify(key: u64, token: &str) -> Option<Claims> {
     let (payload, mac) = token.rsplit_once('.')?;
     if format!("{:016x}", mix(key, &[fnv1a(payload.as_bytes())])) != mac {
         return None;
@@ -56,11 +72,17 @@ fn verify(key: u64, token: &str) -> Option<(String, u64)> {
     let expires_ms: u64 = parts.next()?.parse().ok()?;
     let _nonce = parts.next()?;
     let scope = String::from_utf8(unhex(parts.next()?)?).ok()?;
-    parts.next().is_none().then_some((scope, expires_ms))
+    let client_id = String::from_utf8(unhex(parts.next()?)?).ok()?;
+    parts.next().is_none().then_some(Claims {
+        scope,
+        expires_ms,
+        client_id,
+    })
 }
 
-/// Checks the request's `Authorization: Bearer` token for `scope`.
-pub(crate) fn authorize(st: &SimState, headers: &HeaderMap, scope: &str) -> Result<(), Denied> {
+/// Checks the request's `Authorization: Bearer` token for `scope`; on success, the client id
+/// the token was issued to.
+pub(crate) fn authorize(st: &SimState, headers: &HeaderMap, scope: &str) -> Result<String, Denied> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or(Denied::Missing)?
@@ -70,14 +92,14 @@ pub(crate) fn authorize(st: &SimState, headers: &HeaderMap, scope: &str) -> Resu
     if !kind.eq_ignore_ascii_case("bearer") {
         return Err(Denied::Invalid);
     }
-    let (granted, expires_ms) = verify(st.key, token.trim()).ok_or(Denied::Invalid)?;
-    if unix_millis() >= expires_ms {
+    let claims = verify(st.key, token.trim()).ok_or(Denied::Invalid)?;
+    if unix_millis() >= claims.expires_ms {
         return Err(Denied::Expired);
     }
-    if !granted.split_whitespace().any(|s| s == scope) {
+    if !claims.scope.split_whitespace().any(|s| s == scope) {
         return Err(Denied::WrongScope);
     }
-    Ok(())
+    Ok(claims.client_id)
 }
 
 /// The 401 answer for a refused token.
@@ -182,7 +204,12 @@ pub(crate) async fn token(State(st): State<Arc<SimState>>, body: Bytes) -> Respo
         }
     };
     let ttl_ms = u64::try_from(cfg.token_ttl.as_millis()).unwrap_or(u64::MAX);
-    let access_token = issue(st.key, &scope, unix_millis().saturating_add(ttl_ms));
+    let access_token = issue(
+        st.key,
+        &credential.client_id,
+        &scope,
+        unix_millis().saturating_add(ttl_ms),
+    );
     tracing::debug!(client_id, scope = %scope, "token issued");
     let body = serde_json::json!({
         "access_token": access_token,
@@ -202,11 +229,22 @@ mod tests {
 
     #[test]
     fn tokens_verify_only_with_their_key_and_unchanged() {
-        let t = issue(7, "esg.read", 1_000);
-        assert_eq!(verify(7, &t), Some(("esg.read".to_owned(), 1_000)));
+        let t = issue(7, "esg-scorer", "esg.read", 1_000);
+        assert_eq!(
+            verify(7, &t),
+            Some(Claims {
+                scope: "esg.read".to_owned(),
+                expires_ms: 1_000,
+                client_id: "esg-scorer".to_owned(),
+            })
+        );
         assert_eq!(verify(8, &t), None, "another simulator's token");
         let forged = t.replacen("sim.1000.", "sim.9999.", 1);
         assert_eq!(verify(7, &forged), None);
+        let (payload, mac) = t.rsplit_once('.').expect("mac");
+        let (rest, _client) = payload.rsplit_once('.').expect("client");
+        let other_client = format!("{rest}.{}.{mac}", hex(b"esg-accounts"));
+        assert_eq!(verify(7, &other_client), None, "the client id is signed");
         assert_eq!(verify(7, "garbage"), None);
         assert_eq!(verify(7, ""), None);
     }

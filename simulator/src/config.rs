@@ -46,6 +46,21 @@ pub struct SimConfig {
     /// How long a stalled call stalls (default 30s).
     #[serde(with = "humantime_serde")]
     pub stall: Duration,
+    /// Share of accounts whose first attempt is answered 429 whatever the quota, chosen by id
+    /// (default 0). "First attempt" is the first call of the account that gets past the token
+    /// and the quota; the retry is answered normally. A batch draws by its first account, for
+    /// the whole batch.
+    pub rate_limited_first_attempt_rate: f64,
+    /// `Retry-After` of the 429s of `rate_limited_first_attempt_rate`, sent in whole seconds
+    /// rounded up, at least 1 (default 1s).
+    #[serde(with = "humantime_serde")]
+    pub fault_retry_after: Duration,
+    /// The batch endpoint for every client (default true). When false, or when the calling
+    /// client's [`Credential::batch_endpoint`] is false, `POST /v1/esg-analysis:batch` answers
+    /// `batch_disabled_status`.
+    pub batch_endpoint: bool,
+    /// What a batch request answers where the batch endpoint is off: 404 (default) or 405.
+    pub batch_disabled_status: u16,
     /// Share of accounts that always answer 404 or 422, chosen by id (default 0).
     pub permanent_error_rate: f64,
     /// Share of accounts whose analysis has a null pillar, overall or primary focus (default 0).
@@ -97,6 +112,14 @@ pub struct Credential {
     pub client_secret: String,
     /// Space-separated scopes granted to this client.
     pub scope: String,
+    /// Whether this client may use the batch endpoint (default true); when false its batch
+    /// requests answer [`SimConfig::batch_disabled_status`].
+    #[serde(default = "default_true")]
+    pub batch_endpoint: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl fmt::Debug for Credential {
@@ -105,18 +128,26 @@ impl fmt::Debug for Credential {
             .field("client_id", &self.client_id)
             .field("client_secret", &"***")
             .field("scope", &self.scope)
+            .field("batch_endpoint", &self.batch_endpoint)
             .finish()
     }
 }
 
 impl Credential {
-    /// A credential from its three parts.
+    /// A credential from its three parts, with the batch endpoint on.
     pub fn new(client_id: &str, client_secret: &str, scope: &str) -> Self {
         Credential {
             client_id: client_id.to_owned(),
             client_secret: client_secret.to_owned(),
             scope: scope.to_owned(),
+            batch_endpoint: true,
         }
+    }
+
+    /// The same credential with the batch endpoint on or off.
+    pub fn with_batch_endpoint(mut self, on: bool) -> Self {
+        self.batch_endpoint = on;
+        self
     }
 }
 
@@ -143,6 +174,10 @@ impl Default for SimConfig {
             transient_error_rate: 0.0,
             timeout_rate: 0.0,
             stall: Duration::from_secs(30),
+            rate_limited_first_attempt_rate: 0.0,
+            fault_retry_after: Duration::from_secs(1),
+            batch_endpoint: true,
+            batch_disabled_status: 404,
             permanent_error_rate: 0.0,
             partial_rate: 0.0,
             out_of_contract_rate: 0.0,
@@ -172,6 +207,10 @@ impl SimConfig {
             ("inactive_share", self.inactive_share),
             ("transient_error_rate", self.transient_error_rate),
             ("timeout_rate", self.timeout_rate),
+            (
+                "rate_limited_first_attempt_rate",
+                self.rate_limited_first_attempt_rate,
+            ),
             ("permanent_error_rate", self.permanent_error_rate),
             ("partial_rate", self.partial_rate),
             ("out_of_contract_rate", self.out_of_contract_rate),
@@ -222,6 +261,12 @@ impl SimConfig {
                 "page_token_cycle_after",
                 "must be 0 (off) or at least 2: page 1 has no page token to hand out again"
                     .to_owned(),
+            ));
+        }
+        if !matches!(self.batch_disabled_status, 404 | 405) {
+            return Err(invalid(
+                "batch_disabled_status",
+                format!("{} is neither 404 nor 405", self.batch_disabled_status),
             ));
         }
         if self.burst == 0 {
@@ -367,6 +412,57 @@ mod tests {
         assert_eq!(c.wrong_type_record_rate, 0.3);
         assert_eq!(c.page_token_cycle_after, 4);
         assert_eq!(c.token_delay, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn first_attempt_and_batch_keys_default_validate_and_read_from_json() {
+        let c = SimConfig::default();
+        assert_eq!(c.rate_limited_first_attempt_rate, 0.0);
+        assert_eq!(c.fault_retry_after, Duration::from_secs(1));
+        assert!(c.batch_endpoint);
+        assert_eq!(c.batch_disabled_status, 404);
+        assert!(c.credentials.iter().all(|c| c.batch_endpoint));
+        let c: SimConfig = serde_json::from_str(
+            r#"{"rate_limited_first_attempt_rate":0.25,"fault_retry_after":"2500ms",
+                "batch_endpoint":false,"batch_disabled_status":405,
+                "credentials":[{"client_id":"a","client_secret":"s","scope":"esg.read"},
+                  {"client_id":"b","client_secret":"t","scope":"esg.read","batch_endpoint":false}]}"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.rate_limited_first_attempt_rate, 0.25);
+        assert_eq!(c.fault_retry_after, Duration::from_millis(2500));
+        assert!(!c.batch_endpoint);
+        assert_eq!(c.batch_disabled_status, 405);
+        assert_eq!(
+            c.credentials
+                .iter()
+                .map(|c| c.batch_endpoint)
+                .collect::<Vec<_>>(),
+            [true, false],
+            "batch_endpoint defaults to true per credential"
+        );
+        assert!(c.validate().is_ok());
+        for (c, key) in [
+            (
+                SimConfig {
+                    batch_disabled_status: 403,
+                    ..SimConfig::default()
+                },
+                "batch_disabled_status",
+            ),
+            (
+                SimConfig {
+                    rate_limited_first_attempt_rate: 1.5,
+                    ..SimConfig::default()
+                },
+                "rate_limited_first_attempt_rate",
+            ),
+        ] {
+            match c.validate() {
+                Err(SimError::InvalidConfig { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected invalid {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,20 +1,26 @@
 //! The vendor's ESG Portfolio Analysis API: one account, the batch endpoint and the health check.
 //!
-//! Every answer carries `X-Request-Id`; once a request got past authentication it also carries
-//! the `X-RateLimit-*` headers of the tenant quota (when one is configured). The order of checks
-//! is: token (401), quota (429), configured latency, request validity (422 / 400), unknown account
-//! (404), the account's permanent fault (404 / 422), the call's transient fault (5xx) or stall,
-//! then the analysis (200, or 304 when `If-None-Match` carries its ETag).
+//! Every answer carries `X-Request-Id`; once a request got past the tenant quota it also carries
+//! the `X-RateLimit-*` headers of the quota (when one is configured). The order of checks is:
+//! token (401), for a batch whether the endpoint is on for the calling client (404 or 405), a
+//! storm (429, `Retry-After: 1`, no quota taken, no call counted), quota (429), the first-attempt
+//! fault (429 with `Retry-After` = `fault_retry_after`), configured latency, request validity
+//! (422 / 400), unknown account (404), the account's permanent fault (404 / 422), the call's
+//! transient fault (5xx) or stall, then the analysis (200, or 304 when `If-None-Match` carries
+//! its ETag).
 //!
 //! Per-call faults are drawn from the account's call number, counted over calls that got past
-//! the token and the quota, so a run's outcome does not depend on timing or concurrency.
+//! the token, the quota and the first-attempt fault, so a run's outcome does not depend on
+//! timing or concurrency. The first-attempt fault is drawn by account id and hits the account's
+//! first such call only (see `State::refuse_first_attempt`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{NaiveDate, Utc};
 
@@ -81,6 +87,65 @@ fn too_many(request_id: &str) -> Response {
         "the tenant quota is exhausted; retry after the time in Retry-After",
         Some(request_id),
     )
+}
+
+/// A duration as `Retry-After` delta-seconds: whole seconds rounded up, at least 1.
+fn retry_after_seconds(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// The 429 of a storm: the quota's body, `Retry-After: 1`, no quota headers (none was taken).
+fn storm_429(request_id: &str) -> Response {
+    let mut resp = too_many(request_id);
+    set_header(resp.headers_mut(), header::RETRY_AFTER, "1");
+    resp
+}
+
+/// The 429 of a first attempt (`rate_limited_first_attempt_rate`): the quota's body, the quota
+/// headers of `rate` and `Retry-After` = `fault_retry_after`.
+fn first_attempt_429(cfg: &SimConfig, rate: RateDecision, request_id: &str) -> Response {
+    let mut resp = too_many(request_id);
+    add_rate_headers(&mut resp, rate);
+    set_header(
+        resp.headers_mut(),
+        header::RETRY_AFTER,
+        &retry_after_seconds(cfg.fault_retry_after).to_string(),
+    );
+    resp
+}
+
+/// Whether `client_id` may use the batch endpoint: the global `batch_endpoint` and the client's
+/// credential (a client no longer configured has only the global switch).
+fn batch_enabled(cfg: &SimConfig, client_id: &str) -> bool {
+    cfg.batch_endpoint
+        && cfg
+            .credentials
+            .iter()
+            .find(|c| c.client_id == client_id)
+            .is_none_or(|c| c.batch_endpoint)
+}
+
+/// What the batch endpoint answers where it is off: 404 as if it did not exist, or 405 with an
+/// empty `Allow` (RFC 9110: the resource allows no method).
+fn batch_disabled(cfg: &SimConfig, request_id: &str) -> Response {
+    if cfg.batch_disabled_status == 405 {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "the batch endpoint is not available to this client",
+            Some(request_id),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(""));
+        resp
+    } else {
+        error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "no such resource",
+            Some(request_id),
+        )
+    }
 }
 
 fn shutting_down(request_id: &str) -> Response {
@@ -152,6 +217,9 @@ async fn analyse_one(
         }
         return denied(d, ESG_SCOPE, Some(request_id));
     }
+    if st.storm_refuses() {
+        return storm_429(request_id);
+    }
     let rate = st.check_rate();
     if let RateDecision::Limited { .. } = rate {
         if let Some(id) = valid_id {
@@ -160,6 +228,12 @@ async fn analyse_one(
         let mut resp = too_many(request_id);
         add_rate_headers(&mut resp, rate);
         return resp;
+    }
+    if let Some(id) = valid_id {
+        if st.refuse_first_attempt(&cfg, id, true) {
+            tracing::debug!(account_id = id, "first attempt answered 429");
+            return first_attempt_429(&cfg, rate, request_id);
+        }
     }
     let call = valid_id.map(|id| st.count_call(&cfg, id, true));
     if !st.pause(cfg.latency).await {
@@ -267,28 +341,37 @@ fn batch_item(
 ///
 /// Items fail the way single calls do, with 500 for 500/502 and 503 for 503/504 (the item
 /// statuses the contract allows). When the first item draws a transient fault, the whole batch
-/// fails with it half of the time. A stalled item stalls the whole batch once.
+/// fails with it half of the time. A stalled item stalls the whole batch once. The first-attempt
+/// fault is drawn for the batch as a whole by its first account; such a 429 counts no call.
 pub(crate) async fn batch(
     State(st): State<Arc<SimState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let _in_flight = st.enter_esg();
-    st.count_batch();
+    let request = serde_json::from_slice::<BatchRequest>(&body).ok();
+    st.count_batch(request.as_ref().map_or(0, |r| r.account_ids.len()));
     let request_id = st.next_request_id();
-    let resp = batch_inner(&st, &headers, &body, &request_id).await;
+    let resp = batch_inner(&st, &headers, request, &request_id).await;
     finish(&st, resp, &request_id)
 }
 
 async fn batch_inner(
     st: &SimState,
     headers: &HeaderMap,
-    body: &[u8],
+    request: Option<BatchRequest>,
     request_id: &str,
 ) -> Response {
     let cfg = st.config();
-    if let Err(d) = authorize(st, headers, ESG_SCOPE) {
-        return denied(d, ESG_SCOPE, Some(request_id));
+    let client_id = match authorize(st, headers, ESG_SCOPE) {
+        Ok(client_id) => client_id,
+        Err(d) => return denied(d, ESG_SCOPE, Some(request_id)),
+    };
+    if !batch_enabled(&cfg, &client_id) {
+        return batch_disabled(&cfg, request_id);
+    }
+    if st.storm_refuses() {
+        return storm_429(request_id);
     }
     let rate = st.check_rate();
     if let RateDecision::Limited { .. } = rate {
@@ -296,41 +379,63 @@ async fn batch_inner(
         add_rate_headers(&mut resp, rate);
         return resp;
     }
+    let valid = validate_batch(&cfg, request);
+    if let Ok((ids, _)) = &valid {
+        let first = ids[0].as_str();
+        if is_valid_account_id(first) && st.refuse_first_attempt(&cfg, first, false) {
+            tracing::debug!(
+                accounts = ids.len(),
+                "batch answered 429 as its first account's first attempt"
+            );
+            return first_attempt_429(&cfg, rate, request_id);
+        }
+    }
     if !st.pause(cfg.latency).await {
         return shutting_down(request_id);
     }
-    let mut resp = batch_answer(st, &cfg, body, request_id).await;
-    add_rate_headers(&mut resp, rate);
-    resp
-}
-
-async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &str) -> Response {
-    let bad = |message: &str| {
-        error(
+    let mut resp = match valid {
+        Ok((ids, date)) => batch_answer(st, &cfg, &ids, date, request_id).await,
+        Err(message) => error(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             message,
             Some(request_id),
-        )
+        ),
     };
-    let Ok(req) = serde_json::from_slice::<BatchRequest>(body) else {
-        return bad("the body must be a JSON object with an accountIds array of strings");
+    add_rate_headers(&mut resp, rate);
+    resp
+}
+
+/// The ids (1 to 100) and the date of a batch request, or the message of its 400.
+fn validate_batch(
+    cfg: &SimConfig,
+    request: Option<BatchRequest>,
+) -> Result<(Vec<String>, NaiveDate), &'static str> {
+    let Some(req) = request else {
+        return Err("the body must be a JSON object with an accountIds array of strings");
     };
     if req.account_ids.is_empty() || req.account_ids.len() > MAX_BATCH {
-        return bad("accountIds must hold 1 to 100 ids");
+        return Err("accountIds must hold 1 to 100 ids");
     }
     let date = match req.as_of.as_deref() {
         None => today(cfg),
-        Some(s) => match parse_date(s) {
-            Some(d) => d,
-            None => return bad("asOf must be a date (YYYY-MM-DD)"),
-        },
+        Some(s) => parse_date(s).ok_or("asOf must be a date (YYYY-MM-DD)")?,
     };
+    Ok((req.account_ids, date))
+}
+
+async fn batch_answer(
+    st: &SimState,
+    cfg: &SimConfig,
+    account_ids: &[String],
+    date: NaiveDate,
+    request_id: &str,
+) -> Response {
     let epoch = st.rerate_epoch();
-    let mut items = Vec::with_capacity(req.account_ids.len());
+    let mut items = Vec::with_capacity(account_ids.len());
     let mut stall = false;
     let mut whole_batch_fault = None;
-    for (i, id) in req.account_ids.iter().enumerate() {
+    for (i, id) in account_ids.iter().enumerate() {
         if !is_valid_account_id(id) {
             items.push(batch_item(
                 id,
@@ -344,6 +449,7 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
             continue;
         }
         let call = st.count_call(cfg, id, true);
+        st.first_attempt_over(cfg, id);
         let account = st.registry().get_by_id(id);
         let fault = account_fault(cfg, id);
         let item = match (account, fault) {
@@ -415,10 +521,10 @@ async fn batch_answer(st: &SimState, cfg: &SimConfig, body: &[u8], request_id: &
         items.push(item);
     }
     if let Some(status) = whole_batch_fault {
-        return fault_error(status, &req.account_ids[0], request_id);
+        return fault_error(status, &account_ids[0], request_id);
     }
     if stall {
-        tracing::debug!(accounts = req.account_ids.len(), "ESG batch stalls");
+        tracing::debug!(accounts = account_ids.len(), "ESG batch stalls");
         if !st.pause(cfg.stall).await {
             return shutting_down(request_id);
         }
@@ -452,6 +558,44 @@ mod tests {
         assert!(!etag_matches(&h, "\"b\""));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
         assert!(etag_matches(&h, "\"b\""));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_at_least_one() {
+        for (d, secs) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(200), 1),
+            (Duration::from_secs(1), 1),
+            (Duration::from_millis(1001), 2),
+            (Duration::from_millis(2500), 3),
+            (Duration::from_secs(30), 30),
+        ] {
+            assert_eq!(retry_after_seconds(d), secs, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn the_batch_endpoint_is_off_if_either_switch_says_off() {
+        use crate::config::Credential;
+        let cfg = SimConfig {
+            credentials: vec![
+                Credential::new("on", "s", ESG_SCOPE),
+                Credential::new("off", "s", ESG_SCOPE).with_batch_endpoint(false),
+            ],
+            ..SimConfig::default()
+        };
+        assert!(batch_enabled(&cfg, "on"));
+        assert!(!batch_enabled(&cfg, "off"));
+        assert!(
+            batch_enabled(&cfg, "removed since"),
+            "only the global switch"
+        );
+        let all_off = SimConfig {
+            batch_endpoint: false,
+            ..cfg
+        };
+        assert!(!batch_enabled(&all_off, "on"));
+        assert!(!batch_enabled(&all_off, "off"));
     }
 
     #[test]

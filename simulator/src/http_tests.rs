@@ -1340,3 +1340,444 @@ async fn a_token_delay_holds_the_token_answer() {
     );
     assert_eq!(api.sim.stats().token_requests, 2 + 3);
 }
+
+/// Statuses of one single call per account `1..=n`, in order.
+async fn statuses(api: &Api, ids: impl IntoIterator<Item = u64>) -> Vec<(u64, u16)> {
+    let mut out = Vec::new();
+    for i in ids {
+        out.push((i, api.analysis(&id(i)).await.status().as_u16()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn first_attempts_answer_429_once_by_id_and_the_retry_is_answered() {
+    let cfg = SimConfig {
+        rate_limited_first_attempt_rate: 0.3,
+        fault_retry_after: Duration::from_millis(2500),
+        rate_limit_per_second: Some(10_000),
+        burst: 10_000,
+        ..quiet(200)
+    };
+    let api = Api::new(sim(cfg.clone()).await).await;
+    let mut refused = Vec::new();
+    for i in 1..=200 {
+        let resp = api.analysis(&id(i)).await;
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(resp.headers()["retry-after"], "3", "2.5 s rounded up");
+            assert_eq!(resp.headers()["x-ratelimit-limit"], "10000");
+            assert!(resp.headers().contains_key("x-ratelimit-remaining"));
+            assert!(resp.headers().contains_key("x-request-id"));
+            let body: Value = resp.json().await.expect("error body");
+            assert_eq!(body["error"], "RATE_LIMITED", "the quota's body");
+            assert!(body["requestId"].is_string());
+            refused.push(i);
+        } else {
+            assert_eq!(resp.status(), StatusCode::OK, "{}", id(i));
+        }
+    }
+    assert!((35..=85).contains(&refused.len()), "{}", refused.len());
+    for (i, status) in statuses(&api, 1..=200).await {
+        assert_eq!(status, 200, "{} retried or called again", id(i));
+    }
+    let stats = api.sim.stats();
+    assert_eq!(stats.fault_rate_limited, refused.len() as u64);
+    assert_eq!(stats.rate_limited, 0, "the quota refused nothing");
+    assert_eq!(stats.esg_by_status.get(&429), Some(&(refused.len() as u64)));
+    assert_eq!(
+        api.sim.calls_for(&id(refused[0])),
+        2,
+        "the 429 counts as a call"
+    );
+
+    // The same accounts every run, whether calls are counted or not.
+    for track_calls in [true, false] {
+        let again = Api::new(
+            sim(SimConfig {
+                track_calls,
+                ..cfg.clone()
+            })
+            .await,
+        )
+        .await;
+        let again_refused: Vec<u64> = statuses(&again, 1..=200)
+            .await
+            .into_iter()
+            .filter(|(_, s)| *s == 429)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(again_refused, refused, "track_calls = {track_calls}");
+        assert!(statuses(&again, refused.iter().copied())
+            .await
+            .iter()
+            .all(|(_, s)| *s == 200));
+    }
+}
+
+#[tokio::test]
+async fn a_first_attempt_429_leaves_the_other_per_call_faults_as_they_were() {
+    let plain = SimConfig {
+        transient_error_rate: 0.3,
+        ..quiet(300)
+    };
+    let with_429 = Api::new(
+        sim(SimConfig {
+            rate_limited_first_attempt_rate: 0.5,
+            ..plain.clone()
+        })
+        .await,
+    )
+    .await;
+    let without = Api::new(sim(plain).await).await;
+    let mut refused = 0;
+    for i in 1..=300 {
+        let expected = without.analysis(&id(i)).await.status().as_u16();
+        let mut got = with_429.analysis(&id(i)).await.status().as_u16();
+        if got == 429 {
+            refused += 1;
+            got = with_429.analysis(&id(i)).await.status().as_u16();
+        }
+        assert_eq!(
+            got,
+            expected,
+            "{}: the retry is the account's call 0",
+            id(i)
+        );
+    }
+    assert!(refused > 100, "{refused}");
+}
+
+#[tokio::test]
+async fn a_batch_draws_its_first_attempt_429_by_its_first_account() {
+    for track_calls in [true, false] {
+        let api = Api::new(
+            sim(SimConfig {
+                rate_limited_first_attempt_rate: 1.0,
+                fault_retry_after: Duration::ZERO,
+                track_calls,
+                ..quiet(20)
+            })
+            .await,
+        )
+        .await;
+        let ids: Vec<String> = (1..=5).map(id).collect();
+        let body = serde_json::json!({ "accountIds": ids });
+        let resp = api.batch(&body).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "{track_calls}"
+        );
+        assert_eq!(resp.headers()["retry-after"], "1", "at least 1 s");
+        assert!(
+            !resp.headers().contains_key("x-ratelimit-limit"),
+            "no quota, no quota headers"
+        );
+        let error: Value = resp.json().await.expect("error body");
+        assert_eq!(error["error"], "RATE_LIMITED");
+        assert_eq!(api.sim.calls_for(&id(1)), 0, "nothing of it is a call");
+        let resp = api.batch(&body).await;
+        assert_eq!(resp.status(), StatusCode::OK, "the retry is answered");
+        let answered: Value = resp.json().await.expect("json");
+        let results = answered["results"].as_array().expect("results");
+        assert!(results.iter().all(|r| r["status"] == 200), "{answered}");
+        let expected_calls = u32::from(track_calls);
+        assert_eq!(api.sim.calls_for(&id(1)), expected_calls);
+        // Accounts answered in a batch have had their first attempt.
+        for i in 1..=5 {
+            assert_eq!(api.analysis(&id(i)).await.status(), StatusCode::OK, "{i}");
+        }
+        // Another batch led by a fresh account, and a fresh single call, draw it.
+        let fresh = serde_json::json!({ "accountIds": [id(6), id(1)] });
+        assert_eq!(
+            api.batch(&fresh).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
+            api.analysis(&id(7)).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let stats = api.sim.stats();
+        assert_eq!(stats.fault_rate_limited, 3);
+        assert_eq!(stats.rate_limited, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_storm_answers_429_to_every_esg_request_and_consumes_nothing() {
+    let api = Api::new(
+        sim(SimConfig {
+            rate_limit_per_second: Some(1),
+            burst: 2,
+            ..quiet(10)
+        })
+        .await,
+    )
+    .await;
+    assert_eq!(
+        api.admin_post("storm?seconds=600").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    for _ in 0..5 {
+        let resp = api.analysis(&id(1)).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert!(!resp.headers().contains_key("x-ratelimit-remaining"));
+        let body: Value = resp.json().await.expect("error body");
+        assert_eq!(body["error"], "RATE_LIMITED");
+    }
+    let resp = api
+        .batch(&serde_json::json!({ "accountIds": [id(1), id(2)] }))
+        .await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // Not the health check, the token endpoint or the account system.
+    let health = api
+        .http
+        .get(format!("{}/v1/health", api.sim.url()))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status(), StatusCode::OK);
+    token(&api.http, &api.sim, "esg-scorer", "scorer-secret").await;
+    assert_eq!(api.page(&[]).await.status(), StatusCode::OK);
+    assert_eq!(api.sim.calls_for(&id(1)), 0, "storm 429s are no calls");
+
+    assert_eq!(
+        api.admin_post("storm?seconds=0").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // The burst of 2 is intact: the storm took nothing from the quota.
+    assert_eq!(api.analysis(&id(1)).await.status(), StatusCode::OK);
+    assert_eq!(api.analysis(&id(2)).await.status(), StatusCode::OK);
+    let stats = api.sim.stats();
+    assert_eq!(stats.storm_rate_limited, 6);
+    assert_eq!(stats.rate_limited, 0);
+    assert_eq!(stats.fault_rate_limited, 0);
+    assert_eq!(stats.esg_requests, 8, "storm 429s are requests served");
+
+    for bad in [
+        "storm?seconds=3601",
+        "storm?seconds=-1",
+        "storm?seconds=x",
+        "storm",
+    ] {
+        assert_eq!(
+            api.admin_post(bad).await.status(),
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        api.admin_post("storm?seconds=3600").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    api.sim.storm(Duration::ZERO);
+
+    // A storm ends by itself.
+    api.sim.storm(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(
+        api.analysis(&id(3)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let deadline = started + Duration::from_secs(10);
+    loop {
+        let status = api.analysis(&id(3)).await.status();
+        if status != StatusCode::TOO_MANY_REQUESTS || Instant::now() > deadline {
+            assert_eq!(status, StatusCode::OK);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn the_batch_endpoint_can_be_off_per_client_or_for_all() {
+    let api = Api::new(
+        sim(SimConfig {
+            credentials: vec![
+                crate::Credential::new("esg-accounts", "accounts-secret", crate::ACCOUNTS_SCOPE),
+                crate::Credential::new("esg-scorer", "scorer-secret", crate::ESG_SCOPE),
+                crate::Credential::new("esg-single", "single-secret", crate::ESG_SCOPE)
+                    .with_batch_endpoint(false),
+            ],
+            rate_limit_per_second: Some(1),
+            burst: 1,
+            ..quiet(10)
+        })
+        .await,
+    )
+    .await;
+    let single = token(&api.http, &api.sim, "esg-single", "single-secret").await;
+    let batch_as = |token: String| {
+        let http = api.http.clone();
+        let url = format!("{}/v1/esg-analysis:batch", api.sim.url());
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({ "accountIds": [id(1), id(2)] }))
+                .send()
+                .await
+                .expect("batch request")
+        }
+    };
+    for _ in 0..3 {
+        let resp = batch_as(single.clone()).await;
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert!(resp.headers().contains_key("x-request-id"));
+        let body: Value = resp.json().await.expect("error body");
+        assert_eq!(body["error"], "NOT_FOUND");
+    }
+    let resp = api
+        .http
+        .post(format!("{}/v1/esg-analysis:batch", api.sim.url()))
+        .json(&serde_json::json!({ "accountIds": [id(1)] }))
+        .send()
+        .await
+        .expect("batch request");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "the token first");
+    // Refused batches took nothing from the quota (burst 1): the single call passes.
+    let resp = api
+        .http
+        .get(format!(
+            "{}/v1/accounts/{}/esg-analysis",
+            api.sim.url(),
+            id(1)
+        ))
+        .bearer_auth(&single)
+        .send()
+        .await
+        .expect("call");
+    assert_eq!(resp.status(), StatusCode::OK, "single calls stay on");
+    assert_eq!(api.sim.calls_for(&id(2)), 0, "no batch item was a call");
+    api.sim.update(|c| c.rate_limit_per_second = None);
+    assert_eq!(
+        api.batch(&serde_json::json!({ "accountIds": [id(1)] }))
+            .await
+            .status(),
+        StatusCode::OK,
+        "other clients keep it"
+    );
+
+    configure(&api, serde_json::json!({ "batch_disabled_status": 405 })).await;
+    let resp = batch_as(single.clone()).await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.headers()["allow"], "", "no method allowed");
+    let body: Value = resp.json().await.expect("error body");
+    assert!(body["error"].is_string() && body["requestId"].is_string());
+
+    configure(&api, serde_json::json!({ "batch_endpoint": false })).await;
+    let resp = api
+        .batch(&serde_json::json!({ "accountIds": [id(1)] }))
+        .await;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "off for all");
+    configure(
+        &api,
+        serde_json::json!({ "batch_endpoint": true, "batch_disabled_status": 404 }),
+    )
+    .await;
+    assert_eq!(
+        api.batch(&serde_json::json!({ "accountIds": [id(1)] }))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        batch_as(single).await.status(),
+        StatusCode::NOT_FOUND,
+        "the client's own switch stays off"
+    );
+    let refused = api
+        .http
+        .post(format!("{}/_sim/config", api.sim.url()))
+        .json(&serde_json::json!({ "batch_disabled_status": 403 }))
+        .send()
+        .await
+        .expect("config");
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let stats = api.sim.stats();
+    assert_eq!(
+        stats.batch_requests, 9,
+        "every batch request, refused or not"
+    );
+    assert_eq!(stats.esg_by_status.get(&404), Some(&4));
+    assert_eq!(stats.esg_by_status.get(&405), Some(&2));
+}
+
+#[tokio::test]
+async fn a_batch_of_100_is_one_request_against_the_quota_and_in_the_rate() {
+    let api = Api::new(
+        sim(SimConfig {
+            rate_limit_per_second: Some(50),
+            burst: 50,
+            ..quiet(200)
+        })
+        .await,
+    )
+    .await;
+    let ids: Vec<String> = (1..=100).map(id).collect();
+    let resp = api.batch(&serde_json::json!({ "accountIds": ids })).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-ratelimit-limit"], "50");
+    assert_eq!(
+        resp.headers()["x-ratelimit-remaining"],
+        "49",
+        "one cell of the burst, not 100"
+    );
+    let stats = api.sim.stats();
+    assert_eq!((stats.esg_requests, stats.batch_requests), (1, 1));
+    assert_eq!(stats.batch_accounts, 100);
+    assert!(stats.first_esg_request_ms > 0);
+    assert_eq!(stats.first_esg_request_ms, stats.last_esg_request_ms);
+
+    let ids: Vec<String> = (101..=150).map(id).collect();
+    assert_eq!(
+        api.batch(&serde_json::json!({ "accountIds": ids }))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.batch(&serde_json::json!({ "ids": [] })).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    let stats = api.sim.stats();
+    assert_eq!((stats.esg_requests, stats.batch_requests), (3, 3));
+    assert_eq!(
+        stats.batch_accounts, 150,
+        "a body that is not a batch asks for none"
+    );
+    assert!(stats.last_esg_request_ms >= stats.first_esg_request_ms);
+    assert_eq!(stats.rate_limited, 0);
+    assert_eq!(api.sim.calls_for(&id(100)), 1);
+}
+
+#[tokio::test]
+async fn not_modified_answers_are_counted() {
+    let api = Api::new(sim(quiet(10)).await).await;
+    let etag = api.analysis(&id(4)).await.headers()["etag"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    for _ in 0..2 {
+        let resp = api
+            .http
+            .get(format!(
+                "{}/v1/accounts/{}/esg-analysis",
+                api.sim.url(),
+                id(4)
+            ))
+            .bearer_auth(&api.esg_token)
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .expect("call");
+        assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+    }
+    let stats: SimStats = serde_json::from_value(api.admin_get("stats").await).expect("stats");
+    assert_eq!(stats.not_modified, 2);
+    assert_eq!(stats.esg_by_status.get(&304), Some(&2));
+    assert_eq!(stats.esg_by_status.get(&200), Some(&1));
+}

@@ -80,14 +80,29 @@ pub struct SimStats {
     pub account_pages: u64,
     /// Listing requests answered with an error (400, 401, 410, 429, 500, 503).
     pub account_errors: u64,
-    /// ESG API requests (single and batch; not the health check).
+    /// ESG API requests (single and batch, a batch being one request, whatever the answer;
+    /// not the health check).
     pub esg_requests: u64,
     /// ESG API answers by HTTP status.
     pub esg_by_status: BTreeMap<u16, u64>,
     /// ESG API requests refused by the tenant quota (429).
     pub rate_limited: u64,
-    /// Batch requests.
+    /// ESG API requests answered 429 as a first attempt (`rate_limited_first_attempt_rate`),
+    /// whatever the quota; not in `rate_limited`.
+    #[serde(default)]
+    pub fault_rate_limited: u64,
+    /// ESG API requests answered 429 by a storm ([`SimHandle::storm`]); not in `rate_limited`.
+    #[serde(default)]
+    pub storm_rate_limited: u64,
+    /// Batch requests, whatever their answer.
     pub batch_requests: u64,
+    /// Accounts asked for in all batch requests (the length of `accountIds`, whatever the
+    /// answer; 0 for a body that is not a batch request).
+    #[serde(default)]
+    pub batch_accounts: u64,
+    /// ESG API answers 304 Not Modified.
+    #[serde(default)]
+    pub not_modified: u64,
     /// Most ESG API requests in flight at once.
     pub max_concurrent_esg_requests: u64,
     /// Unix milliseconds of the first ESG request (0 before the first).
@@ -256,6 +271,13 @@ impl SimHandle {
     /// The vendor re-rates every holding: every score of every account changes.
     pub fn rerate(&self) {
         admin::rerate(&self.state);
+    }
+
+    /// Starts a 429 storm: for `d` from now every ESG API request (single and batch; not the
+    /// health check, the token endpoint or the account system) answers 429 with
+    /// `Retry-After: 1`, consuming no quota and counting as no call. A zero `d` ends a storm.
+    pub fn storm(&self, d: std::time::Duration) {
+        admin::storm(&self.state, d);
     }
 
     /// Every page token issued so far answers 410 from now on.

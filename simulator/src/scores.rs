@@ -171,6 +171,20 @@ pub(crate) fn call_fault(cfg: &SimConfig, account_id: &str, call: u32) -> CallFa
     }
 }
 
+/// Whether `account_id` is among the accounts whose first attempt is answered 429
+/// (`rate_limited_first_attempt_rate`), by seed and id only: the same accounts every run.
+/// Which call is the first attempt is the state's business (`State::refuse_first_attempt`).
+pub(crate) fn first_attempt_limited(cfg: &SimConfig, account_id: &str) -> bool {
+    if cfg.rate_limited_first_attempt_rate <= 0.0 {
+        return false;
+    }
+    let h = mix(
+        cfg.seed,
+        &[salt("first-attempt-429"), fnv1a(account_id.as_bytes())],
+    );
+    unit(h) < cfg.rate_limited_first_attempt_rate
+}
+
 /// The four scores of an account, in ten-thousandths: overall, environmental, social, governance.
 fn scores(seed: u64, account_id: &str, holdings_version: u64, epoch: u64) -> [u64; 4] {
     let idh = fnv1a(account_id.as_bytes());

@@ -3,9 +3,11 @@
 //! Everything here is reached through short, synchronous critical sections; no lock is held
 //! across an `.await`. Memory is bounded: the account overlay holds only changed accounts, the
 //! call counters exist only while calls are tracked and hold at most [`MAX_TRACKED_IDS`] ids,
-//! tokens and page tokens are self-contained and stored nowhere.
+//! the first-attempt 429s of untracked accounts are remembered as one 8-byte hash per account
+//! that drew one (nothing while `rate_limited_first_attempt_rate` is 0), tokens and page tokens
+//! are self-contained and stored nowhere.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -18,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Registry;
 use crate::config::SimConfig;
+use crate::hash::fnv1a;
+use crate::scores::first_attempt_limited;
 use crate::SimStats;
 
 /// Most distinct account ids whose calls are counted; ids beyond it are not counted.
@@ -59,6 +63,8 @@ pub(crate) struct CallCount {
     /// Calls that got past authentication and the rate limit: the call number the per-call
     /// faults are drawn from, so that they do not depend on timing or concurrency.
     pub answered: u32,
+    /// The account drew its first-attempt 429 (`rate_limited_first_attempt_rate`) already.
+    pub first_attempt_refused: bool,
 }
 
 #[derive(Default)]
@@ -68,7 +74,11 @@ struct Counters {
     account_errors: AtomicU64,
     esg_requests: AtomicU64,
     rate_limited: AtomicU64,
+    fault_rate_limited: AtomicU64,
+    storm_rate_limited: AtomicU64,
     batch_requests: AtomicU64,
+    batch_accounts: AtomicU64,
+    not_modified: AtomicU64,
     esg_in_flight: AtomicU64,
     max_concurrent_esg_requests: AtomicU64,
     /// Unix milliseconds of the first and the latest ESG request (0 before the first).
@@ -82,6 +92,11 @@ pub(crate) struct State {
     config: RwLock<Arc<SimConfig>>,
     registry: RwLock<Registry>,
     calls: Mutex<HashMap<Box<str>, CallCount>>,
+    /// FNV-1a hashes of the untracked accounts drawn by `rate_limited_first_attempt_rate` whose
+    /// first attempt is over (refused, or answered in a batch).
+    first_attempts_refused: Mutex<HashSet<u64>>,
+    /// Unix milliseconds until which every ESG request answers 429 (0: no storm).
+    storm_until_ms: AtomicU64,
     counters: Counters,
     rate_limit: Mutex<Option<RateLimit>>,
     rerate_epoch: AtomicU64,
@@ -106,6 +121,8 @@ impl State {
             config: RwLock::new(Arc::new(config)),
             registry: RwLock::new(registry),
             calls: Mutex::new(HashMap::new()),
+            first_attempts_refused: Mutex::new(HashSet::new()),
+            storm_until_ms: AtomicU64::new(0),
             counters: Counters::default(),
             rate_limit: Mutex::new(None),
             rerate_epoch: AtomicU64::new(0),
@@ -268,6 +285,82 @@ impl State {
         n
     }
 
+    /// Whether this call of `account_id`, past the token and the quota, is a first attempt
+    /// answered 429 by `rate_limited_first_attempt_rate`. An account draws it (by seed and id)
+    /// at most once: the call that draws it is remembered, and the retry is answered normally.
+    ///
+    /// With calls counted, a first attempt is a call before any answered one (call number 0),
+    /// and `count` makes the refused call count in `calls_for` (never as an answered call, so
+    /// the per-call faults of the retry are those of the account's call 0). Without counting,
+    /// an account is refused on its first call past the quota while the rate is above 0 (unless
+    /// a batch answered it before), remembered by an 8-byte hash of its id.
+    pub fn refuse_first_attempt(&self, cfg: &SimConfig, account_id: &str, count: bool) -> bool {
+        if !first_attempt_limited(cfg, account_id) {
+            return false;
+        }
+        if Self::counting(cfg) {
+            let mut calls = lock(&self.calls);
+            if !calls.contains_key(account_id) && calls.len() < MAX_TRACKED_IDS {
+                calls.insert(account_id.into(), CallCount::default());
+            }
+            if let Some(entry) = calls.get_mut(account_id) {
+                if entry.answered > 0 || entry.first_attempt_refused {
+                    return false;
+                }
+                entry.first_attempt_refused = true;
+                if count {
+                    entry.calls = entry.calls.saturating_add(1);
+                }
+                drop(calls);
+                self.counters
+                    .fault_rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            // Past the bound of counted ids: remembered like an untracked account.
+        }
+        let fresh = lock(&self.first_attempts_refused).insert(fnv1a(account_id.as_bytes()));
+        if fresh {
+            self.counters
+                .fault_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        fresh
+    }
+
+    /// Records that `account_id` was answered in a batch, so that its first attempt is over
+    /// (with calls counted, its answered call says so already). Stores something only for an
+    /// account that `rate_limited_first_attempt_rate` draws.
+    pub fn first_attempt_over(&self, cfg: &SimConfig, account_id: &str) {
+        if Self::counting(cfg) || !first_attempt_limited(cfg, account_id) {
+            return;
+        }
+        lock(&self.first_attempts_refused).insert(fnv1a(account_id.as_bytes()));
+    }
+
+    /// Starts a 429 storm of `d` from now: every ESG API request answers 429 until it ends.
+    /// Zero ends a storm at once.
+    pub fn storm(&self, d: Duration) {
+        let until = if d.is_zero() {
+            0
+        } else {
+            unix_millis().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        self.storm_until_ms.store(until, Ordering::SeqCst);
+    }
+
+    /// Whether a storm is on now; a request it refuses is counted.
+    pub fn storm_refuses(&self) -> bool {
+        let until = self.storm_until_ms.load(Ordering::SeqCst);
+        if until == 0 || unix_millis() >= until {
+            return false;
+        }
+        self.counters
+            .storm_rate_limited
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
     pub fn calls_for(&self, account_id: &str) -> u32 {
         lock(&self.calls).get(account_id).map_or(0, |c| c.calls)
     }
@@ -282,8 +375,10 @@ impl State {
         ids
     }
 
+    /// Forgets every call count and every first-attempt 429 drawn.
     pub fn reset_call_counts(&self) {
         lock(&self.calls).clear();
+        lock(&self.first_attempts_refused).clear();
     }
 
     pub fn count_token_request(&self) {
@@ -299,12 +394,20 @@ impl State {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn count_batch(&self) {
+    /// Counts one batch request asking for `accounts` accounts (0 when its body is not a
+    /// batch request).
+    pub fn count_batch(&self, accounts: usize) {
         self.counters.batch_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .batch_accounts
+            .fetch_add(accounts as u64, Ordering::Relaxed);
     }
 
     /// Counts one ESG API answer by HTTP status.
     pub fn count_esg_status(&self, status: u16) {
+        if status == 304 {
+            self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+        }
         *lock(&self.counters.esg_by_status)
             .entry(status)
             .or_default() += 1;
@@ -334,7 +437,11 @@ impl State {
             esg_requests: c.esg_requests.load(Ordering::Relaxed),
             esg_by_status: lock(&c.esg_by_status).clone(),
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            fault_rate_limited: c.fault_rate_limited.load(Ordering::Relaxed),
+            storm_rate_limited: c.storm_rate_limited.load(Ordering::Relaxed),
             batch_requests: c.batch_requests.load(Ordering::Relaxed),
+            batch_accounts: c.batch_accounts.load(Ordering::Relaxed),
+            not_modified: c.not_modified.load(Ordering::Relaxed),
             max_concurrent_esg_requests: c.max_concurrent_esg_requests.load(Ordering::SeqCst),
             first_esg_request_ms: c.first_esg_request_ms.load(Ordering::SeqCst),
             last_esg_request_ms: c.last_esg_request_ms.load(Ordering::SeqCst),
@@ -422,6 +529,85 @@ mod tests {
         assert_eq!((cfg.seed, cfg.accounts, cfg.partial_rate), (42, 1000, 0.5));
         assert!(state.update(|c| c.partial_rate = 2.0).is_err());
         assert_eq!(state.config().partial_rate, 0.5);
+    }
+
+    /// Ids of `1..=n` that `rate_limited_first_attempt_rate` draws under `cfg`.
+    fn drawn(cfg: &SimConfig, n: u64) -> Vec<String> {
+        (1..=n)
+            .map(crate::accounts::account_id)
+            .filter(|id| first_attempt_limited(cfg, id))
+            .collect()
+    }
+
+    #[test]
+    fn a_first_attempt_is_refused_once_whether_calls_are_counted_or_not() {
+        for track_calls in [true, false] {
+            let cfg = SimConfig {
+                rate_limited_first_attempt_rate: 0.3,
+                track_calls,
+                ..SimConfig::default()
+            };
+            let state = State::new(cfg.clone());
+            let ids = drawn(&cfg, 1000);
+            assert!((200..=400).contains(&ids.len()), "{}", ids.len());
+            for id in &ids {
+                assert!(state.refuse_first_attempt(&cfg, id, true), "{id}");
+                assert!(!state.refuse_first_attempt(&cfg, id, true), "{id} retried");
+            }
+            let others = (1..=1000)
+                .map(crate::accounts::account_id)
+                .filter(|id| !ids.contains(id));
+            for id in others {
+                assert!(!state.refuse_first_attempt(&cfg, &id, true), "{id}");
+            }
+            assert_eq!(state.stats().fault_rate_limited, ids.len() as u64);
+            assert_eq!(state.stats().rate_limited, 0);
+            let expected_calls = if track_calls { 1 } else { 0 };
+            assert_eq!(state.calls_for(&ids[0]), expected_calls, "{track_calls}");
+            state.reset_call_counts();
+            assert!(
+                state.refuse_first_attempt(&cfg, &ids[0], false),
+                "a reset starts again"
+            );
+            assert_eq!(state.calls_for(&ids[0]), 0, "not counted as a call");
+            state.first_attempt_over(&cfg, &ids[1]);
+            state.count_call(&cfg, &ids[1], true);
+            assert!(
+                !state.refuse_first_attempt(&cfg, &ids[1], true),
+                "answered in a batch before, no first attempt left ({track_calls})"
+            );
+        }
+    }
+
+    #[test]
+    fn first_attempt_draws_are_by_seed_and_id_and_off_at_zero() {
+        let cfg = SimConfig {
+            rate_limited_first_attempt_rate: 0.5,
+            ..SimConfig::default()
+        };
+        assert_eq!(drawn(&cfg, 500), drawn(&cfg, 500));
+        let other_seed = SimConfig {
+            seed: 7,
+            ..cfg.clone()
+        };
+        assert_ne!(drawn(&other_seed, 500), drawn(&cfg, 500));
+        let off = SimConfig::default();
+        assert!(drawn(&off, 500).is_empty());
+        let state = State::new(off.clone());
+        assert!(!state.refuse_first_attempt(&off, "ACC00000001", true));
+        assert!(lock(&state.first_attempts_refused).is_empty());
+        assert!(lock(&state.calls).is_empty(), "nothing stored at rate 0");
+    }
+
+    #[test]
+    fn a_storm_refuses_until_it_ends() {
+        let state = State::new(SimConfig::default());
+        assert!(!state.storm_refuses());
+        state.storm(Duration::from_secs(60));
+        assert!(state.storm_refuses() && state.storm_refuses());
+        state.storm(Duration::ZERO);
+        assert!(!state.storm_refuses());
+        assert_eq!(state.stats().storm_rate_limited, 2);
     }
 
     #[test]
