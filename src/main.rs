@@ -221,9 +221,18 @@ struct DemoArgs {
     /// Latency of each simulated API call, in milliseconds.
     #[arg(long, default_value_t = 20)]
     latency_ms: u64,
-    /// API calls in flight at once.
+    /// API requests in flight at once (a batch request is one).
     #[arg(long, default_value_t = 64)]
     max_in_flight: usize,
+    /// Accounts per batch request (`esg_api.batch_size`, 1 to 100); 1 sends one call per account.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100))]
+    batch_size: u64,
+    /// Make the simulated vendor a tenant without the batch endpoint (it answers 404 there).
+    #[arg(long)]
+    no_batch_endpoint: bool,
+    /// Share of accounts whose first call the simulated vendor answers 429 whatever the rate.
+    #[arg(long, default_value_t = 0.0)]
+    rate_limited_share: f64,
     /// Seed of the simulated data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -702,6 +711,8 @@ async fn demo(args: DemoArgs) -> Result<u8> {
         permanent_error_rate: args.permanent_error_rate,
         partial_rate: args.partial_rate,
         track_calls: !args.no_call_tracking,
+        batch_endpoint: !args.no_batch_endpoint,
+        rate_limited_first_attempt_rate: args.rate_limited_share,
         ..Default::default()
     };
     let sim = esg_simulator::start(sim_config, "127.0.0.1:0".parse()?)
@@ -720,7 +731,10 @@ async fn demo(args: DemoArgs) -> Result<u8> {
         )
         .replace(
             "max_in_flight = 64",
-            &format!("max_in_flight = {}", args.max_in_flight),
+            &format!(
+                "max_in_flight = {}\nbatch_size = {}",
+                args.max_in_flight, args.batch_size
+            ),
         );
     std::fs::write(&config_path, text)
         .with_context(|| format!("writing {}", config_path.display()))?;
@@ -755,10 +769,13 @@ async fn demo(args: DemoArgs) -> Result<u8> {
         )
     };
     say!(
-        "  wall time {:.1} s; simulator answered {} API requests at {rate:.0}/s while scoring{share}; {} rate limited (429)",
+        "  wall time {:.1} s; simulator answered {} API requests ({} of them batches of {} accounts in all) at {rate:.0}/s while scoring{share}; {} rate limited (429) by the quota, {} by the first-attempt fault",
         elapsed.as_secs_f64(),
         stats.esg_requests,
-        stats.rate_limited
+        stats.batch_requests,
+        stats.batch_accounts,
+        stats.rate_limited,
+        stats.fault_rate_limited
     );
     print_peek(&runner.config.output.dir, date);
     sim.shutdown();

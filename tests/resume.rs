@@ -30,19 +30,29 @@ fn extra() -> String {
     format!("[scorer]\nflush_max = {FLUSH_MAX}\nflush_interval = \"50ms\"\n[producer]\nemit_batch = 100\n")
 }
 
+/// Single calls at 400/s with a window of [`MAX_IN_FLIGHT`].
 fn configure(world: &World) {
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    let text = text
-        .replace(
-            "rate_limit_per_second = 1000",
-            "rate_limit_per_second = 400",
-        )
-        .replace(
-            "max_in_flight = 64",
-            &format!("max_in_flight = {MAX_IN_FLIGHT}"),
-        );
-    std::fs::write(&world.config_path, text).expect("config");
+    world.replace_in_config(
+        "rate_limit_per_second = 1000",
+        "rate_limit_per_second = 400",
+    );
+    world.replace_in_config(
+        "max_in_flight = 64",
+        &format!("max_in_flight = {MAX_IN_FLIGHT}\nbatch_size = 1"),
+    );
 }
+
+/// Batches of [`BATCH_SIZE`], [`BATCH_IN_FLIGHT`] requests at once, 20 requests/s.
+fn configure_batches(world: &World) {
+    world.replace_in_config("rate_limit_per_second = 1000", "rate_limit_per_second = 20");
+    world.replace_in_config(
+        "max_in_flight = 64",
+        &format!("max_in_flight = {BATCH_IN_FLIGHT}\nbatch_size = {BATCH_SIZE}"),
+    );
+}
+
+const BATCH_SIZE: usize = 50;
+const BATCH_IN_FLIGHT: usize = 3;
 
 fn spawn(world: &World, day: &str) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_esg"))
@@ -74,10 +84,46 @@ async fn kill_when(child: &mut std::process::Child, ready: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_again() {
+    // Killed while listing accounts, then twice while scoring (400 and 1,000 requests in).
+    killed_runs_resume(
+        sim(),
+        configure,
+        [400, 1000],
+        2 * (MAX_IN_FLIGHT + FLUSH_MAX),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_batch_resumes_to_the_same_file_and_loses_nothing() {
+    // Every batch is answered 150 ms after it arrives, so a kill right after the simulator
+    // received the 6th and the 18th batch lands while batches are in flight.
+    let slow = || esg_simulator::SimConfig {
+        latency: Duration::from_millis(150),
+        ..sim()
+    };
+    killed_runs_resume(
+        slow(),
+        configure_batches,
+        [6, 18],
+        2 * (BATCH_IN_FLIGHT * BATCH_SIZE + FLUSH_MAX),
+    )
+    .await;
+}
+
+/// Runs the day once undisturbed, then again with `kill -9` while listing and after each count
+/// of ESG requests in `kills`, then once to the end: the file must be the undisturbed one's, and
+/// at most `bound` accounts may have been called twice.
+async fn killed_runs_resume(
+    sim_config: esg_simulator::SimConfig,
+    configure: fn(&World),
+    kills: [u64; 2],
+    bound: usize,
+) {
     let day = "2026-11-23";
 
     // The reference: one uninterrupted run against an identical simulator.
-    let reference = World::start(sim(), &extra()).await;
+    let reference = World::start(sim_config.clone(), &extra()).await;
     configure(&reference);
     Runner::open(reference.config(), esg_assembler::system_clock())
         .await
@@ -87,17 +133,16 @@ async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_aga
         .expect("reference run");
     let expected = std::fs::read(reference.csv_path(date(day))).expect("reference file");
 
-    let world = World::start(sim(), &extra()).await;
+    let world = World::start(sim_config, &extra()).await;
     configure(&world);
     let sim_handle = world.sim.clone();
 
-    // Killed while listing accounts, then twice while scoring.
     let mut child = spawn(&world, day);
     kill_when(&mut child, || sim_handle.stats().account_pages >= 1).await;
-    let mut child = spawn(&world, day);
-    kill_when(&mut child, || sim_handle.stats().esg_requests >= 400).await;
-    let mut child = spawn(&world, day);
-    kill_when(&mut child, || sim_handle.stats().esg_requests >= 1000).await;
+    for requests in kills {
+        let mut child = spawn(&world, day);
+        kill_when(&mut child, || sim_handle.stats().esg_requests >= requests).await;
+    }
     assert!(
         !world.csv_path(date(day)).exists(),
         "no file before the run completes"
@@ -135,7 +180,6 @@ async fn killed_runs_resume_to_the_same_file_without_calling_scored_accounts_aga
 
     // Only calls in flight or not yet durable at a kill are made again.
     let twice = world.sim.accounts_called_at_least(2);
-    let bound = 2 * (MAX_IN_FLIGHT + FLUSH_MAX);
     eprintln!(
         "{} accounts called twice after three kills; simulator: {:?}",
         twice.len(),

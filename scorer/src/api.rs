@@ -1,21 +1,28 @@
 //! Client of the vendor's ESG Portfolio Analysis API (`shared/contracts/esg-portfolio-analysis-api.yaml`):
-//! one call per account, `GET /v1/accounts/{accountId}/esg-analysis?asOf=YYYY-MM-DD`.
+//! accounts go out in batch requests (`POST /v1/esg-analysis:batch`, `batch_size` accounts in
+//! one request, see `batch`), or one call per account
+//! (`GET /v1/accounts/{accountId}/esg-analysis?asOf=YYYY-MM-DD`, with `If-None-Match` when the
+//! account's stored analysis has an ETag) when batching is off or the tenant lacks the endpoint.
 //!
 //! Responsible for turning one account into exactly one [`ApiOutcome`], whatever the API, the
 //! network or the token endpoint do: the call never panics and never returns an error out of
-//! band. On the way it takes a cell from the shared [`RateLimiter`] before every request, sends
-//! the bearer token from [`TokenSource`], and retries what the contract calls transient.
+//! band. On the way every request takes a slot (`max_in_flight`) and a cell of the shared
+//! [`RateLimiter`] (a batch takes one), sends the bearer token from [`TokenSource`], and what
+//! the contract calls transient is retried.
 //!
-//! Retry guarantee: at most `max_attempts` attempts per call (default 3). 500/502/503/504,
+//! Retry guarantee, per account: at most `max_attempts` attempts (default 3). 500/502/503/504,
 //! timeouts, connection errors and an unavailable token endpoint are retried after exponential
 //! backoff with jitter (`min(cap, base·2^(n-1))` scaled by a random factor in [0.5, 1]), waiting
-//! at least a `Retry-After` the server sent. A 429 pauses the whole process's limiter for its
-//! `Retry-After` (capped at `max_retry_after`) and counts as an attempt. A 401 drops the token
-//! and tries again without counting as an attempt, at most [`MAX_TOKEN_REFRESHES`] times per
-//! call. 404, 422, other 4xx and any answer outside the contract are permanent: no retry.
-//! Limit: the time one call can take is bounded by `max_attempts × (limiter wait + timeout +
-//! backoff or Retry-After)` plus the refreshes; the limiter wait itself depends on the load of
-//! the whole process.
+//! at least a `Retry-After` the server sent. A 429 is not an attempt: the account waits its own
+//! `Retry-After` (capped at `max_retry_after`; a backoff when there is none) while the other
+//! accounts go on, and tries again, at most `max_rate_limited_retries` times in a row and never
+//! past the run's deadline; the limiter adapts the send rate to the 429s (see
+//! [`crate::limiter`]). A 401 drops the token and tries again without counting as an attempt,
+//! at most [`MAX_TOKEN_REFRESHES`] times per account. 404, 422, other 4xx and any answer
+//! outside the contract are permanent: no retry. A 304 keeps the stored analysis.
+//! Limit: the time one account can take is bounded by `max_attempts × (slot and limiter wait +
+//! timeout + backoff or Retry-After)` plus the refreshes and the 429 waits; the waits depend on
+//! the load of the whole process.
 //!
 //! Exactness: scores are read from the raw JSON text of each number (serde_json `raw_value`)
 //! straight into [`Decimal`]; they never pass through a floating-point number.
@@ -25,9 +32,10 @@
 
 use crate::limiter::RateLimiter;
 use chrono::NaiveDate;
+use chrono::{DateTime, Utc};
 use esg_auth::http::{is_valid_account_id, parse_retry_after};
 use esg_auth::{AuthError, TokenSource};
-use esg_schemas::{EsgValues, Pillar};
+use esg_schemas::{EsgValues, Pillar, PriorAnalysis};
 use rust_decimal::Decimal;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
@@ -92,6 +100,27 @@ pub fn default_max_retry_after() -> Duration {
     Duration::from_secs(60)
 }
 
+/// Most accounts the contract allows in one batch request.
+pub const MAX_BATCH_SIZE: usize = 100;
+
+/// Default `batch_size`: 100 accounts per batch request, the contract's maximum.
+pub fn default_batch_size() -> usize {
+    MAX_BATCH_SIZE
+}
+
+/// Default `batch_linger`: 20 ms. A batch goes out when it is full or when its first account
+/// has waited this long, so a small run does not wait for accounts that will not come.
+pub fn default_batch_linger() -> Duration {
+    Duration::from_millis(20)
+}
+
+/// Default `max_rate_limited_retries`: 50 answers 429 in a row for one account before it is
+/// given up (a 429 is not an attempt). At the usual `Retry-After: 1` that rides out a storm of
+/// close to a minute; the run's deadline bounds it as well.
+pub fn default_max_rate_limited_retries() -> u32 {
+    50
+}
+
 /// Default `breaker_consecutive`: 20 accounts in a row whose calls ended in an authentication
 /// failure ([`ApiFailure::breaker_cause`]) stop the scorer. Large enough that a token expiring
 /// under load does not trip it, small enough that a locked-out job spends at most a few hundred
@@ -124,9 +153,23 @@ pub struct ApiClientConfig {
     /// Requests allowed at once above the rate (GCRA burst); none: one second's worth.
     #[serde(default)]
     pub burst: Option<u32>,
-    /// Most API calls in flight at once in this process. Default [`default_max_in_flight`].
+    /// Most API requests in flight at once in this process (a batch request is one). Default
+    /// [`default_max_in_flight`].
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Accounts per `POST /v1/esg-analysis:batch` request, 1 to 100; 1 turns the batch endpoint
+    /// off (one `GET` per account). A batch counts as one request against the quota. Default
+    /// [`default_batch_size`].
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a batch waits for more accounts after its first one before it goes out.
+    /// Default [`default_batch_linger`].
+    #[serde(default = "default_batch_linger", with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// Answers 429 one account may get in a row (each waits its `Retry-After`; none is an
+    /// attempt) before it fails with `HTTP_429`. Default [`default_max_rate_limited_retries`].
+    #[serde(default = "default_max_rate_limited_retries")]
+    pub max_rate_limited_retries: u32,
     /// Timeout of one attempt, from sending the request to the end of the body.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -161,6 +204,9 @@ impl ApiClientConfig {
             rate_limit_per_second: default_rate_limit_per_second(),
             burst: None,
             max_in_flight: default_max_in_flight(),
+            batch_size: default_batch_size(),
+            batch_linger: default_batch_linger(),
+            max_rate_limited_retries: default_max_rate_limited_retries(),
             timeout: default_timeout(),
             max_attempts: default_max_attempts(),
             backoff_base: default_backoff_base(),
@@ -194,6 +240,18 @@ impl ApiClientConfig {
                     "{:?} is longer than backoff_cap {:?}",
                     self.backoff_base, self.backoff_cap
                 ),
+            });
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&self.batch_size) {
+            return Err(ApiConfigError::Invalid {
+                key: "batch_size",
+                reason: format!("must be between 1 (batch endpoint off) and {MAX_BATCH_SIZE}"),
+            });
+        }
+        if self.batch_linger > Duration::from_secs(1) {
+            return Err(ApiConfigError::Invalid {
+                key: "batch_linger",
+                reason: format!("{:?} is longer than one second", self.batch_linger),
             });
         }
         if self.breaker_consecutive == 0 {
@@ -230,14 +288,48 @@ pub enum ApiConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-/// The result of one [`EsgApiClient::analyse`] call.
+/// One account to score: what [`EsgApiClient::score`] is asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The account id (checked against the contract's pattern before anything is sent).
+    pub account_id: &'a str,
+    /// The date the analysis is asked as of (`asOf`).
+    pub as_of: NaiveDate,
+    /// The stored analysis and its ETag: a single call sends `If-None-Match` with it, and a
+    /// `304 Not Modified` answers with these values. Not used by batch requests (the batch
+    /// endpoint takes no ETag).
+    pub prior: Option<&'a PriorAnalysis>,
+    /// No answer 429 is waited out past this instant (the run's deadline): the account then
+    /// fails with `HTTP_429`.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl<'a> Call<'a> {
+    /// A call for `account_id` as of `as_of`, unconditional and without a deadline.
+    pub fn new(account_id: &'a str, as_of: NaiveDate) -> Self {
+        Call {
+            account_id,
+            as_of,
+            prior: None,
+            deadline: None,
+        }
+    }
+}
+
+/// The result of one [`EsgApiClient::score`] call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiOutcome {
-    /// Attempts made (401 refreshes excluded; 0 when nothing was sent).
+    /// Attempts made (401 refreshes and 429 answers excluded; 0 when nothing was sent).
     pub attempts: u32,
-    /// HTTP requests sent to the API for this call: every request, 401 re-sends and 429
-    /// answers included (an attempt that got no token sent none).
+    /// HTTP requests sent to the API for this account: every request, 401 re-sends and 429
+    /// answers included (an attempt that got no token sent none). A batch request is counted
+    /// once, on the first account of the batch, so that the sum over accounts is the number of
+    /// requests sent.
     pub requests: u32,
+    /// Answers 429 this account got (each waited out; none is an attempt).
+    pub rate_limited: u32,
+    /// True when the analysis is the stored one, confirmed by a `304 Not Modified`.
+    pub not_modified: bool,
     /// The analysis, or why there is none.
     pub result: Result<Analysis, ApiFailure>,
 }
@@ -257,9 +349,26 @@ pub struct Analysis {
     pub governance: Option<Decimal>,
     /// The pillar the portfolio focuses on and its score; `None` when the vendor sent null.
     pub primary_focus: Option<(Pillar, Decimal)>,
+    /// The vendor's `ETag` of this analysis (single calls only; batch results carry none).
+    pub etag: Option<String>,
 }
 
 impl Analysis {
+    /// The stored analysis a `304 Not Modified` confirms; `None` when it has no analysis date
+    /// (never the case for a stored analysis that came with an ETag).
+    pub fn from_prior(prior: &PriorAnalysis) -> Option<Analysis> {
+        let v = &prior.values;
+        Some(Analysis {
+            analysis_date: v.analysis_date?,
+            overall: v.overall,
+            environmental: v.environmental,
+            social: v.social,
+            governance: v.governance,
+            primary_focus: v.primary_focus.zip(v.primary_focus_score),
+            etag: Some(prior.etag.clone()),
+        })
+    }
+
     /// The analysis as the ESG values of a score; whether it is `Partial` is
     /// [`EsgValues::is_partial`]'s to say.
     pub fn values(&self) -> EsgValues {
@@ -294,7 +403,11 @@ pub struct ApiFailure {
 }
 
 impl ApiFailure {
-    fn permanent(code: impl Into<String>, message: impl Into<String>, status: Option<u16>) -> Self {
+    pub(crate) fn permanent(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        status: Option<u16>,
+    ) -> Self {
         ApiFailure {
             code: code.into(),
             message: message.into(),
@@ -303,7 +416,11 @@ impl ApiFailure {
         }
     }
 
-    fn transient(code: impl Into<String>, message: impl Into<String>, status: Option<u16>) -> Self {
+    pub(crate) fn transient(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        status: Option<u16>,
+    ) -> Self {
         ApiFailure {
             permanent: false,
             ..ApiFailure::permanent(code, message, status)
@@ -396,21 +513,21 @@ pub struct ApiStats {
 }
 
 #[derive(Default)]
-struct Counters {
-    requests: AtomicU64,
-    ok: AtomicU64,
-    rate_limited: AtomicU64,
-    server_errors: AtomicU64,
-    timeouts: AtomicU64,
-    client_errors: AtomicU64,
-    out_of_contract: AtomicU64,
-    retries: AtomicU64,
-    token_refreshes: AtomicU64,
-    network_errors: AtomicU64,
-    auth_failures: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) ok: AtomicU64,
+    pub(crate) rate_limited: AtomicU64,
+    pub(crate) server_errors: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) client_errors: AtomicU64,
+    pub(crate) out_of_contract: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) token_refreshes: AtomicU64,
+    pub(crate) network_errors: AtomicU64,
+    pub(crate) auth_failures: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64) {
+pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
@@ -433,19 +550,24 @@ impl Counters {
     }
 }
 
-/// The ESG API client. Cheap to clone; clones share the HTTP client, the limiter and the stats.
+/// The ESG API client. Cheap to clone; clones share the HTTP client, the limiter, the batches
+/// being gathered and the stats.
 #[derive(Clone)]
 pub struct EsgApiClient {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    http: reqwest::Client,
-    base: Result<reqwest::Url, ApiConfigError>,
-    config: ApiClientConfig,
-    tokens: Arc<TokenSource>,
-    limiter: Arc<RateLimiter>,
-    counters: Counters,
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: Result<reqwest::Url, ApiConfigError>,
+    pub(crate) config: ApiClientConfig,
+    pub(crate) tokens: Arc<TokenSource>,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) counters: Counters,
+    /// Requests in flight at once (`max_in_flight` permits), single and batch alike.
+    pub(crate) in_flight: tokio::sync::Semaphore,
+    /// The batches being gathered, and whether the tenant has the batch endpoint.
+    pub(crate) batches: crate::batch::Batches,
 }
 
 impl fmt::Debug for EsgApiClient {
@@ -456,30 +578,35 @@ impl fmt::Debug for EsgApiClient {
     }
 }
 
-/// What one attempt came to.
-enum Step {
+/// What one attempt came to (for a batch: what it came to for one of its accounts).
+#[derive(Debug, Clone)]
+pub(crate) enum Step {
     Done(Analysis),
-    /// 401: drop the token and try again.
+    /// 304: the stored analysis is still the vendor's.
+    NotModified,
+    /// 401: the token was dropped; try again with a new one.
     Unauthorized,
-    /// Transient: try again after `delay` unless the attempts are used up.
+    /// Transient: try again after the backoff unless the attempts are used up.
     Retry {
         failure: ApiFailure,
         retry_after: Option<Duration>,
     },
-    /// 429: pause the limiter, then as `Retry`.
+    /// 429: wait `retry_after` (or a backoff) and try again; not an attempt.
     RateLimited {
         failure: ApiFailure,
         retry_after: Option<Duration>,
     },
+    /// The tenant has no batch endpoint: send this account as a single call; not an attempt.
+    Fallback,
     Fail(ApiFailure),
 }
 
 impl Step {
     /// The `outcome` label of `esg_api_requests_total` (a bounded set).
-    fn outcome(&self) -> &'static str {
+    pub(crate) fn outcome(&self) -> &'static str {
         let code = match self {
-            Step::Done(_) => return "ok",
-            Step::Unauthorized => return "client_error",
+            Step::Done(_) | Step::NotModified => return "ok",
+            Step::Unauthorized | Step::Fallback => return "client_error",
             Step::RateLimited { .. } => return "rate_limited",
             Step::Retry { failure, .. } | Step::Fail(failure) => failure.code.as_str(),
         };
@@ -494,6 +621,27 @@ impl Step {
     }
 }
 
+/// How one account's attempts stand; what [`ApiOutcome`] reports.
+#[derive(Default)]
+struct Tally {
+    attempts: u32,
+    refreshes: u32,
+    requests: u32,
+    rate_limited: u32,
+}
+
+impl Tally {
+    fn outcome(&self, result: Result<Analysis, ApiFailure>, not_modified: bool) -> ApiOutcome {
+        ApiOutcome {
+            attempts: self.attempts,
+            requests: self.requests,
+            rate_limited: self.rate_limited,
+            not_modified,
+            result,
+        }
+    }
+}
+
 impl EsgApiClient {
     /// A client calling `config.url` with `http`, tokens from `tokens` and cells from `limiter`.
     /// Call [`ApiClientConfig::validate`] first: an invalid URL makes every call fail with
@@ -504,14 +652,19 @@ impl EsgApiClient {
         tokens: Arc<TokenSource>,
         limiter: Arc<RateLimiter>,
     ) -> Self {
+        let permits = config
+            .max_in_flight
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         EsgApiClient {
             inner: Arc::new(Inner {
                 http,
                 base: base_url(&config.url),
+                batches: crate::batch::Batches::new(config.batch_size > 1),
                 config,
                 tokens,
                 limiter,
                 counters: Counters::default(),
+                in_flight: tokio::sync::Semaphore::new(permits),
             }),
         }
     }
@@ -531,15 +684,41 @@ impl EsgApiClient {
         self.inner.counters.snapshot()
     }
 
-    /// Scores one account as of `as_of` (sent as the asOf query parameter), with retries. Never
-    /// panics, never errors out of band: every outcome is an ApiOutcome.
+    /// True while accounts go out in batch requests: `batch_size` is above 1 and the tenant
+    /// has not shown that it lacks the batch endpoint.
+    pub fn batching(&self) -> bool {
+        self.inner.batches.enabled()
+    }
+
+    /// Accounts one request carries: `batch_size` while batching, else 1. The scorer's window
+    /// of accounts in flight is its `max_in_flight` times this.
+    pub fn accounts_per_request(&self) -> usize {
+        if self.batching() {
+            self.inner.config.batch_size.clamp(1, MAX_BATCH_SIZE)
+        } else {
+            1
+        }
+    }
+
+    /// [`score`](Self::score) of an unconditional call without a deadline.
     pub async fn analyse(&self, account_id: &str, as_of: NaiveDate) -> ApiOutcome {
-        let inner = &*self.inner;
+        self.score(Call::new(account_id, as_of)).await
+    }
+
+    /// Scores one account, with retries, in a batch request while batching and as a single
+    /// call otherwise. Never panics, never errors out of band: every outcome is an ApiOutcome.
+    ///
+    /// Per account: at most `max_attempts` attempts (a 401 refresh, a 429 and a batch endpoint
+    /// found missing are not attempts); at most `max_rate_limited_retries` answers 429 in a
+    /// row, each waited out for its own `Retry-After` (capped at `max_retry_after`) while other
+    /// accounts go on, and none past `call.deadline`.
+    pub async fn score(&self, call: Call<'_>) -> ApiOutcome {
+        let inner = &self.inner;
+        let account_id = call.account_id;
+        let mut tally = Tally::default();
         if !is_valid_account_id(account_id) {
-            return ApiOutcome {
-                attempts: 0,
-                requests: 0,
-                result: Err(ApiFailure::permanent(
+            return tally.outcome(
+                Err(ApiFailure::permanent(
                     "INVALID_ACCOUNT_ID",
                     format!(
                         "account id {:?} does not match ^[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}$",
@@ -547,77 +726,78 @@ impl EsgApiClient {
                     ),
                     None,
                 )),
-            };
+                false,
+            );
         }
-        let url = match &inner.base {
-            Ok(base) => endpoint(base, account_id, as_of),
-            Err(e) => Err(e.to_string()),
-        };
-        let url = match url {
-            Ok(url) => url,
-            Err(reason) => {
-                return ApiOutcome {
-                    attempts: 0,
-                    requests: 0,
-                    result: Err(ApiFailure::permanent("INVALID_CONFIG", reason, None)),
-                }
-            }
-        };
+        if let Err(e) = &inner.base {
+            return tally.outcome(
+                Err(ApiFailure::permanent("INVALID_CONFIG", e.to_string(), None)),
+                false,
+            );
+        }
+        // If-None-Match only with a stored analysis a 304 can stand for.
+        let prior = call
+            .prior
+            .and_then(|p| Analysis::from_prior(p).map(|a| (p.etag.as_str(), a)));
 
         let max_attempts = inner.config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT);
-        let mut attempts: u32 = 0;
-        let mut refreshes: u32 = 0;
-        let mut requests: u32 = 0;
         loop {
-            let attempt = attempts + 1;
-            inner.limiter.acquire().await;
-            let step = match inner.token().await {
-                Ok(token) => {
-                    let began = Instant::now();
-                    requests += 1;
-                    let step = inner.attempt(&url, account_id, attempt, &token).await;
-                    metrics::histogram!(esg_metrics::API_REQUEST_DURATION_SECONDS)
-                        .record(began.elapsed().as_secs_f64());
-                    metrics::counter!(esg_metrics::API_REQUESTS_TOTAL, "outcome" => step.outcome())
-                        .increment(1);
-                    if let Step::Unauthorized = step {
-                        // The token is bad whether or not this call tries again with a new one.
-                        inner.tokens.invalidate(&token).await;
-                        if refreshes < MAX_TOKEN_REFRESHES {
-                            refreshes += 1;
-                            bump(&inner.counters.token_refreshes);
-                            tracing::debug!(
-                                account_id,
-                                attempt,
-                                refreshes,
-                                "401: token dropped, trying again"
-                            );
-                            continue;
-                        }
-                    }
-                    step
-                }
-                Err(step) => step,
+            let attempt = tally.attempts + 1;
+            let step = if inner.batches.enabled() {
+                let (step, counted) = crate::batch::submit(inner, account_id, call.as_of).await;
+                tally.requests += u32::from(counted);
+                step
+            } else {
+                self.single(
+                    &call,
+                    prior.as_ref().map(|(etag, _)| *etag),
+                    attempt,
+                    &mut tally,
+                )
+                .await
             };
-            attempts = attempt;
-            // `sleep_here`: false after a 429, whose delay is the limiter's pause that the next
-            // acquire waits out; sleeping here as well would wait twice.
-            let (failure, delay, sleep_here) = match step {
+            let (failure, delay) = match step {
                 Step::Done(analysis) => {
+                    tally.attempts = attempt;
                     bump(&inner.counters.ok);
-                    return ApiOutcome {
-                        attempts,
-                        requests,
-                        result: Ok(analysis),
-                    };
+                    return tally.outcome(Ok(analysis), false);
                 }
+                Step::NotModified => {
+                    tally.attempts = attempt;
+                    bump(&inner.counters.ok);
+                    metrics::counter!(esg_metrics::API_NOT_MODIFIED_TOTAL).increment(1);
+                    let Some((_, analysis)) = prior else {
+                        // A 304 to a request without If-None-Match is outside the contract.
+                        bump(&inner.counters.out_of_contract);
+                        return tally.outcome(
+                            Err(ApiFailure::permanent(
+                                "OUT_OF_CONTRACT",
+                                "304 Not Modified to a request without If-None-Match",
+                                Some(304),
+                            )),
+                            false,
+                        );
+                    };
+                    return tally.outcome(Ok(analysis), true);
+                }
+                Step::Fallback => continue,
                 Step::Unauthorized => {
-                    // The refresh budget is spent: the final 401 is reported as an attempt so an
-                    // account that was called never shows 0 attempts.
-                    return ApiOutcome {
-                        attempts,
-                        requests,
-                        result: Err(ApiFailure::permanent(
+                    if tally.refreshes < MAX_TOKEN_REFRESHES {
+                        tally.refreshes += 1;
+                        bump(&inner.counters.token_refreshes);
+                        tracing::debug!(
+                            account_id,
+                            attempt,
+                            refreshes = tally.refreshes,
+                            "401: token dropped, trying again"
+                        );
+                        continue;
+                    }
+                    // The refresh budget is spent: the final 401 is reported as an attempt so
+                    // an account that was called never shows 0 attempts.
+                    tally.attempts = attempt;
+                    return tally.outcome(
+                        Err(ApiFailure::permanent(
                             "AUTH_REJECTED",
                             format!(
                                 "the API answered 401 to {} fresh tokens in a row",
@@ -625,43 +805,69 @@ impl EsgApiClient {
                             ),
                             Some(401),
                         )),
-                    };
+                        false,
+                    );
                 }
                 Step::Fail(failure) => {
-                    return ApiOutcome {
-                        attempts,
-                        requests,
-                        result: Err(failure),
-                    }
+                    tally.attempts = attempt;
+                    return tally.outcome(Err(failure), false);
                 }
                 Step::RateLimited {
                     failure,
                     retry_after,
                 } => {
-                    // The quota is the tenant's: everyone waits, not only this call. The pause
-                    // is set even after the last attempt so that other calls back off too.
-                    let delay = retry_after.unwrap_or_else(|| inner.backoff(attempt));
-                    inner.limiter.pause_for(delay);
-                    (failure, delay, false)
+                    tally.rate_limited += 1;
+                    let delay = retry_after
+                        .unwrap_or_else(|| inner.backoff(tally.rate_limited))
+                        .min(inner.config.max_retry_after);
+                    let past_deadline = call.deadline.is_some_and(|deadline| {
+                        chrono::Duration::from_std(delay)
+                            .ok()
+                            .and_then(|d| Utc::now().checked_add_signed(d))
+                            .is_none_or(|end| end >= deadline)
+                    });
+                    if tally.rate_limited > inner.config.max_rate_limited_retries || past_deadline {
+                        // Reported with at least one attempt: the account was called.
+                        tally.attempts = tally.attempts.max(1);
+                        let why = if past_deadline {
+                            "waiting for it would pass the run's deadline".to_owned()
+                        } else {
+                            format!(
+                                "more than max_rate_limited_retries = {}",
+                                inner.config.max_rate_limited_retries
+                            )
+                        };
+                        return tally.outcome(
+                            Err(ApiFailure {
+                                message: format!(
+                                    "{} (answered 429 {} times in a row; {why})",
+                                    failure.message, tally.rate_limited
+                                ),
+                                ..failure
+                            }),
+                            false,
+                        );
+                    }
+                    tracing::debug!(
+                        account_id,
+                        rate_limited = tally.rate_limited,
+                        delay_ms = delay.as_millis() as u64,
+                        "429: waiting, then trying again (not an attempt)"
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
                 }
                 Step::Retry {
                     failure,
                     retry_after,
                 } => {
+                    tally.attempts = attempt;
                     let backoff = inner.backoff(attempt);
-                    (
-                        failure,
-                        retry_after.map_or(backoff, |r| r.max(backoff)),
-                        true,
-                    )
+                    (failure, retry_after.map_or(backoff, |r| r.max(backoff)))
                 }
             };
-            if attempts >= max_attempts {
-                return ApiOutcome {
-                    attempts,
-                    requests,
-                    result: Err(failure),
-                };
+            if tally.attempts >= max_attempts {
+                return tally.outcome(Err(failure), false);
             }
             bump(&inner.counters.retries);
             metrics::counter!(esg_metrics::API_RETRIES_TOTAL).increment(1);
@@ -674,16 +880,76 @@ impl EsgApiClient {
                 delay_ms = delay.as_millis() as u64,
                 "ESG API attempt failed, retrying"
             );
-            if sleep_here {
-                tokio::time::sleep(delay).await;
-            }
+            tokio::time::sleep(delay).await;
         }
+    }
+
+    /// One single-call attempt: a request slot, a cell of the limiter, a token, the `GET`.
+    async fn single(
+        &self,
+        call: &Call<'_>,
+        etag: Option<&str>,
+        attempt: u32,
+        tally: &mut Tally,
+    ) -> Step {
+        let inner = &*self.inner;
+        let url = match &inner.base {
+            Ok(base) => endpoint(base, call.account_id, call.as_of),
+            Err(e) => Err(e.to_string()),
+        };
+        let url = match url {
+            Ok(url) => url,
+            Err(reason) => {
+                return Step::Fail(ApiFailure::permanent("INVALID_CONFIG", reason, None))
+            }
+        };
+        let Ok(_slot) = inner.in_flight.acquire().await else {
+            return Step::Fail(ApiFailure::permanent(
+                "INVALID_CONFIG",
+                "the client is closed",
+                None,
+            ));
+        };
+        inner.limiter.acquire().await;
+        let token = match inner.token().await {
+            Ok(token) => token,
+            Err(step) => return step,
+        };
+        let began = Instant::now();
+        tally.requests += 1;
+        let step = inner
+            .attempt(&url, call.account_id, etag, attempt, &token)
+            .await;
+        inner.answered(Some(&step), began);
+        if let Step::Unauthorized = step {
+            // The token is bad whether or not this call tries again with a new one.
+            inner.tokens.invalidate(&token).await;
+        }
+        step
     }
 }
 
 impl Inner {
+    /// Records one request's end: latency, outcome and the limiter's feedback. `step` is what
+    /// the request came to, `None` for a batch answered 200 (its items have their own steps).
+    /// A timeout or a broken connection is no answer and tells the limiter nothing.
+    pub(crate) fn answered(&self, step: Option<&Step>, began: Instant) {
+        metrics::histogram!(esg_metrics::API_REQUEST_DURATION_SECONDS)
+            .record(began.elapsed().as_secs_f64());
+        let outcome = step.map_or("ok", Step::outcome);
+        metrics::counter!(esg_metrics::API_REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+        match step {
+            Some(Step::RateLimited { retry_after, .. }) => {
+                metrics::counter!(esg_metrics::API_RATE_LIMITED_TOTAL).increment(1);
+                self.limiter.on_answer(true, *retry_after);
+            }
+            Some(Step::Retry { failure, .. }) if failure.http_status.is_none() => {}
+            _ => self.limiter.on_answer(false, None),
+        }
+    }
+
     /// The bearer token, or the step an unobtainable token amounts to.
-    async fn token(&self) -> Result<Arc<str>, Step> {
+    pub(crate) async fn token(&self) -> Result<Arc<str>, Step> {
         let failure = match tokio::time::timeout(self.config.timeout, self.tokens.token()).await {
             Ok(Ok(token)) => return Ok(token),
             Ok(Err(e)) => {
@@ -724,32 +990,40 @@ impl Inner {
         &self,
         url: &reqwest::Url,
         account_id: &str,
+        etag: Option<&str>,
         attempt: u32,
         token: &str,
     ) -> Step {
         bump(&self.counters.requests);
+        let etag_asked = etag.is_some();
         let started = Instant::now();
         let answer = tokio::time::timeout(self.config.timeout, async {
-            let mut response = self
+            let mut request = self
                 .http
                 .get(url.clone())
                 .bearer_auth(token)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .send()
-                .await?;
+                .header(reqwest::header::ACCEPT, "application/json");
+            if let Some(etag) = etag {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+            }
+            let mut response = request.send().await?;
             let status = response.status();
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let retry_after = header(reqwest::header::RETRY_AFTER);
+            let etag = header(reqwest::header::ETAG);
             let body = read_body(&mut response).await;
-            Ok::<_, reqwest::Error>((status, retry_after, body))
+            Ok::<_, reqwest::Error>((status, retry_after, etag, body))
         })
         .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
 
-        let (status, retry_after, body) = match answer {
+        let (status, retry_after, etag, body) = match answer {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 tracing::debug!(
@@ -807,7 +1081,7 @@ impl Inner {
                     Err(e) => return self.transport_failure(e, elapsed_ms),
                 };
                 match parsed {
-                    Ok(analysis) => Step::Done(analysis),
+                    Ok(analysis) => Step::Done(Analysis { etag, ..analysis }),
                     Err(message) => {
                         bump(&self.counters.out_of_contract);
                         Step::Fail(ApiFailure::permanent(
@@ -818,6 +1092,7 @@ impl Inner {
                     }
                 }
             }
+            304 if etag_asked => Step::NotModified,
             401 => Step::Unauthorized,
             429 => {
                 bump(&self.counters.rate_limited);
@@ -863,7 +1138,7 @@ impl Inner {
         }
     }
 
-    fn transport_failure(&self, e: reqwest::Error, elapsed_ms: u64) -> Step {
+    pub(crate) fn transport_failure(&self, e: reqwest::Error, elapsed_ms: u64) -> Step {
         let (code, counter) = if e.is_timeout() {
             ("TIMEOUT", &self.counters.timeouts)
         } else if e.is_connect() {
@@ -884,7 +1159,7 @@ impl Inner {
 
     /// Backoff after failed attempt number `attempt` (1-based): `min(cap, base·2^(attempt-1))`
     /// scaled by a random factor in [0.5, 1.0].
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         let doubling = 1u32 << attempt.saturating_sub(1).min(31);
         let full = self
             .config
@@ -897,10 +1172,20 @@ impl Inner {
 }
 
 /// Reads at most [`MAX_BODY_BYTES`]; the flag says the body was longer and was cut.
-async fn read_body(response: &mut reqwest::Response) -> Result<(Vec<u8>, bool), reqwest::Error> {
+pub(crate) async fn read_body(
+    response: &mut reqwest::Response,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    read_body_up_to(response, MAX_BODY_BYTES).await
+}
+
+/// Reads at most `limit` bytes; the flag says the body was longer and was cut.
+pub(crate) async fn read_body_up_to(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        let room = MAX_BODY_BYTES - body.len();
+        let room = limit - body.len();
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
             return Ok((body, true));
@@ -911,7 +1196,7 @@ async fn read_body(response: &mut reqwest::Response) -> Result<(Vec<u8>, bool), 
 }
 
 /// `error: message` from an ErrorBody, or the status text when the body is not one.
-fn error_message(
+pub(crate) fn error_message(
     status: reqwest::StatusCode,
     body: &Result<(Vec<u8>, bool), reqwest::Error>,
 ) -> String {
@@ -945,7 +1230,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// At most [`MAX_QUOTED_CHARS`] characters of `s`, marked when cut.
-fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     match s.char_indices().nth(MAX_QUOTED_CHARS) {
         Some((end, _)) => format!("{}…", &s[..end]),
         None => s.to_owned(),
@@ -991,7 +1276,7 @@ fn endpoint(
 type Object<'a> = HashMap<String, &'a RawValue>;
 
 /// Parses a 200 body strictly per the contract's Analysis schema; the error names the field.
-fn parse_analysis(body: &[u8], asked: &str) -> Result<Analysis, String> {
+pub(crate) fn parse_analysis(body: &[u8], asked: &str) -> Result<Analysis, String> {
     let text = std::str::from_utf8(body).map_err(|_| "response body is not UTF-8".to_owned())?;
     let fields: Object<'_> = serde_json::from_str(text).map_err(|e| {
         format!(
@@ -1052,6 +1337,7 @@ fn parse_analysis(body: &[u8], asked: &str) -> Result<Analysis, String> {
         social,
         governance,
         primary_focus,
+        etag: None,
     })
 }
 

@@ -168,8 +168,10 @@ async fn serve() -> (Arc<Fake>, String) {
     (fake, format!("http://{addr}"))
 }
 
+/// Single calls (the batch endpoint has tests of its own, in `batch_tests.rs`).
 fn test_config(url: &str) -> ApiClientConfig {
     ApiClientConfig {
+        batch_size: 1,
         timeout: Duration::from_secs(2),
         backoff_base: Duration::from_millis(2),
         backoff_cap: Duration::from_millis(20),
@@ -483,7 +485,7 @@ async fn token_endpoint_down_counts_as_attempts_refused_is_permanent() {
 }
 
 #[tokio::test]
-async fn rate_limited_with_delta_seconds_pauses_the_limiter() {
+async fn a_429_waits_its_retry_after_and_is_not_an_attempt() {
     let (fake, client, limiter) = setup().await;
     fake.script(
         "L1",
@@ -495,22 +497,46 @@ async fn rate_limited_with_delta_seconds_pauses_the_limiter() {
     let started = std::time::Instant::now();
     let outcome = client.analyse("L1", as_of()).await;
     let elapsed = started.elapsed();
-    assert_eq!(outcome.attempts, 2);
+    assert_eq!(outcome.attempts, 1, "the 429 spent no attempt");
+    assert_eq!((outcome.rate_limited, outcome.requests), (1, 2));
     assert!(outcome.result.is_ok());
     assert!(elapsed >= Duration::from_millis(990), "{elapsed:?}");
     assert!(elapsed < Duration::from_millis(1900), "{elapsed:?}");
-    assert_eq!(limiter.waits(), 1, "the retry did not wait on the limiter");
     assert_eq!(client.stats().rate_limited, 1);
+    // One 429 among the answers pauses nobody else.
+    assert_eq!(limiter.acquire().await, Duration::ZERO);
 }
 
 #[tokio::test]
-async fn rate_limited_with_http_date_is_capped_and_pauses_everyone() {
+async fn three_503s_and_429s_in_between_still_succeed_on_the_third_attempt() {
+    // Before a 429 was an attempt, a 429 between the 503s used up the attempts.
+    let (fake, client, _) = setup().await;
+    fake.script(
+        "L5",
+        [
+            Reply::status(503),
+            Reply::status(429).header("retry-after", "0"),
+            Reply::status(503),
+            Reply::status(429),
+            Reply::ok(body("L5", FULL_SCORES, FOCUS)),
+        ],
+    );
+    let outcome = client.analyse("L5", as_of()).await;
+    assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+    assert_eq!(
+        (outcome.attempts, outcome.rate_limited, outcome.requests),
+        (3, 2, 5)
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_as_http_date_is_capped() {
     let (fake, url) = serve().await;
     let config = ApiClientConfig {
         max_retry_after: Duration::from_millis(150),
         ..test_config(&url)
     };
-    let (client, limiter) = client_with(&url, config);
+    let (client, _) = client_with(&url, config);
     let in_an_hour = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3600));
     fake.script(
         "L2",
@@ -528,36 +554,47 @@ async fn rate_limited_with_http_date_is_capped_and_pauses_everyone() {
         elapsed < Duration::from_secs(2),
         "cap not applied: {elapsed:?}"
     );
-
-    // A 429 on its last attempt still pauses the limiter for every other caller.
-    let config = ApiClientConfig {
-        max_attempts: 1,
-        max_retry_after: Duration::from_millis(150),
-        ..test_config(&url)
-    };
-    assert_eq!(limiter.waits(), 1, "the retry did not wait on the limiter");
-    let (client, limiter) = client_with(&url, config);
-    fake.script("L3", [Reply::status(429).header("retry-after", "30")]);
-    let outcome = client.analyse("L3", as_of()).await;
-    let f = failure(&outcome);
-    assert_eq!(
-        (f.code.as_str(), f.permanent, outcome.attempts),
-        ("HTTP_429", false, 1)
-    );
-    let waited = limiter.acquire().await;
-    assert!(waited >= Duration::from_millis(100), "{waited:?}");
 }
 
 #[tokio::test]
-async fn rate_limited_without_retry_after_backs_off_and_fails_after_three() {
-    let (fake, client, _) = setup().await;
-    fake.script("L4", std::iter::repeat_n(Reply::status(429), 3));
+async fn rate_limited_retries_are_bounded_by_their_count_and_the_deadline() {
+    let (fake, url) = serve().await;
+    let config = ApiClientConfig {
+        max_rate_limited_retries: 4,
+        ..test_config(&url)
+    };
+    let (client, _) = client_with(&url, config);
+    fake.script("L4", std::iter::repeat_n(Reply::status(429), 5));
     let started = std::time::Instant::now();
     let outcome = client.analyse("L4", as_of()).await;
     assert!(started.elapsed() < Duration::from_secs(1));
-    assert_eq!(outcome.attempts, 3);
-    assert_eq!(failure(&outcome).code, "HTTP_429");
-    assert_eq!(client.stats().rate_limited, 3);
+    let f = failure(&outcome);
+    assert_eq!((f.code.as_str(), f.permanent), ("HTTP_429", false));
+    assert!(
+        f.message.contains("max_rate_limited_retries"),
+        "{}",
+        f.message
+    );
+    assert_eq!((outcome.attempts, outcome.rate_limited), (1, 5));
+    assert_eq!(client.stats().rate_limited, 5);
+
+    // A Retry-After that ends past the run's deadline is not waited for.
+    fake.script("L6", [Reply::status(429).header("retry-after", "30")]);
+    let started = std::time::Instant::now();
+    let outcome = client
+        .score(Call {
+            deadline: Some(Utc::now() + chrono::Duration::seconds(5)),
+            ..Call::new("L6", as_of())
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let f = failure(&outcome);
+    assert_eq!(f.code, "HTTP_429");
+    assert!(f.message.contains("deadline"), "{}", f.message);
+    assert_eq!(
+        outcome.attempts, 1,
+        "a called account never shows 0 attempts"
+    );
 }
 
 #[tokio::test]

@@ -17,12 +17,12 @@
 //!   during a rebalance the worst case is one API call too many for an in-flight event, never a
 //!   lost score.
 
-use crate::api::{ApiOutcome, BreakerCause, EsgApiClient};
+use crate::api::{ApiOutcome, BreakerCause, Call, EsgApiClient};
 use crate::breaker::{Breaker, Opened};
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use esg_bus::runs::RunBook;
 use esg_bus::{BusError, CommitOffset, Consumer, Delivery, EventBus, Message, RangeReader};
-use esg_schemas::{EsgScore, Event, ScoreStatus};
+use esg_schemas::{AccountChanged, EsgScore, Event, ScoreStatus};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -209,7 +209,10 @@ impl Scorer {
         let mut opened: Option<Opened> = None;
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let max = self.max_in_flight;
+        // The window of accounts: while batching, enough for `max_in_flight` full batches.
+        let max = self
+            .max_in_flight
+            .saturating_mul(self.client.accounts_per_request());
         let mut last_lag = tokio::time::Instant::now()
             .checked_sub(LAG_INTERVAL)
             .unwrap_or_else(tokio::time::Instant::now);
@@ -220,24 +223,28 @@ impl Scorer {
                 let Some(m) = queue.pop_front() else { break };
                 stats.events += 1;
                 match self.prepare(&m, &mut runs, &skip, &mut stats).await? {
-                    Some((account_id, run_id, version, as_of)) => {
+                    Some(Work {
+                        event,
+                        as_of,
+                        deadline,
+                    }) => {
                         let client = self.client.clone();
-                        let span = tracing::info_span!("score", run_id = %run_id, account_id = %account_id);
+                        let span = tracing::info_span!("score", run_id = %event.run_id, account_id = %event.account_id);
                         let (partition, offset) = (m.partition, m.offset);
                         in_flight.push(
                             async move {
-                                let outcome = client.analyse(&account_id, as_of).await;
+                                let outcome = client
+                                    .score(Call {
+                                        account_id: &event.account_id,
+                                        as_of,
+                                        prior: event.prior.as_ref(),
+                                        deadline,
+                                    })
+                                    .await;
                                 let breaker = outcome.result.as_ref().err().and_then(|f| {
                                     f.breaker_cause().map(|cause| (cause, f.to_string()))
                                 });
-                                let score = to_score(
-                                    &run_id,
-                                    &account_id,
-                                    version,
-                                    outcome,
-                                    partition,
-                                    offset,
-                                );
+                                let score = to_score(&event, outcome, partition, offset);
                                 Done {
                                     partition,
                                     offset,
@@ -405,7 +412,7 @@ impl Scorer {
         runs: &mut RunBook,
         skip: &HashSet<(i32, i64)>,
         stats: &mut ScorerStats,
-    ) -> Result<Option<(String, String, i64, NaiveDate)>, ScorerError> {
+    ) -> Result<Option<Work>, ScorerError> {
         if skip.contains(&(m.partition, m.offset)) {
             stats.already_scored += 1;
             return Ok(None);
@@ -422,24 +429,28 @@ impl Scorer {
         if runs.get(&event.run_id).is_none() {
             runs.refresh(&self.bus).await?;
         }
-        let as_of = match runs.get(&event.run_id) {
+        let (as_of, deadline) = match runs.get(&event.run_id) {
             Some(run) => {
                 if run.completed.is_some() || Utc::now() >= run.deadline {
                     stats.closed_run += 1;
                     tracing::debug!(run_id = %event.run_id, account_id = %event.account_id, "event of a closed run skipped");
                     return Ok(None);
                 }
-                run.business_date
+                (run.business_date, Some(run.deadline))
             }
             None => {
                 // The trigger is published before any event of its run; one missing means the
                 // triggers topic lost it (retention). Score as of today rather than drop it.
                 tracing::warn!(run_id = %event.run_id, account_id = %event.account_id,
                     "event of a run without a trigger on the triggers topic: scored as of today");
-                Utc::now().date_naive()
+                (Utc::now().date_naive(), None)
             }
         };
-        Ok(Some((event.account_id, event.run_id, event.version, as_of)))
+        Ok(Some(Work {
+            event,
+            as_of,
+            deadline,
+        }))
     }
 
     /// True when every event of this scorer's partitions has been received (none waits on the
@@ -617,15 +628,16 @@ fn account_failed(score: &EsgScore) {
     );
 }
 
-/// The score of one API outcome.
-fn to_score(
-    run_id: &str,
-    account_id: &str,
-    version: i64,
-    outcome: ApiOutcome,
-    partition: i32,
-    offset: i64,
-) -> EsgScore {
+/// One event to score: the event, the date its analysis is asked as of, and its run's deadline.
+struct Work {
+    event: AccountChanged,
+    as_of: NaiveDate,
+    deadline: Option<DateTime<Utc>>,
+}
+
+/// The score of one API outcome for `event`.
+fn to_score(event: &AccountChanged, outcome: ApiOutcome, partition: i32, offset: i64) -> EsgScore {
+    let (run_id, account_id, version) = (&event.run_id, &event.account_id, event.version);
     let now = Utc::now();
     let attempts = outcome.attempts as i32;
     let requests = i32::try_from(outcome.requests).unwrap_or(i32::MAX);
@@ -647,7 +659,7 @@ fn to_score(
                 source_partition: partition,
                 source_offset: offset,
                 requests,
-                etag: None,
+                etag: a.etag,
             }
         }
         Err(f) => EsgScore {

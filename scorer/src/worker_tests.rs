@@ -175,7 +175,10 @@ fn scorer(world: &World, breaker_consecutive: u32, max_in_flight: usize) -> Scor
     ));
     let nz = |n| NonZeroU32::new(n).expect("non-zero");
     let limiter = Arc::new(RateLimiter::new(nz(10_000), nz(1_000)));
+    // Single calls: the stand-in API has no batch endpoint (batches: `batch_tests.rs` and
+    // the end-to-end tests).
     let config = ApiClientConfig {
+        batch_size: 1,
         timeout: Duration::from_secs(5),
         backoff_base: Duration::from_millis(1),
         backoff_cap: Duration::from_millis(5),
