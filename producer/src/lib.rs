@@ -184,6 +184,8 @@ impl Producer {
                 Phase::Triggered => {
                     if req.kind != RunKind::Daily {
                         self.sync_roster().await?;
+                        // The last scores give the events their stored ETags.
+                        self.catch_up_scores().await?;
                         self.plan_rerun(req).await?;
                     } else {
                         self.list(req).await?;

@@ -22,7 +22,8 @@
 //! - A tenant without the endpoint: 404 or 405 on the route (or 400 to a request that follows
 //!   the contract) turns batching off for the life of the client, logged once at WARN; every
 //!   account of that batch and every later one goes as a single call, without spending an
-//!   attempt.
+//!   attempt. Until a first batch is answered 200, one batch is in flight at a time, so such a
+//!   tenant gets one batch request, not one per batch gathered at the start.
 //!
 //! Delivery: a batch's answers reach their accounts only through their callers' futures; an
 //! account whose sender was dropped (the process stopping) gets a transient failure, and the
@@ -48,6 +49,11 @@ const MAX_BATCH_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The batches being gathered, and whether the tenant has the endpoint.
 pub(crate) struct Batches {
     enabled: AtomicBool,
+    /// Set by the first batch answered 200: the tenant has the endpoint.
+    confirmed: AtomicBool,
+    /// Held by the one batch in flight until the endpoint is confirmed, so a tenant without it
+    /// is asked once, not once per batch sent at the start.
+    probe: tokio::sync::Mutex<()>,
     open: Mutex<HashMap<NaiveDate, Arc<Gathering>>>,
 }
 
@@ -78,6 +84,8 @@ impl Batches {
     pub(crate) fn new(enabled: bool) -> Self {
         Batches {
             enabled: AtomicBool::new(enabled),
+            confirmed: AtomicBool::new(false),
+            probe: tokio::sync::Mutex::new(()),
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -160,6 +168,11 @@ pub(crate) async fn submit(inner: &Arc<Inner>, account_id: &str, as_of: NaiveDat
 /// and a cell of the limiter, closes it and sends it.
 async fn lead(inner: Arc<Inner>, as_of: NaiveDate, gathering: Arc<Gathering>) {
     let _ = tokio::time::timeout(inner.config.batch_linger, gathering.full.notified()).await;
+    let _probe = if inner.batches.confirmed.load(Ordering::Relaxed) {
+        None
+    } else {
+        Some(inner.batches.probe.lock().await)
+    };
     let Ok(_slot) = inner.in_flight.acquire().await else {
         return; // closed: the items' callers see their sender dropped
     };
@@ -346,6 +359,7 @@ async fn send(inner: &Inner, as_of: NaiveDate, items: &[Item]) -> Answer {
             };
             match bytes.and_then(|b| items_of(inner, &b)) {
                 Ok(steps) => {
+                    inner.batches.confirmed.store(true, Ordering::Relaxed);
                     inner.answered(None, began);
                     return Answer::Items(steps);
                 }
