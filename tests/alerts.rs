@@ -93,7 +93,11 @@ async fn a_deadline_that_comes_first_raises_an_over_window_alert() {
         &world.config_path,
         format!(
             "{}\n[run]\nmax_duration = \"1s\"\n",
-            text.replace("rate_limit_per_second = 1000", "rate_limit_per_second = 50")
+            // Single calls: batches would rate 300 accounts in a few requests.
+            text.replace(
+                "rate_limit_per_second = 1000",
+                "rate_limit_per_second = 50\nbatch_size = 1"
+            )
         ),
     )
     .expect("config");

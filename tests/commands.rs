@@ -114,7 +114,8 @@ async fn a_run_stopped_by_a_signal_exits_4_and_the_same_command_resumes_it() {
     let text_of = std::fs::read_to_string(&world.config_path).expect("config");
     std::fs::write(
         &world.config_path,
-        text_of.replace("max_in_flight = 64", "max_in_flight = 4"),
+        // Single calls, four at a time: a run long enough to be stopped.
+        text_of.replace("max_in_flight = 64", "max_in_flight = 4\nbatch_size = 1"),
     )
     .expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_esg"))

@@ -374,6 +374,7 @@ async fn at_the_deadline_pending_accounts_fail_and_the_file_is_written() {
     let mut config = world.config();
     config.esg_api.rate_limit_per_second = 5;
     config.esg_api.burst = Some(5);
+    config.esg_api.batch_size = 1;
     // The clock jumps a day ahead once the run is under way.
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();

@@ -96,16 +96,9 @@ async fn two_scorer_processes_share_the_partitions_and_the_tenant_rate_limit() {
         "",
     )
     .await;
-    // Each process is configured with the whole tenant quota: the group must share it.
-    let text = std::fs::read_to_string(&world.config_path).expect("config");
-    std::fs::write(
-        &world.config_path,
-        text.replace(
-            "rate_limit_per_second = 1000",
-            &format!("rate_limit_per_second = {quota}"),
-        ),
-    )
-    .expect("config");
+    // Each process is configured with the whole tenant quota: the group must share it. Single
+    // calls, so that the day is long enough for the rate to be measured.
+    set_job_rate(&world.config_path, quota);
     let s = services();
     let ns = unique("share");
     use_kafka(&world.config_path, &s.bootstrap, &s.registry, &ns);

@@ -5,34 +5,8 @@
 mod common;
 
 use common::*;
-use esg::runner::{Outcome, Runner, Selection};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-
-async fn run_day(world: &World, day: chrono::NaiveDate) -> Outcome {
-    Runner::open(world.config(), esg_assembler::system_clock())
-        .await
-        .expect("runner opens")
-        .run_daily(day, false, CancellationToken::new(), |_| {})
-        .await
-        .expect("run completes")
-}
-
-async fn rerun(world: &World, day: chrono::NaiveDate, ids: &[String]) -> Outcome {
-    Runner::open(world.config(), esg_assembler::system_clock())
-        .await
-        .expect("runner opens")
-        .rerun(
-            day,
-            Selection::Accounts(ids.to_vec()),
-            true,
-            CancellationToken::new(),
-            |_| {},
-        )
-        .await
-        .expect("re-run completes")
-}
 
 /// Rows of the day's file by account id (header left out).
 fn rows(world: &World, day: chrono::NaiveDate) -> HashMap<String, Vec<String>> {

@@ -1200,28 +1200,28 @@ pub(crate) fn error_message(
     status: reqwest::StatusCode,
     body: &Result<(Vec<u8>, bool), reqwest::Error>,
 ) -> String {
+    body.as_ref()
+        .ok()
+        .and_then(|(bytes, _)| error_body_text(bytes))
+        .unwrap_or_else(|| {
+            status
+                .canonical_reason()
+                .map_or_else(|| format!("HTTP {}", status.as_u16()), str::to_owned)
+        })
+}
+
+/// `error: message` (or `error`) of the contract's ErrorBody; `None` when `bytes` is not one.
+pub(crate) fn error_body_text(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ErrorBody {
         error: String,
         message: Option<String>,
     }
-    let parsed = body
-        .as_ref()
-        .ok()
-        .and_then(|(bytes, _)| serde_json::from_slice::<ErrorBody>(bytes).ok());
-    match parsed {
-        Some(ErrorBody {
-            error,
-            message: Some(message),
-        }) => format!("{}: {}", clip(&error), clip(&message)),
-        Some(ErrorBody {
-            error,
-            message: None,
-        }) => clip(&error),
-        None => status
-            .canonical_reason()
-            .map_or_else(|| format!("HTTP {}", status.as_u16()), str::to_owned),
-    }
+    let body: ErrorBody = serde_json::from_slice(bytes).ok()?;
+    Some(match body.message {
+        Some(message) => format!("{}: {}", clip(&body.error), clip(&message)),
+        None => clip(&body.error),
+    })
 }
 
 /// The error and its causes, `a: b: c` ([`esg_auth::http::error_chain`]), clipped.

@@ -30,8 +30,8 @@
 //! scorer never commits an event before its score is durable, so nothing is lost.
 
 use crate::api::{
-    bump, clip, error_message, parse_analysis, read_body_up_to, ApiFailure, Inner, Step,
-    MAX_BATCH_SIZE,
+    bump, clip, error_body_text, error_message, parse_analysis, read_body_up_to, ApiFailure, Inner,
+    Step, MAX_BATCH_SIZE,
 };
 use chrono::NaiveDate;
 use serde_json::value::RawValue;
@@ -482,22 +482,9 @@ fn item_step(inner: &Inner, result: &BatchResult<'_>) -> Step {
 
 /// `error: message` of an item's ErrorBody, or the item's status when there is none.
 fn item_error(error: Option<&RawValue>, status: u16) -> String {
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        error: String,
-        message: Option<String>,
-    }
-    match error.and_then(|raw| serde_json::from_str::<ErrorBody>(raw.get()).ok()) {
-        Some(ErrorBody {
-            error,
-            message: Some(message),
-        }) => format!("{}: {}", clip(&error), clip(&message)),
-        Some(ErrorBody {
-            error,
-            message: None,
-        }) => clip(&error),
-        None => format!("batch item status {status}"),
-    }
+    error
+        .and_then(|raw| error_body_text(raw.get().as_bytes()))
+        .unwrap_or_else(|| format!("batch item status {status}"))
 }
 
 /// `{base}/v1/esg-analysis:batch`.

@@ -176,14 +176,15 @@ pub fn deterministic_faults(seed: u64) -> esg_simulator::SimConfig {
     }
 }
 
-/// Sets the job's rate limit, so that a run lasts long enough to be disturbed mid-way.
+/// Sets the job's rate limit and single calls (one request per account), so that a run lasts
+/// long enough to be disturbed mid-way, at a point counted in requests.
 pub fn set_job_rate(config: &Path, per_second: u32) {
     let text = std::fs::read_to_string(config).expect("config");
     std::fs::write(
         config,
         text.replace(
             "rate_limit_per_second = 1000",
-            &format!("rate_limit_per_second = {per_second}"),
+            &format!("rate_limit_per_second = {per_second}\nbatch_size = 1"),
         ),
     )
     .expect("config");

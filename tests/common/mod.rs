@@ -73,6 +73,37 @@ impl World {
     }
 }
 
+/// The daily run of `day`, in-process, to its end.
+pub async fn run_day(world: &World, day: chrono::NaiveDate) -> esg::runner::Outcome {
+    esg::runner::Runner::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("runner opens")
+        .run_daily(
+            day,
+            false,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect("run completes")
+}
+
+/// A re-run of `ids` on `day`, in-process, to its end.
+pub async fn rerun(world: &World, day: chrono::NaiveDate, ids: &[String]) -> esg::runner::Outcome {
+    esg::runner::Runner::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("runner opens")
+        .rerun(
+            day,
+            esg::runner::Selection::Accounts(ids.to_vec()),
+            true,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect("re-run completes")
+}
+
 /// The settings most tests use: a fast simulator without faults.
 pub fn quiet_sim(accounts: u64) -> SimConfig {
     SimConfig {
