@@ -748,12 +748,14 @@ impl EsgApiClient {
                 tally.requests += u32::from(counted);
                 step
             } else {
-                self.single(
+                // Boxed: a single call's future (the HTTP request in it) is large, and every
+                // account of the scorer's window holds this future while it waits in a batch.
+                Box::pin(self.single(
                     &call,
                     prior.as_ref().map(|(etag, _)| *etag),
                     attempt,
                     &mut tally,
-                )
+                ))
                 .await
             };
             let (failure, delay) = match step {

@@ -168,10 +168,13 @@ pub(crate) async fn submit(inner: &Arc<Inner>, account_id: &str, as_of: NaiveDat
 /// and a cell of the limiter, closes it and sends it.
 async fn lead(inner: Arc<Inner>, as_of: NaiveDate, gathering: Arc<Gathering>) {
     let _ = tokio::time::timeout(inner.config.batch_linger, gathering.full.notified()).await;
-    let _probe = if inner.batches.confirmed.load(Ordering::Relaxed) {
+    let confirmed = || inner.batches.confirmed.load(Ordering::Relaxed);
+    let _probe = if confirmed() {
         None
     } else {
-        Some(inner.batches.probe.lock().await)
+        // Batches that queued here behind the probe go on at once when it was answered 200.
+        let probe = inner.batches.probe.lock().await;
+        (!confirmed()).then_some(probe)
     };
     let Ok(_slot) = inner.in_flight.acquire().await else {
         return; // closed: the items' callers see their sender dropped

@@ -418,3 +418,13 @@ async fn statuses_outside_the_contract_are_out_of_contract() {
     assert_eq!(code(&outcome), "OUT_OF_CONTRACT");
     assert_eq!(outcome.attempts, 1);
 }
+
+#[tokio::test]
+async fn an_account_waiting_in_a_batch_holds_a_small_future() {
+    // The scorer's window holds one of these per account (6,400 at the defaults).
+    let (_fake, url) = serve().await;
+    let client = client(&url, config(&url), 1000, 100);
+    let future = client.score(Call::new("SIZE", day(23)));
+    let size = std::mem::size_of_val(&future);
+    assert!(size < 2048, "{size} bytes");
+}
