@@ -156,6 +156,71 @@ pub struct Applied {
     pub undecodable: u64,
 }
 
+/// Statements of [`apply`], prepared once per connection (`prepare_cached`): parsing them again
+/// for every record cost more than executing them.
+const DELETE_ROSTER: &str = "DELETE FROM roster WHERE account_id = ?1";
+const UPSERT_ROSTER: &str = "INSERT INTO roster (account_id, name, version) VALUES (?1, ?2, ?3)
+     ON CONFLICT (account_id) DO UPDATE SET name = excluded.name, version = excluded.version";
+const INSERT_EXPECTED: &str = "INSERT OR IGNORE INTO expected (run_id, account_id)
+     SELECT ?1, ?2 WHERE NOT EXISTS
+       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)";
+const UPSERT_SCORE: &str =
+    "INSERT INTO scores (account_id, run_id, account_version, status, overall, environmental,
+        social, governance, primary_focus, primary_focus_score, analysis_date, attempts,
+        error_code, error_message, scored_at_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+     ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
+        account_version = excluded.account_version, status = excluded.status,
+        overall = excluded.overall, environmental = excluded.environmental,
+        social = excluded.social, governance = excluded.governance,
+        primary_focus = excluded.primary_focus, primary_focus_score = excluded.primary_focus_score,
+        analysis_date = excluded.analysis_date, attempts = excluded.attempts,
+        error_code = excluded.error_code, error_message = excluded.error_message,
+        scored_at_ms = excluded.scored_at_ms";
+const INSERT_RUN_SCORED: &str =
+    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts, requests)
+     SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS
+       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)";
+const ADD_RUN_SCORED: &str =
+    "UPDATE run_scored SET attempts = attempts + ?3, requests = requests + ?4
+     WHERE run_id = ?1 AND account_id = ?2";
+const COUNT_RUN_SCORED: &str =
+    "UPDATE runs SET scored = scored + ?2, failed = failed + ?3 WHERE run_id = ?1";
+
+/// Accounts newly scored per run within a batch, added to `runs` in one update per run
+/// ([`RunCounts::flush`]) instead of one per score.
+#[derive(Default)]
+struct RunCounts {
+    /// run id → (accounts newly scored, of them failed). A batch holds one run or two.
+    runs: Vec<(String, i64, i64)>,
+}
+
+impl RunCounts {
+    fn add(&mut self, run_id: &str, failed: bool) {
+        let failed = i64::from(failed);
+        match self.runs.iter_mut().find(|(id, _, _)| id == run_id) {
+            Some((_, scored, f)) => {
+                *scored += 1;
+                *f += failed;
+            }
+            None => self.runs.push((run_id.to_owned(), 1, failed)),
+        }
+    }
+
+    /// Adds the counts to the runs rows (a run without a row yet counts its scores when its
+    /// trigger is read: see the `DailyTrigger` arm of [`apply`]).
+    fn flush(&mut self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(COUNT_RUN_SCORED)?;
+        for (run_id, scored, failed) in self.runs.drain(..) {
+            stmt.execute(params![run_id, scored, failed])?;
+        }
+        Ok(())
+    }
+}
+
 /// Applies decoded messages of one partition of `topic` and moves its offset, in one transaction.
 pub fn apply(
     tx: &Transaction<'_>,
@@ -165,82 +230,68 @@ pub fn apply(
 ) -> rusqlite::Result<Applied> {
     let mut applied = Applied::default();
     let mut last = None;
+    // Counts of scores are applied before any other event touches the runs table, so every
+    // statement sees the runs rows exactly as a per-score update would have left them.
+    let mut counts = RunCounts::default();
     for (m, event) in batch {
         last = Some(m.offset);
+        if !matches!(event, Some(Event::EsgScore(_))) {
+            counts.flush(tx)?;
+        }
         match event {
             None if m.value.is_none() => {
                 // Tombstone: the account left the roster (its last score stays for history
                 // but no longer appears in any file).
-                tx.execute("DELETE FROM roster WHERE account_id = ?1", [&m.key])?;
+                tx.prepare_cached(DELETE_ROSTER)?.execute([&m.key])?;
             }
             None => applied.undecodable += 1,
             Some(Event::AccountEntry(a)) => {
-                tx.execute(
-                    "INSERT INTO roster (account_id, name, version) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (account_id) DO UPDATE SET name = excluded.name, version = excluded.version",
-                    params![a.account_id, a.account_name, a.version],
-                )?;
+                tx.prepare_cached(UPSERT_ROSTER)?.execute(params![
+                    a.account_id,
+                    a.account_name,
+                    a.version
+                ])?;
             }
             Some(Event::AccountChanged(a)) => {
-                tx.execute(
-                    "INSERT OR IGNORE INTO expected (run_id, account_id)
-                     SELECT ?1, ?2 WHERE NOT EXISTS
-                       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)",
-                    params![a.run_id, a.account_id],
-                )?;
+                tx.prepare_cached(INSERT_EXPECTED)?
+                    .execute(params![a.run_id, a.account_id])?;
             }
             Some(Event::EsgScore(s)) => {
-                tx.execute(
-                    "INSERT INTO scores (account_id, run_id, account_version, status, overall, environmental,
-                        social, governance, primary_focus, primary_focus_score, analysis_date, attempts,
-                        error_code, error_message, scored_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
-                        account_version = excluded.account_version, status = excluded.status,
-                        overall = excluded.overall, environmental = excluded.environmental,
-                        social = excluded.social, governance = excluded.governance,
-                        primary_focus = excluded.primary_focus, primary_focus_score = excluded.primary_focus_score,
-                        analysis_date = excluded.analysis_date, attempts = excluded.attempts,
-                        error_code = excluded.error_code, error_message = excluded.error_message,
-                        scored_at_ms = excluded.scored_at_ms",
-                    params![
-                        s.account_id,
-                        s.run_id,
-                        s.account_version,
-                        s.status.as_str(),
-                        text(s.values.overall),
-                        text(s.values.environmental),
-                        text(s.values.social),
-                        text(s.values.governance),
-                        s.values.primary_focus.map(|p| p.as_str()),
-                        text(s.values.primary_focus_score),
-                        s.values.analysis_date.map(|d| d.to_string()),
-                        s.attempts,
-                        s.error_code,
-                        s.error_message,
-                        s.scored_at.timestamp_millis(),
-                    ],
-                )?;
+                tx.prepare_cached(UPSERT_SCORE)?.execute(params![
+                    s.account_id,
+                    s.run_id,
+                    s.account_version,
+                    s.status.as_str(),
+                    text(s.values.overall),
+                    text(s.values.environmental),
+                    text(s.values.social),
+                    text(s.values.governance),
+                    s.values.primary_focus.map(|p| p.as_str()),
+                    text(s.values.primary_focus_score),
+                    s.values.analysis_date.map(|d| d.to_string()),
+                    s.attempts,
+                    s.error_code,
+                    s.error_message,
+                    s.scored_at.timestamp_millis(),
+                ])?;
                 // Counted once per account and run (a score published twice after a crash
                 // adds its attempts and requests, not an account), so progress and completion
                 // are O(1).
-                let new = tx.execute(
-                    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts, requests)
-                     SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS
-                       (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)",
-                    params![s.run_id, s.account_id, s.attempts, s.requests],
-                )?;
+                let new = tx.prepare_cached(INSERT_RUN_SCORED)?.execute(params![
+                    s.run_id,
+                    s.account_id,
+                    s.attempts,
+                    s.requests
+                ])?;
                 if new == 1 {
-                    tx.execute(
-                        "UPDATE runs SET scored = scored + 1, failed = failed + ?2 WHERE run_id = ?1",
-                        params![s.run_id, i64::from(s.status == ScoreStatus::Failed)],
-                    )?;
+                    counts.add(&s.run_id, s.status == ScoreStatus::Failed);
                 } else {
-                    tx.execute(
-                        "UPDATE run_scored SET attempts = attempts + ?3, requests = requests + ?4
-                         WHERE run_id = ?1 AND account_id = ?2",
-                        params![s.run_id, s.account_id, s.attempts, s.requests],
-                    )?;
+                    tx.prepare_cached(ADD_RUN_SCORED)?.execute(params![
+                        s.run_id,
+                        s.account_id,
+                        s.attempts,
+                        s.requests
+                    ])?;
                 }
             }
             Some(Event::DailyTrigger(t)) => {
@@ -275,12 +326,13 @@ pub fn apply(
             Some(Event::RunCompleted(c)) => mark_completed(tx, &c.run_id, c.outcome.as_str())?,
         }
     }
+    counts.flush(tx)?;
     if let Some(last) = last {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO offsets (topic, partition, next_offset) VALUES (?1, ?2, ?3)
              ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-            params![topic, partition, last + 1],
-        )?;
+        )?
+        .execute(params![topic, partition, last + 1])?;
     }
     Ok(applied)
 }

@@ -482,6 +482,7 @@ impl Transport for EmbeddedLog {
             next_partition: 0,
             appended: self.inner.appended.subscribe(),
             closed: false,
+            fetching: None,
         }))
     }
 }
@@ -605,41 +606,63 @@ struct EmbeddedConsumer {
     next_partition: i32,
     appended: watch::Receiver<u64>,
     closed: bool,
+    /// The read of the current fetch. It runs on the blocking pool, which cannot be cancelled:
+    /// when the `next` that started it is dropped (a `select!` took another branch), the read
+    /// finishes anyway and its records are handed out by the next call, instead of being lost
+    /// and read again.
+    fetching: Option<tokio::task::JoinHandle<Result<Vec<Message>>>>,
 }
 
 impl EmbeddedConsumer {
+    /// Up to `max` records from the positions on, starting with a different partition each
+    /// time. Cancel-safe (see `fetching`); a read already under way is awaited as it is, with
+    /// the `max` it was started with.
     async fn fetch(&mut self, max: usize) -> Result<Vec<Message>> {
+        let handle = match self.fetching.take() {
+            Some(handle) => handle,
+            None => self.start_fetch(max),
+        };
+        let handle = self.fetching.insert(handle);
+        let joined = handle.await;
+        self.fetching = None;
+        let batch = joined.map_err(|e| BusError::Closed(e.to_string()))??;
+        for m in &batch {
+            self.positions[m.partition as usize] = m.offset + 1;
+        }
+        Ok(batch)
+    }
+
+    fn start_fetch(&mut self, max: usize) -> tokio::task::JoinHandle<Result<Vec<Message>>> {
         let topic = self.topic.clone();
         let positions = self.positions.clone();
         let start = self.next_partition;
         let n = self.partitions;
         self.next_partition = (start + 1) % n.max(1);
-        let batch = self
-            .log
-            .with_reader(move |conn, this| {
-                let mut out = Vec::new();
-                for i in 0..n {
-                    let p = (start + i) % n;
-                    let left = max.saturating_sub(out.len());
-                    if left == 0 {
-                        break;
-                    }
-                    out.extend(read_partition(
-                        conn,
-                        this,
-                        &topic,
-                        p,
-                        positions[p as usize],
-                        left,
-                    )?);
+        let this = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = this
+                .inner
+                .reader
+                .lock()
+                .map_err(|_| BusError::Closed("reader lock poisoned".into()))?;
+            let mut out = Vec::new();
+            for i in 0..n {
+                let p = (start + i) % n;
+                let left = max.saturating_sub(out.len());
+                if left == 0 {
+                    break;
                 }
-                Ok(out)
-            })
-            .await?;
-        for m in &batch {
-            self.positions[m.partition as usize] = m.offset + 1;
-        }
-        Ok(batch)
+                out.extend(read_partition(
+                    &conn,
+                    &this,
+                    &topic,
+                    p,
+                    positions[p as usize],
+                    left,
+                )?);
+            }
+            Ok(out)
+        })
     }
 }
 
@@ -825,6 +848,51 @@ mod tests {
         let (d, elapsed) = waiter.await.expect("join");
         assert!(matches!(d, Some(Delivery::Messages(ref m)) if m.len() == 1 && m[0].key == "late"));
         assert!(elapsed < Duration::from_secs(2));
+    }
+
+    /// Guards the cancel-safety of `Consumer::next`: a scorer selects between it and its
+    /// calls in flight, so most calls are dropped before they return. Each record is still
+    /// delivered exactly once, in offset order per partition.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_next_loses_no_record_and_reads_none_twice() {
+        use futures::FutureExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = log_with_topic(&dir).await;
+        log.publish(
+            "t",
+            (0..2000)
+                .map(|i| Record::new(format!("k{i}"), vec![]))
+                .collect(),
+        )
+        .await
+        .expect("publish");
+        let mut c = log.subscribe("g", "t").await.expect("subscribe");
+        let Some(Delivery::Assigned(_)) = c.next(100, Duration::ZERO).await.expect("next") else {
+            panic!("expected assignment first")
+        };
+        let mut seen: Vec<Vec<i64>> = vec![Vec::new(); 4];
+        let mut take = |d: Option<Delivery>| match d {
+            Some(Delivery::Messages(m)) => {
+                for m in m {
+                    seen[m.partition as usize].push(m.offset);
+                }
+                true
+            }
+            _ => false,
+        };
+        loop {
+            // Polled once and dropped: the read it started is handed out by a later call.
+            if let Some(d) = c.next(37, Duration::ZERO).now_or_never() {
+                take(d.expect("next"));
+            }
+            if !take(c.next(37, Duration::ZERO).await.expect("next")) {
+                break;
+            }
+        }
+        let ends = log.end_offsets("t").await.expect("ends");
+        for (p, offsets) in seen.iter().enumerate() {
+            assert_eq!(offsets, &(0..ends[p]).collect::<Vec<_>>(), "partition {p}");
+        }
     }
 
     #[tokio::test]

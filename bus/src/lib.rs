@@ -266,6 +266,10 @@ pub trait Transport: Send + Sync + 'static {
 #[async_trait]
 pub trait Consumer: Send {
     /// The next delivery, waiting at most `wait`; `None` when nothing came in that time.
+    ///
+    /// Cancel-safe in both implementations: a call dropped before it returns (the other branch
+    /// of a `select!` won) loses no record and reads none twice; what it had fetched is handed
+    /// out by the next call.
     async fn next(&mut self, max: usize, wait: Duration) -> Result<Option<Delivery>>;
 
     /// Commits positions of partitions this consumer owns.

@@ -110,8 +110,9 @@ pub struct RegistryWire {
     codec: Arc<Codec>,
     /// Schema id to write a record with, per (topic, record).
     write_ids: HashMap<(String, &'static str), u32>,
-    /// Every schema id of the pipeline's subjects: record name and writer schema.
-    readers: HashMap<u32, (&'static str, apache_avro::Schema)>,
+    /// Every schema id of the pipeline's subjects: record name, writer schema, and whether it
+    /// is the current schema of the record ([`Codec::is_current`]).
+    readers: HashMap<u32, (&'static str, apache_avro::Schema, bool)>,
 }
 
 impl std::fmt::Debug for RegistryWire {
@@ -172,7 +173,8 @@ impl RegistryWire {
                     })?;
                 match codec.parse_writer(&schema.schema) {
                     Ok((name, writer)) => {
-                        readers.insert(schema.id, (name, writer));
+                        let current = codec.is_current(name, &writer);
+                        readers.insert(schema.id, (name, writer, current));
                     }
                     Err(e) => tracing::warn!(
                         subject = %subject, version, id = schema.id, error = %e,
@@ -216,11 +218,16 @@ impl RegistryWire {
     pub fn decode(&self, bytes: &[u8]) -> std::result::Result<Event, CodecError> {
         match get_bytes_result(Some(bytes)) {
             BytesResult::Valid(id, datum) => {
-                let (record, writer) = self
+                let (record, writer, current) = self
                     .readers
                     .get(&id)
                     .ok_or_else(|| CodecError::UnknownSchema(format!("registry schema id {id}")))?;
-                self.codec.decode_datum_with(record, writer, datum)
+                if *current {
+                    // Written with the current schema: nothing to resolve.
+                    self.codec.decode_datum(record, datum)
+                } else {
+                    self.codec.decode_datum_with(record, writer, datum)
+                }
             }
             _ => Err(CodecError::Field {
                 record: "value",

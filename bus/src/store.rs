@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Prepared statements a store's connection keeps.
+const STATEMENT_CACHE: usize = 64;
+
 /// Errors of a state store, naming the file.
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {source}")]
@@ -48,6 +51,9 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(schema).map_err(err)?;
+        // Stages keep their per-record statements prepared (`prepare_cached`); the default
+        // cache of 16 is smaller than the statements one stage uses in a batch.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Store {
             path: Arc::new(path.to_path_buf()),
             conn: Arc::new(Mutex::new(conn)),

@@ -132,6 +132,15 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// The roster's upsert, shared by the sync from `esg.accounts` and the publishing of changes.
+/// Per-record statements are prepared once per connection (`prepare_cached`).
+const UPSERT_ROSTER: &str =
+    "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
+       version = excluded.version, updated_at_ms = excluded.updated_at_ms";
+/// An account leaving the roster.
+const DELETE_ROSTER: &str = "DELETE FROM roster WHERE account_id = ?1";
+
 /// A roster change to publish: account id, gone, and (name, version, updated_at_ms) if not gone.
 type RosterChange = (String, bool, Option<(String, i64, i64)>);
 
@@ -419,13 +428,13 @@ impl Producer {
         let applied = self
             .follow(topic, "accounts_offsets", pick, |tx, key, entry| {
                 match entry {
-                    Some(e) => tx.execute(
-                        "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
-                           version = excluded.version, updated_at_ms = excluded.updated_at_ms",
-                        params![key, e.account_name, e.version, ms(e.updated_at)],
-                    ),
-                    None => tx.execute("DELETE FROM roster WHERE account_id = ?1", [key]),
+                    Some(e) => tx.prepare_cached(UPSERT_ROSTER)?.execute(params![
+                        key,
+                        e.account_name,
+                        e.version,
+                        ms(e.updated_at)
+                    ]),
+                    None => tx.prepare_cached(DELETE_ROSTER)?.execute([key]),
                 }
                 .map(|_| ())
             })
@@ -444,45 +453,49 @@ impl Producer {
         let applied = self
             .follow(topic, "scores_offsets", pick, |tx, key, score| {
                 match &score {
-                    Some(s) => tx.execute(
+                    Some(s) => tx.prepare_cached(
                         "INSERT INTO last_scores (account_id, run_id, account_version, status, analysis_date)
                          VALUES (?1, ?2, ?3, ?4, ?5)
                          ON CONFLICT (account_id) DO UPDATE SET run_id = excluded.run_id,
                            account_version = excluded.account_version, status = excluded.status,
                            analysis_date = excluded.analysis_date",
-                        params![
-                            key,
-                            s.run_id,
-                            s.account_version,
-                            s.status.as_str(),
-                            s.values.analysis_date.map(|d| d.to_string())
-                        ],
-                    ),
-                    None => tx.execute("DELETE FROM last_scores WHERE account_id = ?1", [key]),
+                    )?
+                    .execute(params![
+                        key,
+                        s.run_id,
+                        s.account_version,
+                        s.status.as_str(),
+                        s.values.analysis_date.map(|d| d.to_string())
+                    ]),
+                    None => tx
+                        .prepare_cached("DELETE FROM last_scores WHERE account_id = ?1")?
+                        .execute([key]),
                 }?;
                 match score.as_ref().and_then(prior_of) {
                     Some(prior) => {
                         let v = &prior.values;
                         let text = |d: Option<rust_decimal::Decimal>| d.map(|d| d.to_string());
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO last_etags (account_id, etag, overall,
                                environmental, social, governance, primary_focus,
                                primary_focus_score, analysis_date)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                            params![
-                                key,
-                                prior.etag,
-                                text(v.overall),
-                                text(v.environmental),
-                                text(v.social),
-                                text(v.governance),
-                                v.primary_focus.map(|p| p.as_str()),
-                                text(v.primary_focus_score),
-                                v.analysis_date.map(|d| d.to_string()),
-                            ],
-                        )
+                        )?
+                        .execute(params![
+                            key,
+                            prior.etag,
+                            text(v.overall),
+                            text(v.environmental),
+                            text(v.social),
+                            text(v.governance),
+                            v.primary_focus.map(|p| p.as_str()),
+                            text(v.primary_focus_score),
+                            v.analysis_date.map(|d| d.to_string()),
+                        ])
                     }
-                    None => tx.execute("DELETE FROM last_etags WHERE account_id = ?1", [key]),
+                    None => tx
+                        .prepare_cached("DELETE FROM last_etags WHERE account_id = ?1")?
+                        .execute([key]),
                 }
                 .map(|_| ())
             })
@@ -735,21 +748,17 @@ impl Producer {
                     for (id, is_gone, entry) in rows {
                         match (is_gone, entry) {
                             (false, Some((name, version, updated))) => {
-                                tx.execute(
-                                    "INSERT INTO roster (account_id, name, version, updated_at_ms) VALUES (?1, ?2, ?3, ?4)
-                                     ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
-                                       version = excluded.version, updated_at_ms = excluded.updated_at_ms",
-                                    params![id, name, version, updated],
-                                )?;
+                                tx.prepare_cached(UPSERT_ROSTER)?
+                                    .execute(params![id, name, version, updated])?;
                             }
                             _ => {
-                                tx.execute("DELETE FROM roster WHERE account_id = ?1", [&id])?;
+                                tx.prepare_cached(DELETE_ROSTER)?.execute([&id])?;
                             }
                         }
-                        tx.execute(
+                        tx.prepare_cached(
                             "UPDATE roster_changes SET published = 1 WHERE run_id = ?1 AND account_id = ?2",
-                            params![run_id, id],
-                        )?;
+                        )?
+                        .execute(params![run_id, id])?;
                     }
                     tx.commit()
                 })
@@ -763,6 +772,13 @@ impl Producer {
     }
 
     /// Publishes one `AccountChanged` per pending account, in batches, exactly once.
+    ///
+    /// Before a batch is published, the topic's end offsets as they were before it (the
+    /// checkpoint [`Producer::reconcile_emitted`] reads from) are durable in the store: the
+    /// first batch's are written before the loop, and each batch's record (its accounts marked
+    /// emitted) carries, in the same transaction, the checkpoint of the next batch: the ends
+    /// moved past the positions where its own records landed. A batch thus costs one store
+    /// transaction and one bus transaction.
     async fn emit(
         &self,
         req: &RunRequest,
@@ -773,6 +789,14 @@ impl Producer {
         let batch = self.config.emit_batch.max(1) as i64;
         let mut emitted = 0u64;
         let mut after = String::new();
+        // Where the topic ends before the first batch. Later batches' ends only grow from
+        // here: a lower bound of the true ends is all the checkpoint needs to be.
+        let mut ends = self.bus.transport.end_offsets(&topic).await?;
+        let run_id = req.run_id.clone();
+        let checkpoint = checkpoint_text(&ends);
+        self.store
+            .call(move |c| set_checkpoint(c, &run_id, &checkpoint).map(|_| ()))
+            .await?;
         loop {
             if shutdown.is_cancelled() {
                 return Err(ProducerError::Cancelled);
@@ -798,22 +822,6 @@ impl Producer {
                 .await?;
             let Some(last) = rows.last() else { break };
             after = last.0.clone();
-            // Note where the topic ends before publishing, for reconcile_emitted.
-            let ends = self.bus.transport.end_offsets(&topic).await?;
-            let checkpoint = ends
-                .iter()
-                .map(|o| o.to_string())
-                .collect::<Vec<_>>()
-                .join(",");
-            let run_id = req.run_id.clone();
-            self.store
-                .call(move |c| {
-                    c.execute(
-                        "UPDATE runs SET emit_checkpoint = ?2 WHERE run_id = ?1",
-                        params![run_id, checkpoint],
-                    )
-                })
-                .await?;
             let now = Utc::now();
             let events: Vec<(String, Event)> = rows
                 .iter()
@@ -832,12 +840,18 @@ impl Producer {
                     )
                 })
                 .collect();
-            self.bus.publish(&topic, &events).await?;
+            let positions = self.bus.publish(&topic, &events).await?;
+            for pos in &positions {
+                if let Some(end) = ends.get_mut(pos.partition as usize) {
+                    *end = (*end).max(pos.offset + 1);
+                }
+            }
             emitted += rows.len() as u64;
             let run_id = req.run_id.clone();
             let ids: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+            let checkpoint = checkpoint_text(&ends);
             self.store
-                .call(move |c| mark_emitted(c, &run_id, &ids))
+                .call(move |c| mark_emitted(c, &run_id, &ids, Some(&checkpoint)))
                 .await?;
         }
         let run_id = req.run_id.clone();
@@ -894,7 +908,7 @@ impl Producer {
             );
             let run_id = req.run_id.clone();
             self.store
-                .call(move |c| mark_emitted(c, &run_id, &found))
+                .call(move |c| mark_emitted(c, &run_id, &found, None))
                 .await?;
         }
         Ok(())
@@ -1065,10 +1079,30 @@ fn insert_page(store: &Store, run_id: &str, page: &Page) -> Result<(), StoreErro
     })
 }
 
+/// The emit checkpoint as stored: the end offset of each partition, comma-separated.
+fn checkpoint_text(ends: &[i64]) -> String {
+    ends.iter()
+        .map(|o| o.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn set_checkpoint(
+    c: &rusqlite::Connection,
+    run_id: &str,
+    checkpoint: &str,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached("UPDATE runs SET emit_checkpoint = ?2 WHERE run_id = ?1")?
+        .execute(params![run_id, checkpoint])
+}
+
+/// Marks `ids` emitted and, when given, records the checkpoint of the next batch, in one
+/// transaction.
 fn mark_emitted(
     c: &mut rusqlite::Connection,
     run_id: &str,
     ids: &[String],
+    next_checkpoint: Option<&str>,
 ) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
     {
@@ -1078,6 +1112,9 @@ fn mark_emitted(
         for id in ids {
             stmt.execute(params![run_id, id])?;
         }
+    }
+    if let Some(checkpoint) = next_checkpoint {
+        set_checkpoint(&tx, run_id, checkpoint)?;
     }
     tx.commit()
 }

@@ -219,6 +219,24 @@ impl Codec {
 
     /// The Avro datum of `event` alone (no header): what follows the Confluent wire-format header.
     pub fn encode_datum(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
+        let mut out = Vec::with_capacity(128);
+        self.write_datum(event, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the datum of `event` to `out`: the per-account records directly ([`direct`]),
+    /// the others through the generic writer.
+    fn write_datum(&self, event: &Event, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        if direct::write(event, out)? {
+            return Ok(());
+        }
+        out.extend_from_slice(&self.generic_datum(event)?);
+        Ok(())
+    }
+
+    /// The datum of `event` written by apache-avro from a [`Value`]: the reference the direct
+    /// writer is checked against.
+    fn generic_datum(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
         let record = event.record_name();
         let entry = self.entry(record);
         let value = to_value(event)?;
@@ -231,11 +249,10 @@ impl Codec {
     /// Single-object encoding: `C3 01`, fingerprint, datum.
     pub fn encode(&self, event: &Event) -> Result<Vec<u8>, CodecError> {
         let entry = self.entry(event.record_name());
-        let datum = self.encode_datum(event)?;
-        let mut out = Vec::with_capacity(10 + datum.len());
+        let mut out = Vec::with_capacity(128);
         out.extend_from_slice(&[0xC3, 0x01]);
         out.extend_from_slice(&entry.fingerprint);
-        out.extend_from_slice(&datum);
+        self.write_datum(event, &mut out)?;
         Ok(out)
     }
 
@@ -291,6 +308,15 @@ impl Codec {
         Ok((entry.name, schema))
     }
 
+    /// True when `writer` is the current schema of `record_name` (the same fingerprint): its
+    /// datums can be read with [`Codec::decode_datum`], without schema resolution. For callers
+    /// that keep writer schemas, to ask once rather than per datum.
+    pub fn is_current(&self, record_name: &str, writer: &Schema) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.name == record_name && e.fingerprint == fingerprint(writer))
+    }
+
     /// Decodes a bare datum written with `writer` (a version of `record_name`'s schema),
     /// resolving it to the current schema.
     pub fn decode_datum_with(
@@ -314,12 +340,23 @@ impl Codec {
     }
 
     /// Decodes a bare datum written with the named record's schema.
-    pub fn decode_datum(&self, record_name: &str, mut datum: &[u8]) -> Result<Event, CodecError> {
+    pub fn decode_datum(&self, record_name: &str, datum: &[u8]) -> Result<Event, CodecError> {
         let entry = self
             .entries
             .iter()
             .find(|e| e.name == record_name)
             .ok_or_else(|| CodecError::UnknownSchema(record_name.to_owned()))?;
+        // The direct reader knows the per-account records; whatever it does not accept (a
+        // record it does not know, a datum it finds malformed) the generic reader reads, so
+        // values and errors are the generic reader's.
+        if let Some(event) = direct::read(entry.name, datum) {
+            return Ok(event);
+        }
+        self.generic_decode_datum(entry, datum)
+    }
+
+    /// [`Codec::decode_datum`] through apache-avro's generic reader and a [`Value`].
+    fn generic_decode_datum(&self, entry: &Entry, mut datum: &[u8]) -> Result<Event, CodecError> {
         let record = entry.name;
         let value = GenericDatumReader::builder(&entry.schema)
             .build()
@@ -357,6 +394,14 @@ fn days_since_epoch(d: NaiveDate) -> i32 {
 }
 
 fn decimal(record: &'static str, field: &'static str, d: Decimal) -> Result<Value, CodecError> {
+    Ok(Value::Decimal(apache_avro::Decimal::from(
+        unscaled(record, field, d)?.to_be_bytes(),
+    )))
+}
+
+/// The unscaled value of `d` at scale 4, refused when it has more than 4 decimal places or
+/// more than 9 digits.
+fn unscaled(record: &'static str, field: &'static str, d: Decimal) -> Result<i32, CodecError> {
     let mut d = d;
     if d.scale() > DECIMAL_SCALE {
         return Err(CodecError::Field {
@@ -370,17 +415,14 @@ fn decimal(record: &'static str, field: &'static str, d: Decimal) -> Result<Valu
     // Precision 9: at most 9 digits, so the unscaled value always fits 4 bytes. Always writing
     // 4 bytes (big-endian two's complement) keeps schema resolution happy, which insists that
     // the byte length can hold the full precision.
-    let unscaled = i32::try_from(mantissa)
+    i32::try_from(mantissa)
         .ok()
         .filter(|m| m.unsigned_abs() <= MAX_UNSCALED)
         .ok_or_else(|| CodecError::Field {
             record,
             field,
             problem: format!("{d} needs more than {DECIMAL_PRECISION} digits"),
-        })?;
-    Ok(Value::Decimal(apache_avro::Decimal::from(
-        unscaled.to_be_bytes(),
-    )))
+        })
 }
 
 fn opt_decimal(
@@ -763,6 +805,376 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
     })
 }
 
+// ---- direct encoding of the per-account records ---------------------------------------------
+
+/// Avro binary of the per-account records (`AccountEntry`, `AccountChanged` with its
+/// `PriorAnalysis`, `EsgScore`), written and read in the layout of their current schemas
+/// without building a [`Value`] tree. Each crosses the bus once per account and is read two or
+/// three times; through `Value` (field names as strings, boxed unions, the schema resolved on
+/// every call) the codec cost more CPU than the log that stores the bytes.
+///
+/// The field order is the schemas'; `tests::direct_*` check the bytes against the generic
+/// writer and reader field by field (every null and non-null branch, every enum symbol,
+/// decimals at the limits) and the field lists against the `.avsc` files, so a schema change
+/// that is not made here too fails the tests. Other records go through the generic writer and
+/// reader, and so does every datum [`read`] does not accept.
+mod direct {
+    use super::{unscaled, DECIMAL_SCALE};
+    use crate::events::*;
+    use chrono::{DateTime, NaiveDate, Utc};
+    use rust_decimal::Decimal;
+
+    /// Field names of the records written here, in schema order (checked by the tests).
+    #[cfg(test)]
+    pub(super) const FIELDS: &[(&str, &[&str])] = &[
+        (
+            "AccountEntry",
+            &[
+                "account_id",
+                "account_name",
+                "version",
+                "updated_at",
+                "run_id",
+            ],
+        ),
+        (
+            "AccountChanged",
+            &[
+                "run_id",
+                "account_id",
+                "account_name",
+                "version",
+                "reason",
+                "emitted_at",
+                "prior",
+            ],
+        ),
+        (
+            "PriorAnalysis",
+            &[
+                "etag",
+                "overall",
+                "environmental",
+                "social",
+                "governance",
+                "primary_focus",
+                "primary_focus_score",
+                "analysis_date",
+            ],
+        ),
+        (
+            "EsgScore",
+            &[
+                "run_id",
+                "account_id",
+                "account_version",
+                "status",
+                "overall",
+                "environmental",
+                "social",
+                "governance",
+                "primary_focus",
+                "primary_focus_score",
+                "analysis_date",
+                "attempts",
+                "error_code",
+                "error_message",
+                "scored_at",
+                "source_partition",
+                "source_offset",
+                "requests",
+                "etag",
+            ],
+        ),
+    ];
+
+    /// Appends the datum of `event` to `out` when it is a record written here (`Ok(true)`);
+    /// `Ok(false)` leaves `out` untouched. Refuses what the generic path refuses, with the same
+    /// error (decimals are checked in field order, like [`super::to_value`]).
+    pub(super) fn write(event: &Event, out: &mut Vec<u8>) -> Result<bool, super::CodecError> {
+        match event {
+            Event::AccountEntry(a) => {
+                string(out, &a.account_id);
+                string(out, &a.account_name);
+                long(out, a.version);
+                timestamp(out, a.updated_at);
+                string(out, &a.run_id);
+            }
+            Event::AccountChanged(a) => {
+                // Checked before anything is written, so a refused event leaves `out` as it was.
+                let prior = a
+                    .prior
+                    .as_ref()
+                    .map(|p| Ok::<_, super::CodecError>((p, checked("PriorAnalysis", &p.values)?)))
+                    .transpose()?;
+                string(out, &a.run_id);
+                string(out, &a.account_id);
+                string(out, &a.account_name);
+                long(out, a.version);
+                long(out, i64::from(a.reason.index()));
+                timestamp(out, a.emitted_at);
+                match prior {
+                    None => out.push(NULL),
+                    Some((p, unscaled)) => {
+                        out.push(SOME);
+                        string(out, &p.etag);
+                        values(out, &p.values, &unscaled);
+                    }
+                }
+            }
+            Event::EsgScore(e) => {
+                let unscaled = checked("EsgScore", &e.values)?;
+                string(out, &e.run_id);
+                string(out, &e.account_id);
+                long(out, e.account_version);
+                long(out, i64::from(e.status.index()));
+                values(out, &e.values, &unscaled);
+                long(out, i64::from(e.attempts));
+                opt_string(out, e.error_code.as_deref());
+                opt_string(out, e.error_message.as_deref());
+                timestamp(out, e.scored_at);
+                long(out, i64::from(e.source_partition));
+                long(out, e.source_offset);
+                long(out, i64::from(e.requests));
+                opt_string(out, e.etag.as_deref());
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Reads a datum of `record` written with its current schema; `None` when `record` is not
+    /// one written here or the datum is not one this reader accepts (the caller then asks the
+    /// generic reader, which says what is wrong). Bytes after the datum are ignored, as the
+    /// generic reader ignores them.
+    pub(super) fn read(record: &str, datum: &[u8]) -> Option<Event> {
+        let mut r = Reader { bytes: datum };
+        Some(match record {
+            "AccountEntry" => Event::AccountEntry(AccountEntry {
+                account_id: r.string()?,
+                account_name: r.string()?,
+                version: r.long()?,
+                updated_at: r.timestamp()?,
+                run_id: r.string()?,
+            }),
+            "AccountChanged" => Event::AccountChanged(AccountChanged {
+                run_id: r.string()?,
+                account_id: r.string()?,
+                account_name: r.string()?,
+                version: r.long()?,
+                reason: r.symbol(ChangeReason::ALL)?,
+                emitted_at: r.timestamp()?,
+                prior: match r.branch()? {
+                    false => None,
+                    true => Some(PriorAnalysis {
+                        etag: r.string()?,
+                        values: r.values()?,
+                    }),
+                },
+            }),
+            "EsgScore" => Event::EsgScore(EsgScore {
+                run_id: r.string()?,
+                account_id: r.string()?,
+                account_version: r.long()?,
+                status: r.symbol(ScoreStatus::ALL)?,
+                values: r.values()?,
+                attempts: r.int()?,
+                error_code: r.opt_string()?,
+                error_message: r.opt_string()?,
+                scored_at: r.timestamp()?,
+                source_partition: r.int()?,
+                source_offset: r.long()?,
+                requests: r.int()?,
+                etag: r.opt_string()?,
+            }),
+            _ => return None,
+        })
+    }
+
+    /// Union branch 0 (`null`) and 1 (the value) of a `["null", T]` field, zig-zag encoded.
+    const NULL: u8 = 0;
+    const SOME: u8 = 2;
+
+    /// Avro `long` (and `int`, whose encoding is the same for every `i32`): zig-zag varint.
+    fn long(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8 & 0x7F) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    fn bytes(out: &mut Vec<u8>, b: &[u8]) {
+        long(out, b.len() as i64);
+        out.extend_from_slice(b);
+    }
+
+    fn string(out: &mut Vec<u8>, s: &str) {
+        bytes(out, s.as_bytes());
+    }
+
+    fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            None => out.push(NULL),
+            Some(s) => {
+                out.push(SOME);
+                string(out, s);
+            }
+        }
+    }
+
+    fn timestamp(out: &mut Vec<u8>, t: DateTime<Utc>) {
+        long(out, t.timestamp_millis());
+    }
+
+    /// The unscaled values of the five decimals of `v` (overall, environmental, social,
+    /// governance, primary focus score), each checked in the generic path's order.
+    fn checked(record: &'static str, v: &EsgValues) -> Result<[Option<i32>; 5], super::CodecError> {
+        let u = |field, d: Option<Decimal>| d.map(|d| unscaled(record, field, d)).transpose();
+        Ok([
+            u("overall", v.overall)?,
+            u("environmental", v.environmental)?,
+            u("social", v.social)?,
+            u("governance", v.governance)?,
+            u("primary_focus_score", v.primary_focus_score)?,
+        ])
+    }
+
+    /// The seven value fields, `overall` to `analysis_date`, with the decimals of [`checked`].
+    fn values(out: &mut Vec<u8>, v: &EsgValues, unscaled: &[Option<i32>; 5]) {
+        let decimal = |out: &mut Vec<u8>, d: Option<i32>| match d {
+            None => out.push(NULL),
+            Some(u) => {
+                out.push(SOME);
+                // Always 4 bytes, as the generic path writes them (see `super::unscaled`).
+                bytes(out, &u.to_be_bytes());
+            }
+        };
+        let [overall, environmental, social, governance, focus_score] = *unscaled;
+        decimal(out, overall);
+        decimal(out, environmental);
+        decimal(out, social);
+        decimal(out, governance);
+        match v.primary_focus {
+            None => out.push(NULL),
+            Some(p) => {
+                out.push(SOME);
+                long(out, i64::from(p.index()));
+            }
+        }
+        decimal(out, focus_score);
+        match v.analysis_date {
+            None => out.push(NULL),
+            Some(d) => {
+                out.push(SOME);
+                long(out, i64::from(super::days_since_epoch(d)));
+            }
+        }
+    }
+
+    struct Reader<'a> {
+        bytes: &'a [u8],
+    }
+
+    impl<'a> Reader<'a> {
+        fn long(&mut self) -> Option<i64> {
+            let mut z: u64 = 0;
+            for (i, b) in self.bytes.iter().enumerate().take(10) {
+                // The tenth byte holds the 64th bit only; more is an overflow.
+                if i == 9 && *b > 1 {
+                    return None;
+                }
+                z |= u64::from(b & 0x7F) << (7 * i);
+                if b & 0x80 == 0 {
+                    self.bytes = &self.bytes[i + 1..];
+                    return Some(((z >> 1) as i64) ^ -((z & 1) as i64));
+                }
+            }
+            None
+        }
+
+        fn int(&mut self) -> Option<i32> {
+            i32::try_from(self.long()?).ok()
+        }
+
+        fn bytes(&mut self) -> Option<&'a [u8]> {
+            let len = usize::try_from(self.long()?).ok()?;
+            if len > self.bytes.len() {
+                return None;
+            }
+            let (b, rest) = self.bytes.split_at(len);
+            self.bytes = rest;
+            Some(b)
+        }
+
+        fn string(&mut self) -> Option<String> {
+            std::str::from_utf8(self.bytes()?).ok().map(str::to_owned)
+        }
+
+        /// The branch of a `["null", T]` union: false for null.
+        fn branch(&mut self) -> Option<bool> {
+            match self.long()? {
+                0 => Some(false),
+                1 => Some(true),
+                _ => None,
+            }
+        }
+
+        fn opt_string(&mut self) -> Option<Option<String>> {
+            match self.branch()? {
+                false => Some(None),
+                true => self.string().map(Some),
+            }
+        }
+
+        fn symbol<T: Copy>(&mut self, all: &[T]) -> Option<T> {
+            all.get(usize::try_from(self.long()?).ok()?).copied()
+        }
+
+        fn timestamp(&mut self) -> Option<DateTime<Utc>> {
+            DateTime::from_timestamp_millis(self.long()?)
+        }
+
+        fn date(&mut self) -> Option<NaiveDate> {
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            epoch.checked_add_signed(chrono::Duration::days(self.int()?.into()))
+        }
+
+        /// A decimal of scale 4 in 1 to 16 big-endian two's complement bytes (what the generic
+        /// reader accepts).
+        fn decimal(&mut self) -> Option<Decimal> {
+            let b = self.bytes()?;
+            if b.is_empty() || b.len() > 16 {
+                return None;
+            }
+            let fill = if b[0] & 0x80 != 0 { 0xFF } else { 0x00 };
+            let mut full = [fill; 16];
+            full[16 - b.len()..].copy_from_slice(b);
+            Decimal::try_from_i128_with_scale(i128::from_be_bytes(full), DECIMAL_SCALE).ok()
+        }
+
+        fn opt<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+            match self.branch()? {
+                false => Some(None),
+                true => read(self).map(Some),
+            }
+        }
+
+        fn values(&mut self) -> Option<EsgValues> {
+            Some(EsgValues {
+                overall: self.opt(Self::decimal)?,
+                environmental: self.opt(Self::decimal)?,
+                social: self.opt(Self::decimal)?,
+                governance: self.opt(Self::decimal)?,
+                primary_focus: self.opt(|r| r.symbol(Pillar::ALL))?,
+                primary_focus_score: self.opt(Self::decimal)?,
+                analysis_date: self.opt(Self::date)?,
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1093,6 +1505,222 @@ mod tests {
             },
             written
         );
+    }
+
+    /// Events of the directly written records covering every field's cases: each union null
+    /// and not, every enum symbol, decimals at the limits of precision 9, text that is not
+    /// ASCII, extreme numbers and instants.
+    fn direct_cases() -> Vec<Event> {
+        let d = |text: &str| Some(Decimal::from_str(text).unwrap_or_default());
+        let full = EsgValues {
+            overall: d("99999.9999"),
+            environmental: d("-99999.9999"),
+            social: d("0"),
+            governance: d("0.0001"),
+            primary_focus: Some(Pillar::Environmental),
+            primary_focus_score: d("-0.5"),
+            analysis_date: NaiveDate::from_ymd_opt(1969, 12, 31),
+        };
+        let mut values = vec![EsgValues::failed(), full, score().values];
+        let clear: [fn(&mut EsgValues); 7] = [
+            |v| v.overall = None,
+            |v| v.environmental = None,
+            |v| v.social = None,
+            |v| v.governance = None,
+            |v| v.primary_focus = None,
+            |v| v.primary_focus_score = None,
+            |v| v.analysis_date = None,
+        ];
+        for c in clear {
+            let mut v = full;
+            c(&mut v);
+            values.push(v);
+        }
+        for p in Pillar::ALL {
+            values.push(EsgValues {
+                primary_focus: Some(*p),
+                ..full
+            });
+        }
+        let mut events = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            let status = ScoreStatus::ALL[i % ScoreStatus::ALL.len()];
+            events.push(Event::EsgScore(EsgScore {
+                status,
+                values: *v,
+                error_code: (i % 2 == 0).then(|| "HTTP_503".into()),
+                error_message: (i % 3 == 0).then(|| "ünïcødé \u{1F600} message".into()),
+                etag: (i % 2 == 1).then(|| format!("W/\"{i}\"")),
+                attempts: [0, 1, i32::MAX, -1][i % 4],
+                requests: [0, 7, i32::MIN][i % 3],
+                source_partition: -1,
+                source_offset: [i64::MIN, -1, 0, i64::MAX][i % 4],
+                account_version: [i64::MAX, 0, -3][i % 3],
+                ..score()
+            }));
+            let reason = ChangeReason::ALL[i % ChangeReason::ALL.len()];
+            events.push(Event::AccountChanged(AccountChanged {
+                run_id: "2026-11-23.2".into(),
+                account_id: format!("A.{i}"),
+                account_name: "=cmd|' /C calc'!A0, \"quoted\"\nline".into(),
+                version: i as i64 - 5,
+                reason,
+                emitted_at: t(-1),
+                prior: (i % 2 == 1).then(|| PriorAnalysis {
+                    etag: String::new(),
+                    values: *v,
+                }),
+            }));
+        }
+        for reason in ChangeReason::ALL {
+            events.push(Event::AccountChanged(AccountChanged {
+                run_id: "r".into(),
+                account_id: "B".into(),
+                account_name: String::new(),
+                version: 0,
+                reason: *reason,
+                emitted_at: t(0),
+                prior: None,
+            }));
+        }
+        for status in ScoreStatus::ALL {
+            events.push(Event::EsgScore(EsgScore {
+                status: *status,
+                ..score()
+            }));
+        }
+        for (i, at) in [t(0), t(-62_135_596_800_000), t(253_402_300_799_999)]
+            .into_iter()
+            .enumerate()
+        {
+            events.push(Event::AccountEntry(AccountEntry {
+                account_id: format!("ACC-{i}"),
+                account_name: ["", "Ünïcødé Fund", &"x".repeat(300)][i].into(),
+                version: [0, -1, i64::MAX][i],
+                updated_at: at,
+                run_id: "2026-11-23".into(),
+            }));
+        }
+        events
+    }
+
+    #[test]
+    fn direct_bytes_are_the_generic_writers_and_read_back_as_the_generic_reader_does() {
+        let codec = Codec::new().expect("schemas parse");
+        for e in direct_cases() {
+            let mut direct_bytes = Vec::new();
+            assert!(direct::write(&e, &mut direct_bytes).expect("writes"));
+            let generic = codec.generic_datum(&e).expect("generic writes");
+            assert_eq!(hex(&direct_bytes), hex(&generic), "{e:?}");
+            let entry = codec.entry(e.record_name());
+            let read = direct::read(entry.name, &direct_bytes).expect("direct reads");
+            let generic_read = codec
+                .generic_decode_datum(entry, &direct_bytes)
+                .expect("generic reads");
+            assert_eq!(read, generic_read, "{e:?}");
+            assert_eq!(read, e);
+            // And through the public single-object path.
+            let bytes = codec.encode(&e).expect("encode");
+            assert_eq!(&bytes[10..], &generic[..]);
+            assert_eq!(codec.decode(&bytes).expect("decode"), e);
+        }
+    }
+
+    #[test]
+    fn direct_field_lists_are_the_schemas() {
+        let names = |schema: &Schema| match schema {
+            Schema::Record(r) => r.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>(),
+            other => panic!("not a record: {other:?}"),
+        };
+        let codec = Codec::new().expect("schemas parse");
+        for (record, fields) in direct::FIELDS {
+            let schema = if *record == "PriorAnalysis" {
+                let Some(Schema::Record(changed)) = codec.schema("AccountChanged") else {
+                    panic!("AccountChanged is a record")
+                };
+                let prior = changed
+                    .fields
+                    .iter()
+                    .find(|f| f.name == "prior")
+                    .expect("prior field");
+                let Schema::Union(u) = &prior.schema else {
+                    panic!("prior is a union")
+                };
+                u.variants()[1].clone()
+            } else {
+                codec.schema(record).expect("schema").clone()
+            };
+            assert_eq!(&names(&schema), fields, "{record}");
+        }
+    }
+
+    #[test]
+    fn datums_the_direct_reader_refuses_get_the_generic_readers_answer() {
+        let codec = Codec::new().expect("schemas parse");
+        for e in direct_cases().into_iter().take(12) {
+            let entry = codec.entry(e.record_name());
+            let good = codec.encode_datum(&e).expect("encode");
+            let mut bad: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+            // A union or enum index out of range, bytes that are not UTF-8, an overlong varint.
+            for (at, byte) in [(0, 0x7F), (0, 0x04), (1, 0xFF), (good.len() - 1, 0x06)] {
+                let mut b = good.clone();
+                b[at] = byte;
+                bad.push(b);
+            }
+            let mut not_utf8 = good.clone();
+            not_utf8[1] = 0xC3;
+            not_utf8[2] = 0x28;
+            bad.push(not_utf8);
+            bad.push(vec![0xFF; 12]);
+            for datum in bad {
+                let got = codec.decode_datum(entry.name, &datum);
+                let generic = codec.generic_decode_datum(entry, &datum);
+                match (got, generic) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{}", hex(&datum)),
+                    (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string()),
+                    (a, b) => panic!("{}: direct {a:?}, generic {b:?}", hex(&datum)),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn directly_written_records_refuse_bad_decimals_as_the_generic_path_does() {
+        let codec = Codec::new().expect("schemas parse");
+        let big = Some(Decimal::from_str("100000").unwrap_or_default());
+        let fine = Some(Decimal::from_str("1.23456").unwrap_or_default());
+        let mut cases = Vec::new();
+        for bad in [big, fine] {
+            let mut s = score();
+            s.values.social = bad;
+            s.values.primary_focus_score = big;
+            cases.push(Event::EsgScore(s));
+            let mut s = score();
+            s.values.primary_focus_score = bad;
+            cases.push(Event::EsgScore(s));
+            cases.push(Event::AccountChanged(AccountChanged {
+                run_id: "r".into(),
+                account_id: "A".into(),
+                account_name: "n".into(),
+                version: 1,
+                reason: ChangeReason::New,
+                emitted_at: t(0),
+                prior: Some(PriorAnalysis {
+                    etag: "e".into(),
+                    values: EsgValues {
+                        overall: bad,
+                        ..score().values
+                    },
+                }),
+            }));
+        }
+        for e in cases {
+            let mut out = vec![1, 2, 3];
+            let direct_err = direct::write(&e, &mut out).expect_err("refused");
+            assert_eq!(out, [1, 2, 3], "nothing written");
+            let generic_err = codec.generic_datum(&e).expect_err("refused");
+            assert_eq!(direct_err.to_string(), generic_err.to_string());
+        }
     }
 
     #[test]
