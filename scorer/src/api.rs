@@ -1045,18 +1045,7 @@ impl Inner {
                     elapsed_ms,
                     "ESG API request timed out"
                 );
-                bump(&self.counters.timeouts);
-                return Step::Retry {
-                    failure: ApiFailure::transient(
-                        "TIMEOUT",
-                        format!(
-                            "no complete answer within {} ms",
-                            self.config.timeout.as_millis()
-                        ),
-                        None,
-                    ),
-                    retry_after: None,
-                };
+                return self.timed_out("answer");
             }
         };
         let code = status.as_u16();
@@ -1070,7 +1059,6 @@ impl Inner {
         let retry_after = retry_after
             .and_then(|v| parse_retry_after(&v, SystemTime::now()))
             .map(|d| d.min(self.config.max_retry_after));
-        let status_code = format!("HTTP_{code}");
 
         match code {
             200 => {
@@ -1096,32 +1084,11 @@ impl Inner {
             }
             304 if etag_asked => Step::NotModified,
             401 => Step::Unauthorized,
-            429 => {
-                bump(&self.counters.rate_limited);
-                Step::RateLimited {
-                    failure: ApiFailure::transient(
-                        status_code,
-                        error_message(status, &body),
-                        Some(code),
-                    ),
-                    retry_after,
-                }
-            }
-            500 | 502 | 503 | 504 => {
-                bump(&self.counters.server_errors);
-                Step::Retry {
-                    failure: ApiFailure::transient(
-                        status_code,
-                        error_message(status, &body),
-                        Some(code),
-                    ),
-                    retry_after,
-                }
-            }
+            429 | 500 | 502 | 503 | 504 => self.transient_answer(status, &body, retry_after),
             400..=499 => {
                 bump(&self.counters.client_errors);
                 Step::Fail(ApiFailure::permanent(
-                    status_code,
+                    format!("HTTP_{code}"),
                     error_message(status, &body),
                     Some(code),
                 ))
@@ -1137,6 +1104,51 @@ impl Inner {
                     Some(code),
                 ))
             }
+        }
+    }
+
+    /// The step of a 429 (rate limited, not an attempt) or a 500/502/503/504 (an attempt to
+    /// try again), the same for a single call and a whole batch; callers pass only these.
+    pub(crate) fn transient_answer(
+        &self,
+        status: reqwest::StatusCode,
+        body: &Result<(Vec<u8>, bool), reqwest::Error>,
+        retry_after: Option<Duration>,
+    ) -> Step {
+        let code = status.as_u16();
+        let failure = ApiFailure::transient(
+            format!("HTTP_{code}"),
+            error_message(status, body),
+            Some(code),
+        );
+        if code == 429 {
+            bump(&self.counters.rate_limited);
+            Step::RateLimited {
+                failure,
+                retry_after,
+            }
+        } else {
+            bump(&self.counters.server_errors);
+            Step::Retry {
+                failure,
+                retry_after,
+            }
+        }
+    }
+
+    /// The step of a request that got no complete `what` within the timeout.
+    pub(crate) fn timed_out(&self, what: &str) -> Step {
+        bump(&self.counters.timeouts);
+        Step::Retry {
+            failure: ApiFailure::transient(
+                "TIMEOUT",
+                format!(
+                    "no complete {what} within {} ms",
+                    self.config.timeout.as_millis()
+                ),
+                None,
+            ),
+            retry_after: None,
         }
     }
 

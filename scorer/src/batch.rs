@@ -30,8 +30,8 @@
 //! scorer never commits an event before its score is durable, so nothing is lost.
 
 use crate::api::{
-    bump, clip, error_body_text, error_message, parse_analysis, read_body_up_to, ApiFailure, Inner,
-    Step, MAX_BATCH_SIZE,
+    bump, clip, error_body_text, parse_analysis, read_body_up_to, ApiFailure, Inner, Step,
+    MAX_BATCH_SIZE,
 };
 use chrono::NaiveDate;
 use serde_json::value::RawValue;
@@ -320,18 +320,7 @@ async fn send(inner: &Inner, as_of: NaiveDate, items: &[Item]) -> Answer {
             return Answer::Whole(step);
         }
         Err(_) => {
-            bump(&inner.counters.timeouts);
-            let step = Step::Retry {
-                failure: ApiFailure::transient(
-                    "TIMEOUT",
-                    format!(
-                        "no complete batch answer within {} ms",
-                        inner.config.timeout.as_millis()
-                    ),
-                    None,
-                ),
-                retry_after: None,
-            };
+            let step = inner.timed_out("batch answer");
             inner.answered(Some(&step), began);
             return Answer::Whole(step);
         }
@@ -346,7 +335,6 @@ async fn send(inner: &Inner, as_of: NaiveDate, items: &[Item]) -> Answer {
     let retry_after = retry_after
         .and_then(|v| esg_auth::http::parse_retry_after(&v, SystemTime::now()))
         .map(|d: Duration| d.min(inner.config.max_retry_after));
-    let status_code = format!("HTTP_{code}");
     let whole = match code {
         200 => {
             let bytes = match body {
@@ -384,28 +372,7 @@ async fn send(inner: &Inner, as_of: NaiveDate, items: &[Item]) -> Answer {
             inner.batches.disable(code);
             Step::Fallback
         }
-        429 => {
-            bump(&inner.counters.rate_limited);
-            Step::RateLimited {
-                failure: ApiFailure::transient(
-                    status_code,
-                    error_message(status, &body),
-                    Some(code),
-                ),
-                retry_after,
-            }
-        }
-        500 | 502 | 503 | 504 => {
-            bump(&inner.counters.server_errors);
-            Step::Retry {
-                failure: ApiFailure::transient(
-                    status_code,
-                    error_message(status, &body),
-                    Some(code),
-                ),
-                retry_after,
-            }
-        }
+        429 | 500 | 502 | 503 | 504 => inner.transient_answer(status, &body, retry_after),
         _ => {
             bump(&inner.counters.out_of_contract);
             Step::Fail(ApiFailure::permanent(
