@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Throughput and memory benchmarks of the embedded pipeline (docs/benchmarks.md).
 #
-#   ops/bench.sh            # 100,000 accounts, vendor limit 1,000 req/s, 20 ms latency
-#   ops/bench.sh million    # 1,000,000 accounts, the limit lifted
-#   ops/bench.sh two-days   # 1,000,000 accounts on two consecutive days (the second incremental)
-#   ops/bench.sh kafka N    # the 100,000-account day in Kafka mode with N scorer processes
-#                           # (a real broker and registry from ops/services/up.sh)
+#   ops/bench.sh              # 100,000 accounts, single calls, vendor limit 1,000 req/s, 20 ms
+#   ops/bench.sh batch        # 100,000 accounts, batches of 100, the contract's quota of 50 req/s
+#   ops/bench.sh throttled [Q] # 100,000 accounts, single calls, quota Q req/s (default 50), the
+#                             # vendor answering 429 to 8% of first attempts whatever the rate
+#   ops/bench.sh million      # 1,000,000 accounts, batches of 100, the limit lifted
+#   ops/bench.sh two-days     # 1,000,000 accounts on two consecutive days (the second incremental)
+#   ops/bench.sh kafka N      # the single-call 100,000-account day in Kafka mode, N scorers
+#   ops/bench.sh kafka-batch N # the batch day (50 req/s) in Kafka mode with N scorer processes
+#                             # (Kafka modes: a real broker and registry from ops/services/up.sh)
 #
 # Each run is `esg demo` (simulator in-process, no faults, call tracking off) under
 # /usr/bin/time -v; it prints the demo's report and the wall time and peak RSS.
@@ -44,7 +48,7 @@ url = "http://127.0.0.1:$port"
 client_id = "esg-scorer"
 client_secret = "scorer-secret"
 rate_limit_per_second = 1000000
-max_in_flight = 256
+max_in_flight = 64
 [output]
 dir = "$dir/out"
 [state]
@@ -65,6 +69,9 @@ TOML
 # is the producer's (trigger to RunCompleted); peak RSS per process.
 kafka_day() {
   local scorers="${1:-1}" port=$((18090 + ${1:-1})) prefix
+  # Single calls at 1,000 req/s, or batches of 100 at the contract's 50 req/s.
+  local rate=1000 batch_size=1
+  if [[ "${2:-}" == batch ]]; then rate=50 batch_size=100; fi
   prefix="bench$(date +%s)"
   ./ops/services/fetch.sh all
   local services
@@ -74,8 +81,8 @@ kafka_day() {
   registry="$(sed -n 's/^SCHEMA_REGISTRY_URL=//p' <<<"$services")"
   cat > "$dir/sim.toml" <<TOML
 accounts = 100000
-rate_limit_per_second = 1000
-burst = 1000
+rate_limit_per_second = $rate
+burst = $rate
 latency = "20ms"
 transient_error_rate = 0.0
 permanent_error_rate = 0.0
@@ -99,8 +106,9 @@ client_secret = "accounts-secret"
 url = "http://127.0.0.1:$port"
 client_id = "esg-scorer"
 client_secret = "scorer-secret"
-rate_limit_per_second = 1000
+rate_limit_per_second = $rate
 max_in_flight = 64
+batch_size = $batch_size
 [output]
 dir = "$dir/out"
 [state]
@@ -124,7 +132,7 @@ TOML
     pids+=($!)
   done
   sleep 5 # the scorer group settles, as it has by 05:00 in production
-  echo "== esg producer --wait, Kafka mode, $scorers scorer(s)"
+  echo "== esg producer --wait, Kafka mode, $scorers scorer(s), $rate req/s, batch_size $batch_size"
   /usr/bin/time -v "$bin" producer --wait --config "$dir/esg.toml" --business-date 2026-11-23 2> "$dir/producer.time"
   grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/producer.time"
   for pid in "${pids[@]}"; do pkill -TERM -P "$pid"; done
@@ -144,7 +152,12 @@ print("API requests %d (%d answered 429) in %.1f s of scoring: %.0f requests/s" 
 
 case "${1:-hundred-thousand}" in
   kafka) kafka_day "${2:-1}" ;;
-  million) run --accounts 1000000 --unlimited --max-in-flight 256 --latency-ms 20 ;;
+  kafka-batch) kafka_day "${2:-1}" batch ;;
+  batch) run --accounts 100000 --rate-limit 50 --latency-ms 20 --max-in-flight 64 ;;
+  throttled) run --accounts 100000 --rate-limit "${2:-50}" --latency-ms 20 --max-in-flight 64 \
+    --batch-size 1 --rate-limited-share 0.08 ;;
+  million) run --accounts 1000000 --unlimited --max-in-flight 64 --latency-ms 20 ;;
   two-days) two_days ;;
-  *) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 ;;
+  hundred-thousand) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 --batch-size 1 ;;
+  *) echo "unknown mode $1 (see the head of $0)" >&2; exit 2 ;;
 esac

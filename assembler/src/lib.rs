@@ -233,7 +233,9 @@ impl Assembler {
                 let from = positions[p].max(starts[p]);
                 let mut range =
                     RangeReader::new(&*self.bus.transport, &topic, p as i32, from, *end, 5000);
-                while let Some(batch) = range.next_batch().await? {
+                // The next batch is read from the log while this one is applied to the store.
+                let mut next = range.next_batch().await?;
+                while let Some(batch) = next.take() {
                     total += batch.len() as u64;
                     let decoded: Vec<_> = batch
                         .into_iter()
@@ -249,15 +251,15 @@ impl Assembler {
                         })
                         .collect();
                     let t = topic.clone();
-                    let applied = self
-                        .store
-                        .call(move |c| {
-                            let tx = c.transaction()?;
-                            let applied = state::apply(&tx, &t, p as i32, &decoded)?;
-                            tx.commit()?;
-                            Ok(applied)
-                        })
-                        .await?;
+                    let applying = self.store.call(move |c| {
+                        let tx = c.transaction()?;
+                        let applied = state::apply(&tx, &t, p as i32, &decoded)?;
+                        tx.commit()?;
+                        Ok(applied)
+                    });
+                    let (applied, fetched) = tokio::join!(applying, range.next_batch());
+                    let applied = applied?;
+                    next = fetched?;
                     for run_id in applied.sealed {
                         self.record_marks(&run_id).await?;
                     }
@@ -585,15 +587,45 @@ impl Assembler {
                     let missing = replaced.missing.len() as u64;
                     Ok((replaced.written, tally, missing, api, Some(stored)))
                 } else {
-                    let mut writer = OutputWriter::create(&dir, date).map_err(output_err(&run_id))?;
-                    let mut stmt = c.prepare(ROSTER_SELECT)?;
-                    let rows = stmt.query_map([&run_id], with_provenance)?;
-                    for row in rows {
-                        let (row, from) = row?;
-                        writer.write(&row).map_err(output_err(&run_id))?;
-                        tally.add(from, &row);
-                    }
-                    Ok((writer.finish().map_err(output_err(&run_id))?, tally, 0, api, None))
+                    let writer = OutputWriter::create(&dir, date).map_err(output_err(&run_id))?;
+                    // The rows are read here and formatted and written on a thread of their
+                    // own, in chunks; the file is finished only once every row was read.
+                    let (chunks, received) = std::sync::mpsc::sync_channel::<Chunk>(4);
+                    let (read, written) = std::thread::scope(|scope| {
+                        let writing = scope.spawn(|| write_chunks(writer, received, &dir));
+                        let read = (|| -> Result<(), AssemblerError> {
+                            let mut stmt = c.prepare(ROSTER_SELECT)?;
+                            let rows = stmt.query_map([&run_id], with_provenance)?;
+                            let mut chunk = Vec::with_capacity(ROWS_PER_CHUNK);
+                            for row in rows {
+                                let (row, from) = row?;
+                                tally.add(from, &row);
+                                chunk.push(row);
+                                if chunk.len() == ROWS_PER_CHUNK {
+                                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(ROWS_PER_CHUNK));
+                                    if chunks.send(Chunk::Rows(full)).is_err() {
+                                        // The writer failed: its error is returned below.
+                                        return Ok(());
+                                    }
+                                }
+                            }
+                            let _ = chunks.send(Chunk::Rows(chunk));
+                            let _ = chunks.send(Chunk::End);
+                            Ok(())
+                        })();
+                        drop(chunks);
+                        let written = writing.join().unwrap_or_else(|_| {
+                            Err(OutputError::Io {
+                                action: "write the file in",
+                                path: dir.clone(),
+                                source: std::io::Error::other("the file writer panicked"),
+                            })
+                        });
+                        (read, written)
+                    });
+                    // A read error stopped the rows (the writer then left no file) and comes first.
+                    read?;
+                    Ok((written.map_err(output_err(&run_id))?, tally, 0, api, None))
                 }
             })
             .await?;
@@ -708,6 +740,40 @@ impl Assembler {
         };
         Ok((report, completed))
     }
+}
+
+/// Rows the assembler hands to the thread that writes the file.
+enum Chunk {
+    Rows(Vec<Row>),
+    /// Every row was read: the file may be finished.
+    End,
+}
+
+/// Rows per [`Chunk`].
+const ROWS_PER_CHUNK: usize = 1024;
+
+/// Writes the rows of `received` and finishes the file at [`Chunk::End`]; if the rows stop
+/// without it (the reader failed), the writer is dropped and leaves no file.
+fn write_chunks(
+    mut writer: OutputWriter,
+    received: std::sync::mpsc::Receiver<Chunk>,
+    dir: &std::path::Path,
+) -> Result<output::Written, OutputError> {
+    for chunk in received {
+        match chunk {
+            Chunk::Rows(rows) => {
+                for row in &rows {
+                    writer.write(row)?;
+                }
+            }
+            Chunk::End => return writer.finish(),
+        }
+    }
+    Err(OutputError::Io {
+        action: "write the file in",
+        path: dir.to_path_buf(),
+        source: std::io::Error::other("the rows of the file stopped before the end"),
+    })
 }
 
 /// One row per roster account, with its latest score and whether this run (?1) expected it and

@@ -3,16 +3,22 @@
 //! For a daily run it publishes `DailyTrigger`, lists the active accounts from the account
 //! system into its store (de-duplicated by highest version), decides per account whether it must
 //! be scored (DESIGN section 5: new, changed, last score Failed/Partial, stale, forced, `--full`),
-//! publishes roster changes to `esg.accounts` (entries for new or changed accounts, tombstones
-//! for accounts that left), one `AccountChanged` per account to score, and finally `RunSealed`
-//! with the number of accounts the run expects. A re-run of chosen accounts skips the listing and
-//! forces those accounts.
+//! publishes one `AccountChanged` per account to score, then the roster changes to
+//! `esg.accounts` (entries for new or changed accounts, tombstones for accounts that left), and
+//! finally `RunSealed` with the number of accounts the run expects. A re-run of chosen accounts
+//! skips the listing and forces those accounts.
+//!
+//! The events go first so that scoring starts as soon as the run is planned. The order is free:
+//! nothing reads the run's roster changes before its seal (the scorers read only events; the
+//! assembler completes a run once it has read both topics up to where they ended when the seal
+//! was read, see `esg_assembler`).
 //!
 //! Resume: each phase is recorded in the store when done, so a producer killed at any point
 //! picks up at the phase it was in. Publishing `AccountChanged` events is the one step whose
 //! effect (on the bus) and record (in the store) cannot share a transaction; before each batch
-//! the producer notes the topic's end offsets, and on resume it reads the topic from there to
-//! find the events that were published but not yet marked, so no account is asked for twice.
+//! the producer has noted where the topic ended (at most), and on resume it reads the topic from
+//! there to find the events that were published but not yet marked, so no account is asked for
+//! twice.
 
 pub mod accounts;
 pub mod store;
@@ -206,8 +212,20 @@ impl Producer {
                     self.catch_up_scores().await?;
                     self.plan(req).await?;
                 }
-                Phase::Planned => self.publish_roster(req).await?,
-                Phase::RosterPublished => self.emit(req, shutdown).await?,
+                Phase::Planned => {
+                    self.emit(req, shutdown).await?;
+                    self.set_phase(req, Phase::EventsEmitted).await?;
+                }
+                Phase::EventsEmitted => {
+                    self.publish_roster(req).await?;
+                    self.set_phase(req, Phase::Emitted).await?;
+                }
+                // A re-run (which has no roster changes), or a daily run planned by an earlier
+                // version, which published its roster changes before its events.
+                Phase::RosterPublished => {
+                    self.emit(req, shutdown).await?;
+                    self.set_phase(req, Phase::Emitted).await?;
+                }
                 Phase::Emitted => self.seal(req).await?,
                 Phase::Sealed => {
                     let json = row.sealed_json.clone().unwrap_or_default();
@@ -223,6 +241,15 @@ impl Producer {
                 .await?
                 .ok_or_else(|| ProducerError::Listing(format!("run {run_id} vanished")))?;
         }
+    }
+
+    /// Records that the run reached `phase`.
+    async fn set_phase(&self, req: &RunRequest, phase: Phase) -> Result<(), ProducerError> {
+        let run_id = req.run_id.clone();
+        self.store
+            .call(move |c| store::set_phase(c, &run_id, phase))
+            .await?;
+        Ok(())
     }
 
     /// Records the run and publishes its trigger (once).
@@ -294,22 +321,37 @@ impl Producer {
         self.store
             .call(move |c| c.execute("DELETE FROM listing WHERE run_id = ?1", [id]))
             .await?;
-        let store = self.store.clone();
         let left = (req.deadline - Utc::now())
             .to_std()
             .unwrap_or(Duration::ZERO);
         let deadline = tokio::time::Instant::now() + left;
-        let stats = client
+        // Pages are written to the store on a thread of their own while the next page is
+        // fetched; the channel holds at most two pages, so memory stays a few pages.
+        let (pages, received) = std::sync::mpsc::sync_channel::<Page>(2);
+        let store = self.store.clone();
+        let writer = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            for page in received {
+                insert_page(&store, &run_id, &page)?;
+            }
+            Ok(())
+        });
+        let listed = client
             .list_active(Some(deadline), |page: Page| {
-                insert_page(&store, &run_id, &page)
+                pages.send(page).map_err(|_| "the store writer stopped")
             })
-            .await
-            .map_err(|e| match e {
-                accounts::ListingError::DeadlinePassed { .. } => {
-                    ProducerError::ListingDeadline(e.to_string())
-                }
-                e => ProducerError::Listing(e.to_string()),
-            })?;
+            .await;
+        drop(pages);
+        let written = writer.await.map_err(|e| {
+            ProducerError::Listing(format!("the listing's store writer stopped: {e}"))
+        })?;
+        // A store error is the cause of a sink error (the writer stopped), so it comes first.
+        written?;
+        let stats = listed.map_err(|e| match e {
+            accounts::ListingError::DeadlinePassed { .. } => {
+                ProducerError::ListingDeadline(e.to_string())
+            }
+            e => ProducerError::Listing(e.to_string()),
+        })?;
         let facts = ListingFacts {
             malformed: stats.malformed,
         };
@@ -696,7 +738,7 @@ impl Producer {
         let mut after = String::new();
         loop {
             let run_id = req.run_id.clone();
-            let from = after.clone();
+            let (from, previous) = (after.clone(), after.clone());
             let rows: Vec<RosterChange> = self
                 .store
                 .call(move |c| {
@@ -741,7 +783,7 @@ impl Producer {
             // Compacted upserts and tombstones: publishing one again after a crash is harmless.
             self.bus.publish(&topic, &events).await?;
             self.bus.tombstones(&topic, &gone).await?;
-            let run_id = req.run_id.clone();
+            let (run_id, last) = (req.run_id.clone(), after.clone());
             self.store
                 .call(move |c| {
                     let tx = c.transaction()?;
@@ -755,19 +797,18 @@ impl Producer {
                                 tx.prepare_cached(DELETE_ROSTER)?.execute([&id])?;
                             }
                         }
-                        tx.prepare_cached(
-                            "UPDATE roster_changes SET published = 1 WHERE run_id = ?1 AND account_id = ?2",
-                        )?
-                        .execute(params![run_id, id])?;
                     }
+                    // The batch is every unpublished change in (from, last]: one statement
+                    // marks it.
+                    tx.prepare_cached(
+                        "UPDATE roster_changes SET published = 1
+                         WHERE run_id = ?1 AND account_id > ?2 AND account_id <= ?3 AND published = 0",
+                    )?
+                    .execute(params![run_id, previous, last])?;
                     tx.commit()
                 })
                 .await?;
         }
-        let run_id = req.run_id.clone();
-        self.store
-            .call(move |c| store::set_phase(c, &run_id, Phase::RosterPublished))
-            .await?;
         Ok(())
     }
 
@@ -802,7 +843,7 @@ impl Producer {
                 return Err(ProducerError::Cancelled);
             }
             let run_id = req.run_id.clone();
-            let from = after.clone();
+            let (from, previous) = (after.clone(), after.clone());
             let rows: Vec<(String, String, i64, String, Option<PriorAnalysis>)> = self
                 .store
                 .call(move |c| {
@@ -847,17 +888,23 @@ impl Producer {
                 }
             }
             emitted += rows.len() as u64;
-            let run_id = req.run_id.clone();
-            let ids: Vec<String> = rows.into_iter().map(|r| r.0).collect();
+            let (run_id, last) = (req.run_id.clone(), after.clone());
             let checkpoint = checkpoint_text(&ends);
             self.store
-                .call(move |c| mark_emitted(c, &run_id, &ids, Some(&checkpoint)))
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    // The batch is every pending account not emitted in (previous, last]
+                    // (the query above): one statement marks it.
+                    tx.prepare_cached(
+                        "UPDATE pending SET emitted = 1
+                         WHERE run_id = ?1 AND account_id > ?2 AND account_id <= ?3 AND emitted = 0",
+                    )?
+                    .execute(params![run_id, previous, last])?;
+                    set_checkpoint(&tx, &run_id, &checkpoint)?;
+                    tx.commit()
+                })
                 .await?;
         }
-        let run_id = req.run_id.clone();
-        self.store
-            .call(move |c| store::set_phase(c, &run_id, Phase::Emitted))
-            .await?;
         tracing::info!(emitted, "account events published");
         Ok(())
     }
@@ -908,7 +955,7 @@ impl Producer {
             );
             let run_id = req.run_id.clone();
             self.store
-                .call(move |c| mark_emitted(c, &run_id, &found, None))
+                .call(move |c| mark_emitted(c, &run_id, &found))
                 .await?;
         }
         Ok(())
@@ -924,14 +971,26 @@ impl Producer {
                 let count = |sql: &str| -> rusqlite::Result<i64> {
                     c.query_row(sql, [&run_id], |r| r.get(0))
                 };
-                let by_reason = |reason: &str| -> rusqlite::Result<i64> {
+                // One pass over the run's pending accounts counts them all and by reason.
+                let (expected, new, changed, stale, retry, forced): (i64, i64, i64, i64, i64, i64) =
                     c.query_row(
-                        "SELECT COUNT(*) FROM pending WHERE run_id = ?1 AND reason = ?2",
-                        params![run_id, reason],
-                        |r| r.get(0),
-                    )
-                };
-                let expected = count("SELECT COUNT(*) FROM pending WHERE run_id = ?1")?;
+                        "SELECT COUNT(*), COALESCE(SUM(reason = 'New'), 0),
+                           COALESCE(SUM(reason = 'Changed'), 0), COALESCE(SUM(reason = 'Stale'), 0),
+                           COALESCE(SUM(reason = 'Retry'), 0),
+                           COALESCE(SUM(reason IN ('Forced', 'Replay')), 0)
+                         FROM pending WHERE run_id = ?1",
+                        [&run_id],
+                        |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        },
+                    )?;
                 let active = if is_rerun {
                     count("SELECT COUNT(*) FROM roster WHERE ?1 IS NOT NULL")?
                 } else {
@@ -952,11 +1011,11 @@ impl Producer {
                     business_date: NaiveDate::default(),
                     expected_accounts: expected,
                     active_accounts: active,
-                    new_accounts: by_reason("New")?,
-                    changed_accounts: by_reason("Changed")?,
-                    stale_accounts: by_reason("Stale")?,
-                    retry_accounts: by_reason("Retry")?,
-                    forced_accounts: by_reason("Forced")? + by_reason("Replay")?,
+                    new_accounts: new,
+                    changed_accounts: changed,
+                    stale_accounts: stale,
+                    retry_accounts: retry,
+                    forced_accounts: forced,
                     carried_forward: if is_rerun { 0 } else { active - expected },
                     gone_accounts: gone,
                     malformed_records: facts.malformed as i64,
@@ -1096,13 +1155,11 @@ fn set_checkpoint(
         .execute(params![run_id, checkpoint])
 }
 
-/// Marks `ids` emitted and, when given, records the checkpoint of the next batch, in one
-/// transaction.
+/// Marks `ids` emitted, in one transaction.
 fn mark_emitted(
     c: &mut rusqlite::Connection,
     run_id: &str,
     ids: &[String],
-    next_checkpoint: Option<&str>,
 ) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
     {
@@ -1112,9 +1169,6 @@ fn mark_emitted(
         for id in ids {
             stmt.execute(params![run_id, id])?;
         }
-    }
-    if let Some(checkpoint) = next_checkpoint {
-        set_checkpoint(&tx, run_id, checkpoint)?;
     }
     tx.commit()
 }

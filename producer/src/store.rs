@@ -86,7 +86,9 @@ CREATE TABLE IF NOT EXISTS roster_changes (
 ) WITHOUT ROWID;
 ";
 
-/// Phase of a run in the producer, in order.
+/// Phase of a run in the producer. A daily run goes `Triggered`, `Listed`, `Planned`,
+/// `EventsEmitted`, `Emitted`, `Sealed`; a re-run `Triggered`, `RosterPublished`, `Emitted`,
+/// `Sealed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// `DailyTrigger` published.
@@ -95,9 +97,13 @@ pub enum Phase {
     Listed,
     /// Accounts to score and roster changes decided.
     Planned,
-    /// Roster changes published to `esg.accounts`.
+    /// Every `AccountChanged` published; the roster changes not yet.
+    EventsEmitted,
+    /// Roster changes published to `esg.accounts`, the events not yet: a re-run (which has no
+    /// roster changes) once planned, or a daily run planned by an earlier version, which
+    /// published the roster first.
     RosterPublished,
-    /// Every `AccountChanged` published.
+    /// Every `AccountChanged` and every roster change published.
     Emitted,
     /// `RunSealed` published: nothing left to do.
     Sealed,
@@ -109,6 +115,7 @@ impl Phase {
             Phase::Triggered => "triggered",
             Phase::Listed => "listed",
             Phase::Planned => "planned",
+            Phase::EventsEmitted => "events_emitted",
             Phase::RosterPublished => "roster_published",
             Phase::Emitted => "emitted",
             Phase::Sealed => "sealed",
@@ -119,6 +126,7 @@ impl Phase {
             Phase::Triggered,
             Phase::Listed,
             Phase::Planned,
+            Phase::EventsEmitted,
             Phase::RosterPublished,
             Phase::Emitted,
             Phase::Sealed,

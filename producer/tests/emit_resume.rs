@@ -1,5 +1,6 @@
 //! A producer that stops between publishing a batch of `AccountChanged` and recording it asks
-//! for no account twice when it resumes.
+//! for no account twice when it resumes; one that stops while publishing the roster changes
+//! (which go out after the events) publishes them all, and no event again.
 
 use async_trait::async_trait;
 use esg_auth::{Secret, TokenSource};
@@ -10,7 +11,7 @@ use esg_bus::{
 };
 use esg_producer::accounts::{AccountsClient, AccountsClientConfig};
 use esg_producer::{Producer, ProducerConfig, RunRequest};
-use esg_schemas::{Event, RunKind};
+use esg_schemas::RunKind;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -71,8 +72,18 @@ impl Transport for CrashAfterPublish {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
+/// Runs a day of 450 accounts whose producer stops once its `crash_on`-th publish to the
+/// topic `crash_topic` picks has succeeded, resumes it on the plain log to the seal, and
+/// returns the log, the bus and the seal.
+async fn stopped_and_resumed(
+    crash_topic: fn(&esg_bus::Topics) -> String,
+    crash_on: usize,
+) -> (
+    tempfile::TempDir,
+    EmbeddedLog,
+    EventBus,
+    esg_schemas::RunSealed,
+) {
     let sim = esg_simulator::start(
         esg_simulator::SimConfig {
             accounts: 450,
@@ -86,12 +97,11 @@ async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
     let dir = tempfile::tempdir().expect("tmp");
     let log = EmbeddedLog::open(dir.path().join("bus.db")).expect("log");
     let topics = TopicsConfig::default();
-    let events_topic = esg_bus::Topics::new(&topics).account_events;
     let crashing: SharedTransport = Arc::new(CrashAfterPublish {
         inner: log.clone(),
-        topic: events_topic.clone(),
+        topic: crash_topic(&esg_bus::Topics::new(&topics)),
         publishes: AtomicUsize::new(0),
-        crash_on: 3,
+        crash_on,
     });
     let http = reqwest::Client::new();
     let tokens = Arc::new(TokenSource::new(
@@ -134,7 +144,7 @@ async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
     let err = producer
         .run(&req, &CancellationToken::new())
         .await
-        .expect_err("stops after the third batch");
+        .expect_err("stops at the injected publish");
     assert!(err.to_string().contains("injected"), "{err}");
     drop(producer);
 
@@ -152,20 +162,30 @@ async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
         .run(&req, &CancellationToken::new())
         .await
         .expect("resumes to the seal");
+    sim.shutdown();
+    (dir, log, bus, sealed)
+}
 
+/// How many records of each key `topic` holds.
+async fn records_per_key(log: &EmbeddedLog, topic: &str) -> HashMap<String, u32> {
     let mut seen: HashMap<String, u32> = HashMap::new();
-    let ends = log.end_offsets(&events_topic).await.expect("ends");
+    let ends = log.end_offsets(topic).await.expect("ends");
     for (p, end) in ends.iter().enumerate() {
         for m in log
-            .read(&events_topic, p as i32, 0, *end as usize + 1)
+            .read(topic, p as i32, 0, *end as usize + 1)
             .await
             .expect("read")
         {
-            if let Ok(Some(Event::AccountChanged(a))) = bus.decode(m.value.as_deref()) {
-                *seen.entry(a.account_id).or_default() += 1;
-            }
+            *seen.entry(m.key).or_default() += 1;
         }
     }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
+    let (_dir, log, bus, sealed) = stopped_and_resumed(|t| t.account_events.clone(), 3).await;
+    let seen = records_per_key(&log, &bus.topics.account_events).await;
     assert_eq!(seen.len() as i64, sealed.expected_accounts);
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "emitted twice: {twice:?}");
@@ -174,4 +194,21 @@ async fn no_account_is_emitted_twice_after_a_stop_mid_batch() {
         "first day: all new"
     );
     assert!(sealed.expected_accounts > 300);
+}
+
+/// The events go out before the roster changes: a producer stopped while publishing the roster
+/// resumes with the roster and publishes no event again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_publishing_the_roster_publishes_every_entry_and_no_event_again() {
+    let (_dir, log, bus, sealed) = stopped_and_resumed(|t| t.accounts.clone(), 2).await;
+    let events = records_per_key(&log, &bus.topics.account_events).await;
+    assert_eq!(events.len() as i64, sealed.expected_accounts);
+    assert!(events.values().all(|n| *n == 1), "an event published twice");
+    let roster = records_per_key(&log, &bus.topics.accounts).await;
+    assert_eq!(roster.len() as i64, sealed.active_accounts);
+    assert!(
+        roster.values().all(|n| *n <= 2),
+        "an entry is published again at most once"
+    );
+    assert!(sealed.active_accounts > 300);
 }
