@@ -22,7 +22,7 @@ trap 'rm -rf "$dir"' EXIT
 
 run() {
   echo "== esg demo $*"
-  /usr/bin/time -v "$bin" demo --dir "$dir" --transient-error-rate 0 --permanent-error-rate 0 \
+  /usr/bin/time -v "$bin" demo --dir "$dir/demo" --transient-error-rate 0 --permanent-error-rate 0 \
     --partial-rate 0 --no-call-tracking "$@" 2> "$dir/time.txt" | grep -vE '^  (ACC|Account ID)|^first lines|^$'
   grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
 }

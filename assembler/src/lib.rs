@@ -233,9 +233,7 @@ impl Assembler {
                 let from = positions[p].max(starts[p]);
                 let mut range =
                     RangeReader::new(&*self.bus.transport, &topic, p as i32, from, *end, 5000);
-                // The next batch is read from the log while this one is applied to the store.
-                let mut next = range.next_batch().await?;
-                while let Some(batch) = next.take() {
+                while let Some(batch) = range.next_batch().await? {
                     total += batch.len() as u64;
                     let decoded: Vec<_> = batch
                         .into_iter()
@@ -257,9 +255,7 @@ impl Assembler {
                         tx.commit()?;
                         Ok(applied)
                     });
-                    let (applied, fetched) = tokio::join!(applying, range.next_batch());
-                    let applied = applied?;
-                    next = fetched?;
+                    let applied = applying.await?;
                     for run_id in applied.sealed {
                         self.record_marks(&run_id).await?;
                     }
