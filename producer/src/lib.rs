@@ -787,24 +787,36 @@ impl Producer {
             self.store
                 .call(move |c| {
                     let tx = c.transaction()?;
-                    for (id, is_gone, entry) in rows {
-                        match (is_gone, entry) {
-                            (false, Some((name, version, updated))) => {
-                                tx.prepare_cached(UPSERT_ROSTER)?
-                                    .execute(params![id, name, version, updated])?;
-                            }
-                            _ => {
-                                tx.prepare_cached(DELETE_ROSTER)?.execute([&id])?;
-                            }
-                        }
-                    }
-                    // The batch is every unpublished change in (from, last]: one statement
-                    // marks it.
+                    // The batch is every unpublished change in (previous, last] (the query
+                    // above): set-based statements apply it to the roster and mark it.
+                    let batch = params![run_id, previous, last];
+                    tx.prepare_cached(
+                        "INSERT INTO roster (account_id, name, version, updated_at_ms)
+                         SELECT rc.account_id, l.name, l.version, l.updated_at_ms
+                         FROM roster_changes rc
+                         JOIN listing l ON l.run_id = rc.run_id AND l.account_id = rc.account_id
+                         WHERE rc.run_id = ?1 AND rc.account_id > ?2 AND rc.account_id <= ?3
+                           AND rc.published = 0 AND rc.gone = 0
+                         ON CONFLICT (account_id) DO UPDATE SET name = excluded.name,
+                           version = excluded.version, updated_at_ms = excluded.updated_at_ms",
+                    )?
+                    .execute(batch)?;
+                    // Gone, or (never in practice) no longer in the listing: published as a
+                    // tombstone above.
+                    tx.prepare_cached(
+                        "DELETE FROM roster WHERE account_id IN (
+                           SELECT rc.account_id FROM roster_changes rc
+                           WHERE rc.run_id = ?1 AND rc.account_id > ?2 AND rc.account_id <= ?3
+                             AND rc.published = 0
+                             AND (rc.gone = 1 OR NOT EXISTS (SELECT 1 FROM listing l
+                               WHERE l.run_id = rc.run_id AND l.account_id = rc.account_id)))",
+                    )?
+                    .execute(batch)?;
                     tx.prepare_cached(
                         "UPDATE roster_changes SET published = 1
                          WHERE run_id = ?1 AND account_id > ?2 AND account_id <= ?3 AND published = 0",
                     )?
-                    .execute(params![run_id, previous, last])?;
+                    .execute(batch)?;
                     tx.commit()
                 })
                 .await?;
