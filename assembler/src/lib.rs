@@ -249,13 +249,15 @@ impl Assembler {
                         })
                         .collect();
                     let t = topic.clone();
-                    let applying = self.store.call(move |c| {
-                        let tx = c.transaction()?;
-                        let applied = state::apply(&tx, &t, p as i32, &decoded)?;
-                        tx.commit()?;
-                        Ok(applied)
-                    });
-                    let applied = applying.await?;
+                    let applied = self
+                        .store
+                        .call(move |c| {
+                            let tx = c.transaction()?;
+                            let applied = state::apply(&tx, &t, p as i32, &decoded)?;
+                            tx.commit()?;
+                            Ok(applied)
+                        })
+                        .await?;
                     for run_id in applied.sealed {
                         self.record_marks(&run_id).await?;
                     }
