@@ -21,12 +21,14 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 # Real peers of the tests, from Debian: kcat (a Kafka client), promtool and amtool (Prometheus and
-# Alertmanager), an SMTP server (aiosmtpd), openssl (the test SMTP server's certificate).
+# Alertmanager), an SMTP server (aiosmtpd), openssl (the test SMTP server's certificate), age
+# (the independent reader of the encrypted outputs).
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v age >/dev/null || missing+=(age)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (Debian)"

@@ -70,6 +70,60 @@ pub struct OutputSection {
     pub dir: PathBuf,
 }
 
+/// `[encryption]`: the outputs are age-encrypted to these recipients (X25519, `age1…`); without
+/// the section they are written in plaintext, and the job says so when it starts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Recipients, as `age-keygen -y KEY` prints them.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// A file of recipients, one a line (`#` comments and blank lines allowed), added to
+    /// `recipients`: the form `age-keygen` and the age CLI's `-R` use.
+    #[serde(default)]
+    pub recipients_file: Option<PathBuf>,
+}
+
+impl EncryptionSection {
+    /// Every recipient, of the list and of the file, checked; the error names the key.
+    pub fn protection(&self) -> Result<esg_assembler::encryption::Protection, (String, String)> {
+        let mut all = self.recipients.clone();
+        let listed = all.len();
+        if let Some(path) = &self.recipients_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                (
+                    "encryption.recipients_file".to_owned(),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            all.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        use esg_assembler::encryption::{Protection, RecipientError};
+        Protection::age(&all).map_err(|e| match e {
+            RecipientError::Missing => (
+                "encryption.recipients".to_owned(),
+                "the section is there but names no recipient (give `recipients` or `recipients_file`)".to_owned(),
+            ),
+            RecipientError::Invalid { index, reason } if index <= listed => (
+                "encryption.recipients".to_owned(),
+                format!("entry {index} is not an age X25519 recipient (age1… as `age-keygen -y` prints it): {reason}"),
+            ),
+            RecipientError::Invalid { index, reason } => (
+                "encryption.recipients_file".to_owned(),
+                format!(
+                    "recipient {} of the file is not an age X25519 recipient (age1… as `age-keygen -y` prints it): {reason}",
+                    index - listed
+                ),
+            ),
+        })
+    }
+}
+
 /// `[state]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +338,9 @@ pub struct Config {
     /// `[esg_api]`: the vendor's ESG Portfolio Analysis API.
     pub esg_api: ApiClientConfig,
     pub output: OutputSection,
+    /// `[encryption]`: absent, the outputs are plaintext.
+    #[serde(default)]
+    pub encryption: Option<EncryptionSection>,
     pub state: StateSection,
     #[serde(default)]
     pub bus: BusSection,
@@ -469,7 +526,17 @@ impl Config {
         if self.scorer.flush_max == 0 {
             return bad("scorer.flush_max", "must be at least 1".into());
         }
+        self.protection()?;
         Ok(())
+    }
+
+    /// How the outputs are kept at rest: plaintext without `[encryption]`, else age-encrypted
+    /// to its recipients.
+    pub fn protection(&self) -> Result<esg_assembler::encryption::Protection, (String, String)> {
+        match &self.encryption {
+            None => Ok(esg_assembler::encryption::Protection::Plaintext),
+            Some(section) => section.protection(),
+        }
     }
 
     fn validate_kafka(&self) -> Result<(), (String, String)> {
@@ -1466,6 +1533,68 @@ mod tests {
             missing.is_empty(),
             "keys missing from esg.example.toml: {missing:?}"
         );
+    }
+
+    #[test]
+    fn encryption_recipients_are_checked_and_their_key_named() {
+        let good = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let c = parse(&base()).expect("parses");
+        assert!(!c.protection().expect("plaintext").is_encrypted());
+        let c = parse(&format!(
+            "{}\n[encryption]\nrecipients = [\"{good}\"]\n",
+            base()
+        ))
+        .expect("parses");
+        assert!(c.protection().expect("age").is_encrypted());
+
+        let err = parse(&format!("{}\n[encryption]\n", base())).expect_err("none");
+        let text = err.to_string();
+        assert!(
+            text.contains("`encryption.recipients`") && text.contains("no recipient"),
+            "{text}"
+        );
+
+        let err = parse(&format!(
+            "{}\n[encryption]\nrecipients = [\"{good}\", \"age1nope\"]\n",
+            base()
+        ))
+        .expect_err("bad");
+        let text = err.to_string();
+        assert!(
+            text.contains("`encryption.recipients`") && text.contains("entry 2"),
+            "{text}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("recipients.txt");
+        std::fs::write(&file, format!("# officers\n\n{good}\nssh-rsa AAAA\n")).expect("write");
+        let err = parse(&format!(
+            "{}\n[encryption]\nrecipients_file = \"{}\"\n",
+            base(),
+            file.display()
+        ))
+        .expect_err("bad line");
+        let text = err.to_string();
+        assert!(
+            text.contains("`encryption.recipients_file`")
+                && text.contains("recipient 2 of the file"),
+            "{text}"
+        );
+        std::fs::write(&file, format!("# officers\n{good}\n")).expect("write");
+        let c = parse(&format!(
+            "{}\n[encryption]\nrecipients_file = \"{}\"\n",
+            base(),
+            file.display()
+        ))
+        .expect("parses");
+        assert!(c.protection().expect("age").is_encrypted());
+        let err = parse(&format!(
+            "{}\n[encryption]\nrecipients_file = \"{}\"\n",
+            base(),
+            dir.path().join("missing.txt").display()
+        ))
+        .expect_err("missing file");
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::config::{BusKind, Config};
 use anyhow::{bail, Context, Result};
 use chrono::{NaiveDate, Utc};
+use esg_assembler::encryption::Protection;
 use esg_assembler::{Assembler, AssemblerConfig, Clock};
 use esg_auth::TokenSource;
 use esg_bus::embedded::EmbeddedLog;
@@ -156,12 +157,26 @@ pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
 /// The assembler, its store in the state directory.
 pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assembler> {
     let assembler_store = esg_assembler::state::open(&config.state.dir.join("assembler.db"))?;
+    let protection = config
+        .protection()
+        .map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
+    match &protection {
+        Protection::Plaintext => tracing::warn!(
+            dir = %config.output.dir.display(),
+            "output files are written in PLAINTEXT: there is no [encryption] section, so whoever can read the output directory can read the ratings"
+        ),
+        Protection::Age(recipients) => tracing::info!(
+            recipients = recipients.len(),
+            "output files are age-encrypted (*.age) to the configured recipients"
+        ),
+    }
     Ok(Assembler::new(
         bus.clone(),
         assembler_store,
         AssemblerConfig {
             output_dir: config.output.dir.clone(),
             poll_interval: Duration::from_millis(200),
+            protection,
         },
         clock,
     ))

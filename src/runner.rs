@@ -343,6 +343,20 @@ impl Runner {
         kind: RunKind,
         forced: Vec<String>,
     ) -> Result<RunRequest> {
+        if self.config.encryption.is_some() {
+            // Encrypted files are not read back (the job holds no private key): a re-run
+            // rebuilds the day's files from the state, which holds the latest day's rows only.
+            let latest = book.latest_completed_daily();
+            if !latest.is_some_and(|r| r.business_date == business_date && r.delivered()) {
+                let latest = latest
+                    .map(|r| r.business_date.to_string())
+                    .unwrap_or_else(|| "none".into());
+                return Err(Refused::Usage(format!(
+                    "the files of {business_date} are encrypted and cannot be read back, so a re-run rebuilds them from the job's state, which holds the rows of the latest day only (latest daily run: {latest}); re-run accounts of that day, or run {business_date} again whole (`esg run --once --business-date {business_date}`)"
+                ))
+                .into());
+            }
+        }
         Ok(RunRequest {
             run_id: book.next_run_id(business_date),
             business_date,

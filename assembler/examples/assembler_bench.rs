@@ -143,6 +143,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         AssemblerConfig {
             output_dir: dir.path().join("out"),
             poll_interval: Duration::from_millis(200),
+            protection: Default::default(),
         },
         system_clock(),
     );

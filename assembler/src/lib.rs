@@ -13,6 +13,7 @@
 //! error code `DEADLINE`. Then `RunCompleted` is published; a restarted assembler that finds it
 //! does not write the run again.
 
+pub mod encryption;
 pub mod output;
 pub mod state;
 pub mod summary;
@@ -66,6 +67,8 @@ pub struct AssemblerConfig {
     pub output_dir: PathBuf,
     /// How often the bus is read when idle.
     pub poll_interval: Duration,
+    /// Plaintext or age-encrypted outputs (`[encryption]`).
+    pub protection: encryption::Protection,
 }
 
 /// A source of the current time (tests inject a fixed or moving clock).
@@ -545,6 +548,7 @@ impl Assembler {
         now: DateTime<Utc>,
     ) -> Result<(RunReport, RunCompleted), AssemblerError> {
         let dir = self.config.output_dir.clone();
+        let protection = self.config.protection.clone();
         let run_id = run.run_id.clone();
         let date = run.business_date;
         let is_rerun = run.kind != "Daily";
@@ -566,8 +570,35 @@ impl Assembler {
                 let api = (api.0.max(0) as u64, api.1.max(0) as u64);
                 let with_provenance =
                     |r: &rusqlite::Row<'_>| Ok((read_row(r)?, provenance(r)?));
-                let mut tally = Tally::default();
-                if is_rerun {
+                let (written, tally, not_in_file, stored) = if is_rerun && protection.is_encrypted() {
+                    // The day's files are encrypted and the job holds no key to read them back:
+                    // they are rebuilt whole from the state, which holds that day's rows only
+                    // while no later day has been assembled.
+                    let latest: Option<(String, bool)> = c
+                        .query_row(LATEST_DAILY_DATE, [], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()?;
+                    if latest.as_ref() != Some(&(date.to_string(), true)) {
+                        return Err(AssemblerError::State {
+                            run_id: run_id.clone(),
+                            detail: format!(
+                                "the files of {date} are encrypted and the job's state no longer holds that day's rows (latest daily run: {}): they cannot be rebuilt, and are not read back; re-run accounts of the latest day only",
+                                latest.map_or("none".into(), |(d, _)| d)
+                            ),
+                        });
+                    }
+                    let (written, tally) = write_from_roster(c, &dir, date, &protection, &run_id, true)?;
+                    let missing: i64 = c.query_row(
+                        "SELECT COUNT(*) FROM expected e WHERE e.run_id = ?1
+                           AND NOT EXISTS (SELECT 1 FROM roster r WHERE r.account_id = e.account_id)",
+                        [&run_id],
+                        |r| r.get(0),
+                    )?;
+                    if missing > 0 {
+                        tracing::warn!(run_id = %run_id, missing, "re-run accounts not in that day's file were not added");
+                    }
+                    (written, tally, missing.max(0) as u64, Some(state::day_runs(c, date, &run_id)?))
+                } else if is_rerun {
+                    let mut tally = Tally::default();
                     let mut replacements = BTreeMap::new();
                     let mut stmt = c.prepare(&format!("{ROW_SELECT} WHERE e.run_id = ?1 ORDER BY e.account_id"))?;
                     let rows = stmt.query_map([&run_id], with_provenance)?;
@@ -583,48 +614,13 @@ impl Assembler {
                     }
                     let stored = state::day_runs(c, date, &run_id)?;
                     let missing = replaced.missing.len() as u64;
-                    Ok((replaced.written, tally, missing, api, Some(stored)))
+                    (replaced.written, tally, missing, Some(stored))
                 } else {
-                    let writer = OutputWriter::create(&dir, date).map_err(output_err(&run_id))?;
-                    // The rows are read here and formatted and written on a thread of their
-                    // own, in chunks; the file is finished only once every row was read.
-                    let (chunks, received) = std::sync::mpsc::sync_channel::<Chunk>(4);
-                    let (read, written) = std::thread::scope(|scope| {
-                        let writing = scope.spawn(|| write_chunks(writer, received, &dir));
-                        let read = (|| -> Result<(), AssemblerError> {
-                            let mut stmt = c.prepare(ROSTER_SELECT)?;
-                            let rows = stmt.query_map([&run_id], with_provenance)?;
-                            let mut chunk = Vec::with_capacity(ROWS_PER_CHUNK);
-                            for row in rows {
-                                let (row, from) = row?;
-                                tally.add(from, &row);
-                                chunk.push(row);
-                                if chunk.len() == ROWS_PER_CHUNK {
-                                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(ROWS_PER_CHUNK));
-                                    if chunks.send(Chunk::Rows(full)).is_err() {
-                                        // The writer failed: its error is returned below.
-                                        return Ok(());
-                                    }
-                                }
-                            }
-                            let _ = chunks.send(Chunk::Rows(chunk));
-                            let _ = chunks.send(Chunk::End);
-                            Ok(())
-                        })();
-                        drop(chunks);
-                        let written = writing.join().unwrap_or_else(|_| {
-                            Err(OutputError::Io {
-                                action: "write the file in",
-                                path: dir.clone(),
-                                source: std::io::Error::other("the file writer panicked"),
-                            })
-                        });
-                        (read, written)
-                    });
-                    // A read error stopped the rows (the writer then left no file) and comes first.
-                    read?;
-                    Ok((written.map_err(output_err(&run_id))?, tally, 0, api, None))
-                }
+                    let (written, tally) = write_from_roster(c, &dir, date, &protection, &run_id, false)?;
+                    (written, tally, 0, None)
+                };
+                state::record_file_deadlines(c, &run_id, date, !is_rerun)?;
+                Ok((written, tally, not_in_file, api, stored))
             })
             .await?;
         let stats = &written.stats;
@@ -684,12 +680,11 @@ impl Assembler {
             tracing::error!(run_id = %run.run_id, problem = %problem, "summary counts do not add up");
         }
         let summary_path =
-            summary::write_summary(&self.config.output_dir, &summary).map_err(|source| {
-                AssemblerError::Output {
+            summary::write_summary(&self.config.output_dir, &summary, &self.config.protection)
+                .map_err(|source| AssemblerError::Output {
                     run_id: run.run_id.clone(),
                     source,
-                }
-            })?;
+                })?;
         // What this run did, for the summaries of later re-runs of the date.
         let record = record.map_err(|e| AssemblerError::State {
             run_id: run.run_id.clone(),
@@ -740,6 +735,80 @@ impl Assembler {
     }
 }
 
+/// The business date of the latest completed daily run: the only date whose rows the state
+/// still holds as its file shows them.
+const LATEST_DAILY_DATE: &str = "SELECT business_date, sealed_json IS NOT NULL FROM runs
+     WHERE kind = 'Daily' AND completed = 1 ORDER BY triggered_at_ms DESC LIMIT 1";
+
+/// Writes the whole day's files of `date` from the roster and the latest scores, for run
+/// `run_id`: its expected accounts without a score of it are `Failed` (`DEADLINE`). `rebuild`:
+/// the run is a re-run of the latest day whose files are rebuilt whole (they are encrypted and
+/// not read back): accounts the day's earlier runs left `Failed` by their deadline stay so, and
+/// the tally counts the re-run's own accounts only. The rows are read here and formatted and
+/// written on a thread of their own, in chunks; the files are finished only once every row was
+/// read, so a failed read leaves the previous files as they were.
+fn write_from_roster(
+    c: &rusqlite::Connection,
+    dir: &std::path::Path,
+    date: NaiveDate,
+    protection: &encryption::Protection,
+    run_id: &str,
+    rebuild: bool,
+) -> Result<(output::Written, Tally), AssemblerError> {
+    let output_err = |source| AssemblerError::Output {
+        run_id: run_id.to_owned(),
+        source,
+    };
+    let writer = OutputWriter::create(dir, date, protection).map_err(output_err)?;
+    // No date matches '' : a daily run's file starts afresh.
+    let deadline_date = if rebuild {
+        date.to_string()
+    } else {
+        String::new()
+    };
+    let mut tally = Tally::default();
+    let (chunks, received) = std::sync::mpsc::sync_channel::<Chunk>(4);
+    let (read, written) = std::thread::scope(|scope| {
+        let writing = scope.spawn(|| write_chunks(writer, received, dir));
+        let read = (|| -> Result<(), AssemblerError> {
+            let mut stmt = c.prepare(ROSTER_SELECT)?;
+            let rows = stmt.query_map(params![run_id, deadline_date], |r| {
+                Ok((read_row(r)?, provenance(r)?, r.get::<_, bool>(14)?))
+            })?;
+            let mut chunk = Vec::with_capacity(ROWS_PER_CHUNK);
+            for row in rows {
+                let (row, from, expected) = row?;
+                if expected || !rebuild {
+                    tally.add(from, &row);
+                }
+                chunk.push(row);
+                if chunk.len() == ROWS_PER_CHUNK {
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(ROWS_PER_CHUNK));
+                    if chunks.send(Chunk::Rows(full)).is_err() {
+                        // The writer failed: its error is returned below.
+                        return Ok(());
+                    }
+                }
+            }
+            let _ = chunks.send(Chunk::Rows(chunk));
+            let _ = chunks.send(Chunk::End);
+            Ok(())
+        })();
+        drop(chunks);
+        let written = writing.join().unwrap_or_else(|_| {
+            Err(OutputError::Io {
+                action: "write the file in",
+                path: dir.to_path_buf(),
+                source: std::io::Error::other("the file writer panicked"),
+            })
+        });
+        (read, written)
+    });
+    // A read error stopped the rows (the writer then left no file) and comes first.
+    read?;
+    Ok((written.map_err(output_err)?, tally))
+}
+
 /// Rows the assembler hands to the thread that writes the file.
 enum Chunk {
     Rows(Vec<Row>),
@@ -774,18 +843,20 @@ fn write_chunks(
     })
 }
 
-/// One row per roster account, with its latest score and whether this run (?1) expected it and
-/// scored it.
+/// One row per roster account, with its latest score, whether this run (?1) expected it and
+/// scored it, and whether the files of ?2 show it `Failed` by an earlier run's deadline.
 const ROSTER_SELECT: &str = "
 SELECT r.account_id, r.name, s.status, s.overall, s.environmental, s.social, s.governance,
        s.primary_focus, s.primary_focus_score, s.analysis_date, s.attempts, s.error_code,
        s.error_message, s.scored_at_ms,
        e.account_id IS NOT NULL AS expected,
-       rs.account_id IS NOT NULL AS scored_in_run
+       rs.account_id IS NOT NULL AS scored_in_run,
+       fd.account_id IS NOT NULL AS deadline_before
 FROM roster r
 LEFT JOIN scores s ON s.account_id = r.account_id
 LEFT JOIN expected e ON e.run_id = ?1 AND e.account_id = r.account_id
 LEFT JOIN run_scored rs ON rs.run_id = ?1 AND rs.account_id = r.account_id
+LEFT JOIN file_deadlines fd ON fd.business_date = ?2 AND fd.account_id = r.account_id
 ORDER BY r.account_id";
 
 /// The same columns for the expected accounts of a re-run (filtered by the caller).
@@ -794,7 +865,8 @@ SELECT e.account_id, COALESCE(r.name, ''), s.status, s.overall, s.environmental,
        s.primary_focus, s.primary_focus_score, s.analysis_date, s.attempts, s.error_code,
        s.error_message, s.scored_at_ms,
        1 AS expected,
-       rs.account_id IS NOT NULL AS scored_in_run
+       rs.account_id IS NOT NULL AS scored_in_run,
+       0 AS deadline_before
 FROM expected e
 LEFT JOIN roster r ON r.account_id = e.account_id
 LEFT JOIN scores s ON s.account_id = e.account_id
@@ -829,7 +901,8 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         error_message: Some(message.to_owned()),
         last_attempt: last.and_then(DateTime::from_timestamp_millis),
     };
-    if expected && !scored_in_run {
+    let deadline_before: bool = r.get(16)?;
+    if (expected && !scored_in_run) || (!expected && deadline_before) {
         return Ok(failed(
             DEADLINE,
             "not scored by the run's deadline",

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,6 +34,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use esg_schemas::{EsgValues, Pillar, ScoreStatus};
 use rust_decimal::{Decimal, RoundingStrategy};
 
+use crate::encryption::{Protection, Sink};
 use crate::summary::RowStats;
 
 /// Header of the ratings file, exactly as written.
@@ -436,11 +437,10 @@ impl PendingFile {
         &self.target
     }
 
-    /// Flushes the buffered content and fsyncs the temporary file.
-    pub(crate) fn seal(&self, out: BufWriter<File>) -> Result<(), OutputError> {
-        let file = out
-            .into_inner()
-            .map_err(|e| io_error("writing", &self.temp)(e.into_error()))?;
+    /// Ends the content (the last age chunk when encrypted), flushes it and fsyncs the
+    /// temporary file.
+    pub(crate) fn seal(&self, out: Sink) -> Result<(), OutputError> {
+        let file = out.finish().map_err(io_error("writing", &self.temp))?;
         file.sync_all().map_err(io_error("syncing", &self.temp))
     }
 
@@ -499,15 +499,19 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
-/// Writes `bytes` as `dir/name` atomically (temporary file, fsync, rename, directory fsync).
+/// Writes `bytes` as the output `name` in `dir` atomically (temporary file, fsync, rename,
+/// directory fsync), encrypted as `protection` says (then named `name.age`).
 pub(crate) fn write_file_atomically(
     dir: &Path,
     name: &str,
     bytes: &[u8],
+    protection: &Protection,
 ) -> Result<PathBuf, OutputError> {
     ensure_dir(dir)?;
-    let (pending, file) = PendingFile::create(dir, name)?;
-    let mut out = BufWriter::new(file);
+    let (pending, file) = PendingFile::create(dir, &protection.file_name(name))?;
+    let mut out = protection
+        .sink(file)
+        .map_err(io_error("writing", &pending.temp))?;
     out.write_all(bytes)
         .map_err(io_error("writing", &pending.temp))?;
     pending.seal(out)?;
@@ -519,17 +523,18 @@ pub(crate) fn write_file_atomically(
 /// A CSV file being written through a [`PendingFile`].
 struct CsvSink {
     // Declared before `pending`: dropped (and flushed) before the temporary file is removed.
-    out: BufWriter<File>,
+    out: Sink,
     pending: PendingFile,
 }
 
 impl CsvSink {
-    fn create(dir: &Path, name: &str) -> Result<Self, OutputError> {
-        let (pending, file) = PendingFile::create(dir, name)?;
-        Ok(CsvSink {
-            out: BufWriter::with_capacity(64 * 1024, file),
-            pending,
-        })
+    /// Starts the output `name` (on disk `name.age` when encrypted).
+    fn create(dir: &Path, name: &str, protection: &Protection) -> Result<Self, OutputError> {
+        let (pending, file) = PendingFile::create(dir, &protection.file_name(name))?;
+        let out = protection
+            .sink(file)
+            .map_err(io_error("writing", &pending.temp))?;
+        Ok(CsvSink { out, pending })
     }
 
     fn write_cells<S: AsRef<[u8]>>(&mut self, cells: &[S]) -> Result<(), OutputError> {
@@ -622,13 +627,17 @@ impl std::fmt::Debug for OutputWriter {
 }
 
 impl OutputWriter {
-    /// Starts the two files of `business_date` in `dir` (created with mode 0750 if missing) and
-    /// writes their headers.
-    pub fn create(dir: &Path, business_date: NaiveDate) -> Result<Self, OutputError> {
+    /// Starts the two files of `business_date` in `dir` (created with mode 0750 if missing),
+    /// encrypted as `protection` says, and writes their headers.
+    pub fn create(
+        dir: &Path,
+        business_date: NaiveDate,
+        protection: &Protection,
+    ) -> Result<Self, OutputError> {
         ensure_dir(dir)?;
         let names = file_names(business_date);
-        let mut ratings = CsvSink::create(dir, &names.csv)?;
-        let mut errors = CsvSink::create(dir, &names.errors)?;
+        let mut ratings = CsvSink::create(dir, &names.csv, protection)?;
+        let mut errors = CsvSink::create(dir, &names.errors, protection)?;
         ratings.write_cells(&HEADER)?;
         errors.write_cells(&ERRORS_HEADER)?;
         tracing::debug!(dir = %dir.display(), %business_date, "output files started");
@@ -774,7 +783,7 @@ pub fn replace_rows(
         .values()
         .map(|row| (neutralise(row.account_id.clone()), row))
         .collect();
-    let mut ratings_out = CsvSink::create(dir, &names.csv)?;
+    let mut ratings_out = CsvSink::create(dir, &names.csv, &Protection::Plaintext)?;
     let mut records = RawRecords::new(ratings_in, &ratings_path);
     let header = records.expect_header(&HEADER)?;
     ratings_out.write_raw(&header)?;
@@ -809,7 +818,7 @@ pub fn replace_rows(
         .filter_map(|id| replacements.get(id))
         .filter_map(|row| format_error_row(row).map(|cells| (row.account_id.as_str(), cells)))
         .peekable();
-    let mut errors_out = CsvSink::create(dir, &names.errors)?;
+    let mut errors_out = CsvSink::create(dir, &names.errors, &Protection::Plaintext)?;
     let mut records = RawRecords::new(errors_in, &errors_path);
     let header = records.expect_header(&ERRORS_HEADER)?;
     errors_out.write_raw(&header)?;

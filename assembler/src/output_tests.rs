@@ -66,7 +66,7 @@ fn partial_row(id: &str) -> Row {
 }
 
 fn write_day(dir: &Path, rows: &[Row]) -> Written {
-    let mut writer = OutputWriter::create(dir, date()).expect("create");
+    let mut writer = OutputWriter::create(dir, date(), &Protection::Plaintext).expect("create");
     for row in rows {
         writer.write(row).expect("write");
     }
@@ -395,7 +395,8 @@ fn replace_rows_cleans_a_copied_row_that_holds_control_characters() {
 #[test]
 fn out_of_order_and_duplicate_rows_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+    let mut writer =
+        OutputWriter::create(dir.path(), date(), &Protection::Plaintext).expect("create");
     writer.write(&ok_row("B", "b")).expect("first row");
     match writer.write(&ok_row("A", "a")) {
         Err(OutputError::OutOfOrder { previous, id }) => {
@@ -410,7 +411,8 @@ fn out_of_order_and_duplicate_rows_are_refused() {
     ));
     assert!(matches!(writer.finish(), Err(OutputError::Poisoned { .. })));
 
-    let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+    let mut writer =
+        OutputWriter::create(dir.path(), date(), &Protection::Plaintext).expect("create");
     writer.write(&ok_row("B", "b")).expect("first row");
     let err = writer.write(&ok_row("B", "again")).expect_err("duplicate");
     assert!(matches!(err, OutputError::Duplicate { .. }));
@@ -435,7 +437,8 @@ fn a_failed_write_leaves_the_previous_file_untouched_and_no_temporary_file() {
     let before_errors = fs::read(&first.errors).expect("read");
 
     {
-        let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+        let mut writer =
+            OutputWriter::create(dir.path(), date(), &Protection::Plaintext).expect("create");
         writer.write(&ok_row("A", "changed")).expect("row A");
         writer.write(&ok_row("C", "c")).expect("row C");
         writer
@@ -465,7 +468,8 @@ fn a_failed_rename_names_the_path_and_removes_temporary_files() {
     let blocker = dir.path().join("FirmESGRatings_20261123.csv");
     fs::create_dir(&blocker).expect("mkdir");
     fs::write(blocker.join("keep"), b"x").expect("write");
-    let mut writer = OutputWriter::create(dir.path(), date()).expect("create");
+    let mut writer =
+        OutputWriter::create(dir.path(), date(), &Protection::Plaintext).expect("create");
     writer.write(&ok_row("A", "a")).expect("row");
     let err = writer.finish().expect_err("rename must fail");
     assert!(
@@ -672,4 +676,87 @@ fn raw_record_reader_rejects_truncated_and_oversized_records() {
     let mut records = RawRecords::new(File::open(&path).expect("open"), &path);
     let err = records.next_raw().expect_err("too long");
     assert!(err.to_string().contains("longer than"), "{err}");
+}
+
+fn decrypt_file(path: &Path, identity: &age::x25519::Identity) -> Vec<u8> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let decryptor = age::Decryptor::new(io::BufReader::new(file)).expect("an age file");
+    let mut reader = decryptor
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .expect("a recipient decrypts");
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).expect("authentic content");
+    out
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn encrypted_files_hold_exactly_the_plaintext_files_bytes_and_nothing_plain_touches_the_disk() {
+    let identity = age::x25519::Identity::generate();
+    let protection = Protection::age(&[identity.to_public().to_string()]).expect("recipient");
+    // Enough rows that part of the files reaches the disk before they are finished.
+    let mut rows = vec![partial_row("B-2"), failed_row("C-3", "HTTP_404")];
+    rows.extend((0..3000).map(|i| ok_row(&format!("D-{i:05}"), "Alpha Fund")));
+    let plain = tempfile::tempdir().expect("tempdir");
+    let written = write_day(plain.path(), &rows);
+
+    let sealed = tempfile::tempdir().expect("tempdir");
+    let mut writer = OutputWriter::create(sealed.path(), date(), &protection).expect("create");
+    for row in &rows {
+        writer.write(row).expect("write");
+    }
+    // While the files are being written, the directory holds temporary ciphertext only (the
+    // small errors file may still be all in the buffer).
+    let mut on_disk = 0;
+    for name in names_in(sealed.path()) {
+        assert!(name.starts_with('.') && name.contains(".tmp-"), "{name}");
+        let bytes = fs::read(sealed.path().join(&name)).expect("read");
+        on_disk += bytes.len();
+        assert!(
+            bytes.is_empty() || bytes.starts_with(b"age-encryption.org/v1\n"),
+            "{name} starts as an age file"
+        );
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("Account ID") && !text.contains("Alpha Fund"),
+            "{name}"
+        );
+    }
+    assert!(
+        on_disk > 64 * 1024,
+        "part of the ratings reached the disk: {on_disk}"
+    );
+    let sealed_written = writer.finish().expect("finish");
+    assert_eq!(
+        names_in(sealed.path()),
+        [
+            "FirmESGRatings_20261123.csv.age",
+            "FirmESGRatings_20261123_errors.csv.age"
+        ]
+    );
+    assert_eq!(sealed_written.stats, written.stats);
+    assert_eq!(
+        decrypt_file(&sealed_written.csv, &identity),
+        fs::read(&written.csv).expect("plain ratings")
+    );
+    assert_eq!(
+        decrypt_file(&sealed_written.errors, &identity),
+        fs::read(&written.errors).expect("plain errors")
+    );
+
+    // A writer dropped before it finishes leaves nothing, and the files before stay as they were.
+    let before = fs::read(&sealed_written.csv).expect("read");
+    let mut writer = OutputWriter::create(sealed.path(), date(), &protection).expect("create");
+    writer.write(&ok_row("A-1", "Other")).expect("write");
+    drop(writer);
+    assert_eq!(names_in(sealed.path()).len(), 2);
+    assert_eq!(fs::read(&sealed_written.csv).expect("read"), before);
 }

@@ -59,6 +59,11 @@ CREATE TABLE IF NOT EXISTS expected (
     account_id TEXT NOT NULL,
     PRIMARY KEY (run_id, account_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file_deadlines (
+    business_date TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (business_date, account_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     business_date TEXT NOT NULL,
@@ -424,6 +429,38 @@ fn parse_facts<T: serde::de::DeserializeOwned>(json: &str, date: &str) -> Option
             None
         }
     }
+}
+
+/// Notes which accounts the latest day's files show `Failed` because a run of the day reached
+/// its deadline without their score: the one thing in those files that the roster and the
+/// latest scores do not tell, so that a re-run can rebuild the files whole (encrypted files are
+/// not read back). A daily run starts the list of its date afresh (and drops every other date's);
+/// a re-run takes its own accounts off it, then adds those it did not score either. Called after
+/// the run's files are written, before [`mark_completed`] drops its expected accounts.
+pub fn record_file_deadlines(
+    c: &rusqlite::Connection,
+    run_id: &str,
+    business_date: NaiveDate,
+    daily: bool,
+) -> rusqlite::Result<()> {
+    let date = business_date.to_string();
+    if daily {
+        c.execute("DELETE FROM file_deadlines", [])?;
+    } else {
+        c.execute(
+            "DELETE FROM file_deadlines WHERE business_date = ?2
+               AND account_id IN (SELECT account_id FROM expected WHERE run_id = ?1)",
+            params![run_id, date],
+        )?;
+    }
+    c.execute(
+        "INSERT OR IGNORE INTO file_deadlines (business_date, account_id)
+         SELECT ?2, e.account_id FROM expected e
+         WHERE e.run_id = ?1 AND NOT EXISTS
+           (SELECT 1 FROM run_scored rs WHERE rs.run_id = ?1 AND rs.account_id = e.account_id)",
+        params![run_id, date],
+    )?;
+    Ok(())
 }
 
 /// Records a run as completed and drops its per-account bookkeeping, which only served to

@@ -23,6 +23,7 @@ use esg_schemas::{Pillar, ScoreStatus};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::encryption::Protection;
 use crate::output::{
     effective, file_names, format_score, unneutralise, write_file_atomically, OutputError, Row,
     NOT_AVAILABLE,
@@ -708,16 +709,20 @@ impl Summary {
     }
 }
 
-/// Writes `dir/FirmESGRatings_YYYYMMDD_summary.json` (pretty JSON, mode 0640) atomically and
-/// returns its path.
-pub fn write_summary(dir: &Path, summary: &Summary) -> Result<PathBuf, OutputError> {
+/// Writes `dir/FirmESGRatings_YYYYMMDD_summary.json` (pretty JSON, mode 0640; `….json.age`
+/// when `protection` encrypts) atomically and returns its path.
+pub fn write_summary(
+    dir: &Path,
+    summary: &Summary,
+    protection: &Protection,
+) -> Result<PathBuf, OutputError> {
     let name = file_names(summary.business_date).summary_json;
     let mut bytes = serde_json::to_vec_pretty(summary).map_err(|source| OutputError::Json {
         path: dir.join(&name),
         source,
     })?;
     bytes.push(b'\n');
-    let path = write_file_atomically(dir, &name, &bytes)?;
+    let path = write_file_atomically(dir, &name, &bytes, protection)?;
     tracing::info!(file = %path.display(), run_id = %summary.run_id, "summary written");
     Ok(path)
 }
@@ -935,7 +940,7 @@ mod tests {
             &known_stats(),
             DayFacts::daily(facts()),
         );
-        let path = write_summary(dir.path(), &summary).expect("write");
+        let path = write_summary(dir.path(), &summary, &Protection::Plaintext).expect("write");
         assert_eq!(
             path,
             dir.path().join("FirmESGRatings_20261123_summary.json")
@@ -1114,7 +1119,7 @@ mod tests {
                 daily_facts_lost: false,
             },
         );
-        write_summary(dir.path(), &summary).expect("write");
+        write_summary(dir.path(), &summary, &Protection::Plaintext).expect("write");
         let back = read_previous(dir.path(), date()).expect("reads back");
         assert_eq!(back.daily, facts());
         assert_eq!(back.reruns, summary.reruns);

@@ -160,6 +160,14 @@ impl RunBook {
             .find(|r| r.kind == RunKind::Daily && r.delivered())
     }
 
+    /// The most recently triggered daily run that has ended (with a file or without), of any date.
+    pub fn latest_completed_daily(&self) -> Option<&RunFacts> {
+        self.runs
+            .values()
+            .filter(|r| r.kind == RunKind::Daily && r.completed.is_some())
+            .max_by_key(|r| r.triggered_at)
+    }
+
     /// Runs not completed yet, oldest first.
     pub fn open(&self) -> Vec<&RunFacts> {
         let mut open: Vec<&RunFacts> = self

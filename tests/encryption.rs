@@ -1,0 +1,286 @@
+//! Encryption at rest of the outputs, checked with Debian's `age` CLI as the independent reader:
+//! with `[encryption]` every output is `<name>.age` and nothing else is in the output directory,
+//! a recipient's identity decrypts each to the bytes plaintext mode writes for the same vendor
+//! answers, anyone else cannot, a damaged file does not decrypt, and a re-run rebuilds the
+//! encrypted files from the job's state exactly as plaintext mode replaces the rows.
+
+mod common;
+
+use common::*;
+use esg_assembler::output::file_names;
+use esg_simulator::SimConfig;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A key pair made by `age-keygen`: the identity file and its recipient.
+struct Key {
+    identity: PathBuf,
+    recipient: String,
+}
+
+fn keygen(dir: &Path, name: &str) -> Key {
+    let identity = dir.join(format!("{name}.key"));
+    let out = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen runs (Debian package `age`; ops/test-all.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let out = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen -y");
+    assert!(out.status.success(), "{out:?}");
+    Key {
+        identity,
+        recipient: String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// `age -d -i KEY FILE`: the plaintext, or the CLI's error.
+fn age_decrypt(identity: &Path, file: &Path) -> Result<Vec<u8>, String> {
+    let out = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(file)
+        .output()
+        .expect("age runs");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Vendor answers that are the same in both worlds: partial and failed accounts by the seed, no
+/// faults that depend on timing.
+fn sim() -> SimConfig {
+    SimConfig {
+        permanent_error_rate: 0.05,
+        partial_rate: 0.05,
+        transient_error_rate: 0.0,
+        timeout_rate: 0.0,
+        ..quiet_sim(150)
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The errors file without its Last Attempt Time column (the time of each world's own call).
+fn without_times(errors: &[u8]) -> Vec<String> {
+    String::from_utf8(errors.to_vec())
+        .expect("utf-8")
+        .split("\r\n")
+        .map(|line| line.rsplit_once(',').map_or(line, |(l, _)| l).to_owned())
+        .collect()
+}
+
+/// The summary without what depends on when and how fast each world ran.
+fn summary_facts(json: &[u8]) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for key in [
+                    "started_at",
+                    "finished_at",
+                    "duration_seconds",
+                    "api_requests",
+                ] {
+                    map.remove(key);
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(json).expect("summary JSON");
+    strip(&mut v);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_outputs_decrypt_with_the_age_cli_to_the_plaintext_bytes_and_only_for_recipients()
+{
+    let keys = tempfile::tempdir().expect("tempdir");
+    let officer = keygen(keys.path(), "officer");
+    let deputy = keygen(keys.path(), "deputy");
+    let stranger = keygen(keys.path(), "stranger");
+    let recipients_file = keys.path().join("recipients.txt");
+    std::fs::write(
+        &recipients_file,
+        format!("# the deputy\n{}\n", deputy.recipient),
+    )
+    .expect("write recipients");
+
+    let plain = World::start(sim(), "").await;
+    let sealed = World::start(
+        sim(),
+        &format!(
+            "[encryption]\nrecipients = [\"{}\"]\nrecipients_file = \"{}\"\n",
+            officer.recipient,
+            recipients_file.display()
+        ),
+    )
+    .await;
+    let day = date("2026-11-23");
+    run_day(&plain, day).await;
+    run_day(&sealed, day).await;
+
+    let names = file_names(day);
+    let plain_names = [&names.csv, &names.errors, &names.summary_json];
+    let mut expected: Vec<String> = plain_names.iter().map(|n| format!("{n}.age")).collect();
+    expected.sort();
+    assert_eq!(
+        names_in(&sealed.out()),
+        expected,
+        "nothing but the encrypted outputs in the output directory"
+    );
+
+    let open = |world: &World, name: &str| {
+        let path = world.out().join(format!("{name}.age"));
+        let bytes = std::fs::read(&path).expect("encrypted file");
+        assert!(bytes.starts_with(b"age-encryption.org/v1\n"), "{name}");
+        path
+    };
+    let read_plain = |name: &str| std::fs::read(plain.out().join(name)).expect("plain file");
+
+    let csv = open(&sealed, &names.csv);
+    let by_officer = age_decrypt(&officer.identity, &csv).expect("the officer decrypts");
+    assert_eq!(
+        by_officer,
+        read_plain(&names.csv),
+        "exactly the plaintext file"
+    );
+    assert_eq!(
+        age_decrypt(&deputy.identity, &csv).expect("the deputy (recipients_file) decrypts"),
+        by_officer
+    );
+    let err = age_decrypt(&stranger.identity, &csv).expect_err("not a recipient");
+    assert!(err.contains("no identity matched"), "{err}");
+
+    let errors = open(&sealed, &names.errors);
+    let decrypted = age_decrypt(&officer.identity, &errors).expect("errors file");
+    assert!(
+        decrypted.len() > 100,
+        "the seed gives failed and partial rows"
+    );
+    assert_eq!(
+        without_times(&decrypted),
+        without_times(&read_plain(&names.errors))
+    );
+    let summary = open(&sealed, &names.summary_json);
+    let decrypted = age_decrypt(&officer.identity, &summary).expect("summary");
+    assert_eq!(
+        summary_facts(&decrypted),
+        summary_facts(&read_plain(&names.summary_json))
+    );
+
+    // Damage is detected: a flipped byte in the payload, and a truncated file.
+    let bytes = std::fs::read(&csv).expect("read");
+    let damaged = keys.path().join("damaged.age");
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 200;
+    flipped[at] ^= 0x01;
+    std::fs::write(&damaged, &flipped).expect("write");
+    assert!(
+        age_decrypt(&officer.identity, &damaged).is_err(),
+        "flipped byte"
+    );
+    std::fs::write(&damaged, &bytes[..bytes.len() - 17]).expect("write");
+    assert!(
+        age_decrypt(&officer.identity, &damaged).is_err(),
+        "truncated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_rebuilds_the_encrypted_files_as_plaintext_mode_replaces_the_rows() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let officer = keygen(keys.path(), "officer");
+    let plain = World::start(sim(), "").await;
+    let sealed = World::start(
+        sim(),
+        &format!("[encryption]\nrecipients = [\"{}\"]\n", officer.recipient),
+    )
+    .await;
+    let day = date("2026-11-23");
+    run_day(&plain, day).await;
+    run_day(&sealed, day).await;
+    let names = file_names(day);
+    let csv = sealed.out().join(format!("{}.age", names.csv));
+    let before = age_decrypt(&officer.identity, &csv).expect("decrypts");
+
+    // Three accounts the vendor rated (a failed one would fail again alike).
+    let rated: Vec<String> = String::from_utf8_lossy(&before)
+        .split("\r\n")
+        .filter(|line| line.ends_with(",Successful"))
+        .map(|line| line.split(',').next().unwrap_or_default().to_owned())
+        .collect();
+    let chosen = vec![rated[2].clone(), rated[40].clone(), rated[99].clone()];
+    plain.sim.rerate();
+    sealed.sim.rerate();
+    rerun(&plain, day, &chosen).await;
+    rerun(&sealed, day, &chosen).await;
+
+    let after = age_decrypt(&officer.identity, &csv).expect("decrypts");
+    let plain_after = std::fs::read(plain.out().join(&names.csv)).expect("plain");
+    assert_eq!(
+        after, plain_after,
+        "the rebuilt file is the file whose rows plaintext mode replaced"
+    );
+    let changed: Vec<String> = String::from_utf8_lossy(&before)
+        .split("\r\n")
+        .zip(String::from_utf8_lossy(&after).split("\r\n"))
+        .filter(|(b, a)| b != a)
+        .map(|(_, a)| a.split(',').next().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(changed, chosen, "only the chosen rows changed");
+    let summary = sealed.out().join(format!("{}.age", names.summary_json));
+    let summary = age_decrypt(&officer.identity, &summary).expect("summary");
+    let plain_summary = std::fs::read(plain.out().join(&names.summary_json)).expect("plain");
+    assert_eq!(summary_facts(&summary), summary_facts(&plain_summary));
+    assert_eq!(
+        names_in(&sealed.out()).len(),
+        3,
+        "still only the three .age files"
+    );
+
+    // A later day is assembled: the state no longer holds the first day's rows, so a re-run of
+    // it is refused before anything runs, naming what can be done instead.
+    run_day(&sealed, date("2026-11-24")).await;
+    let err = esg::runner::Runner::open(sealed.config(), esg_assembler::system_clock())
+        .await
+        .expect("opens")
+        .rerun(
+            day,
+            esg::runner::Selection::Accounts(chosen.clone()),
+            true,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("encrypted") && text.contains("2026-11-24"),
+        "{text}"
+    );
+    assert_eq!(
+        age_decrypt(&officer.identity, &csv).expect("decrypts"),
+        after,
+        "the day's file untouched"
+    );
+}
