@@ -82,10 +82,12 @@ pub async fn read(config: &Config, date: Option<NaiveDate>) -> Result<Status> {
         _ => None,
     };
     let names = esg_assembler::output::file_names(run.business_date);
+    // The names on disk: `<name>.age` when the outputs are encrypted.
+    let protection = config.protection().unwrap_or_default();
     let files = [names.csv, names.errors, names.summary_json]
         .into_iter()
         .map(|name| {
-            let path = config.output.dir.join(name);
+            let path = config.output.dir.join(protection.file_name(&name));
             let meta = std::fs::metadata(&path).ok();
             FileStatus {
                 path: path.display().to_string(),

@@ -284,3 +284,87 @@ async fn a_rerun_rebuilds_the_encrypted_files_as_plaintext_mode_replaces_the_row
         "the day's file untouched"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadline() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let officer = keygen(keys.path(), "officer");
+    // A slow vendor: 5 requests/s for 80 accounts cannot finish before the clock jumps.
+    let world = World::start(
+        SimConfig {
+            rate_limit_per_second: Some(5),
+            burst: 5,
+            ..quiet_sim(80)
+        },
+        &format!("[encryption]\nrecipients = [\"{}\"]\n", officer.recipient),
+    )
+    .await;
+    let mut config = world.config();
+    config.esg_api.rate_limit_per_second = 5;
+    config.esg_api.burst = Some(5);
+    config.esg_api.batch_size = 1;
+    let offset = Arc::new(AtomicI64::new(0));
+    let o = offset.clone();
+    let clock: esg_assembler::Clock = Arc::new(move || {
+        chrono::Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst))
+    });
+    let runner = esg::runner::Runner::open(config, clock)
+        .await
+        .expect("opens");
+    let day = date("2026-11-23");
+    let jump = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        offset.store(86_400, Ordering::SeqCst);
+    });
+    runner
+        .run_daily(day, false, tokio_util::sync::CancellationToken::new(), |_| {})
+        .await
+        .expect("run ends");
+    jump.await.expect("join");
+    drop(runner);
+
+    let csv = world.out().join(format!("{}.age", file_names(day).csv));
+    let rows = |bytes: &[u8]| -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(bytes)
+            .records()
+            .map(|r| r.expect("record").iter().map(str::to_owned).collect())
+            .collect()
+    };
+    let errors = world.out().join(format!("{}.age", file_names(day).errors));
+    let before = rows(&age_decrypt(&officer.identity, &csv).expect("decrypts"));
+    let errors_before = rows(&age_decrypt(&officer.identity, &errors).expect("decrypts"));
+    assert!(
+        errors_before.iter().any(|r| r[2] == "DEADLINE"),
+        "{errors_before:?}"
+    );
+    let deadline: Vec<&String> = before
+        .iter()
+        .filter(|r| r[9] == "Failed")
+        .map(|r| &r[0])
+        .collect();
+    assert!(!deadline.is_empty(), "the deadline left accounts Failed");
+    let chosen = before
+        .iter()
+        .find(|r| r[9] == "Successful")
+        .map(|r| r[0].clone())
+        .expect("a rated account");
+
+    world.sim.rerate();
+    rerun(&world, day, std::slice::from_ref(&chosen)).await;
+    let after = rows(&age_decrypt(&officer.identity, &csv).expect("decrypts"));
+    assert_eq!(after.len(), before.len());
+    for (b, a) in before.iter().zip(&after) {
+        if a[0] == chosen {
+            assert_ne!(a, b, "the chosen row is re-rated");
+        } else {
+            assert_eq!(a, b, "every other row as it was, the deadline's Failed rows too");
+        }
+    }
+    // The errors file still says why: DEADLINE, not "never scored".
+    let errors_after = rows(&age_decrypt(&officer.identity, &errors).expect("decrypts"));
+    assert_eq!(errors_after, errors_before);
+}
