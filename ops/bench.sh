@@ -7,6 +7,7 @@
 #                             # vendor answering 429 to 8% of first attempts whatever the rate
 #   ops/bench.sh million      # 1,000,000 accounts, batches of 100, the limit lifted
 #   ops/bench.sh two-days     # 1,000,000 accounts on two consecutive days (the second incremental)
+#   ops/bench.sh encrypted [N] # one day of N accounts (default 1,000,000), plaintext then age-encrypted
 #   ops/bench.sh kafka N      # the single-call 100,000-account day in Kafka mode, N scorers
 #   ops/bench.sh kafka-batch N # the batch day (50 req/s) in Kafka mode with N scorer processes
 #                             # (Kafka modes: a real broker and registry from ops/services/up.sh)
@@ -62,6 +63,54 @@ TOML
     grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
   done
   curl -s "http://127.0.0.1:$port/_sim/stats"; echo
+}
+
+# The cost of encrypting the outputs: one day of N accounts (default 1,000,000; batches, no
+# limit) against a standalone simulator, run by `esg run --once` in plaintext and then again with
+# [encryption] on fresh state; the encrypted ratings file, decrypted by the age CLI, must be the
+# plaintext file byte for byte.
+encrypted_day() {
+  local accounts="${1:-1000000}" port=18088
+  "$bin" simulator --listen "127.0.0.1:$port" --accounts "$accounts" --rate-limit 0 --latency-ms 20 \
+    > "$dir/sim.log" 2>&1 &
+  sim_pid=$!
+  trap 'kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
+  sleep 1
+  age-keygen -o "$dir/officer.key" 2>/dev/null
+  local recipient
+  recipient="$(age-keygen -y "$dir/officer.key")"
+  for mode in plaintext encrypted; do
+    cat > "$dir/$mode.toml" <<TOML
+[auth]
+token_url = "http://127.0.0.1:$port/oauth2/token"
+[accounts]
+url = "http://127.0.0.1:$port"
+client_id = "esg-accounts"
+client_secret = "accounts-secret"
+[esg_api]
+url = "http://127.0.0.1:$port"
+client_id = "esg-scorer"
+client_secret = "scorer-secret"
+rate_limit_per_second = 1000000
+max_in_flight = 64
+[output]
+dir = "$dir/$mode/out"
+[state]
+dir = "$dir/$mode/state"
+[log]
+level = "warn"
+TOML
+    if [[ $mode == encrypted ]]; then
+      printf '[encryption]\nrecipients = ["%s"]\n' "$recipient" >> "$dir/$mode.toml"
+    fi
+    echo "== esg run --once, $accounts accounts, $mode"
+    /usr/bin/time -v "$bin" run --once --config "$dir/$mode.toml" --business-date 2026-11-23 2> "$dir/time.txt"
+    grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
+    ls -l "$dir/$mode/out"
+  done
+  age -d -i "$dir/officer.key" "$dir/encrypted/out/FirmESGRatings_20261123.csv.age" \
+    | cmp - "$dir/plaintext/out/FirmESGRatings_20261123.csv" \
+    && echo "the decrypted ratings file is the plaintext file byte for byte"
 }
 
 # The 100,000-account day on Kafka: a standalone simulator with the settings of the embedded
@@ -158,6 +207,7 @@ case "${1:-hundred-thousand}" in
     --batch-size 1 --rate-limited-share 0.08 ;;
   million) run --accounts 1000000 --unlimited --max-in-flight 64 --latency-ms 20 ;;
   two-days) two_days ;;
+  encrypted) encrypted_day "${2:-1000000}" ;;
   hundred-thousand) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 --batch-size 1 ;;
   *) echo "unknown mode $1 (see the head of $0)" >&2; exit 2 ;;
 esac

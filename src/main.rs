@@ -280,6 +280,15 @@ struct SimulatorArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Whatever the umask the job is started with, nothing it creates is writable by its group or
+    // open to others: log files 0640, directories at most 0750 (outputs and stores set their
+    // own, closer modes on top).
+    #[cfg(unix)]
+    {
+        use rustix::fs::Mode;
+        let inherited = rustix::process::umask(Mode::from_raw_mode(0o027));
+        rustix::process::umask(inherited | Mode::from_raw_mode(0o027));
+    }
     // State stores and the embedded log serialise on one connection each, so more blocking
     // threads than this only wait on a mutex (and cost memory).
     let runtime = match tokio::runtime::Builder::new_multi_thread()

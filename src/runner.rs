@@ -352,7 +352,7 @@ impl Runner {
                     .map(|r| r.business_date.to_string())
                     .unwrap_or_else(|| "none".into());
                 return Err(Refused::Usage(format!(
-                    "the files of {business_date} are encrypted and cannot be read back, so a re-run rebuilds them from the job's state, which holds the rows of the latest day only (latest daily run: {latest}); re-run accounts of that day, or run {business_date} again whole (`esg run --once --business-date {business_date}`)"
+                    "the files of {business_date} are encrypted and cannot be read back, so a re-run rebuilds them from the job's state, which holds the rows of the latest day only (latest daily run: {latest}); re-run accounts of that day, or run {business_date} again whole (`esg run --once --full --business-date {business_date}`)"
                 ))
                 .into());
             }

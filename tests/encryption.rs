@@ -307,9 +307,8 @@ async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadlin
     config.esg_api.batch_size = 1;
     let offset = Arc::new(AtomicI64::new(0));
     let o = offset.clone();
-    let clock: esg_assembler::Clock = Arc::new(move || {
-        chrono::Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst))
-    });
+    let clock: esg_assembler::Clock =
+        Arc::new(move || chrono::Utc::now() + chrono::Duration::seconds(o.load(Ordering::SeqCst)));
     let runner = esg::runner::Runner::open(config, clock)
         .await
         .expect("opens");
@@ -319,7 +318,12 @@ async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadlin
         offset.store(86_400, Ordering::SeqCst);
     });
     runner
-        .run_daily(day, false, tokio_util::sync::CancellationToken::new(), |_| {})
+        .run_daily(
+            day,
+            false,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
         .await
         .expect("run ends");
     jump.await.expect("join");
@@ -361,7 +365,10 @@ async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadlin
         if a[0] == chosen {
             assert_ne!(a, b, "the chosen row is re-rated");
         } else {
-            assert_eq!(a, b, "every other row as it was, the deadline's Failed rows too");
+            assert_eq!(
+                a, b,
+                "every other row as it was, the deadline's Failed rows too"
+            );
         }
     }
     // The errors file still says why: DEADLINE, not "never scored".

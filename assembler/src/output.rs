@@ -481,9 +481,40 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
-/// Creates the output directory (mode 0750) if it is missing.
+/// Creates the output directory (mode 0750) if it is missing. An existing one that is more open
+/// (writable by its group, or open to others) is tightened to at most 0750, with a warning; one
+/// that cannot be (not the job's own) or that is a shared sticky directory such as `/tmp` is
+/// refused, and no file is written into it.
 pub(crate) fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
     if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let refuse = |why: String| OutputError::Io {
+                action: "use the output directory",
+                path: dir.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::PermissionDenied, why),
+            };
+            let mode = fs::metadata(dir)
+                .map_err(io_error("reading permissions of", dir))?
+                .permissions()
+                .mode()
+                & 0o7777;
+            if mode & 0o1000 != 0 {
+                return Err(refuse(format!(
+                    "it is a shared directory (mode {mode:o}) that others can write to: give the outputs a directory of their own"
+                )));
+            }
+            if mode & !DIR_MODE != 0 {
+                let tightened = mode & DIR_MODE;
+                fs::set_permissions(dir, fs::Permissions::from_mode(tightened)).map_err(|e| {
+                    refuse(format!(
+                        "it is open to others (mode {mode:o}) and cannot be tightened to {tightened:o}: {e}"
+                    ))
+                })?;
+                tracing::warn!(dir = %dir.display(), from = format!("{mode:o}"), to = format!("{tightened:o}"), "output directory was more open than 0750: tightened");
+            }
+        }
         return Ok(());
     }
     let mut builder = fs::DirBuilder::new();

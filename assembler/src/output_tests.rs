@@ -760,3 +760,36 @@ fn encrypted_files_hold_exactly_the_plaintext_files_bytes_and_nothing_plain_touc
     assert_eq!(names_in(sealed.path()).len(), 2);
     assert_eq!(fs::read(&sealed_written.csv).expect("read"), before);
 }
+
+#[test]
+fn an_output_directory_open_to_others_is_tightened_and_a_shared_one_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("tempdir");
+    let mode = |p: &Path| fs::metadata(p).expect("metadata").permissions().mode() & 0o7777;
+    let chmod =
+        |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).expect("chmod");
+
+    let open = root.path().join("open");
+    fs::create_dir(&open).expect("mkdir");
+    chmod(&open, 0o777);
+    let written = write_day(&open, &[ok_row("A", "a")]);
+    assert_eq!(mode(&open), 0o750, "tightened");
+    assert_eq!(mode(&written.csv), 0o640);
+
+    let private = root.path().join("private");
+    fs::create_dir(&private).expect("mkdir");
+    chmod(&private, 0o700);
+    write_day(&private, &[ok_row("A", "a")]);
+    assert_eq!(mode(&private), 0o700, "a closer directory is left as it is");
+
+    let shared = root.path().join("shared");
+    fs::create_dir(&shared).expect("mkdir");
+    chmod(&shared, 0o1777);
+    let err = OutputWriter::create(&shared, date(), &Protection::Plaintext).expect_err("shared");
+    assert!(err.to_string().contains("shared directory"), "{err}");
+    assert_eq!(
+        fs::read_dir(&shared).expect("list").count(),
+        0,
+        "nothing written"
+    );
+}

@@ -116,13 +116,10 @@ impl EmbeddedLog {
             path: path.display().to_string(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| {
-                    BusError::Other(format!("cannot create {}: {e}", parent.display()))
-                })?;
-            }
-        }
+        // Every record is in here: 0600 in a 0700 directory, like the stores.
+        crate::store::private_database(&path).map_err(|e| {
+            BusError::Other(format!("cannot create {} privately: {e}", path.display()))
+        })?;
         let writer = open_connection(&path).map_err(storage)?;
         writer.execute_batch(SCHEMA).map_err(storage)?;
         let reader = open_connection(&path).map_err(storage)?;

@@ -1,6 +1,10 @@
 //! A local SQLite state store for a stage (the producer's roster, the assembler's materialised
 //! scores): one connection behind a mutex, used from async code on the blocking pool, with the
 //! same durability settings as the embedded log (WAL, `synchronous=FULL`).
+//!
+//! The stores and the embedded log hold every account name and score: each database file (and
+//! its `-wal` and `-shm` files) is mode 0600 in a 0700 directory whatever the umask
+//! ([`private_database`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +35,73 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Mode of the directory that holds a database.
+#[cfg(unix)]
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of a database file and its companions.
+#[cfg(unix)]
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Makes `path`'s directory (created if missing; refused when it is a shared, sticky directory
+/// such as `/tmp`) 0700 and the database file (created empty if
+/// missing, as SQLite would) and its `-wal`, `-shm` and `-journal` files 0600, whatever the
+/// umask; a directory or file that was more open is tightened and said so. SQLite creates the
+/// companions later with the main file's mode, so they stay 0600.
+pub fn private_database(path: &Path) -> std::io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        if !parent.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR_MODE)
+                .create(parent)?;
+        }
+        let tighten = |p: &Path, mode: u32| -> std::io::Result<()> {
+            let now = std::fs::metadata(p)?.permissions().mode() & 0o777;
+            if now != mode {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
+                if now & !mode != 0 {
+                    tracing::warn!(path = %p.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "state file was more open than it may be: tightened");
+                }
+            }
+            Ok(())
+        };
+        let dir_mode = std::fs::metadata(parent)?.permissions().mode();
+        if dir_mode & 0o1000 != 0 {
+            // A shared directory (/tmp, say) is not the job's to close.
+            return Err(std::io::Error::other(format!(
+                "{} is a shared directory (mode {:o}): keep the job's databases in a directory of their own",
+                parent.display(),
+                dir_mode & 0o7777
+            )));
+        }
+        tighten(parent, PRIVATE_DIR_MODE)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(PRIVATE_FILE_MODE)
+            .open(path)?;
+        tighten(path, PRIVATE_FILE_MODE)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut companion = path.as_os_str().to_owned();
+            companion.push(suffix);
+            let companion = Path::new(&companion);
+            if companion.exists() {
+                tighten(companion, PRIVATE_FILE_MODE)?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(parent)?;
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating) the store at `path` and applies `schema` (idempotent DDL).
     pub fn open(path: &Path, schema: &str) -> Result<Self, StoreError> {
@@ -38,12 +109,8 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-            }
-        }
+        private_database(path)
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
         let conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -124,5 +191,53 @@ impl Store {
             ))
         })?;
         f(&mut conn).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_store_is_0600_in_a_0700_directory_and_an_open_one_is_tightened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let path = state.join("x.db");
+        let store = Store::open(&path, "CREATE TABLE IF NOT EXISTS t (a INTEGER);").expect("open");
+        store
+            .call_blocking(|c| c.execute("INSERT INTO t VALUES (1)", []))
+            .expect("write");
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        let wal = state.join("x.db-wal");
+        assert!(wal.exists(), "WAL mode");
+        assert_eq!(
+            mode(&wal),
+            0o600,
+            "SQLite gives the WAL the main file's mode"
+        );
+        // Someone opened them up (while the job runs): the next open closes them again.
+        for (p, m) in [(&state, 0o777), (&path, 0o666), (&wal, 0o644)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod");
+        }
+        let again = Store::open(&path, "").expect("reopen");
+        assert_eq!(
+            (mode(&state), mode(&path), mode(&wal)),
+            (0o700, 0o600, 0o600)
+        );
+        drop((store, again));
+
+        // A shared directory is refused, not closed.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = Store::open(&shared.join("x.db"), "").expect_err("shared");
+        assert!(err.to_string().contains("shared directory"), "{err}");
+        assert_eq!(mode(&shared), 0o777, "left as it was");
     }
 }

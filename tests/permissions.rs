@@ -1,0 +1,80 @@
+//! File modes whatever the umask: the `esg` binary started with umask 000 still writes its
+//! outputs 0640 in a 0750 directory, its stores and embedded log 0600 in a 0700 directory, and
+//! its log files 0640; and it says at start-up when the outputs are plaintext.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_umask_000_nothing_the_job_writes_is_open_to_others() {
+    let world = World::start(quiet_sim(40), "").await;
+    let logs = world.dir.path().join("logs");
+    world.replace_in_config(
+        "[state]",
+        &format!("[log]\ndir = \"{}\"\n\n[state]", logs.display()),
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" run --once --business-date 2026-11-23 --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_esg"))
+        .arg(&world.config_path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("esg runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("output files are written in PLAINTEXT"),
+        "plaintext mode is said at start-up: {said}"
+    );
+
+    let state = world.dir.path().join("state");
+    assert_eq!(mode(&state), 0o700, "state directory");
+    let mut databases = 0;
+    for entry in std::fs::read_dir(&state).expect("state") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.contains(".db") {
+            databases += 1;
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+    }
+    assert!(
+        databases >= 3,
+        "bus.db, producer.db, assembler.db and their WAL files"
+    );
+
+    let output = world.out();
+    assert_eq!(mode(&output), 0o750, "output directory");
+    for entry in std::fs::read_dir(&output).expect("out") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o640, "{}", path.display());
+    }
+    let mut log_files = 0;
+    for entry in std::fs::read_dir(&logs).expect("logs") {
+        let path = entry.expect("entry").path();
+        log_files += 1;
+        assert_eq!(mode(&path), 0o640, "{}", path.display());
+    }
+    assert!(log_files > 0, "a log file was written");
+    assert_eq!(mode(&logs) & 0o027, 0, "log directory not open to others");
+}
