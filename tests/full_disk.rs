@@ -19,7 +19,14 @@ impl Mount {
     fn tmpfs(path: &Path, size: &str) -> Option<Mount> {
         std::fs::create_dir_all(path).expect("mount point");
         let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            // A tmpfs is 1777 by default, a shared directory the job refuses for its outputs.
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0750"),
+                "tmpfs",
+            ])
             .arg(path)
             .status()
             .is_ok_and(|s| s.success());

@@ -505,8 +505,10 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
                     "it is a shared directory (mode {mode:o}) that others can write to: give the outputs a directory of their own"
                 )));
             }
-            if mode & !DIR_MODE != 0 {
-                let tightened = mode & DIR_MODE;
+            // The set-group-ID bit stays: it gives the files the directory's group.
+            let allowed = DIR_MODE | 0o2000;
+            if mode & !allowed != 0 {
+                let tightened = mode & allowed;
                 fs::set_permissions(dir, fs::Permissions::from_mode(tightened)).map_err(|e| {
                     refuse(format!(
                         "it is open to others (mode {mode:o}) and cannot be tightened to {tightened:o}: {e}"

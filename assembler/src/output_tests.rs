@@ -782,6 +782,16 @@ fn an_output_directory_open_to_others_is_tightened_and_a_shared_one_refused() {
     write_day(&private, &[ok_row("A", "a")]);
     assert_eq!(mode(&private), 0o700, "a closer directory is left as it is");
 
+    let grouped = root.path().join("grouped");
+    fs::create_dir(&grouped).expect("mkdir");
+    chmod(&grouped, 0o2775);
+    write_day(&grouped, &[ok_row("A", "a")]);
+    assert_eq!(
+        mode(&grouped),
+        0o2750,
+        "group write gone, set-group-ID kept"
+    );
+
     let shared = root.path().join("shared");
     fs::create_dir(&shared).expect("mkdir");
     chmod(&shared, 0o1777);
