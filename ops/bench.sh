@@ -28,6 +28,32 @@ run() {
   grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
 }
 
+# The job's configuration for a standalone simulator on PORT: the vendor at RATE req/s, outputs
+# and state under DIR; more sections may be appended.
+job_config() {
+  local port="$1" rate="$2" base="$3"
+  cat <<TOML
+[auth]
+token_url = "http://127.0.0.1:$port/oauth2/token"
+[accounts]
+url = "http://127.0.0.1:$port"
+client_id = "esg-accounts"
+client_secret = "accounts-secret"
+[output]
+dir = "$base/out"
+[state]
+dir = "$base/state"
+[log]
+level = "warn"
+[esg_api]
+url = "http://127.0.0.1:$port"
+client_id = "esg-scorer"
+client_secret = "scorer-secret"
+rate_limit_per_second = $rate
+max_in_flight = 64
+TOML
+}
+
 # Two consecutive days of a million accounts against a standalone simulator: the second day
 # finds nothing changed, calls the API for no account, and carries every score forward.
 two_days() {
@@ -37,26 +63,7 @@ two_days() {
   sim_pid=$!
   trap 'kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
   sleep 1
-  cat > "$dir/esg.toml" <<TOML
-[auth]
-token_url = "http://127.0.0.1:$port/oauth2/token"
-[accounts]
-url = "http://127.0.0.1:$port"
-client_id = "esg-accounts"
-client_secret = "accounts-secret"
-[esg_api]
-url = "http://127.0.0.1:$port"
-client_id = "esg-scorer"
-client_secret = "scorer-secret"
-rate_limit_per_second = 1000000
-max_in_flight = 64
-[output]
-dir = "$dir/out"
-[state]
-dir = "$dir/state"
-[log]
-level = "warn"
-TOML
+  job_config "$port" 1000000 "$dir" > "$dir/esg.toml"
   for day in 2026-11-23 2026-11-24; do
     echo "== esg run --once --business-date $day"
     /usr/bin/time -v "$bin" run --once --config "$dir/esg.toml" --business-date "$day" 2> "$dir/time.txt"
@@ -80,26 +87,7 @@ encrypted_day() {
   local recipient
   recipient="$(age-keygen -y "$dir/officer.key")"
   for mode in plaintext encrypted; do
-    cat > "$dir/$mode.toml" <<TOML
-[auth]
-token_url = "http://127.0.0.1:$port/oauth2/token"
-[accounts]
-url = "http://127.0.0.1:$port"
-client_id = "esg-accounts"
-client_secret = "accounts-secret"
-[esg_api]
-url = "http://127.0.0.1:$port"
-client_id = "esg-scorer"
-client_secret = "scorer-secret"
-rate_limit_per_second = 1000000
-max_in_flight = 64
-[output]
-dir = "$dir/$mode/out"
-[state]
-dir = "$dir/$mode/state"
-[log]
-level = "warn"
-TOML
+    job_config "$port" 1000000 "$dir/$mode" > "$dir/$mode.toml"
     if [[ $mode == encrypted ]]; then
       printf '[encryption]\nrecipients = ["%s"]\n' "$recipient" >> "$dir/$mode.toml"
     fi
@@ -144,24 +132,10 @@ TOML
   # The esg processes run under /usr/bin/time: signal time's child, so time reports.
   trap 'for p in "${pids[@]}"; do pkill -TERM -P "$p"; done; kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
   sleep 1
-  cat > "$dir/esg.toml" <<TOML
-[auth]
-token_url = "http://127.0.0.1:$port/oauth2/token"
-[accounts]
-url = "http://127.0.0.1:$port"
-client_id = "esg-accounts"
-client_secret = "accounts-secret"
-[esg_api]
-url = "http://127.0.0.1:$port"
-client_id = "esg-scorer"
-client_secret = "scorer-secret"
-rate_limit_per_second = $rate
-max_in_flight = 64
+  {
+    job_config "$port" "$rate" "$dir"
+    cat <<TOML
 batch_size = $batch_size
-[output]
-dir = "$dir/out"
-[state]
-dir = "$dir/state"
 [bus]
 kind = "kafka"
 topic_prefix = "$prefix."
@@ -171,9 +145,8 @@ group = "$prefix-scorer"
 bootstrap_servers = "$bootstrap"
 [kafka.schema_registry]
 url = "$registry"
-[log]
-level = "warn"
 TOML
+  } > "$dir/esg.toml"
   /usr/bin/time -v "$bin" assembler --config "$dir/esg.toml" > "$dir/assembler.log" 2> "$dir/assembler.time" &
   pids+=($!)
   for i in $(seq 1 "$scorers"); do
