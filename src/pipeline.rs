@@ -31,7 +31,12 @@ pub struct StateLock {
 impl StateLock {
     /// Takes `<state.dir>/<name>.lock`, or says which process holds it.
     pub fn acquire(config: &Config, name: &str) -> Result<Self> {
-        std::fs::create_dir_all(&config.state.dir)
+        // 0700 from the start: the stores opened in it next would tighten it anyway.
+        let mut dir = std::fs::DirBuilder::new();
+        dir.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+        dir.create(&config.state.dir)
             .with_context(|| format!("creating state dir {}", config.state.dir.display()))?;
         let path = config.state.dir.join(format!("{name}.lock"));
         let file = File::options()

@@ -30,7 +30,7 @@ async fn with_umask_000_nothing_the_job_writes_is_open_to_others() {
         .arg("umask 000; exec \"$0\" run --once --business-date 2026-11-23 --config \"$1\"")
         .arg(env!("CARGO_BIN_EXE_esg"))
         .arg(&world.config_path)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .output()
         .expect("esg runs");
     let said = format!(
@@ -42,6 +42,10 @@ async fn with_umask_000_nothing_the_job_writes_is_open_to_others() {
     assert!(
         said.contains("output files are written in PLAINTEXT"),
         "plaintext mode is said at start-up: {said}"
+    );
+    assert!(
+        !said.contains("tightened"),
+        "a fresh start creates everything closed, with nothing to tighten: {said}"
     );
 
     let state = world.dir.path().join("state");

@@ -66,7 +66,9 @@ pub fn private_database(path: &Path) -> std::io::Result<()> {
             if now != mode {
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))?;
                 if now & !mode != 0 {
-                    tracing::warn!(path = %p.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "state file was more open than it may be: tightened");
+                    // Expected on the first start in a directory made by the platform (0755):
+                    // the database files in it were never readable by others.
+                    tracing::info!(path = %p.display(), from = format!("{now:o}"), to = format!("{mode:o}"), "state directory or file was more open than it may be: tightened");
                 }
             }
             Ok(())
