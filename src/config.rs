@@ -60,6 +60,28 @@ pub enum ConfigError {
 pub struct AuthSection {
     /// OAuth 2.0 token endpoint (client credentials) for both APIs.
     pub token_url: String,
+    /// PEM bundle of the CA certificates that sign the token endpoint's certificate (the firm's
+    /// private CA); when set only these are trusted, not the system's. None: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate chain presented to the token endpoint (mutual TLS), with
+    /// `tls_client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_client_cert_file` (PKCS#8, RSA or EC); readable by the job only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key_file: Option<PathBuf>,
+}
+
+impl AuthSection {
+    /// The TLS files of this client, for [`esg_auth::tls::ClientTls::load`].
+    pub fn tls_files(&self) -> esg_auth::tls::TlsFiles<'_> {
+        esg_auth::tls::TlsFiles {
+            ca_file: self.tls_ca_file.as_deref(),
+            client_cert_file: self.tls_client_cert_file.as_deref(),
+            client_key_file: self.tls_client_key_file.as_deref(),
+        }
+    }
 }
 
 /// `[output]`.
@@ -429,17 +451,37 @@ impl Config {
     /// and what is wrong with it.
     fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, message: String| Err((key.to_owned(), message));
-        for (key, url) in [
-            ("auth.token_url", &self.auth.token_url),
-            ("accounts.url", &self.accounts.url),
-            ("esg_api.url", &self.esg_api.url),
+        for (section, url, files) in [
+            (
+                "auth.token_url",
+                &self.auth.token_url,
+                self.auth.tls_files(),
+            ),
+            (
+                "accounts.url",
+                &self.accounts.url,
+                self.accounts.tls_files(),
+            ),
+            ("esg_api.url", &self.esg_api.url, self.esg_api.tls_files()),
         ] {
+            let key = section;
+            let section = section.split_once('.').map_or(section, |(s, _)| s);
             // The URL itself is not echoed: it may carry credentials in its user-info part.
-            match reqwest::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-                Ok(_) => return bad(key, "must be an http:// or https:// URL".into()),
+            let parsed = match reqwest::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => u,
+                Ok(_) => return bad(key, "must be an https:// URL".into()),
                 Err(e) => return bad(key, format!("is not a URL: {e}")),
+            };
+            esg_auth::tls::check_transport(&parsed).map_err(|m| (key.to_owned(), m))?;
+            if parsed.scheme() == "http" && files.any() {
+                return bad(
+                    key,
+                    format!("is plain http:// but {section}.tls_* files are set; use https://"),
+                );
             }
+            // Read and checked now, so that a bad file is a configuration error naming its key.
+            esg_auth::tls::ClientTls::load(&files)
+                .map_err(|e| (format!("{section}.{}", e.key), e.message))?;
         }
         for (section, client_id, secret) in [
             (
@@ -566,7 +608,18 @@ impl Config {
             return bad("kafka.operation_timeout", "must be greater than zero");
         }
         match reqwest::Url::parse(&k.schema_registry.url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {
+                // The registry's credentials (user-info or password) never go out in clear.
+                let credentials = !u.username().is_empty()
+                    || k.schema_registry.username.is_some()
+                    || u.password().is_some()
+                    || k.schema_registry.password.is_some();
+                if credentials {
+                    if let Err(m) = esg_auth::tls::check_transport(&u) {
+                        return Err(("kafka.schema_registry.url".into(), m));
+                    }
+                }
+            }
             Ok(_) => return bad("kafka.schema_registry.url", "must be http or https"),
             Err(e) => {
                 return Err((
@@ -1064,6 +1117,42 @@ mod tests {
                 "url = \"nope\"\nclient_id = \"esg-scorer\"",
                 "esg_api.url",
                 "not a URL",
+            ),
+            (
+                "url = \"http://127.0.0.1:9\"\nclient_id = \"esg-scorer\"",
+                "url = \"http://esg-api.vendor.example\"\nclient_id = \"esg-scorer\"",
+                "esg_api.url",
+                "is plain http:// to esg-api.vendor.example",
+            ),
+            (
+                "token_url = \"http://127.0.0.1:9/oauth2/token\"",
+                "token_url = \"http://10.1.2.3/oauth2/token\"",
+                "auth.token_url",
+                "use https://",
+            ),
+            (
+                "url = \"http://127.0.0.1:9\"\nclient_id = \"esg-accounts\"",
+                "url = \"ftp://ams\"\nclient_id = \"esg-accounts\"",
+                "accounts.url",
+                "must be an https:// URL",
+            ),
+            (
+                "client_secret = \"accounts-secret\"",
+                "client_secret = \"accounts-secret\"\ntls_ca_file = \"/nonexistent/ca.pem\"",
+                "accounts.url",
+                "is plain http:// but accounts.tls_* files are set",
+            ),
+            (
+                "url = \"http://127.0.0.1:9\"\nclient_id = \"esg-accounts\"\nclient_secret = \"accounts-secret\"",
+                "url = \"https://127.0.0.1:9\"\nclient_id = \"esg-accounts\"\nclient_secret = \"accounts-secret\"\ntls_ca_file = \"/nonexistent/ca.pem\"",
+                "accounts.tls_ca_file",
+                "cannot read /nonexistent/ca.pem",
+            ),
+            (
+                "url = \"http://127.0.0.1:9\"\nclient_id = \"esg-scorer\"\nclient_secret = \"scorer-secret\"",
+                "url = \"https://127.0.0.1:9\"\nclient_id = \"esg-scorer\"\nclient_secret = \"scorer-secret\"\ntls_client_cert_file = \"/nonexistent/c.pem\"",
+                "esg_api.tls_client_key_file",
+                "must be set with tls_client_cert_file",
             ),
             (
                 "rate_limit_per_second = 50",

@@ -276,6 +276,26 @@ struct SimulatorArgs {
     /// Latency of each API call in milliseconds.
     #[arg(long)]
     latency_ms: Option<u64>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_generate")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate issued by a CA of this PEM bundle (mutual TLS).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve HTTPS with a new throwaway CA and certificates written to DIR (ca.pem for the
+    /// job's tls_ca_file, client.pem and client.key for mutual TLS); for stands and tests.
+    #[arg(long, value_name = "DIR")]
+    tls_generate: Option<PathBuf>,
+    /// A host name the generated server certificate is also valid for (loopback always is);
+    /// repeatable.
+    #[arg(long = "tls-name", value_name = "NAME", requires = "tls_generate")]
+    tls_names: Vec<String>,
+    /// With --tls-generate: require the generated client certificate (mutual TLS).
+    #[arg(long, requires = "tls_generate")]
+    tls_require_client_cert: bool,
 }
 
 fn main() -> ExitCode {
@@ -858,9 +878,12 @@ async fn simulator(args: SimulatorArgs) -> Result<u8> {
     if let Some(ms) = args.latency_ms {
         config.latency = Duration::from_millis(ms);
     }
-    let sim = esg_simulator::start(config, args.listen)
-        .await
-        .context("starting the simulator")?;
+    let tls = simulator_tls(&args)?;
+    let sim = match tls {
+        None => esg_simulator::start(config, args.listen).await,
+        Some(tls) => esg_simulator::start_tls(config, args.listen, tls).await,
+    }
+    .context("starting the simulator")?;
     say!(
         "simulator listening on {} (token endpoint {})",
         sim.url(),
@@ -870,4 +893,37 @@ async fn simulator(args: SimulatorArgs) -> Result<u8> {
     shutdown.cancelled().await;
     sim.shutdown();
     Ok(0)
+}
+
+/// The simulator's HTTPS settings from its flags, if any.
+fn simulator_tls(args: &SimulatorArgs) -> Result<Option<esg_simulator::tls::TlsServerConfig>> {
+    use esg_simulator::tls::{TestPki, TlsServerConfig};
+    if let Some(dir) = &args.tls_generate {
+        let pki = TestPki::generate("esg simulator CA", &args.tls_names)?;
+        let files = pki.write(dir).with_context(|| {
+            format!("writing the simulator's certificates to {}", dir.display())
+        })?;
+        say!(
+            "simulator certificates in {} (trust {})",
+            dir.display(),
+            files.ca.display()
+        );
+        let mut server = pki.server(args.tls_require_client_cert);
+        if let Some(ca) = &args.tls_client_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            server.client_ca_pem = Some(pem);
+        }
+        return Ok(Some(server));
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsServerConfig::from_files(
+            cert,
+            key,
+            args.tls_client_ca.as_deref(),
+        )?)),
+        _ if args.tls_client_ca.is_some() => {
+            anyhow::bail!("--tls-client-ca needs --tls-cert and --tls-key, or --tls-generate")
+        }
+        _ => Ok(None),
+    }
 }

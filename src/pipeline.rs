@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use chrono::{NaiveDate, Utc};
 use esg_assembler::encryption::Protection;
 use esg_assembler::{Assembler, AssemblerConfig, Clock};
+use esg_auth::tls::{ClientTls, TlsFiles};
 use esg_auth::TokenSource;
 use esg_bus::embedded::EmbeddedLog;
 use esg_bus::kafka::KafkaTransport;
@@ -60,14 +61,22 @@ impl StateLock {
     }
 }
 
-/// An HTTP client for one API: connect timeout, no redirects (a token must not follow one).
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// An HTTP client for one API: connect timeout, no redirects (a token must not follow one),
+/// TLS 1.2 or newer with the client's TLS files (private CA, client certificate).
+pub fn http_client(timeout: Duration, tls: &TlsFiles<'_>) -> Result<reqwest::Client> {
+    let tls = ClientTls::load(tls).map_err(|e| anyhow::anyhow!("{e}"))?;
+    tls.apply(reqwest::Client::builder())
         .connect_timeout(Duration::from_secs(10).min(timeout))
         .redirect(reqwest::redirect::Policy::none())
         .pool_max_idle_per_host(256)
         .build()
         .context("building the HTTP client")
+}
+
+/// The HTTP client of the token endpoint, with `[auth]`'s TLS files; `timeout` is the API's
+/// whose tokens it fetches.
+pub fn auth_http_client(config: &Config, timeout: Duration) -> Result<reqwest::Client> {
+    http_client(timeout, &config.auth.tls_files()).context("the token endpoint's client")
 }
 
 /// The configured transport with the pipeline's topics created (and, on Kafka, the value
@@ -127,8 +136,9 @@ pub fn accounts_tokens(config: &Config, http: reqwest::Client) -> TokenSource {
 
 /// The ESG API client with the tenant rate limiter.
 pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
-    let api_http = http_client(config.esg_api.timeout)?;
-    let api_tokens = Arc::new(esg_tokens(config, api_http.clone()));
+    let api_http = http_client(config.esg_api.timeout, &config.esg_api.tls_files())?;
+    let auth_http = auth_http_client(config, config.esg_api.timeout)?;
+    let api_tokens = Arc::new(esg_tokens(config, auth_http));
     let rate = NonZeroU32::new(config.esg_api.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
     let burst = config
         .esg_api
@@ -148,8 +158,9 @@ pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
 /// `esg_producer::store`).
 pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
-    let accounts_http = http_client(config.accounts.timeout)?;
-    let accounts_tokens = Arc::new(accounts_tokens(config, accounts_http.clone()));
+    let accounts_http = http_client(config.accounts.timeout, &config.accounts.tls_files())?;
+    let auth_http = auth_http_client(config, config.accounts.timeout)?;
+    let accounts_tokens = Arc::new(accounts_tokens(config, auth_http));
     let accounts = AccountsClient::new(accounts_http, config.accounts.clone(), accounts_tokens);
     Ok(Producer::new(
         bus.clone(),

@@ -201,11 +201,14 @@ fn mib(bytes: u64) -> String {
 /// The account system: a token, then the first page of one active account.
 async fn accounts_api(config: &Config) -> Vec<Check> {
     let timeout = config.accounts.timeout.min(Duration::from_secs(30));
-    let http = match pipeline::http_client(timeout) {
-        Ok(h) => h,
-        Err(e) => return vec![failed("account system token", format!("{e:#}"))],
+    let (http, auth_http) = match (
+        pipeline::http_client(timeout, &config.accounts.tls_files()),
+        pipeline::auth_http_client(config, timeout),
+    ) {
+        (Ok(h), Ok(a)) => (h, a),
+        (Err(e), _) | (_, Err(e)) => return vec![failed("account system token", format!("{e:#}"))],
     };
-    let tokens = pipeline::accounts_tokens(config, http.clone());
+    let tokens = pipeline::accounts_tokens(config, auth_http);
     let token = match tokens.token().await {
         Ok(t) => t,
         Err(e) => {
@@ -239,11 +242,14 @@ async fn accounts_api(config: &Config) -> Vec<Check> {
 /// The vendor: a token, then `GET /v1/health`.
 async fn esg_api(config: &Config) -> Vec<Check> {
     let timeout = config.esg_api.timeout.min(Duration::from_secs(30));
-    let http = match pipeline::http_client(timeout) {
-        Ok(h) => h,
-        Err(e) => return vec![failed("ESG API token", format!("{e:#}"))],
+    let (http, auth_http) = match (
+        pipeline::http_client(timeout, &config.esg_api.tls_files()),
+        pipeline::auth_http_client(config, timeout),
+    ) {
+        (Ok(h), Ok(a)) => (h, a),
+        (Err(e), _) | (_, Err(e)) => return vec![failed("ESG API token", format!("{e:#}"))],
     };
-    let tokens = pipeline::esg_tokens(config, http.clone());
+    let tokens = pipeline::esg_tokens(config, auth_http);
     let (token_check, token) = match tokens.token().await {
         Ok(t) => (passed("ESG API token", "issued".into()), Some(t)),
         Err(e) => (failed("ESG API token", e.to_string()), None),

@@ -1,5 +1,6 @@
 //! The scheduling artefacts in `ops/`: the systemd timers fire at 05:00 America/Chicago, and the
-//! Kubernetes CronJobs carry the settings the runbook relies on.
+//! Kubernetes CronJobs carry the settings the runbook relies on; and the compose stand's
+//! configuration is one the job accepts.
 
 use std::path::Path;
 use std::process::Command;
@@ -116,4 +117,31 @@ fn every_prometheus_alert_has_a_runbook_section() {
             "docs/operations.md has no section for {name}"
         );
     }
+}
+
+#[test]
+fn the_compose_configuration_is_valid_with_the_simulators_ca() {
+    // In compose the CA is the one the simulator makes at start in /certs; any CA file stands in.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki =
+        esg_simulator::tls::TestPki::generate("compose CA", &["simulator".into()]).expect("pki");
+    let files = pki.write(dir.path()).expect("files");
+    let ca = files.ca.to_str().expect("utf-8");
+    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["check-config", "--config", "compose/esg.toml"])
+        .current_dir(root())
+        .env("ESG__AUTH__TLS_CA_FILE", ca)
+        .env("ESG__ACCOUNTS__TLS_CA_FILE", ca)
+        .env("ESG__ESG_API__TLS_CA_FILE", ca)
+        .env("ESG__OUTPUT__DIR", dir.path().join("out"))
+        .env("ESG__STATE__DIR", dir.path().join("state"))
+        .output()
+        .expect("esg runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("url = \"https://simulator:8080\""), "{said}");
 }

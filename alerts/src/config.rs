@@ -310,7 +310,8 @@ pub(crate) fn check_duration(
     Ok(())
 }
 
-/// Parses an http(s) URL with a host.
+/// Parses an https URL with a host (http only to this host: an alert carries the run's figures,
+/// and a webhook URL often its token).
 pub(crate) fn check_http_url(key: &str, url: &str) -> Result<reqwest::Url, AlertConfigError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| AlertConfigError::invalid(key, format!("is not a URL: {e}")))?;
@@ -323,6 +324,7 @@ pub(crate) fn check_http_url(key: &str, url: &str) -> Result<reqwest::Url, Alert
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err(AlertConfigError::invalid(key, "has no host"));
     }
+    esg_auth::tls::check_transport(&parsed).map_err(|m| AlertConfigError::invalid(key, m))?;
     Ok(parsed)
 }
 
@@ -551,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_http_with_a_host() {
+    fn urls_must_be_https_with_a_host() {
         assert!(check_http_url("k", "https://events.pagerduty.com/v2/enqueue").is_ok());
         assert!(check_http_url("k", "http://127.0.0.1:9/x").is_ok());
         for bad in [
@@ -559,9 +561,14 @@ mod tests {
             "not a url",
             "file:///etc/passwd",
             "mailto:a@b.c",
+            "http://hooks.firm.example/T0/secret",
         ] {
             let err = check_http_url("alerts.webhook.url", bad).expect_err(bad);
             assert!(err.to_string().contains("alerts.webhook.url"), "{err}");
+            assert!(
+                !err.to_string().contains("secret"),
+                "the URL is not echoed: {err}"
+            );
         }
     }
 }

@@ -10,9 +10,11 @@
 //! caller waiting forever.
 //!
 //! Module [`http`] holds the HTTP helpers both API clients share (`Retry-After`, error chains,
-//! the account id pattern).
+//! the account id pattern); module [`tls`] the transport rules (https except to this machine) and
+//! a client's TLS files (private CA, client certificate).
 
 pub mod http;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;

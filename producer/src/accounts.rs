@@ -127,6 +127,16 @@ pub struct AccountsClientConfig {
     /// Default [`default_max_restarts`].
     #[serde(default = "default_max_restarts")]
     pub max_restarts: u32,
+    /// PEM bundle of the CA certificates that sign the account system's certificate (the firm's
+    /// private CA); when set only these are trusted, not the system's. None: the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// PEM certificate chain presented to the account system (mutual TLS), with `tls_client_key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_client_cert_file` (PKCS#8, RSA or EC); readable by the job only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_key_file: Option<std::path::PathBuf>,
 }
 
 /// Default `scope`: `accounts.read`.
@@ -178,6 +188,18 @@ impl AccountsClientConfig {
             backoff_base: default_backoff_base(),
             backoff_cap: default_backoff_cap(),
             max_restarts: default_max_restarts(),
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+        }
+    }
+
+    /// The TLS files of this client, for [`esg_auth::tls::ClientTls::load`].
+    pub fn tls_files(&self) -> esg_auth::tls::TlsFiles<'_> {
+        esg_auth::tls::TlsFiles {
+            ca_file: self.tls_ca_file.as_deref(),
+            client_cert_file: self.tls_client_cert_file.as_deref(),
+            client_key_file: self.tls_client_key_file.as_deref(),
         }
     }
 

@@ -29,6 +29,7 @@ mod listing;
 mod names;
 mod scores;
 mod state;
+pub mod tls;
 
 #[cfg(test)]
 mod http_tests;
@@ -134,6 +135,7 @@ impl SimStats {
 pub struct SimHandle {
     state: Arc<State>,
     addr: SocketAddr,
+    scheme: &'static str,
     stopped: CancellationToken,
 }
 
@@ -148,7 +150,26 @@ impl fmt::Debug for SimHandle {
 /// Starts the simulator on `listen` (`127.0.0.1:0` picks a free port) and returns once it
 /// accepts connections. It runs on the current tokio runtime until [`SimHandle::shutdown`].
 pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<SimHandle, SimError> {
+    start_with(config, listen, None).await
+}
+
+/// As [`start`], serving HTTPS only; with [`tls::TlsServerConfig::client_ca_pem`] set, only to
+/// clients with a certificate of that CA.
+pub async fn start_tls(
+    config: SimConfig,
+    listen: SocketAddr,
+    tls: tls::TlsServerConfig,
+) -> Result<SimHandle, SimError> {
+    start_with(config, listen, Some(tls)).await
+}
+
+async fn start_with(
+    config: SimConfig,
+    listen: SocketAddr,
+    tls: Option<tls::TlsServerConfig>,
+) -> Result<SimHandle, SimError> {
     config.validate()?;
+    let server_tls = tls.as_ref().map(tls::TlsServerConfig::rustls).transpose()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| SimError::Bind {
@@ -165,22 +186,53 @@ pub async fn start(config: SimConfig, listen: SocketAddr) -> Result<SimHandle, S
     let shutdown = state.shutdown.clone();
     let stopped = CancellationToken::new();
     let done = stopped.clone();
-    tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(%addr, error = %e, "simulator server failed");
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    match server_tls {
+        None => {
+            tokio::spawn(serve(listener, app, shutdown, done, addr));
         }
-        tracing::info!(%addr, "simulator stopped");
-        done.cancel();
-    });
-    tracing::info!(%addr, accounts, "simulator listening");
+        Some(config) => {
+            let listener =
+                tls::TlsListener::new(listener, config, shutdown.clone()).map_err(|source| {
+                    SimError::Bind {
+                        addr: listen,
+                        source,
+                    }
+                })?;
+            tokio::spawn(serve(listener, app, shutdown, done, addr));
+        }
+    }
+    tracing::info!(%addr, accounts, scheme, "simulator listening");
     Ok(SimHandle {
         state,
         addr,
+        scheme,
         stopped,
     })
+}
+
+async fn serve<L>(
+    listener: L,
+    app: Router,
+    shutdown: CancellationToken,
+    done: CancellationToken,
+    addr: SocketAddr,
+) where
+    L: axum::serve::Listener,
+    L::Addr: fmt::Debug,
+{
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(%addr, error = %e, "simulator server failed");
+    }
+    tracing::info!(%addr, "simulator stopped");
+    done.cancel();
 }
 
 fn router(state: Arc<State>) -> Router {
@@ -208,15 +260,19 @@ impl SimHandle {
         self.addr
     }
 
-    /// Base URL of both APIs, e.g. `http://127.0.0.1:41234` (a wildcard listen address is
-    /// given as loopback).
+    /// Base URL of both APIs, e.g. `http://127.0.0.1:41234`, or `https://` when started with
+    /// [`start_tls`] (a wildcard listen address is given as loopback).
     pub fn url(&self) -> String {
         let ip = match self.addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        format!("http://{}", SocketAddr::new(ip, self.addr.port()))
+        format!(
+            "{}://{}",
+            self.scheme,
+            SocketAddr::new(ip, self.addr.port())
+        )
     }
 
     /// The token endpoint: `url() + "/oauth2/token"`.

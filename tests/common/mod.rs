@@ -131,7 +131,11 @@ pub fn read_csv(path: &Path) -> Vec<Vec<String>> {
 
 /// Ids of the ACTIVE accounts of the simulator, asked through its own API.
 pub async fn active_ids(sim: &SimHandle) -> Vec<String> {
-    let http = reqwest::Client::new();
+    active_ids_with(sim, reqwest::Client::new()).await
+}
+
+/// As [`active_ids`], with the given client (one that trusts an HTTPS simulator, say).
+pub async fn active_ids_with(sim: &SimHandle, http: reqwest::Client) -> Vec<String> {
     let token: serde_json::Value = http
         .post(sim.token_url())
         .form(&[
