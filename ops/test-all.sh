@@ -47,7 +47,10 @@ if [[ "${ESG_TEST_USE_DOCKER:-0}" != 1 ]]; then
   trap './ops/services/down.sh >/dev/null 2>&1 || true' EXIT
   ESG_TEST_KAFKA_BOOTSTRAP="$(sed -n 's/^KAFKA_BOOTSTRAP=//p' <<<"$services")"
   ESG_TEST_SCHEMA_REGISTRY_URL="$(sed -n 's/^SCHEMA_REGISTRY_URL=//p' <<<"$services")"
+  ESG_TEST_KAFKA_SSL_BOOTSTRAP="$(sed -n 's/^KAFKA_SSL_BOOTSTRAP=//p' <<<"$services")"
+  ESG_TEST_KAFKA_TLS_DIR="$(sed -n 's/^KAFKA_TLS_DIR=//p' <<<"$services")"
   export ESG_TEST_KAFKA_BOOTSTRAP ESG_TEST_SCHEMA_REGISTRY_URL
+  export ESG_TEST_KAFKA_SSL_BOOTSTRAP ESG_TEST_KAFKA_TLS_DIR
   echo "   Kafka at $ESG_TEST_KAFKA_BOOTSTRAP, schema registry at $ESG_TEST_SCHEMA_REGISTRY_URL"
 fi
 

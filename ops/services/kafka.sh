@@ -12,15 +12,20 @@
 #   kafka.sh --help
 #
 # `start` formats the storage the first time only, starts the nodes and returns once every node
-# answers a metadata request and (3 nodes) every broker is registered. It then prints exactly one
-# line on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:P1,...`; progress goes to stderr. Starting a cluster
-# that is already running just waits for it to be ready and prints the same line.
+# answers a metadata request and (3 nodes) every broker is registered. It then prints three lines
+# on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:P1,...`, `KAFKA_SSL_BOOTSTRAP=...` and `KAFKA_TLS_DIR=...`;
+# progress goes to stderr. Starting a cluster that is already running just waits for it to be
+# ready and prints the same lines.
 # --fresh deletes the cluster in DIR (topics, offsets) before starting; it must be stopped.
 # `start-node` returns once node N answers and lists every running node: it is a registered,
 # unfenced broker again, though its replicas may still be catching up (wait for the ISR in the
 # test if it matters).
-# Node i serves clients on P+i-1 and its controller on P+100+i-1 (P: 9092 for 1 node, 19092 for 3).
-# Files: DIR/cluster.env (nodes, port, cluster id), DIR/node-N/{server.properties,
+# Node i serves clients on P+i-1 (PLAINTEXT), on P+200+i-1 over TLS (listener SSL, mutual TLS:
+# a client certificate of the test CA is required) and its controller on P+100+i-1 (P: 9092 for
+# 1 node, 19092 for 3). `start` also prints `KAFKA_SSL_BOOTSTRAP=127.0.0.1:P+200,...` and
+# `KAFKA_TLS_DIR=DIR/tls`, which holds ca.pem (the CA to trust), client.pem and client.key (a
+# client certificate it issued), made with openssl the first time.
+# Files: DIR/cluster.env (nodes, port, cluster id), DIR/tls/, DIR/node-N/{server.properties,
 # log4j2.properties, server.log, stdout.log, pid, data/}.
 # Default DIR: <repo>/target/services/run/kafka-<nodes>. Without --dir/--nodes, stop and status act
 # on both default clusters; kill-node and start-node act on the 3-node one.
@@ -35,6 +40,7 @@ kafka_version="${KAFKA_VERSION:-4.3.1}"
 libs="$services/kafka-$kafka_version/libs"
 heap_opts="${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 controller_offset=100
+ssl_offset=200
 launched=() # pids of the nodes started by this invocation, stopped again if start-up fails
 
 # True while process $1 exists and is not a zombie (an unreaped zombie counts as stopped).
@@ -79,6 +85,46 @@ read_record() {
 
 client_port() { echo $((port + $1 - 1)); }
 controller_port() { echo $((port + controller_offset + $1 - 1)); }
+ssl_port() { echo $((port + ssl_offset + $1 - 1)); }
+
+ssl_bootstrap() {
+  local i out=""
+  for ((i = 1; i <= nodes; i++)); do out+="${out:+,}127.0.0.1:$(ssl_port "$i")"; done
+  echo "$out"
+}
+
+# A test CA, the brokers' certificate (127.0.0.1, localhost) as a PEM key store, and a client
+# certificate, in DIR/tls; made once (P-256 keys, 10 years).
+make_tls() {
+  local tls="$dir/tls"
+  [[ -s "$tls/broker-keystore.pem" && -s "$tls/client.key" ]] && return 0
+  log "making the test CA and certificates in $tls"
+  mkdir -p "$tls"
+  chmod 0700 "$tls"
+  (
+    cd "$tls"
+    umask 077
+    ec() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+    ec ca.key
+    openssl req -x509 -new -key ca.key -subj "/CN=esg test Kafka CA" -days 3650 \
+      -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -out ca.pem
+    issue() { # name, subject, extensions
+      ec "$1.key"
+      openssl req -new -key "$1.key" -subj "$2" -out "$1.csr"
+      printf '%s\n' "$3" >"$1.ext"
+      openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+        -extfile "$1.ext" -out "$1.pem"
+      rm -f "$1.csr" "$1.ext"
+    }
+    issue broker "/CN=localhost" "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth,clientAuth"
+    issue client "/CN=esg" "extendedKeyUsage=clientAuth"
+    # Kafka's PEM key store: the unencrypted PKCS#8 key, then the certificate chain.
+    cat broker.key broker.pem ca.pem >broker-keystore.pem
+    chmod 0644 ca.pem client.pem
+  ) >>"$dir/tls.log" 2>&1 || { tail -n 20 "$dir/tls.log" >&2; die "making the test certificates failed"; }
+}
 
 bootstrap() {
   local i out=""
@@ -96,9 +142,17 @@ write_node_config() {
 process.roles=broker,controller
 node.id=$i
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$(client_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i")
-advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$i")
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$(client_port "$i"),CONTROLLER://127.0.0.1:$(controller_port "$i"),SSL://127.0.0.1:$(ssl_port "$i")
+advertised.listeners=PLAINTEXT://127.0.0.1:$(client_port "$i"),SSL://127.0.0.1:$(ssl_port "$i")
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL
+
+# The SSL listener: PEM key and trust stores, a client certificate of the test CA required.
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$dir/tls/broker-keystore.pem
+listener.name.ssl.ssl.truststore.type=PEM
+listener.name.ssl.ssl.truststore.location=$dir/tls/ca.pem
+listener.name.ssl.ssl.client.auth=required
+listener.name.ssl.ssl.enabled.protocols=TLSv1.3,TLSv1.2
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$node_dir/data
@@ -173,9 +227,10 @@ ensure_libs() {
 
 launch_node() {
   local i="$1" node_dir="$dir/node-$1" p
-  for p in "$(client_port "$i")" "$(controller_port "$i")"; do
+  for p in "$(client_port "$i")" "$(controller_port "$i")" "$(ssl_port "$i")"; do
     port_in_use "$p" && die "port $p (node $i) is already in use by another process"
   done
+  make_tls
   write_node_config "$i"
   if [[ ! -f "$node_dir/data/meta.properties" ]]; then
     log "formatting node $i storage (cluster id $cluster_id)"
@@ -269,7 +324,7 @@ cmd_start() {
       node_pid "$i" >/dev/null && die "--fresh: a node is running in $dir; stop it first"
     done
     log "--fresh: removing the cluster in $dir"
-    rm -rf "$dir"/node-* "$dir/cluster.env"
+    rm -rf "$dir"/node-* "$dir/cluster.env" "$dir/tls" "$dir/tls.log"
     read_record "$dir"
   fi
   if [[ -n "$rec_nodes" ]]; then
@@ -305,6 +360,8 @@ cmd_start() {
     log "cluster already running in $dir"
   fi
   echo "KAFKA_BOOTSTRAP=$(bootstrap)"
+  echo "KAFKA_SSL_BOOTSTRAP=$(ssl_bootstrap)"
+  echo "KAFKA_TLS_DIR=$dir/tls"
 }
 
 cmd_stop() {

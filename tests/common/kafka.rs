@@ -17,6 +17,14 @@ use std::sync::OnceLock;
 pub struct Services {
     pub bootstrap: String,
     pub registry: String,
+    /// The brokers' TLS listener (mutual TLS) and the directory of its test CA (`ca.pem`) and
+    /// client certificate (`client.pem`, `client.key`); the project's services only.
+    pub tls: Option<KafkaTls>,
+}
+
+pub struct KafkaTls {
+    pub bootstrap: String,
+    pub dir: PathBuf,
 }
 
 static SERVICES: OnceLock<Services> = OnceLock::new();
@@ -32,9 +40,20 @@ pub fn services() -> &'static Services {
             std::env::var("ESG_TEST_KAFKA_BOOTSTRAP"),
             std::env::var("ESG_TEST_SCHEMA_REGISTRY_URL"),
         ) {
+            let tls = match (
+                std::env::var("ESG_TEST_KAFKA_SSL_BOOTSTRAP"),
+                std::env::var("ESG_TEST_KAFKA_TLS_DIR"),
+            ) {
+                (Ok(bootstrap), Ok(dir)) => Some(KafkaTls {
+                    bootstrap,
+                    dir: dir.into(),
+                }),
+                _ => None,
+            };
             return Services {
                 bootstrap,
                 registry,
+                tls,
             };
         }
         if docker_available() {
@@ -59,6 +78,10 @@ pub fn services() -> &'static Services {
         Services {
             bootstrap: var("KAFKA_BOOTSTRAP"),
             registry: var("SCHEMA_REGISTRY_URL"),
+            tls: Some(KafkaTls {
+                bootstrap: var("KAFKA_SSL_BOOTSTRAP"),
+                dir: var("KAFKA_TLS_DIR").into(),
+            }),
         }
     })
 }
@@ -158,6 +181,7 @@ mod containers {
         Services {
             bootstrap,
             registry: url,
+            tls: None,
         }
     }
 }
