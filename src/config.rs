@@ -16,6 +16,8 @@ mod env;
 #[cfg(test)]
 mod keys;
 mod messages;
+mod secrets;
+pub use secrets::SecretSource;
 
 pub use env::ENV_PREFIX;
 pub use esg_producer::accounts::AccountsClientConfig;
@@ -384,6 +386,10 @@ pub struct Config {
     pub scorer: esg_scorer::ScorerConfig,
     #[serde(default)]
     pub log: LogSection,
+    /// Where each secret came from (file, environment, configuration file), for
+    /// `esg check-config`; never the value.
+    #[serde(skip)]
+    pub secret_sources: Vec<SecretSource>,
 }
 
 impl Config {
@@ -416,7 +422,14 @@ impl Config {
                 message,
             }
         })?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let credentials_dir = env
+            .iter()
+            .find(|(k, v)| k == "CREDENTIALS_DIRECTORY" && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v));
         let sources = env::apply(&mut table, env)?;
+        let files = secrets::read_files(&mut table, credentials_dir.as_deref())
+            .map_err(|(key, message)| blame(origin, key, message, &sources))?;
         let mut retyped: Vec<usize> = Vec::new();
         let config = loop {
             match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(table.clone())) {
@@ -441,6 +454,27 @@ impl Config {
                 }
             }
         };
+        let mut secret_keys = Vec::new();
+        secrets::secret_keys(&table, &mut Vec::new(), &mut secret_keys);
+        let secret_sources = secret_keys
+            .into_iter()
+            .map(|key| {
+                let from = if let Some((_, file)) = files.iter().find(|(k, _)| *k == key) {
+                    format!("file {}", file.display())
+                } else if let Some(s) = sources.iter().rev().find(|s| s.covers(&key)) {
+                    format!("environment {}", s.var)
+                } else {
+                    format!("configuration file {origin}")
+                };
+                SecretSource {
+                    key: join_key(&key),
+                    from,
+                }
+            })
+            .collect();
+        secrets::wipe(&mut table, &mut Vec::new());
+        let mut config = config;
+        config.secret_sources = secret_sources;
         config
             .validate()
             .map_err(|(key, message)| blame(origin, split_key(&key), message, &sources))?;
@@ -505,7 +539,10 @@ impl Config {
                 );
                 return bad(
                     &format!("{section}.client_secret"),
-                    format!("must be set (in the file, or better in the environment as {var})"),
+                    format!(
+                        "must be set (as {section}.client_secret_file, a file of mode 0600, \
+                         or in the environment as {var})"
+                    ),
                 );
             }
         }

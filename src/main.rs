@@ -505,6 +505,12 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::CheckConfig(args) => {
             let config = Config::load(&args.config.config)?;
             say!("{}", config.to_masked_toml());
+            if !config.secret_sources.is_empty() {
+                say!("# secrets (values never shown), each from:");
+                for s in &config.secret_sources {
+                    say!("#   {} <- {}", s.key, s.from);
+                }
+            }
             say!("# configuration OK");
             if !args.connect {
                 return Ok(0);

@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// A secret that is never printed: `Debug` and `Display` show `***`.
-#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+/// A secret that is never printed: `Debug` and `Display` show `***`; its memory is overwritten
+/// when it is dropped.
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, zeroize::ZeroizeOnDrop)]
 #[serde(transparent)]
 pub struct Secret(String);
 
