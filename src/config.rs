@@ -92,6 +92,31 @@ impl AuthSection {
 pub struct OutputSection {
     /// Where the day's files are written.
     pub dir: PathBuf,
+    /// The group that may read the outputs (a name, or a numeric gid): the output directory is
+    /// given to it with the set-group-ID bit, so every file written there is of that group
+    /// (mode 0640). Unset: the directory's group as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl OutputSection {
+    /// The gid of `group`, looked up through the system's name service (files, LDAP, ...).
+    pub fn gid(&self) -> Result<Option<u32>, String> {
+        let Some(group) = self.group.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if group.is_empty() {
+            return Err("is empty: name a group, or leave the key out".into());
+        }
+        if let Ok(gid) = group.parse::<u32>() {
+            return Ok(Some(gid));
+        }
+        match nix::unistd::Group::from_name(group) {
+            Ok(Some(g)) => Ok(Some(g.gid.as_raw())),
+            Ok(None) => Err(format!("no group {group:?} on this machine")),
+            Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+        }
+    }
 }
 
 /// `[encryption]`: the outputs are age-encrypted to these recipients (X25519, `age1…`); without
@@ -546,6 +571,9 @@ impl Config {
                 );
             }
         }
+        self.output
+            .gid()
+            .map_err(|m| ("output.group".to_owned(), m))?;
         let ratio = self.accounts.min_active_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return bad(

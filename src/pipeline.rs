@@ -176,6 +176,12 @@ pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assemb
     let protection = config
         .protection()
         .map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
+    let gid = config
+        .output
+        .gid()
+        .map_err(|message| anyhow::anyhow!("key `output.group`: {message}"))?;
+    esg_assembler::output::prepare_dir(&config.output.dir, gid)
+        .with_context(|| format!("output directory {}", config.output.dir.display()))?;
     match &protection {
         Protection::Plaintext => tracing::warn!(
             dir = %config.output.dir.display(),

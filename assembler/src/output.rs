@@ -532,6 +532,41 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
+/// Creates the output directory if missing and checks an existing one (as the writers do:
+/// 0750, tightened or refused); with `gid`, gives it to that group with the set-group-ID bit
+/// (mode 2750), so that every output written there is of that group. The job's user must own
+/// the directory and be a member of the group (or be root).
+pub fn prepare_dir(dir: &Path, gid: Option<u32>) -> Result<(), OutputError> {
+    ensure_dir(dir)?;
+    #[cfg(unix)]
+    if let Some(gid) = gid {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = fs::metadata(dir).map_err(io_error("reading permissions of", dir))?;
+        if meta.gid() != gid {
+            std::os::unix::fs::chown(dir, None, Some(gid)).map_err(|e| OutputError::Io {
+                action: "give the output directory to [output] group",
+                path: dir.to_path_buf(),
+                source: io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e} (gid {gid}: the job's user must own the directory and be a member of the group)"
+                    ),
+                ),
+            })?;
+            tracing::info!(dir = %dir.display(), from = meta.gid(), to = gid, "output directory given to its group");
+        }
+        let mode = meta.mode() & 0o7777;
+        let wanted = DIR_MODE | 0o2000;
+        if mode != wanted {
+            fs::set_permissions(dir, fs::Permissions::from_mode(wanted))
+                .map_err(io_error("setting permissions of", dir))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = gid;
+    Ok(())
+}
+
 /// Writes `bytes` as the output `name` in `dir` atomically (temporary file, fsync, rename,
 /// directory fsync), encrypted as `protection` says (then named `name.age`).
 pub(crate) fn write_file_atomically(
