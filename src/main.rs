@@ -82,6 +82,14 @@ enum Command {
     Simulator(SimulatorArgs),
     /// Check a configuration file and print the effective configuration (secrets masked).
     CheckConfig(CheckConfigArgs),
+    /// Re-encrypt kept encrypted outputs (*.age) to the current `[encryption]` recipients,
+    /// after a recipients change (a new officer, a key withdrawn).
+    ///
+    /// Each file is decrypted with --identity (an age identity file of a current recipient of
+    /// that file) and encrypted again as it streams into a temporary file that replaces the
+    /// original: no plaintext touches the disk, and a file that fails is left as it was. Takes
+    /// the assembler's lock: not while a run is writing. Exit 1 when any file failed.
+    Reencrypt(ReencryptArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +186,19 @@ struct StatusArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ReencryptArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// An age identity file (`age-keygen` output) that decrypts the kept files.
+    #[arg(long, short, value_name = "FILE")]
+    identity: PathBuf,
+    /// Only the outputs of this business date; repeatable. Default: every encrypted output in
+    /// the output directory.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: Vec<NaiveDate>,
 }
 
 #[derive(Args)]
@@ -464,6 +485,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(code)
         }
+        Command::Reencrypt(args) => reencrypt(args),
         Command::Status(args) => {
             let config = Config::load(&args.config.config)?;
             let _log = esg::telemetry::init_text("warn");
@@ -899,6 +921,87 @@ async fn simulator(args: SimulatorArgs) -> Result<u8> {
     shutdown.cancelled().await;
     sim.shutdown();
     Ok(0)
+}
+
+/// `esg reencrypt`: every kept encrypted output (or those of the dates asked for) to the current
+/// recipients.
+fn reencrypt(args: ReencryptArgs) -> Result<u8> {
+    let config = Config::load(&args.config.config)?;
+    let _log = esg::telemetry::init_text("warn");
+    let protection = config
+        .protection()
+        .map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;
+    if !protection.is_encrypted() {
+        anyhow::bail!(
+            "there is no [encryption] section in {}: no recipients to re-encrypt to",
+            args.config.config.display()
+        );
+    }
+    let identities = age::IdentityFile::from_file(args.identity.display().to_string())
+        .map_err(|e| anyhow::anyhow!("identity file {}: {e}", args.identity.display()))?
+        .into_identities()
+        .map_err(|e| anyhow::anyhow!("identity file {}: {e}", args.identity.display()))?;
+    let _lock = esg::pipeline::StateLock::acquire(&config, "assembler")?;
+    let dir = &config.output.dir;
+    let stems: Vec<String> = args
+        .business_date
+        .iter()
+        .map(|d| format!("FirmESGRatings_{}", d.format("%Y%m%d")))
+        .collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the output directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("FirmESGRatings_")
+                    && n.ends_with(esg_assembler::encryption::AGE_SUFFIX)
+                    && (stems.is_empty()
+                        || stems.iter().any(|s| {
+                            n.starts_with(&format!("{s}_")) || n.starts_with(&format!("{s}."))
+                        }))
+            })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        say!("no encrypted outputs to re-encrypt in {}", dir.display());
+        return Ok(if stems.is_empty() { 0 } else { 1 });
+    }
+    let recipients = match &protection {
+        esg_assembler::encryption::Protection::Age(r) => r.len(),
+        esg_assembler::encryption::Protection::Plaintext => 0,
+    };
+    let (mut done, mut failed) = (0, 0);
+    for (i, path) in files.iter().enumerate() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        match esg_assembler::output::reencrypt(path, &identities, &protection) {
+            Ok(bytes) => {
+                done += 1;
+                say!(
+                    "[{}/{}] re-encrypted {name} ({bytes} bytes)",
+                    i + 1,
+                    files.len()
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                say!("[{}/{}] FAILED {name}: {e}", i + 1, files.len());
+            }
+        }
+    }
+    say!(
+        "re-encrypted {done} of {} file(s) to {recipients} recipient(s){}",
+        files.len(),
+        if failed > 0 {
+            format!("; {failed} failed and were left as they were")
+        } else {
+            String::new()
+        }
+    );
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// The simulator's HTTPS settings from its flags, if any.

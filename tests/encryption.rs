@@ -375,3 +375,115 @@ async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadlin
     let errors_after = rows(&age_decrypt(&officer.identity, &errors).expect("decrypts"));
     assert_eq!(errors_after, errors_before);
 }
+
+fn esg_reencrypt(world: &World, identity: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
+        .args(["reencrypt", "--config"])
+        .arg(&world.config_path)
+        .arg("--identity")
+        .arg(identity)
+        .args(extra)
+        .output()
+        .expect("esg runs");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_moves_kept_files_to_the_new_recipients_without_plaintext_on_disk() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let leaving = keygen(keys.path(), "leaving");
+    let joining = keygen(keys.path(), "joining");
+    let stranger = keygen(keys.path(), "stranger");
+    let world = World::start(
+        sim(),
+        &format!("[encryption]\nrecipients = [\"{}\"]\n", leaving.recipient),
+    )
+    .await;
+    let days = [date("2026-11-23"), date("2026-11-24")];
+    for day in days {
+        run_day(&world, day).await;
+    }
+    let listed = names_in(&world.out());
+    let files: Vec<PathBuf> = listed.iter().map(|n| world.out().join(n)).collect();
+    assert!(files.len() >= 6, "two days of outputs: {listed:?}");
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| age_decrypt(&leaving.identity, f).expect("decrypts"))
+        .collect();
+
+    // The recipients change: the next file is for the new officer; the kept ones follow with
+    // `esg reencrypt`, decrypted by the old officer's identity.
+    world.replace_in_config(&leaving.recipient, &joining.recipient);
+
+    // An identity that opens none of them changes nothing.
+    let untouched: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
+    let (code, said) = esg_reencrypt(&world, &stranger.identity, &[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("cannot decrypt"), "{said}");
+    for (f, bytes) in files.iter().zip(&untouched) {
+        assert_eq!(
+            &std::fs::read(f).expect("read"),
+            bytes,
+            "{} left as it was",
+            f.display()
+        );
+    }
+
+    // A damaged file fails alone; the others go through.
+    let damaged = &files[0];
+    let mut bytes = std::fs::read(damaged).expect("read");
+    let at = bytes.len() - 20;
+    bytes[at] ^= 0x01;
+    std::fs::write(damaged, &bytes).expect("write");
+    let (code, said) = esg_reencrypt(&world, &leaving.identity, &[]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("FAILED") && said.contains("damaged"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(damaged).expect("read"),
+        bytes,
+        "the damaged file is left"
+    );
+    assert_eq!(
+        names_in(&world.out()),
+        listed,
+        "no temporary or plaintext file is left"
+    );
+    for (f, plain) in files.iter().zip(&before).skip(1) {
+        assert_eq!(
+            &age_decrypt(&joining.identity, f).expect("the new officer reads it"),
+            plain,
+            "{}: the same content",
+            f.display()
+        );
+        assert!(
+            age_decrypt(&leaving.identity, f).is_err(),
+            "{}: the old officer no longer can",
+            f.display()
+        );
+    }
+
+    // One date only, by name.
+    let (code, said) = esg_reencrypt(
+        &world,
+        &joining.identity,
+        &["--business-date", "2026-11-24"],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("FirmESGRatings_20261124") && !said.contains("FirmESGRatings_20261123"),
+        "{said}"
+    );
+}

@@ -567,6 +567,68 @@ pub fn prepare_dir(dir: &Path, gid: Option<u32>) -> Result<(), OutputError> {
     Ok(())
 }
 
+/// Re-encrypts the encrypted output at `path` (`*.age`) to the recipients of `protection`,
+/// decrypting it with one of `identities`: age stream into age stream, into a temporary file in
+/// the same directory that then replaces the original, so no plaintext touches the disk and the
+/// original stays as it was on any failure (no matching identity, a damaged file, a full disk).
+/// Returns the length of the content.
+pub fn reencrypt(
+    path: &Path,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    protection: &Protection,
+) -> Result<u64, OutputError> {
+    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
+        action: "re-encrypt",
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    };
+    if !protection.is_encrypted() {
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "there is no [encryption] section: no recipients to encrypt to".into(),
+        ));
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "not a file name".into(),
+        ));
+    };
+    if !name.ends_with(crate::encryption::AGE_SUFFIX) {
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "not an encrypted output (*.age)".into(),
+        ));
+    }
+    let input = File::open(path).map_err(io_error("opening", path))?;
+    let decryptor = age::Decryptor::new_buffered(io::BufReader::new(input))
+        .map_err(|e| refuse(io::ErrorKind::InvalidData, format!("not an age file: {e}")))?;
+    let mut plain = decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| {
+            refuse(
+                io::ErrorKind::PermissionDenied,
+                format!("cannot decrypt: {e}"),
+            )
+        })?;
+    let (pending, file) = PendingFile::create(dir, name)?;
+    let mut out = protection
+        .sink(file)
+        .map_err(io_error("writing", &pending.temp))?;
+    // A damaged chunk fails here, on read; the temporary file is then removed.
+    let length = io::copy(&mut plain, &mut out).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => refuse(
+            io::ErrorKind::InvalidData,
+            format!("damaged (an age chunk does not authenticate): {e}"),
+        ),
+        _ => io_error("re-encrypting into", &pending.temp)(e),
+    })?;
+    pending.seal(out)?;
+    pending.persist()?;
+    sync_dir(dir)?;
+    Ok(length)
+}
+
 /// Writes `bytes` as the output `name` in `dir` atomically (temporary file, fsync, rename,
 /// directory fsync), encrypted as `protection` says (then named `name.age`).
 pub(crate) fn write_file_atomically(
