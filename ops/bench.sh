@@ -8,6 +8,8 @@
 #   ops/bench.sh million      # 1,000,000 accounts, batches of 100, the limit lifted
 #   ops/bench.sh two-days     # 1,000,000 accounts on two consecutive days (the second incremental)
 #   ops/bench.sh encrypted [N] # one day of N accounts (default 1,000,000), plaintext then age-encrypted
+#   ops/bench.sh state-encrypted [N] # one day of N accounts (default 1,000,000), plaintext stores
+#                             # then SQLCipher-encrypted stores ([state] encryption_key_file)
 #   ops/bench.sh kafka N      # the single-call 100,000-account day in Kafka mode, N scorers
 #   ops/bench.sh kafka-batch N # the batch day (50 req/s) in Kafka mode with N scorer processes
 #                             # (Kafka modes: a real broker and registry from ops/services/up.sh)
@@ -101,6 +103,31 @@ encrypted_day() {
     && echo "the decrypted ratings file is the plaintext file byte for byte"
 }
 
+# The cost of encrypting the job's own stores: one day of N accounts (default 1,000,000;
+# batches, no limit) against a standalone simulator, `esg run --once` on fresh state with
+# plaintext SQLite and then with SQLCipher; the two ratings files must be the same bytes.
+state_encrypted_day() {
+  local accounts="${1:-1000000}" port=18087
+  "$bin" simulator --listen "127.0.0.1:$port" --accounts "$accounts" --rate-limit 0 --latency-ms 20 \
+    > "$dir/sim.log" 2>&1 &
+  sim_pid=$!
+  trap 'kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
+  sleep 1
+  (umask 077; openssl rand -hex 32 > "$dir/state.key")
+  for mode in plaintext sqlcipher; do
+    job_config "$port" 1000000 "$dir/$mode" > "$dir/$mode.toml"
+    if [[ $mode == sqlcipher ]]; then
+      sed -i "s|^\[state\]\$|[state]\nencryption_key_file = \"$dir/state.key\"|" "$dir/$mode.toml"
+    fi
+    echo "== esg run --once, $accounts accounts, stores $mode"
+    /usr/bin/time -v "$bin" run --once --config "$dir/$mode.toml" --business-date 2026-11-23 2> "$dir/time.txt"
+    grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
+    du -sh "$dir/$mode/state"
+  done
+  cmp "$dir/sqlcipher/out/FirmESGRatings_20261123.csv" "$dir/plaintext/out/FirmESGRatings_20261123.csv" \
+    && echo "the ratings files are the same bytes"
+}
+
 # The 100,000-account day on Kafka: a standalone simulator with the settings of the embedded
 # benchmark, `esg assembler` and N `esg scorer` processes, then `esg producer --wait`. Wall time
 # is the producer's (trigger to RunCompleted); peak RSS per process.
@@ -181,6 +208,7 @@ case "${1:-hundred-thousand}" in
   million) run --accounts 1000000 --unlimited --max-in-flight 64 --latency-ms 20 ;;
   two-days) two_days ;;
   encrypted) encrypted_day "${2:-1000000}" ;;
+  state-encrypted) state_encrypted_day "${2:-1000000}" ;;
   hundred-thousand) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 --batch-size 1 ;;
   *) echo "unknown mode $1 (see the head of $0)" >&2; exit 2 ;;
 esac

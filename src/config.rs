@@ -179,6 +179,26 @@ impl EncryptionSection {
 pub struct StateSection {
     /// Where the stages keep their state (and the embedded log, unless `[bus] path` says otherwise).
     pub dir: PathBuf,
+    /// A file holding the key (64 hex digits) that encrypts the stores and the embedded log
+    /// with SQLCipher; relative: in `$CREDENTIALS_DIRECTORY`. Unset: plaintext SQLite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_file: Option<PathBuf>,
+}
+
+impl StateSection {
+    /// The key of `encryption_key_file`, read and checked; `None` without the key.
+    pub fn key(&self) -> Result<Option<esg_bus::store::DbKey>, String> {
+        let Some(file) = &self.encryption_key_file else {
+            return Ok(None);
+        };
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        let path = secrets::resolve(&file.to_string_lossy(), credentials.as_deref())?;
+        let mut text = secrets::read_secret(&path)?;
+        let key =
+            esg_bus::store::DbKey::from_hex(&text).map_err(|m| format!("{}: {m}", path.display()));
+        zeroize::Zeroize::zeroize(&mut text);
+        key.map(Some)
+    }
 }
 
 /// Which transport carries the events.
@@ -574,6 +594,9 @@ impl Config {
         self.output
             .gid()
             .map_err(|m| ("output.group".to_owned(), m))?;
+        self.state
+            .key()
+            .map_err(|m| ("state.encryption_key_file".to_owned(), m))?;
         let ratio = self.accounts.min_active_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return bad(

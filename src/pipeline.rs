@@ -84,9 +84,11 @@ pub fn auth_http_client(config: &Config, timeout: Duration) -> Result<reqwest::C
 pub async fn connect_bus(config: &Config) -> Result<(EventBus, Option<EmbeddedLog>)> {
     match config.bus.kind {
         BusKind::Embedded => {
-            let log = EmbeddedLog::open(config.bus_path()).with_context(|| {
-                format!("opening the embedded log {}", config.bus_path().display())
-            })?;
+            let key = state_key(config)?;
+            let log =
+                EmbeddedLog::open_keyed(config.bus_path(), key.as_ref()).with_context(|| {
+                    format!("opening the embedded log {}", config.bus_path().display())
+                })?;
             let transport: SharedTransport = Arc::new(log.clone());
             let bus = EventBus::connect(transport, &config.topics())
                 .await
@@ -157,7 +159,10 @@ pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
 /// The producer, its store in the state directory (a cache of the topics, see
 /// `esg_producer::store`).
 pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
-    let producer_store = esg_producer::store::open(&config.state.dir.join("producer.db"))?;
+    let producer_store = esg_producer::store::open_keyed(
+        &config.state.dir.join("producer.db"),
+        state_key(config)?.as_ref(),
+    )?;
     let accounts_http = http_client(config.accounts.timeout, &config.accounts.tls_files())?;
     let auth_http = auth_http_client(config, config.accounts.timeout)?;
     let accounts_tokens = Arc::new(accounts_tokens(config, auth_http));
@@ -170,9 +175,20 @@ pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     ))
 }
 
+/// The key of the state databases (`[state] encryption_key_file`), if any.
+fn state_key(config: &Config) -> Result<Option<esg_bus::store::DbKey>> {
+    config
+        .state
+        .key()
+        .map_err(|message| anyhow::anyhow!("key `state.encryption_key_file`: {message}"))
+}
+
 /// The assembler, its store in the state directory.
 pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assembler> {
-    let assembler_store = esg_assembler::state::open(&config.state.dir.join("assembler.db"))?;
+    let assembler_store = esg_assembler::state::open_keyed(
+        &config.state.dir.join("assembler.db"),
+        state_key(config)?.as_ref(),
+    )?;
     let protection = config
         .protection()
         .map_err(|(key, message)| anyhow::anyhow!("key `{key}`: {message}"))?;

@@ -114,7 +114,12 @@ fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
 
 /// Opens the assembler store, bringing a store of an earlier version up to date.
 pub fn open(path: &Path) -> Result<Store, StoreError> {
-    let store = Store::open(path, SCHEMA)?;
+    open_keyed(path, None)
+}
+
+/// As [`open`], encrypted with `key` (SQLCipher) when there is one.
+pub fn open_keyed(path: &Path, key: Option<&esg_bus::store::DbKey>) -> Result<Store, StoreError> {
+    let store = Store::open_keyed(path, SCHEMA, key)?;
     store.call_blocking(|c| migrate(c))?;
     Ok(store)
 }

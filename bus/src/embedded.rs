@@ -100,17 +100,14 @@ fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
-fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
-}
-
 impl EmbeddedLog {
     /// Opens (creating if needed) the log at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_keyed(path, None)
+    }
+
+    /// As [`EmbeddedLog::open`], encrypted with `key` (SQLCipher) when there is one.
+    pub fn open_keyed(path: impl AsRef<Path>, key: Option<&crate::store::DbKey>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let storage = |source| BusError::Storage {
             path: path.display().to_string(),
@@ -120,9 +117,9 @@ impl EmbeddedLog {
         crate::store::private_database(&path).map_err(|e| {
             BusError::Other(format!("cannot create {} privately: {e}", path.display()))
         })?;
-        let writer = open_connection(&path).map_err(storage)?;
+        let writer = crate::store::open_connection(&path, key).map_err(storage)?;
         writer.execute_batch(SCHEMA).map_err(storage)?;
-        let reader = open_connection(&path).map_err(storage)?;
+        let reader = crate::store::open_connection(&path, key).map_err(storage)?;
         let (appended, _) = watch::channel(0);
         Ok(EmbeddedLog {
             inner: Arc::new(Inner {

@@ -13,6 +13,80 @@ use std::time::Duration;
 /// Prepared statements a store's connection keeps.
 const STATEMENT_CACHE: usize = 64;
 
+/// The key of encrypted databases (SQLCipher): 32 random bytes, given as 64 hexadecimal digits
+/// (`openssl rand -hex 32`). A raw key, so no key derivation runs on each open. Never printed;
+/// wiped when dropped.
+#[derive(Clone, zeroize::ZeroizeOnDrop)]
+pub struct DbKey(String);
+
+impl std::fmt::Debug for DbKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbKey(***)")
+    }
+}
+
+impl DbKey {
+    /// The key from its file's text: 64 hexadecimal digits, surrounding white space ignored.
+    pub fn from_hex(text: &str) -> Result<DbKey, String> {
+        let hex = text.trim();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(
+                "must hold 64 hexadecimal digits, a 256-bit key (make one with `openssl rand -hex 32`)"
+                    .into(),
+            );
+        }
+        Ok(DbKey(hex.to_ascii_lowercase()))
+    }
+}
+
+/// Opens a database connection: the key first when there is one (and a check that it opens the
+/// file), then WAL and `synchronous=FULL`. A wrong key, a key for a plaintext file, or no key
+/// for an encrypted one is an error that says which.
+pub fn open_connection(path: &Path, key: Option<&DbKey>) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path)?;
+    if let Some(key) = key {
+        let cipher: Option<String> = conn
+            .query_row("PRAGMA cipher_version", [], |r| r.get(0))
+            .ok();
+        if cipher.is_none() {
+            return Err(not_a_database(
+                "this build of the job has no SQLCipher: it cannot encrypt its stores",
+            ));
+        }
+        let mut pragma = format!("PRAGMA key = \"x'{}'\";", key.0);
+        let keyed = conn.execute_batch(&pragma);
+        zeroize::Zeroize::zeroize(&mut pragma);
+        keyed?;
+    }
+    // The first read of the schema is where a key (or its absence) proves right or wrong.
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    }) {
+        return Err(match (e.sqlite_error_code(), key) {
+            (Some(rusqlite::ErrorCode::NotADatabase), Some(_)) => not_a_database(
+                "[state] encryption_key_file does not open it: a wrong key, or a database written \
+                 without encryption (start from an empty state directory, or convert it; see \
+                 docs/security.md)",
+            ),
+            (Some(rusqlite::ErrorCode::NotADatabase), None) => not_a_database(
+                "it is encrypted (or not a database): set [state] encryption_key_file to its key",
+            ),
+            _ => e,
+        });
+    }
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+fn not_a_database(message: &str) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_NOTADB),
+        Some(message.to_owned()),
+    )
+}
+
 /// Errors of a state store, naming the file.
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {source}")]
@@ -107,18 +181,18 @@ pub fn private_database(path: &Path) -> std::io::Result<()> {
 impl Store {
     /// Opens (creating) the store at `path` and applies `schema` (idempotent DDL).
     pub fn open(path: &Path, schema: &str) -> Result<Self, StoreError> {
+        Self::open_keyed(path, schema, None)
+    }
+
+    /// As [`Store::open`], encrypted with `key` (SQLCipher) when there is one.
+    pub fn open_keyed(path: &Path, schema: &str, key: Option<&DbKey>) -> Result<Self, StoreError> {
         let err = |source| StoreError {
             path: path.display().to_string(),
             source,
         };
         private_database(path)
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        let conn = rusqlite::Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
+        let conn = open_connection(path, key).map_err(err)?;
         conn.execute_batch(schema).map_err(err)?;
         // Stages keep their per-record statements prepared (`prepare_cached`); the default
         // cache of 16 is smaller than the statements one stage uses in a batch.

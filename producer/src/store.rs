@@ -153,7 +153,12 @@ pub struct RunRow {
 
 /// Opens the producer store.
 pub fn open(path: &Path) -> Result<Store, StoreError> {
-    Store::open(path, SCHEMA)
+    open_keyed(path, None)
+}
+
+/// As [`open`], encrypted with `key` (SQLCipher) when there is one.
+pub fn open_keyed(path: &Path, key: Option<&esg_bus::store::DbKey>) -> Result<Store, StoreError> {
+    Store::open_keyed(path, SCHEMA, key)
 }
 
 pub(crate) fn get_run(

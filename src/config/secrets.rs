@@ -81,7 +81,7 @@ fn is_secret(path: &[String], base: &str) -> bool {
     super::is_secret_key(&full)
 }
 
-fn resolve(name: &str, credentials_dir: Option<&Path>) -> Result<PathBuf, String> {
+pub(super) fn resolve(name: &str, credentials_dir: Option<&Path>) -> Result<PathBuf, String> {
     let path = Path::new(name);
     if name.is_empty() {
         return Err("is empty; it must name a file".into());
@@ -98,7 +98,7 @@ fn resolve(name: &str, credentials_dir: Option<&Path>) -> Result<PathBuf, String
     }
 }
 
-fn read_secret(file: &Path) -> Result<String, String> {
+pub(super) fn read_secret(file: &Path) -> Result<String, String> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
