@@ -377,21 +377,12 @@ async fn a_rebuilt_file_keeps_the_rows_an_earlier_run_left_failed_by_its_deadlin
 }
 
 fn esg_reencrypt(world: &World, identity: &Path, extra: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["reencrypt", "--config"])
-        .arg(&world.config_path)
-        .arg("--identity")
-        .arg(identity)
-        .args(extra)
-        .output()
-        .expect("esg runs");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    outcome(
+        esg_command(["reencrypt", "--config"])
+            .arg(&world.config_path)
+            .arg("--identity")
+            .arg(identity)
+            .args(extra),
     )
 }
 

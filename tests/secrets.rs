@@ -6,15 +6,6 @@ mod common;
 
 use common::*;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-
-fn said(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_day_runs_with_its_secrets_from_a_credentials_directory() {
@@ -38,14 +29,13 @@ async fn a_day_runs_with_its_secrets_from_a_credentials_directory() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod");
     }
 
-    let check = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["check-config", "--config"])
-        .arg(&world.config_path)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .output()
-        .expect("esg runs");
-    let text = said(&check);
-    assert!(check.status.success(), "{text}");
+    let check_config = || {
+        let mut command = esg_command(["check-config", "--config"]);
+        command.arg(&world.config_path);
+        command
+    };
+    let (code, text) = outcome(check_config().env("CREDENTIALS_DIRECTORY", &credentials));
+    assert_eq!(code, Some(0), "{text}");
     let accounts_file = credentials.join("accounts-client-secret");
     assert!(
         text.contains(&format!(
@@ -60,15 +50,13 @@ async fn a_day_runs_with_its_secrets_from_a_credentials_directory() {
         "{text}"
     );
 
-    let run = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["run", "--once", "--business-date", "2026-11-23", "--config"])
-        .arg(&world.config_path)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .env("RUST_LOG", "debug")
-        .output()
-        .expect("esg runs");
-    let text = said(&run);
-    assert!(run.status.success(), "{text}");
+    let (code, text) = outcome(
+        esg_command(["run", "--once", "--business-date", "2026-11-23", "--config"])
+            .arg(&world.config_path)
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .env("RUST_LOG", "debug"),
+    );
+    assert_eq!(code, Some(0), "{text}");
     assert!(
         !text.contains("accounts-secret") && !text.contains("scorer-secret"),
         "{text}"
@@ -78,27 +66,15 @@ async fn a_day_runs_with_its_secrets_from_a_credentials_directory() {
 
     // Without the credentials directory the relative names cannot be found: exit 2, naming the
     // key and the variable.
-    let bare = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["check-config", "--config"])
-        .arg(&world.config_path)
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .output()
-        .expect("esg runs");
-    let text = said(&bare);
-    assert_eq!(bare.status.code(), Some(2), "{text}");
+    let (code, text) = outcome(check_config().env_remove("CREDENTIALS_DIRECTORY"));
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("accounts.client_secret_file"), "{text}");
     assert!(text.contains("CREDENTIALS_DIRECTORY"), "{text}");
 
     // A secret file anyone may read is refused.
     std::fs::set_permissions(&accounts_file, std::fs::Permissions::from_mode(0o644))
         .expect("chmod");
-    let open = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["check-config", "--config"])
-        .arg(&world.config_path)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .output()
-        .expect("esg runs");
-    let text = said(&open);
-    assert_eq!(open.status.code(), Some(2), "{text}");
+    let (code, text) = outcome(check_config().env("CREDENTIALS_DIRECTORY", &credentials));
+    assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("mode 0644"), "{text}");
 }

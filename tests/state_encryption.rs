@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 
 const KEY: &str = "3f1c9a0b7d2e4f6a8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
 const OTHER_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -19,18 +18,8 @@ fn write_key(path: &Path, hex: &str) {
 }
 
 fn run_once(world: &World, day: &str) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["run", "--once", "--business-date", day, "--config"])
-        .arg(&world.config_path)
-        .output()
-        .expect("esg runs");
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    outcome(
+        esg_command(["run", "--once", "--business-date", day, "--config"]).arg(&world.config_path),
     )
 }
 
@@ -133,13 +122,9 @@ async fn a_key_for_a_plaintext_state_and_a_malformed_key_file_are_refused() {
 
     for (text, words) in [("not-hex", "64 hexadecimal digits"), ("", "is empty")] {
         std::fs::write(&key, text).expect("key");
-        let out = Command::new(env!("CARGO_BIN_EXE_esg"))
-            .args(["check-config", "--config"])
-            .arg(&world.config_path)
-            .output()
-            .expect("esg runs");
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{said}");
+        let (code, said) =
+            outcome(esg_command(["check-config", "--config"]).arg(&world.config_path));
+        assert_eq!(code, Some(2), "{said}");
         assert!(
             said.contains("state.encryption_key_file") && said.contains(words),
             "{said}"

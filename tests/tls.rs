@@ -48,17 +48,9 @@ fn set_tls(world: &World, ca: &std::path::Path, client: Option<&TestPkiFiles>) {
 }
 
 fn check_connect(world: &World) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_esg"))
-        .args(["check-config", "--connect", "--config"])
-        .arg(&world.config_path)
-        .output()
-        .expect("esg runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), said)
+    let (code, said) =
+        outcome(esg_command(["check-config", "--connect", "--config"]).arg(&world.config_path));
+    (code == Some(0), said)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -245,3 +245,27 @@ pub fn address_in(text: &str, marker: &str, key: &str) -> Option<std::net::Socke
     let value = value.split_whitespace().next()?.trim_matches('"');
     value.parse().ok()
 }
+
+/// Runs `command` to its end: its exit code, and what it said (stdout, then stderr).
+pub fn outcome(command: &mut std::process::Command) -> (Option<i32>, String) {
+    let out = command.output().expect("the command runs");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A command of the `esg` binary with `args`.
+pub fn esg_command<I, S>(args: I) -> std::process::Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_esg"));
+    command.args(args);
+    command
+}
