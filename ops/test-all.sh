@@ -21,8 +21,8 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 # Real peers of the tests, from Debian: kcat (a Kafka client), promtool and amtool (Prometheus and
-# Alertmanager), an SMTP server (aiosmtpd), openssl (the test SMTP server's certificate), age
-# (the independent reader of the encrypted outputs).
+# Alertmanager), an SMTP server (aiosmtpd), openssl (the certificates of the test SMTP server and
+# of the Kafka SSL listener), age (the independent reader of the encrypted outputs).
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
