@@ -196,8 +196,12 @@ pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assemb
         .output
         .gid()
         .map_err(|message| anyhow::anyhow!("key `output.group`: {message}"))?;
-    esg_assembler::output::prepare_dir(&config.output.dir, gid)
-        .with_context(|| format!("output directory {}", config.output.dir.display()))?;
+    // Only with a group: otherwise the directory is made when the first file is written, and an
+    // unwritable one is the pre-flight's to report (with its alert), not a start-up failure.
+    if gid.is_some() {
+        esg_assembler::output::prepare_dir(&config.output.dir, gid)
+            .with_context(|| format!("output directory {}", config.output.dir.display()))?;
+    }
     match &protection {
         Protection::Plaintext => tracing::warn!(
             dir = %config.output.dir.display(),
