@@ -183,16 +183,22 @@ pub struct StateSection {
     /// with SQLCipher; relative: in `$CREDENTIALS_DIRECTORY`. Unset: plaintext SQLite.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption_key_file: Option<PathBuf>,
+    /// The key of `encryption_key_file`, read once when the configuration is loaded.
+    #[serde(skip)]
+    pub key: Option<esg_bus::store::DbKey>,
 }
 
 impl StateSection {
-    /// The key of `encryption_key_file`, read and checked; `None` without the key.
-    pub fn key(&self) -> Result<Option<esg_bus::store::DbKey>, String> {
+    /// Reads and checks the key of `encryption_key_file` (a relative name in
+    /// `credentials_dir`); `None` without the key.
+    fn read_key(
+        &self,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Option<esg_bus::store::DbKey>, String> {
         let Some(file) = &self.encryption_key_file else {
             return Ok(None);
         };
-        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-        let path = secrets::resolve(&file.to_string_lossy(), credentials.as_deref())?;
+        let path = secrets::resolve(&file.to_string_lossy(), credentials_dir)?;
         let mut text = secrets::read_secret(&path)?;
         let key =
             esg_bus::store::DbKey::from_hex(&text).map_err(|m| format!("{}: {m}", path.display()));
@@ -523,6 +529,14 @@ impl Config {
         config
             .validate()
             .map_err(|(key, message)| blame(origin, split_key(&key), message, &sources))?;
+        config.state.key =
+            config
+                .state
+                .read_key(credentials_dir.as_deref())
+                .map_err(|message| {
+                    let key = split_key("state.encryption_key_file");
+                    blame(origin, key, message, &sources)
+                })?;
         Ok(config)
     }
 
@@ -594,9 +608,6 @@ impl Config {
         self.output
             .gid()
             .map_err(|m| ("output.group".to_owned(), m))?;
-        self.state
-            .key()
-            .map_err(|m| ("state.encryption_key_file".to_owned(), m))?;
         let ratio = self.accounts.min_active_ratio;
         if !(0.0..=1.0).contains(&ratio) {
             return bad(

@@ -84,9 +84,8 @@ pub fn auth_http_client(config: &Config, timeout: Duration) -> Result<reqwest::C
 pub async fn connect_bus(config: &Config) -> Result<(EventBus, Option<EmbeddedLog>)> {
     match config.bus.kind {
         BusKind::Embedded => {
-            let key = state_key(config)?;
-            let log =
-                EmbeddedLog::open_keyed(config.bus_path(), key.as_ref()).with_context(|| {
+            let log = EmbeddedLog::open_keyed(config.bus_path(), config.state.key.as_ref())
+                .with_context(|| {
                     format!("opening the embedded log {}", config.bus_path().display())
                 })?;
             let transport: SharedTransport = Arc::new(log.clone());
@@ -161,7 +160,7 @@ pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
 pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     let producer_store = esg_producer::store::open_keyed(
         &config.state.dir.join("producer.db"),
-        state_key(config)?.as_ref(),
+        config.state.key.as_ref(),
     )?;
     let accounts_http = http_client(config.accounts.timeout, &config.accounts.tls_files())?;
     let auth_http = auth_http_client(config, config.accounts.timeout)?;
@@ -175,19 +174,11 @@ pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
     ))
 }
 
-/// The key of the state databases (`[state] encryption_key_file`), if any.
-fn state_key(config: &Config) -> Result<Option<esg_bus::store::DbKey>> {
-    config
-        .state
-        .key()
-        .map_err(|message| anyhow::anyhow!("key `state.encryption_key_file`: {message}"))
-}
-
 /// The assembler, its store in the state directory.
 pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assembler> {
     let assembler_store = esg_assembler::state::open_keyed(
         &config.state.dir.join("assembler.db"),
-        state_key(config)?.as_ref(),
+        config.state.key.as_ref(),
     )?;
     let protection = config
         .protection()
