@@ -943,29 +943,34 @@ fn reencrypt(args: ReencryptArgs) -> Result<u8> {
         .map_err(|e| anyhow::anyhow!("identity file {}: {e}", args.identity.display()))?;
     let _lock = esg::pipeline::StateLock::acquire(&config, "assembler")?;
     let dir = &config.output.dir;
-    let stems: Vec<String> = args
+    // The day's outputs by their names, encrypted; without dates every encrypted output here.
+    let wanted: Vec<String> = args
         .business_date
         .iter()
-        .map(|d| format!("FirmESGRatings_{}", d.format("%Y%m%d")))
+        .flat_map(|d| {
+            let n = esg_assembler::output::file_names(*d);
+            [n.csv, n.errors, n.summary_json, n.summary_html]
+        })
+        .map(|name| protection.file_name(&name))
         .collect();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading the output directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                n.starts_with("FirmESGRatings_")
-                    && n.ends_with(esg_assembler::encryption::AGE_SUFFIX)
-                    && (stems.is_empty()
-                        || stems.iter().any(|s| {
-                            n.starts_with(&format!("{s}_")) || n.starts_with(&format!("{s}."))
-                        }))
+                if wanted.is_empty() {
+                    n.starts_with("FirmESGRatings_")
+                        && n.ends_with(esg_assembler::encryption::AGE_SUFFIX)
+                } else {
+                    wanted.iter().any(|w| w == n)
+                }
             })
         })
         .collect();
     files.sort();
     if files.is_empty() {
         say!("no encrypted outputs to re-encrypt in {}", dir.display());
-        return Ok(if stems.is_empty() { 0 } else { 1 });
+        return Ok(if wanted.is_empty() { 0 } else { 1 });
     }
     let recipients = match &protection {
         esg_assembler::encryption::Protection::Age(r) => r.len(),
