@@ -4,6 +4,7 @@
 //! and counted (`esg_alert_failures_total{channel}`) and never fails the run.
 
 use crate::config::Config;
+use crate::delivering::Delivery;
 use chrono::{DateTime, NaiveDate, Utc};
 use esg_alerts::{Alert, AlertKind, AlertReport, Alerter, Resolution};
 use esg_assembler::{RunEndHook, RunEnded};
@@ -36,6 +37,17 @@ impl Alerts {
         count(&report, alert.kind.as_str());
     }
 
+    /// Resolves the alert of `resolution`'s kind and run on every channel that wants the kind.
+    pub async fn resolve(&self, resolution: Resolution) {
+        let report = self.alerter.resolve(&resolution).await;
+        count(&report, resolution.kind.as_str());
+    }
+
+    /// Sends `alert` on every channel that wants its kind.
+    pub async fn send_alert(&self, alert: Alert) {
+        self.send(alert).await;
+    }
+
     /// A run ended with an error before writing its file.
     pub async fn critical_error(
         &self,
@@ -54,12 +66,21 @@ impl Alerts {
     }
 
     /// The hook the assembler calls for every run it ends: the alerts of a run's end are
-    /// decided there, on either transport.
-    pub fn run_end_hook(self: &Arc<Self>, bus: EventBus) -> RunEndHook {
+    /// decided there, on either transport; then the run's files are delivered (`delivery`).
+    pub fn run_end_hook(
+        self: &Arc<Self>,
+        bus: EventBus,
+        delivery: Option<Arc<Delivery>>,
+    ) -> RunEndHook {
         let alerts = self.clone();
         Arc::new(move |ended: RunEnded| {
-            let (alerts, bus) = (alerts.clone(), bus.clone());
-            Box::pin(async move { alerts.run_ended(&bus, &ended).await })
+            let (alerts, bus, delivery) = (alerts.clone(), bus.clone(), delivery.clone());
+            Box::pin(async move {
+                alerts.run_ended(&bus, &ended).await;
+                if let Some(delivery) = delivery {
+                    delivery.run_ended(&ended).await;
+                }
+            })
         })
     }
 

@@ -437,6 +437,10 @@ pub struct Config {
     pub scorer: esg_scorer::ScorerConfig,
     #[serde(default)]
     pub log: LogSection,
+    /// `[[delivery]]`: where the day's files go once written (none: they stay in `[output]
+    /// dir`).
+    #[serde(default)]
+    pub delivery: Vec<esg_delivery::TargetConfig>,
     /// Where each secret came from (file, environment, configuration file), for
     /// `esg check-config`; never the value.
     #[serde(skip)]
@@ -668,6 +672,43 @@ impl Config {
             return bad("scorer.flush_max", "must be at least 1".into());
         }
         self.protection()?;
+        self.validate_delivery()?;
+        Ok(())
+    }
+
+    /// Each `[[delivery]]` table (keys named `delivery[N].key`, N from 1): its own checks, a
+    /// name no other target has, an S3 endpoint that is https (or loopback), files it names
+    /// that can be read.
+    fn validate_delivery(&self) -> Result<(), (String, String)> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, target) in self.delivery.iter().enumerate() {
+            let key = |k: &str| format!("delivery[{}].{k}", i + 1);
+            target.validate().map_err(|(k, m)| (key(k), m))?;
+            if !names.insert(target.name()) {
+                return Err((
+                    key("name"),
+                    format!(
+                        "{:?} names another target too; give each [[delivery]] its own name",
+                        target.name()
+                    ),
+                ));
+            }
+            if let esg_delivery::TargetConfig::S3(s3) = target {
+                if let Some(endpoint) = &s3.endpoint {
+                    let parsed = match reqwest::Url::parse(endpoint) {
+                        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => u,
+                        Ok(_) => return Err((key("endpoint"), "must be an https:// URL".into())),
+                        Err(e) => return Err((key("endpoint"), format!("is not a URL: {e}"))),
+                    };
+                    esg_auth::tls::check_transport(&parsed).map_err(|m| (key("endpoint"), m))?;
+                }
+            }
+            // Built now (key and CA files read, no connection made), so that a bad file is a
+            // configuration error rather than a failed delivery at 05:40.
+            target
+                .build()
+                .map_err(|e| (key("kind"), e.message.clone()))?;
+        }
         Ok(())
     }
 
@@ -852,7 +893,13 @@ fn is_secret_key(path: &[String]) -> bool {
         ["alerts", "webhook", "url"] => true,
         [.., last] => matches!(
             *last,
-            "client_secret" | "password" | "routing_key" | "bearer_token"
+            "client_secret"
+                | "password"
+                | "routing_key"
+                | "bearer_token"
+                | "secret_access_key"
+                | "session_token"
+                | "private_key_passphrase"
         ),
         [] => false,
     }

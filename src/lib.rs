@@ -4,6 +4,7 @@
 
 pub mod alerting;
 pub mod config;
+pub mod delivering;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

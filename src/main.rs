@@ -90,6 +90,15 @@ enum Command {
     /// original: no plaintext touches the disk, and a file that fails is left as it was. Takes
     /// the assembler's lock: not while a run is writing. Exit 1 when any file failed.
     Reencrypt(ReencryptArgs),
+    /// Send a day's files to the `[[delivery]]` targets again (after a `delivery_failed` alert,
+    /// once the target is fixed).
+    ///
+    /// Every file of the date in the output directory (ratings last) goes to every target, or
+    /// to --target only, replacing what the target holds under those names; a failed target is
+    /// tried again with backoff for --retry-for. Each file delivered is a line of the delivery
+    /// record (`<state.dir>/deliveries.jsonl`). Exit 0 when every target took every file, 1
+    /// otherwise (a `delivery_failed` alert went out).
+    Deliver(DeliverArgs),
 }
 
 #[derive(Args)]
@@ -199,6 +208,21 @@ struct ReencryptArgs {
     /// the output directory.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Vec<NaiveDate>,
+}
+
+#[derive(Args)]
+struct DeliverArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The business date whose files to send.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    business_date: NaiveDate,
+    /// Only this target (its `name`, or the name `esg check-config` shows for it).
+    #[arg(long, value_name = "NAME")]
+    target: Option<String>,
+    /// How long a failed target is tried again, with backoff (at least three attempts).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime_serde::re::humantime::parse_duration)]
+    retry_for: std::time::Duration,
 }
 
 #[derive(Args)]
@@ -486,6 +510,32 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(code)
         }
         Command::Reencrypt(args) => reencrypt(args),
+        Command::Deliver(args) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            let shutdown = shutdown_on_signal();
+            let report = esg::runner::deliver(
+                &config,
+                args.business_date,
+                args.target.as_deref(),
+                args.retry_for,
+                &shutdown,
+            )
+            .await?;
+            for d in &report.delivered {
+                say!(
+                    "delivered {} ({} bytes, sha256 {}) to {}",
+                    d.object,
+                    d.size,
+                    d.sha256,
+                    d.target
+                );
+            }
+            for f in &report.failed {
+                say!("FAILED {f}");
+            }
+            Ok(if report.is_complete() { 0 } else { 1 })
+        }
         Command::Status(args) => {
             let config = Config::load(&args.config.config)?;
             let _log = esg::telemetry::init_text("warn");

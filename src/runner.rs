@@ -17,6 +17,7 @@
 
 use crate::alerting::Alerts;
 use crate::config::{BusKind, Config};
+use crate::delivering::Delivery;
 use crate::pipeline::{self, ReplayBound, StateLock};
 use crate::preflight;
 use anyhow::{anyhow, Result};
@@ -127,6 +128,8 @@ pub struct Runner {
     producer: Producer,
     local: Option<Local>,
     alerts: Arc<Alerts>,
+    /// `[[delivery]]` targets; `None` when there are none.
+    delivery: Option<Arc<Delivery>>,
     _locks: Vec<StateLock>,
 }
 
@@ -143,9 +146,10 @@ impl Runner {
         let (bus, log) = pipeline::connect_bus(&config).await?;
         let producer = pipeline::producer(&config, &bus)?;
         let alerts = Arc::new(Alerts::new(&config)?);
+        let delivery = Delivery::new(&config, alerts.clone())?;
         let local = if embedded {
             let assembler = pipeline::assembler(&config, &bus, clock)?
-                .with_run_end_hook(alerts.run_end_hook(bus.clone()));
+                .with_run_end_hook(alerts.run_end_hook(bus.clone(), delivery.clone()));
             Some(Local {
                 bus: bus.clone(),
                 assembler: Arc::new(assembler),
@@ -161,6 +165,7 @@ impl Runner {
             producer,
             local,
             alerts,
+            delivery,
             _locks: locks,
         })
     }
@@ -232,6 +237,7 @@ impl Runner {
         }
         if let Some(done) = book.delivered_daily(date) {
             if done.full || !request.full {
+                self.finish_delivery(date, &shutdown).await;
                 return Ok(already(done));
             }
         }
@@ -245,6 +251,32 @@ impl Runner {
             min_active_ratio,
         };
         self.execute(req, None, wait, shutdown, progress).await
+    }
+
+    /// A date whose files were written before: sends what some target has not taken yet (the
+    /// process was stopped while it delivered, say). On the embedded log only, where the files
+    /// are this host's; on Kafka the assembler's host delivers, and `esg deliver` repeats it.
+    async fn finish_delivery(&self, date: NaiveDate, shutdown: &CancellationToken) {
+        let (Some(delivery), Some(_)) = (&self.delivery, &self.local) else {
+            return;
+        };
+        delivery.stop_with(shutdown);
+        let files = match delivery.undelivered(date) {
+            Ok(files) if files.is_empty() => return,
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot tell whether the day's files were delivered");
+                return;
+            }
+        };
+        tracing::info!(
+            files = files.len(),
+            "files of the day not yet delivered to every target: delivering them"
+        );
+        let deadline = Utc::now() + chrono::Duration::minutes(10);
+        if let Err(e) = delivery.deliver_files(date, &files, deadline).await {
+            tracing::warn!(error = %format!("{e:#}"), "delivery of the day's files");
+        }
     }
 
     /// The manual override: re-scores the selected accounts and replaces their rows in the
@@ -393,6 +425,9 @@ impl Runner {
         progress: impl Fn(&Progress) + Send + Sync + 'static,
     ) -> Result<Outcome> {
         let (run_id, date) = (req.run_id.clone(), req.business_date);
+        if let Some(d) = &self.delivery {
+            d.stop_with(&shutdown);
+        }
         let span = tracing::info_span!("run", run_id = %run_id);
         let result = tracing::Instrument::instrument(
             self.execute_inner(req, sealed_before, wait, shutdown.clone(), progress),
@@ -726,8 +761,12 @@ pub async fn assembler_service(
     after_lock()?;
     let (bus, _) = pipeline::connect_bus(config).await?;
     let alerts = Arc::new(Alerts::new(config)?);
+    let delivery = Delivery::new(config, alerts.clone())?;
+    if let Some(d) = &delivery {
+        d.stop_with(&shutdown);
+    }
     let assembler = pipeline::assembler(config, &bus, clock)?
-        .with_run_end_hook(alerts.run_end_hook(bus.clone()));
+        .with_run_end_hook(alerts.run_end_hook(bus.clone(), delivery));
     match assembler.run(shutdown.clone(), None).await {
         Ok(reports) => Ok(reports),
         Err(e) => {
@@ -740,4 +779,26 @@ pub async fn assembler_service(
             Err(e)
         }
     }
+}
+
+/// `esg deliver`: sends the files of `business_date` to every `[[delivery]]` target (or the one
+/// named `only`) again, retrying a failed target for `retry_for`.
+pub async fn deliver(
+    config: &Config,
+    business_date: NaiveDate,
+    only: Option<&str>,
+    retry_for: Duration,
+    shutdown: &CancellationToken,
+) -> Result<esg_delivery::Report> {
+    let alerts = Arc::new(Alerts::new(config)?);
+    let Some(delivery) = Delivery::new(config, alerts)? else {
+        return Err(Refused::Usage(
+            "there is no [[delivery]] target in the configuration: nothing to deliver to".into(),
+        )
+        .into());
+    };
+    delivery.stop_with(shutdown);
+    let deadline = Utc::now()
+        + chrono::Duration::from_std(retry_for).unwrap_or_else(|_| chrono::Duration::minutes(10));
+    delivery.deliver_date(business_date, only, deadline).await
 }

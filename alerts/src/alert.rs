@@ -33,15 +33,18 @@ pub enum AlertKind {
     CriticalError,
     /// More than the threshold (default 5%) of the run's accounts failed.
     FailureRatio,
+    /// The run's files were written but a `[[delivery]]` target did not take them.
+    DeliveryFailed,
 }
 
 impl AlertKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AlertKind; 4] = [
+    pub const ALL: [AlertKind; 5] = [
         AlertKind::MissedStart,
         AlertKind::OverWindow,
         AlertKind::CriticalError,
         AlertKind::FailureRatio,
+        AlertKind::DeliveryFailed,
     ];
 
     /// The stable snake_case name used in configuration, subjects, dedup keys and JSON.
@@ -51,16 +54,19 @@ impl AlertKind {
             AlertKind::OverWindow => "over_window",
             AlertKind::CriticalError => "critical_error",
             AlertKind::FailureRatio => "failure_ratio",
+            AlertKind::DeliveryFailed => "delivery_failed",
         }
     }
 
-    /// How urgent the kind is. A run that did not start, ran out of time or died needs a person
-    /// now (`critical`); a run that finished with too many failures needs one today (`error`).
+    /// How urgent the kind is. A run that did not start, ran out of time or died, and a file
+    /// that did not reach the firm, need a person now (`critical`); a run that finished with
+    /// too many failures needs one today (`error`).
     pub fn severity(self) -> Severity {
         match self {
-            AlertKind::MissedStart | AlertKind::OverWindow | AlertKind::CriticalError => {
-                Severity::Critical
-            }
+            AlertKind::MissedStart
+            | AlertKind::OverWindow
+            | AlertKind::CriticalError
+            | AlertKind::DeliveryFailed => Severity::Critical,
             AlertKind::FailureRatio => Severity::Error,
         }
     }
@@ -76,6 +82,9 @@ impl AlertKind {
             }
             AlertKind::CriticalError => "A critical error ended the run.",
             AlertKind::FailureRatio => "More accounts failed than the alert threshold allows.",
+            AlertKind::DeliveryFailed => {
+                "The run's files were written, but a delivery target did not take them."
+            }
         }
     }
 
@@ -86,6 +95,7 @@ impl AlertKind {
             AlertKind::OverWindow => "The deadline came first (exit 3, outcome `TimedOut`)",
             AlertKind::CriticalError => "The run failed (exit 1)",
             AlertKind::FailureRatio => "Many accounts failed (`CompletedWithFailures`)",
+            AlertKind::DeliveryFailed => "A delivery failed (`delivery_failed`)",
         }
     }
 
@@ -101,6 +111,9 @@ impl AlertKind {
             }
             AlertKind::FailureRatio => {
                 "Look at `error_codes` in the run summary: a vendor outage, or portfolios the vendor cannot analyse?"
+            }
+            AlertKind::DeliveryFailed => {
+                "Read the error; fix the target, then `esg deliver --business-date D` sends the files again."
             }
         }
     }
@@ -271,6 +284,37 @@ impl Alert {
             .with_detail("expected", expected)
             .with_detail("failed_percent", percent)
             .with_detail("threshold_percent", threshold_percent)
+    }
+
+    /// `run <id>: files not delivered to sftp:host (and 1 more): <error>`. One alert for the
+    /// run, whatever the number of targets that failed; each is a detail.
+    pub fn delivery_failed(
+        run_id: &str,
+        business_date: NaiveDate,
+        failures: &[(String, String)],
+        at: DateTime<Utc>,
+    ) -> Self {
+        let first = failures.first().map_or("", |(t, _)| t.as_str());
+        let more = match failures.len() {
+            0 | 1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        let error = failures.first().map_or("", |(_, e)| e.as_str());
+        let summary = format!(
+            "run {run_id}: files not delivered to {first}{more}: {}",
+            one_line(error, 300)
+        );
+        let mut alert = Alert::new(
+            AlertKind::DeliveryFailed,
+            run_id,
+            business_date,
+            &summary,
+            at,
+        );
+        for (target, error) in failures {
+            alert = alert.with_detail(format!("target {target}"), error);
+        }
+        alert
     }
 
     /// The resolution of this alert: same kind and run, with why it cleared.

@@ -63,6 +63,18 @@ pub const ALERTS_SENT_TOTAL: &str = "esg_alerts_sent_total";
 /// Counter, label `channel`: alert deliveries that failed.
 pub const ALERT_FAILURES_TOTAL: &str = "esg_alert_failures_total";
 
+// ---- delivery (the assembler, after a run's files are written; `esg deliver`) ---------------
+
+/// Counter, labels `target` (the `[[delivery]]` names), `outcome` (`delivered`, `failed`):
+/// files delivered, and files a target gave up on.
+pub const DELIVERIES_TOTAL: &str = "esg_deliveries_total";
+/// Counter, label `target`: bytes delivered.
+pub const DELIVERY_BYTES_TOTAL: &str = "esg_delivery_bytes_total";
+/// Counter, label `target`: failed delivery attempts that were tried again.
+pub const DELIVERY_RETRIES_TOTAL: &str = "esg_delivery_retries_total";
+/// Counter: lines the delivery record could not take.
+pub const DELIVERY_RECORD_FAILURES_TOTAL: &str = "esg_delivery_record_failures_total";
+
 /// Upper bounds (seconds) of the buckets of [`API_REQUEST_DURATION_SECONDS`].
 pub const API_REQUEST_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -91,6 +103,10 @@ pub const ALL: &[&str] = &[
     SCORER_CONSUMER_LAG_RECORDS,
     ALERTS_SENT_TOTAL,
     ALERT_FAILURES_TOTAL,
+    DELIVERIES_TOTAL,
+    DELIVERY_BYTES_TOTAL,
+    DELIVERY_RETRIES_TOTAL,
+    DELIVERY_RECORD_FAILURES_TOTAL,
 ];
 
 /// Registers the description (and unit) of every metric with the installed recorder. Call
@@ -152,6 +168,23 @@ pub fn describe_all() {
     describe_counter!(
         API_PAUSES_TOTAL,
         "Pauses of every caller because most recent ESG API answers were 429."
+    );
+    describe_counter!(
+        DELIVERIES_TOTAL,
+        "Files delivered to a delivery target, and files a target gave up on, by outcome."
+    );
+    describe_counter!(
+        DELIVERY_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes delivered to a delivery target."
+    );
+    describe_counter!(
+        DELIVERY_RETRIES_TOTAL,
+        "Failed delivery attempts that were tried again."
+    );
+    describe_counter!(
+        DELIVERY_RECORD_FAILURES_TOTAL,
+        "Lines the delivery record could not take."
     );
     describe_histogram!(API_BATCH_ACCOUNTS, "Accounts per ESG API batch request.");
     describe_counter!(

@@ -66,10 +66,23 @@ fn walk(
         read.push((secret_path, file));
     }
     for (key, value) in table.iter_mut() {
-        if let toml::Value::Table(inner) = value {
-            path.push(key.clone());
-            walk(inner, path, credentials_dir, read)?;
-            path.pop();
+        match value {
+            toml::Value::Table(inner) => {
+                path.push(key.clone());
+                walk(inner, path, credentials_dir, read)?;
+                path.pop();
+            }
+            // An array of tables (`[[delivery]]`): `delivery[1].secret_access_key_file`.
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    if let toml::Value::Table(inner) = item {
+                        path.push(format!("{key}[{}]", i + 1));
+                        walk(inner, path, credentials_dir, read)?;
+                        path.pop();
+                    }
+                }
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -146,6 +159,16 @@ pub(super) fn read_secret(file: &Path) -> Result<String, String> {
 /// its own).
 pub(super) fn wipe(table: &mut toml::Table, path: &mut Vec<String>) {
     for (key, value) in table.iter_mut() {
+        if let toml::Value::Array(items) = value {
+            for (i, item) in items.iter_mut().enumerate() {
+                if let toml::Value::Table(inner) = item {
+                    path.push(format!("{key}[{}]", i + 1));
+                    wipe(inner, path);
+                    path.pop();
+                }
+            }
+            continue;
+        }
         path.push(key.clone());
         match value {
             toml::Value::Table(inner) => wipe(inner, path),
@@ -159,6 +182,17 @@ pub(super) fn wipe(table: &mut toml::Table, path: &mut Vec<String>) {
 /// Every secret key set in `table`, dotted, in order.
 pub(super) fn secret_keys(table: &toml::Table, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     for (key, value) in table {
+        if let toml::Value::Array(items) = value {
+            // An array of tables (`[[delivery]]`): `delivery[1].secret_access_key`.
+            for (i, item) in items.iter().enumerate() {
+                if let toml::Value::Table(inner) = item {
+                    path.push(format!("{key}[{}]", i + 1));
+                    secret_keys(inner, path, out);
+                    path.pop();
+                }
+            }
+            continue;
+        }
         path.push(key.clone());
         match value {
             toml::Value::Table(inner) => secret_keys(inner, path, out),
