@@ -1771,6 +1771,56 @@ mod tests {
     }
 
     #[test]
+    fn delivery_tables_are_checked_and_their_keys_named() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let secret = dir.path().join("s3-secret");
+        std::fs::write(&secret, "wJalr-secret\n").expect("write");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod");
+        }
+        let s3 = |endpoint: &str| {
+            format!(
+                "{}\n[[delivery]]\nkind = \"dir\"\npath = \"/mnt/share\"\n\n[[delivery]]\nkind = \"s3\"\nbucket = \"b\"\nendpoint = \"{endpoint}\"\naccess_key_id = \"AKIA1\"\nsecret_access_key_file = \"{}\"\n",
+                base(),
+                secret.display()
+            )
+        };
+        let c = parse(&s3("https://s3.firm.example")).expect("parses");
+        assert_eq!(c.delivery.len(), 2);
+        let source = c
+            .secret_sources
+            .iter()
+            .find(|s| s.key == "delivery[2].secret_access_key")
+            .unwrap_or_else(|| panic!("{:?}", c.secret_sources));
+        assert!(source.from.contains("s3-secret"), "{source:?}");
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("wJalr"), "{shown}");
+        assert!(shown.contains("[[delivery]]"), "{shown}");
+
+        let err = parse(&s3("http://s3.firm.example")).expect_err("plain http");
+        assert!(err.to_string().contains("`delivery[2].endpoint`"), "{err}");
+        assert!(parse(&s3("http://127.0.0.1:8333")).is_ok(), "loopback http");
+
+        let twice = format!(
+            "{}\n[[delivery]]\nkind = \"dir\"\npath = \"/a\"\nname = \"x\"\n[[delivery]]\nkind = \"dir\"\npath = \"/b\"\nname = \"x\"\n",
+            base()
+        );
+        let err = parse(&twice).expect_err("same name");
+        assert!(err.to_string().contains("`delivery[2].name`"), "{err}");
+        let unknown = format!("{}\n[[delivery]]\nkind = \"ftp\"\npath = \"/a\"\n", base());
+        let err = parse(&unknown).expect_err("kind");
+        assert!(err.to_string().contains("ftp"), "{err}");
+        let relative = format!(
+            "{}\n[[delivery]]\nkind = \"dir\"\npath = \"share\"\n",
+            base()
+        );
+        let err = parse(&relative).expect_err("relative");
+        assert!(err.to_string().contains("`delivery[1].path`"), "{err}");
+    }
+
+    #[test]
     fn encryption_recipients_are_checked_and_their_key_named() {
         let good = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
         let c = parse(&base()).expect("parses");

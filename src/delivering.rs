@@ -29,6 +29,8 @@ pub struct Delivery {
     record: PathBuf,
     /// Cancelled when the process is asked to stop: a target being retried gives up then.
     stop: CancellationToken,
+    /// Runs with a `delivery_failed` alert open (resolved once every target took the files).
+    open_alerts: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Delivery {
@@ -50,6 +52,7 @@ impl Delivery {
             protection,
             record,
             stop: CancellationToken::new(),
+            open_alerts: Default::default(),
         })))
     }
 
@@ -126,6 +129,7 @@ impl Delivery {
             .deliver(run, files, Utc::now(), only, &self.stop)
             .await;
         if first.is_complete() {
+            self.resolve(run).await;
             return first;
         }
         let retry = deadline > Utc::now() && !self.stop.is_cancelled();
@@ -164,14 +168,7 @@ impl Delivery {
             report.failed.extend(outcome.failed);
         }
         if report.is_complete() {
-            let resolution = esg_alerts::Resolution::new(
-                esg_alerts::AlertKind::DeliveryFailed,
-                run.run_id.clone(),
-                run.business_date,
-                &format!("run {}: every target took the files", run.run_id),
-                Utc::now(),
-            );
-            self.alerts.resolve(resolution).await;
+            self.resolve(run).await;
         } else {
             self.alert(run, &report, None).await;
         }
@@ -265,6 +262,50 @@ impl Delivery {
         Ok(missing)
     }
 
+    /// The pre-flight of run `run_id` found targets it cannot reach (`(check, detail)`): the
+    /// alert goes out now, before the files are due, and is resolved when they are delivered.
+    pub async fn preflight_failed(
+        &self,
+        run_id: &str,
+        business_date: NaiveDate,
+        failures: &[(String, String)],
+    ) {
+        let alert = Alert::delivery_failed(run_id, business_date, failures, Utc::now())
+            .with_detail(
+                "found_by",
+                "pre-flight: the run goes on, the files are delivered when the target is back",
+            );
+        self.open(run_id);
+        self.alerts.send_alert(alert).await;
+    }
+
+    fn open(&self, run_id: &str) {
+        self.open_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run_id.to_owned());
+    }
+
+    /// Resolves the run's `delivery_failed` alert if one is open.
+    async fn resolve(&self, run: &RunRef) {
+        let was_open = self
+            .open_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&run.run_id);
+        if !was_open {
+            return;
+        }
+        let resolution = esg_alerts::Resolution::new(
+            esg_alerts::AlertKind::DeliveryFailed,
+            run.run_id.clone(),
+            run.business_date,
+            &format!("run {}: every target took the files", run.run_id),
+            Utc::now(),
+        );
+        self.alerts.resolve(resolution).await;
+    }
+
     /// `delivery_failed` for the targets of `report` that failed; `retrying_until`: they are
     /// being tried again until then.
     async fn alert(&self, run: &RunRef, report: &Report, retrying_until: Option<DateTime<Utc>>) {
@@ -283,6 +324,7 @@ impl Delivery {
                     "local_files",
                     format!("{} (untouched)", self.output_dir.display()),
                 );
+        self.open(&run.run_id);
         alert = match retrying_until {
             Some(until) => alert.with_detail("retrying_until", until.to_rfc3339()),
             None => alert.with_detail(

@@ -34,6 +34,9 @@ pub struct Check {
     pub ok: bool,
     /// What was found (a path, a size, an error).
     pub detail: String,
+    /// False for a check whose failure does not stop the run (a delivery target: the files
+    /// are written locally and delivered when the target is back); it is reported and alerted.
+    pub required: bool,
 }
 
 /// Every check of one pre-flight.
@@ -43,14 +46,19 @@ pub struct Report {
 }
 
 impl Report {
-    /// True when every check holds.
+    /// True when every required check holds.
     pub fn ok(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+        self.checks.iter().all(|c| c.ok || !c.required)
     }
 
-    /// The checks that failed.
+    /// The required checks that failed.
     pub fn failures(&self) -> impl Iterator<Item = &Check> {
-        self.checks.iter().filter(|c| !c.ok)
+        self.checks.iter().filter(|c| !c.ok && c.required)
+    }
+
+    /// The checks that failed without stopping the run (delivery targets).
+    pub fn warnings(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.ok && !c.required)
     }
 
     /// `Err` naming every failed check, for a run to stop on.
@@ -71,7 +79,11 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "  {} {}: {}",
-                if c.ok { "ok  " } else { "FAIL" },
+                match (c.ok, c.required) {
+                    (true, _) => "ok  ",
+                    (false, true) => "FAIL",
+                    (false, false) => "WARN",
+                },
                 c.name,
                 c.detail
             )?;
@@ -113,10 +125,49 @@ pub async fn run(config: &Config, scope: &Scope) -> Report {
     if scope.output {
         checks.push(free_space(&config.output.dir, scope.expected_rows));
     }
-    let (accounts, esg) = tokio::join!(accounts_api(config), esg_api(config));
+    let (accounts, esg, delivery) = tokio::join!(
+        accounts_api(config),
+        esg_api(config),
+        delivery_targets(config, scope.output)
+    );
     checks.extend(accounts);
     checks.extend(esg);
+    checks.extend(delivery);
     Report { checks }
+}
+
+/// Each `[[delivery]]` target can be reached and written (not required: a target that is down
+/// delays the delivery, not the file).
+async fn delivery_targets(config: &Config, output: bool) -> Vec<Check> {
+    if !output || config.delivery.is_empty() {
+        return Vec::new();
+    }
+    let record = config.state.dir.join(crate::delivering::RECORD_FILE);
+    let deliveries = match esg_delivery::Deliveries::new(&config.delivery, &record) {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![Check {
+                required: false,
+                ..failed("delivery targets", e.message)
+            }]
+        }
+    };
+    let failures = deliveries.check().await;
+    deliveries
+        .names()
+        .into_iter()
+        .map(|name| {
+            let what = format!("delivery target {name} writable");
+            let check = match failures.iter().find(|(n, _)| *n == name) {
+                Some((_, e)) => failed(&what, e.message.clone()),
+                None => passed(&what, "reached and written".into()),
+            };
+            Check {
+                required: false,
+                ..check
+            }
+        })
+        .collect()
 }
 
 /// Writes, syncs and removes a probe file in `dir` (created if missing).
@@ -136,6 +187,7 @@ fn writable(what: &str, dir: &Path) -> Check {
             name,
             ok: true,
             detail: dir.display().to_string(),
+            required: true,
         },
         Err(e) => {
             let _ = std::fs::remove_file(&probe);
@@ -143,6 +195,7 @@ fn writable(what: &str, dir: &Path) -> Check {
                 name,
                 ok: false,
                 detail: format!("{}: {e}", dir.display()),
+                required: true,
             }
         }
     }
@@ -184,12 +237,14 @@ fn free_space(dir: &Path, expected_rows: u64) -> Check {
                     dir.display(),
                     mib(needed)
                 ),
+                required: true,
             }
         }
         Err(e) => Check {
             name,
             ok: false,
             detail: format!("{}: {e}", dir.display()),
+            required: true,
         },
     }
 }
@@ -272,6 +327,7 @@ fn passed(name: &str, detail: String) -> Check {
         name: name.to_owned(),
         ok: true,
         detail,
+        required: true,
     }
 }
 
@@ -280,6 +336,7 @@ fn failed(name: &str, detail: String) -> Check {
         name: name.to_owned(),
         ok: false,
         detail,
+        required: true,
     }
 }
 

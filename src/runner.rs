@@ -456,6 +456,18 @@ impl Runner {
             let report = self.preflight().await?;
             let report = report.into_result()?;
             tracing::info!(checks = report.checks.len(), "pre-flight passed");
+            let warnings: Vec<(String, String)> = report
+                .warnings()
+                .map(|c| (c.name.clone(), c.detail.clone()))
+                .collect();
+            if let (Some(delivery), false) = (&self.delivery, warnings.is_empty()) {
+                for (name, detail) in &warnings {
+                    tracing::warn!(check = %name, detail = %detail, "pre-flight: a delivery target is not reachable; the run goes on, the files will be delivered when it is");
+                }
+                delivery
+                    .preflight_failed(&run_id, req.business_date, &warnings)
+                    .await;
+            }
         }
         if let Some(log) = &self.log {
             // Housekeeping of the embedded log before the day starts: retention and compaction

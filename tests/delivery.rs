@@ -112,7 +112,17 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
         .spawn()
         .expect("esg starts");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !kinds(&got).contains(&("delivery_failed".into(), "firing".into())) {
+    let retrying = |got: &common::webhook::Received| {
+        got.lock()
+            .expect("alerts")
+            .iter()
+            .find(|a| a["kind"] == "delivery_failed" && a["details"]["retrying_until"].is_string())
+            .cloned()
+    };
+    let alert = loop {
+        if let Some(alert) = retrying(&got) {
+            break alert;
+        }
         assert!(
             Instant::now() < deadline,
             "no delivery_failed alert: {:?}",
@@ -123,8 +133,7 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
             "esg ended before alerting"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let alert = got.lock().expect("alerts")[0].clone();
+    };
     assert!(
         alert["summary"]
             .as_str()
@@ -132,7 +141,15 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
             .contains("compliance-share"),
         "{alert}"
     );
-    assert!(alert["details"]["retrying_until"].is_string(), "{alert}");
+    // The pre-flight saw it first, at the start of the run, and the run went on.
+    let first = got.lock().expect("alerts")[0].clone();
+    assert_eq!(first["kind"], "delivery_failed", "{first}");
+    assert!(
+        first["details"]["found_by"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("pre-flight")),
+        "{first}"
+    );
     // The local files are whole while the share is away.
     let local = names(&world.out());
     assert!(
@@ -204,6 +221,15 @@ async fn esg_deliver_repeats_a_delivery_and_fails_loudly_when_it_cannot() {
     );
     assert_eq!(names(&share), names(&world.out()));
 
+    // The pre-flight reports a target it cannot reach without failing.
+    let (code, said) =
+        outcome(esg_command(["check-config", "--connect", "--config"]).arg(&world.config_path));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("ok   delivery target compliance-share writable"),
+        "{said}"
+    );
+
     // An unknown target and a date without files are usage errors that name what is wrong.
     let (code, said) = deliver(&["--target", "elsewhere"]);
     assert_eq!(code, Some(2), "{said}");
@@ -223,6 +249,17 @@ async fn esg_deliver_repeats_a_delivery_and_fails_loudly_when_it_cannot() {
     let (code, said) = deliver(&["--retry-for", "0s"]);
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("FAILED compliance-share"), "{said}");
+    let (code, said) =
+        outcome(esg_command(["check-config", "--connect", "--config"]).arg(&world.config_path));
+    assert_eq!(
+        code,
+        Some(0),
+        "a target that is down does not fail the pre-flight: {said}"
+    );
+    assert!(
+        said.contains("WARN delivery target compliance-share writable"),
+        "{said}"
+    );
     let alerts = got.lock().expect("alerts").clone();
     let failed: Vec<_> = alerts
         .iter()

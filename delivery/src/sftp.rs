@@ -11,9 +11,9 @@
 //! then renamed over `<dir>/<name>` with `posix-rename@openssh.com`, which replaces the earlier
 //! file atomically: a reader of `<dir>/<name>` sees the old file or the new one, never a part.
 //! That holds only on a server with the extension (OpenSSH has it); on another server the
-//! earlier file is removed just before the rename (see [`Session::rename_over`]). A failed
-//! delivery removes its temporary file (best effort: a connection that dropped cannot, and the
-//! next attempt of the same process truncates it).
+//! earlier file is removed just before the rename, and for that moment the name is absent. A
+//! failed delivery removes its temporary file (best effort: a connection that dropped cannot,
+//! and the next attempt of the same process truncates it).
 //!
 //! The private key is read once, when the target is built, and refused if the group or others
 //! may read it. No error or log line holds key material or the passphrase.
@@ -588,25 +588,15 @@ impl Session {
         Ok(())
     }
 
-    /// SHA-256 and size of the open file `handle`, read with [`IN_FLIGHT`] reads at a time.
+    /// SHA-256 and length of the first `size` bytes of the open file `handle` (fewer if it is
+    /// shorter), read with up to [`IN_FLIGHT`] reads at a time.
     async fn hash(
         &self,
         handle: &str,
         temp: &str,
-        expected_size: u64,
+        size: u64,
     ) -> Result<(String, u64), DeliveryError> {
         let c = &self.config;
-        let size = self
-            .sftp
-            .fstat(handle)
-            .await
-            .map_err(|e| sftp_error(c, "stat", temp, e))?
-            .attrs
-            .size
-            .unwrap_or(expected_size);
-        if size != expected_size {
-            return Ok((String::from("(not read)"), size));
-        }
         let mut hasher = Sha256::new();
         let mut hashed = 0u64;
         let mut next = 0u64;
@@ -627,7 +617,7 @@ impl Session {
                 Err(e) => return Err(sftp_error(c, "read", temp, e)),
             };
             if data.is_empty() {
-                // Shorter than its size said: the caller reports the difference.
+                // Shorter than the local file: the caller reports the difference.
                 break;
             }
             hasher.update(&data);
@@ -637,6 +627,14 @@ impl Session {
                 // from where this one stopped.
                 reads = FuturesOrdered::new();
                 next = hashed;
+            }
+        }
+        // Longer than the local file: one byte more is enough to tell.
+        if hashed == size {
+            match self.sftp.read(handle, size, 1).await {
+                Ok(data) => hashed += data.data.len() as u64,
+                Err(e) if is_status(&e, StatusCode::Eof) => {}
+                Err(e) => return Err(sftp_error(c, "read", temp, e)),
             }
         }
         Ok((format!("{:x}", hasher.finalize()), hashed))

@@ -373,6 +373,20 @@ async fn a_key_file_readable_by_others_is_refused_before_connecting() {
 }
 
 #[tokio::test]
+async fn a_server_that_cannot_be_reached_is_worth_another_try() {
+    let sshd = Sshd::start();
+    let config = SftpConfig {
+        // Nothing listens there (the port was free a moment ago).
+        port: free_port(),
+        ..sshd.config()
+    };
+    let target = SftpTarget::new(&config).expect("build target");
+    let err = target.check().await.expect_err("nothing to connect to");
+    assert!(err.retryable, "a network error is retried: {err}");
+    assert!(err.message.contains("connecting"), "{err}");
+}
+
+#[tokio::test]
 async fn check_passes_on_a_writable_dir_and_fails_on_a_missing_one() {
     let sshd = Sshd::start();
     let target = SftpTarget::new(&sshd.config()).expect("build target");
