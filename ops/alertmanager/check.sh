@@ -37,6 +37,7 @@ expect "$page" alertname=EsgRunTimedOut severity=critical team=development kind=
 expect "$page" alertname=EsgRunCriticalFailure severity=critical team=development kind=daily
 expect "$page" alertname=EsgFailureRatioHigh severity=critical team=development
 expect "$page" alertname=EsgAlertChannelFailing severity=critical team=development channel=email
+expect "$page" alertname=EsgDeliveryFailed severity=critical team=development target=compliance-sftp outcome=failed
 expect business-email alertname=EsgFailureRatioHigh severity=warning team=business
 expect business-email alertname=SomethingElse severity=critical team=business
 expect development-email alertname=EsgScorerLagNotShrinking severity=warning team=development
