@@ -31,6 +31,7 @@ command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v age >/dev/null || missing+=(age)
 [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null || missing+=(openssh-server)
+command -v curl >/dev/null || missing+=(curl)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (Debian)"
@@ -41,6 +42,10 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
   echo "== installing PyYAML (checks of ops/kubernetes)"
   python3 -m pip install -q pyyaml
 fi
+
+echo "== test services: SeaweedFS (the S3 delivery target's server) and boto3 (its reader)"
+./ops/services/s3.sh install
+python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q boto3
 
 if [[ "${ESG_TEST_USE_DOCKER:-0}" != 1 ]]; then
   echo "== test services: Apache Kafka and Apicurio Registry from Maven Central"

@@ -256,10 +256,16 @@ impl S3Target {
             }
             _ => {}
         }
+        // Every PUT and part carries `x-amz-checksum-sha256`: the server refuses a body that
+        // changed on the way (BadDigest) before storing it. AWS and SeaweedFS (the test server)
+        // check it; the read-back after the upload covers servers that only store it.
         builder = builder.with_checksum_algorithm(Checksum::SHA256);
 
+        // Neither plain http to another host nor unchecked certificates, whatever the
+        // environment says (`AWS_ALLOW_HTTP`, `AWS_ALLOW_INVALID_CERTIFICATES`).
         let mut options = client_options_from_env()
             .with_allow_http(endpoint_url.as_ref().is_some_and(|u| u.scheme() == "http"))
+            .with_allow_invalid_certificates(false)
             .with_timeout(config.timeout)
             .with_connect_timeout(config.timeout.min(Duration::from_secs(10)));
         if let Some(path) = &config.tls_ca_file {
@@ -304,6 +310,9 @@ impl S3Target {
                 .map(|s| s.expose().to_owned()),
             config.session_token.as_ref().map(|s| s.expose().to_owned()),
             config.access_key_id.clone(),
+            // Credentials object_store takes from the environment.
+            std::env::var("AWS_SECRET_ACCESS_KEY").ok(),
+            std::env::var("AWS_SESSION_TOKEN").ok(),
         ]
         .into_iter()
         .flatten()
@@ -638,12 +647,19 @@ impl Target for S3Target {
     async fn put(&self, file: &LocalFile) -> Result<(), DeliveryError> {
         let key = self.key(&file.name)?;
         let object = self.object(&file.name);
-        if file.size <= MULTIPART_THRESHOLD {
-            self.put_single(file, &key, &object).await?;
-        } else {
+        // By the size on disk now, not when it was hashed: one PUT never holds more than the
+        // threshold in memory. A file that changed fails the read-back.
+        let size = tokio::fs::metadata(&file.path)
+            .await
+            .map_err(|e| local_error(file, e))?
+            .len();
+        let multipart = size > MULTIPART_THRESHOLD;
+        if multipart {
             self.put_multipart(file, &key, &object).await?;
+        } else {
+            self.put_single(file, &key, &object).await?;
         }
-        tracing::debug!(object = %object, bytes = file.size, multipart = file.size > MULTIPART_THRESHOLD, "object uploaded; reading it back");
+        tracing::debug!(object = %object, bytes = size, multipart, "object uploaded; reading it back");
         self.verify(file, &key, &object).await
     }
 
@@ -713,12 +729,12 @@ mod tests {
         for refused in [
             "http://s3.firm.example:9000",
             "http://10.1.2.3",
-            "https://u:secret@s3.firm.example",
+            "https://u:pa55w0rd@s3.firm.example",
         ] {
             c.endpoint = Some(refused.into());
             let (key, message) = c.validate().expect_err(refused);
             assert_eq!(key, "endpoint");
-            assert!(!message.contains("secret"), "{message}");
+            assert!(!message.contains("pa55w0rd"), "{message}");
         }
     }
 
@@ -731,6 +747,36 @@ mod tests {
             Some("InvalidAccessKeyId")
         );
         assert_eq!(http_status("no status here"), None);
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_at_construction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let junk = dir.path().join("ca.pem");
+        std::fs::write(&junk, "not a certificate\n").expect("write");
+        let mut c = config();
+        c.access_key_id = Some("AKIAEXAMPLE000000000".into());
+        c.secret_access_key = Some(Secret::new("secretThatMustNotBeEchoed"));
+        c.tls_ca_file = Some(junk);
+        let error = S3Target::new(&c).expect_err("junk CA");
+        assert!(!error.retryable, "{error}");
+        assert!(error.message.starts_with("tls_ca_file: "), "{error}");
+    }
+
+    #[test]
+    fn a_virtual_hosted_endpoint_has_the_bucket_in_its_host_name() {
+        let url = url::Url::parse("https://s3.firm.example:9000").expect("url");
+        assert_eq!(
+            bucket_endpoint(&url, "esg-out").expect("endpoint"),
+            "https://esg-out.s3.firm.example:9000"
+        );
+        let url = url::Url::parse("https://esg-out.s3.firm.example").expect("url");
+        assert_eq!(
+            bucket_endpoint(&url, "esg-out").expect("endpoint"),
+            "https://esg-out.s3.firm.example"
+        );
+        let url = url::Url::parse("https://10.0.0.1:9000").expect("url");
+        assert!(bucket_endpoint(&url, "esg-out").is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ fn kms_key() -> String {
 /// boto3, pointed at the server: `python3 -c HELPER ENDPOINT KEY_ID SECRET COMMAND ARGS…`, one
 /// JSON value on stdout.
 const HELPER: &str = r#"
-import boto3, json, sys
+import base64, boto3, json, sys
 endpoint, key_id, secret, command, *args = sys.argv[1:]
 s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                   aws_access_key_id=key_id, aws_secret_access_key=secret)
@@ -36,9 +36,12 @@ if command == "create-bucket":
     print("null")
 elif command == "head":
     bucket, key = args
-    h = s3.head_object(Bucket=bucket, Key=key)
+    h = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    checksum = h.get("ChecksumSHA256")
     print(json.dumps({"sse": h.get("ServerSideEncryption"), "kms_key": h.get("SSEKMSKeyId"),
-                      "size": h["ContentLength"], "etag": h["ETag"]}))
+                      "size": h["ContentLength"], "etag": h["ETag"],
+                      # hex, as LocalFile has it; a multipart object's is a checksum of checksums
+                      "sha256": base64.b64decode(checksum).hex() if checksum and "-" not in checksum else checksum}))
 elif command == "download":
     bucket, key, path = args
     s3.download_file(bucket, key, path)
@@ -62,8 +65,10 @@ struct S3Server {
 impl Drop for S3Server {
     fn drop(&mut self) {
         if let Some(pid) = self.pid {
+            // SIGKILL: its data is thrown away with the directory, and a graceful stop of
+            // `weed mini` takes about ten seconds.
             let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
+                .args(["-KILL", &pid.to_string()])
                 .status();
         }
     }
@@ -75,7 +80,9 @@ static SHARED: tokio::sync::Mutex<Weak<S3Server>> = tokio::sync::Mutex::const_ne
 /// The configured server, or the one the running tests share (started if none runs).
 async fn server() -> Arc<S3Server> {
     if let Ok(endpoint) = std::env::var("ESG_TEST_S3_ENDPOINT") {
-        let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} with ESG_TEST_S3_ENDPOINT"));
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| panic!("{name} with ESG_TEST_S3_ENDPOINT"))
+        };
         return Arc::new(S3Server {
             endpoint,
             key_id: var("ESG_TEST_S3_ACCESS_KEY_ID"),
@@ -264,8 +271,16 @@ async fn sse_kms_objects_hold_the_files_bytes_and_name_the_key() {
     })
     .expect("target");
     let files = [
-        local(dir.path(), "FirmESGRatings_20261123_summary.json", b"{\"accounts\":2}\n"),
-        local(dir.path(), "FirmESGRatings_20261123.csv", b"account,rating\nACC-1,AA\nACC-2,B\n"),
+        local(
+            dir.path(),
+            "FirmESGRatings_20261123_summary.json",
+            b"{\"accounts\":2}\n",
+        ),
+        local(
+            dir.path(),
+            "FirmESGRatings_20261123.csv",
+            b"account,rating\nACC-1,AA\nACC-2,B\n",
+        ),
     ];
     for file in &files {
         target.put(file).await.expect("delivered");
@@ -280,6 +295,8 @@ async fn sse_kms_objects_hold_the_files_bytes_and_name_the_key() {
         assert_eq!(head["sse"], "aws:kms", "{head}");
         let kms = head["kms_key"].as_str().expect("SSEKMSKeyId");
         assert!(kms.contains(&kms_key()), "{kms}");
+        // The upload carried the SHA-256 the server checked and kept.
+        assert_eq!(head["sha256"], file.sha256.as_str(), "{head}");
     }
 }
 
@@ -321,7 +338,10 @@ async fn a_second_delivery_replaces_the_object() {
         .await
         .expect("second");
     let key = format!("out/{name}");
-    assert_eq!(bucket.download(&key, &dir.path().join("back")).await, second);
+    assert_eq!(
+        bucket.download(&key, &dir.path().join("back")).await,
+        second
+    );
     assert_eq!(bucket.contents().await["keys"], json!([key]));
 }
 
@@ -355,7 +375,11 @@ async fn a_file_above_the_multipart_threshold_arrives_whole() {
 async fn refused_credentials_and_a_missing_bucket_are_permanent_and_write_nothing() {
     let bucket = bucket_for("refused").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let small = local(dir.path(), "FirmESGRatings_20261123.csv", b"account,rating\n");
+    let small = local(
+        dir.path(),
+        "FirmESGRatings_20261123.csv",
+        b"account,rating\n",
+    );
     let big = LocalFile::read(&random_file(
         &dir.path().join("FirmESGRatings_20261123.csv.age"),
         MULTIPART_THRESHOLD as usize + 1,
@@ -392,7 +416,10 @@ async fn refused_credentials_and_a_missing_bucket_are_permanent_and_write_nothin
             let error = target.put(file).await.expect_err("refused");
             assert!(!error.retryable, "{error}");
             assert!(error.message.contains(code), "{code}: {error}");
-            assert!(error.message.contains(&target.object(&file.name)), "{error}");
+            assert!(
+                error.message.contains(&target.object(&file.name)),
+                "{error}"
+            );
             assert!(!error.message.contains(wrong_secret), "{error}");
             assert!(!error.message.contains(&bucket.server.secret), "{error}");
         }
@@ -418,7 +445,11 @@ async fn a_read_back_that_differs_deletes_the_object_and_is_retryable() {
     let bucket = bucket_for("mismatch").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let target = S3Target::new(&bucket.sse_kms("")).expect("target");
-    let mut file = local(dir.path(), "FirmESGRatings_20261123.csv", b"account,rating\n");
+    let mut file = local(
+        dir.path(),
+        "FirmESGRatings_20261123.csv",
+        b"account,rating\n",
+    );
     // The file changed on disk after it was hashed: what arrives is not what was promised.
     file.sha256 = "0".repeat(64);
     let error = target.put(&file).await.expect_err("mismatch");
@@ -479,7 +510,10 @@ fn plain_http_to_another_host_is_refused_at_construction() {
         assert!(!error.retryable, "{error}");
         assert!(error.message.contains("endpoint"), "{error}");
         assert!(error.message.contains("https://"), "{error}");
-        assert!(!error.message.contains("secretThatMustNotBeEchoed"), "{error}");
+        assert!(
+            !error.message.contains("secretThatMustNotBeEchoed"),
+            "{error}"
+        );
         let https = S3Config {
             endpoint: Some(endpoint.replacen("http://", "https://", 1)),
             ..config
