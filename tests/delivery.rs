@@ -84,6 +84,34 @@ async fn a_run_delivers_its_files_to_a_share_ratings_last_and_records_each() {
         );
     }
 
+    // A re-run replaces rows of the day's file: the share gets the new file.
+    let id = read_csv(&world.csv_path(date(DAY)))[1][0].clone();
+    let (code, said) = outcome(
+        esg_command([
+            "rerun",
+            "--business-date",
+            DAY,
+            "--accounts",
+            &id,
+            "--config",
+        ])
+        .arg(&world.config_path),
+    );
+    assert_eq!(code, Some(0), "{said}");
+    let csv = "FirmESGRatings_20261123.csv";
+    assert_eq!(
+        std::fs::read(share.join(csv)).expect("copy"),
+        std::fs::read(world.out().join(csv)).expect("local")
+    );
+    let entries = record(&world);
+    let rerun: Vec<&esg_delivery::RecordEntry> =
+        entries.iter().filter(|e| e.run_id != DAY).collect();
+    assert_eq!(rerun.len(), local.len(), "{entries:?}");
+    assert!(
+        rerun.iter().all(|e| e.run_id.starts_with("2026-11-23.")),
+        "{rerun:?}"
+    );
+
     // A date that is done, asked again: nothing is sent twice.
     let (code, said) = outcome(
         esg_command(["run", "--once", "--business-date", DAY])
@@ -269,5 +297,76 @@ async fn esg_deliver_repeats_a_delivery_and_fails_loudly_when_it_cannot() {
     assert_eq!(
         failed[0]["details"]["next_step"],
         format!("esg deliver --business-date {DAY}")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_while_a_delivery_is_retried_the_next_run_of_the_date_delivers_what_is_missing() {
+    let (url, got) = receiver().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let share = tmp.path().join("share");
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let world = World::start(
+        quiet_sim(80),
+        &format!(
+            "[encryption]\nrecipients = [\"{recipient}\"]\n{}\n{}",
+            alerts_config(&url),
+            share_config(&share)
+        ),
+    )
+    .await;
+    let mut child = esg_command(["run", "--once", "--business-date", DAY])
+        .arg("--config")
+        .arg(&world.config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("esg starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !got
+        .lock()
+        .expect("alerts")
+        .iter()
+        .any(|a| a["kind"] == "delivery_failed" && a["details"]["retrying_until"].is_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no delivery_failed alert: {:?}",
+            kinds(&got)
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "esg ended before alerting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // kill -9 while the share is being retried.
+    child.kill().expect("kill");
+    child.wait().expect("reaped");
+    std::fs::create_dir(&share).expect("mount");
+
+    let (code, said) = outcome(
+        esg_command(["run", "--once", "--business-date", DAY, "--config"]).arg(&world.config_path),
+    );
+    assert_eq!(code, Some(0), "{said}");
+    let local = names(&world.out());
+    assert!(
+        !local.is_empty() && local.iter().all(|n| n.ends_with(".age")),
+        "{local:?}"
+    );
+    assert_eq!(
+        names(&share),
+        local,
+        "the share holds the encrypted files, nothing else"
+    );
+    let delivered: Vec<String> = record(&world)
+        .into_iter()
+        .filter(|e| e.outcome == "delivered")
+        .map(|e| e.file)
+        .collect();
+    assert_eq!(delivered.len(), local.len(), "{delivered:?}");
+    assert_eq!(
+        delivered.last().map(String::as_str),
+        Some("FirmESGRatings_20261123.csv.age")
     );
 }
