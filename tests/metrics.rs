@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_exposes_valid_prometheus_metrics() {
+    let share = tempfile::tempdir().expect("share");
     let world = World::start(
         esg_simulator::SimConfig {
             accounts: 300,
@@ -19,7 +20,11 @@ async fn a_running_job_exposes_valid_prometheus_metrics() {
             ..Default::default()
         },
         // Port 0: the job takes a free port and logs which (no port chosen here, none taken).
-        "[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[schedule]\nat = \"00:00\"\ntime_zone = \"UTC\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
+             [[delivery]]\nkind = \"dir\"\nname = \"share\"\npath = \"{}\"\n",
+            share.path().display()
+        ),
     )
     .await;
     let today = chrono::Utc::now().date_naive();
@@ -48,7 +53,8 @@ async fn a_running_job_exposes_valid_prometheus_metrics() {
             Ok(r) => r.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        if body.contains(ended) {
+        // The files are delivered after the run's end is recorded.
+        if body.contains(ended) && body.contains("esg_delivery_bytes_total{") {
             break body;
         }
         assert!(
@@ -97,9 +103,18 @@ async fn a_running_job_exposes_valid_prometheus_metrics() {
         "esg_api_retries_total ",
         "esg_api_in_flight ",
         "esg_scorer_consumer_lag_records ",
+        "esg_delivery_bytes_total{target=\"share\"}",
     ] {
         assert!(body.contains(expected), "{expected} missing from:\n{body}");
     }
+    let delivered = body
+        .lines()
+        .find(|l| l.starts_with("esg_deliveries_total{") && l.contains("outcome=\"delivered\""))
+        .unwrap_or_else(|| panic!("no delivered files counted:\n{body}"));
+    assert!(
+        delivered.contains("target=\"share\"") && delivered.ends_with(" 3"),
+        "{delivered}"
+    );
     // Bounded labels: no account or run id in any series.
     assert!(!body.contains("ACC0"), "{body}");
     assert!(!body.contains("2026-"), "{body}");
