@@ -30,14 +30,34 @@ fn sha256(path: &Path) -> String {
     esg_delivery::sha256_of(&mut file).expect("hash").0
 }
 
-/// The file names of `dir`, sorted.
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+/// Waits (to `deadline`) for the `delivery_failed` alert that says a target is being retried,
+/// while `child` runs; returns it.
+async fn retrying_alert(
+    got: &common::webhook::Received,
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> serde_json::Value {
+    loop {
+        let found = got
+            .lock()
+            .expect("alerts")
+            .iter()
+            .find(|a| a["kind"] == "delivery_failed" && a["details"]["retrying_until"].is_string())
+            .cloned();
+        if let Some(alert) = found {
+            return alert;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no delivery_failed alert: {:?}",
+            kinds(got)
+        );
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "esg ended before alerting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,8 +73,8 @@ async fn a_run_delivers_its_files_to_a_share_ratings_last_and_records_each() {
     );
     assert_eq!(code, Some(0), "{said}");
 
-    let local = names(&world.out());
-    assert_eq!(names(&share), local, "the share holds the day's files");
+    let local = names_in(&world.out());
+    assert_eq!(names_in(&share), local, "the share holds the day's files");
     for name in &local {
         assert_eq!(
             std::fs::read(share.join(name)).expect("copy"),
@@ -140,28 +160,7 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
         .spawn()
         .expect("esg starts");
     let deadline = Instant::now() + Duration::from_secs(120);
-    let retrying = |got: &common::webhook::Received| {
-        got.lock()
-            .expect("alerts")
-            .iter()
-            .find(|a| a["kind"] == "delivery_failed" && a["details"]["retrying_until"].is_string())
-            .cloned()
-    };
-    let alert = loop {
-        if let Some(alert) = retrying(&got) {
-            break alert;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no delivery_failed alert: {:?}",
-            kinds(&got)
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "esg ended before alerting"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let alert = retrying_alert(&got, &mut child, deadline).await;
     assert!(
         alert["summary"]
             .as_str()
@@ -179,7 +178,7 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
         "{first}"
     );
     // The local files are whole while the share is away.
-    let local = names(&world.out());
+    let local = names_in(&world.out());
     assert!(
         local.contains(&"FirmESGRatings_20261123.csv".to_owned()),
         "{local:?}"
@@ -198,7 +197,7 @@ async fn a_share_that_is_not_mounted_alerts_at_once_and_takes_the_files_once_it_
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
-    assert_eq!(names(&share), local);
+    assert_eq!(names_in(&share), local);
     assert!(
         kinds(&got).contains(&("delivery_failed".into(), "resolved".into())),
         "{:?}",
@@ -247,7 +246,7 @@ async fn esg_deliver_repeats_a_delivery_and_fails_loudly_when_it_cannot() {
         said.contains("delivered ") && said.contains("FirmESGRatings_20261123.csv"),
         "{said}"
     );
-    assert_eq!(names(&share), names(&world.out()));
+    assert_eq!(names_in(&share), names_in(&world.out()));
 
     // The pre-flight reports a target it cannot reach without failing.
     let (code, said) =
@@ -323,23 +322,7 @@ async fn killed_while_a_delivery_is_retried_the_next_run_of_the_date_delivers_wh
         .spawn()
         .expect("esg starts");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !got
-        .lock()
-        .expect("alerts")
-        .iter()
-        .any(|a| a["kind"] == "delivery_failed" && a["details"]["retrying_until"].is_string())
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no delivery_failed alert: {:?}",
-            kinds(&got)
-        );
-        assert!(
-            child.try_wait().expect("wait").is_none(),
-            "esg ended before alerting"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    retrying_alert(&got, &mut child, deadline).await;
     // kill -9 while the share is being retried.
     child.kill().expect("kill");
     child.wait().expect("reaped");
@@ -349,13 +332,13 @@ async fn killed_while_a_delivery_is_retried_the_next_run_of_the_date_delivers_wh
         esg_command(["run", "--once", "--business-date", DAY, "--config"]).arg(&world.config_path),
     );
     assert_eq!(code, Some(0), "{said}");
-    let local = names(&world.out());
+    let local = names_in(&world.out());
     assert!(
         !local.is_empty() && local.iter().all(|n| n.ends_with(".age")),
         "{local:?}"
     );
     assert_eq!(
-        names(&share),
+        names_in(&share),
         local,
         "the share holds the encrypted files, nothing else"
     );

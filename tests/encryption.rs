@@ -69,15 +69,6 @@ fn sim() -> SimConfig {
     }
 }
 
-fn names_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 /// The errors file without its Last Attempt Time column (the time of each world's own call).
 fn without_times(errors: &[u8]) -> Vec<String> {
     String::from_utf8(errors.to_vec())

@@ -43,6 +43,22 @@ impl Target for Flaky {
     }
 }
 
+/// A target that fails its first `failures` puts with `error`.
+fn flaky(failures: u32, error: DeliveryError) -> Flaky {
+    Flaky {
+        failures,
+        error,
+        calls: AtomicU32::new(0),
+        kept: Mutex::new(Vec::new()),
+    }
+}
+
+/// `d` delivers `paths` of the test run until `deadline`.
+async fn deliver(d: &Deliveries, paths: &[PathBuf], deadline: DateTime<Utc>) -> Report {
+    d.deliver(&run(), paths, deadline, None, &CancellationToken::new())
+        .await
+}
+
 fn with_target(target: Flaky, record: &Path) -> Deliveries {
     Deliveries {
         targets: vec![Named {
@@ -89,19 +105,12 @@ async fn a_transient_failure_is_retried_and_each_file_recorded_once() {
     let tmp = tempfile::tempdir().expect("tmp");
     let record = tmp.path().join("deliveries.jsonl");
     let d = with_target(
-        Flaky {
-            failures: 2,
-            error: DeliveryError::retryable("connection reset"),
-            calls: AtomicU32::new(0),
-            kept: Mutex::new(Vec::new()),
-        },
+        flaky(2, DeliveryError::retryable("connection reset")),
         &record,
     );
     let paths = files(tmp.path());
     let deadline = Utc::now() + chrono::Duration::minutes(1);
-    let report = d
-        .deliver(&run(), &paths, deadline, None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, deadline).await;
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(report.delivered.len(), 2);
     assert!(report.delivered.iter().all(|d| d.attempts == 3));
@@ -140,19 +149,15 @@ async fn a_permanent_refusal_is_not_retried() {
     let tmp = tempfile::tempdir().expect("tmp");
     let record = tmp.path().join("deliveries.jsonl");
     let d = with_target(
-        Flaky {
-            failures: u32::MAX,
-            error: DeliveryError::permanent("host key does not match"),
-            calls: AtomicU32::new(0),
-            kept: Mutex::new(Vec::new()),
-        },
+        flaky(
+            u32::MAX,
+            DeliveryError::permanent("host key does not match"),
+        ),
         &record,
     );
     let paths = files(tmp.path());
     let deadline = Utc::now() + chrono::Duration::minutes(1);
-    let report = d
-        .deliver(&run(), &paths, deadline, None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, deadline).await;
     assert_eq!(report.failed.len(), 1);
     let failed = &report.failed[0];
     assert_eq!(failed.attempts, 1);
@@ -173,19 +178,12 @@ async fn past_the_deadline_a_target_is_still_tried_the_minimum_number_of_times()
     let tmp = tempfile::tempdir().expect("tmp");
     let record = tmp.path().join("deliveries.jsonl");
     let d = with_target(
-        Flaky {
-            failures: u32::MAX,
-            error: DeliveryError::retryable("timed out"),
-            calls: AtomicU32::new(0),
-            kept: Mutex::new(Vec::new()),
-        },
+        flaky(u32::MAX, DeliveryError::retryable("timed out")),
         &record,
     );
     let paths = files(tmp.path());
     let deadline = Utc::now() - chrono::Duration::minutes(1);
-    let report = d
-        .deliver(&run(), &paths, deadline, None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, deadline).await;
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].attempts, MIN_ATTEMPTS);
 }
@@ -194,15 +192,7 @@ async fn past_the_deadline_a_target_is_still_tried_the_minimum_number_of_times()
 async fn a_local_file_that_cannot_be_read_fails_every_target_without_a_call() {
     let tmp = tempfile::tempdir().expect("tmp");
     let record = tmp.path().join("deliveries.jsonl");
-    let d = with_target(
-        Flaky {
-            failures: 0,
-            error: DeliveryError::retryable("unused"),
-            calls: AtomicU32::new(0),
-            kept: Mutex::new(Vec::new()),
-        },
-        &record,
-    );
+    let d = with_target(flaky(0, DeliveryError::retryable("unused")), &record);
     let report = d
         .deliver(
             &run(),
@@ -231,14 +221,10 @@ async fn a_share_gets_whole_files_0640_and_a_second_delivery_replaces_them() {
     assert!(d.check().await.is_empty());
     let paths = files(&local);
     let deadline = Utc::now() + chrono::Duration::minutes(1);
-    let report = d
-        .deliver(&run(), &paths, deadline, None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, deadline).await;
     assert!(report.is_complete(), "{report:?}");
     std::fs::write(&paths[1], b"Account ID\nACC1\nACC2\n").expect("rewrite");
-    let report = d
-        .deliver(&run(), &paths, deadline, None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, deadline).await;
     assert!(report.is_complete(), "{report:?}");
     let mut names: Vec<String> = std::fs::read_dir(&share)
         .expect("list")
@@ -279,9 +265,7 @@ async fn a_share_that_is_not_mounted_is_retried_then_reported_and_gets_nothing()
     assert_eq!(d.names(), [format!("dir:{}", share.display())]);
     assert_eq!(d.check().await.len(), 1);
     let paths = files(tmp.path());
-    let report = d
-        .deliver(&run(), &paths, Utc::now(), None, &CancellationToken::new())
-        .await;
+    let report = deliver(&d, &paths, Utc::now()).await;
     assert_eq!(report.failed.len(), 1);
     assert_eq!(report.failed[0].attempts, MIN_ATTEMPTS);
     assert!(

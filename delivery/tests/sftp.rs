@@ -32,6 +32,13 @@ impl Drop for Sshd {
 }
 
 impl Sshd {
+    /// A small local file to deliver, in the test's directory.
+    fn small_file(&self) -> LocalFile {
+        let local = self.path("FirmESGRatings_20261123.csv");
+        std::fs::write(&local, b"isin,rating\n").expect("write local");
+        LocalFile::read(&local).expect("local file")
+    }
+
     fn start() -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
@@ -300,9 +307,7 @@ async fn a_host_key_that_does_not_match_is_refused_and_nothing_is_written() {
         ..sshd.config()
     };
     let target = SftpTarget::new(&config).expect("build target");
-    let local = sshd.path("FirmESGRatings_20261123.csv");
-    std::fs::write(&local, b"isin,rating\n").expect("write local");
-    let file = LocalFile::read(&local).expect("local file");
+    let file = sshd.small_file();
 
     let err = target
         .put(&file)
@@ -333,9 +338,7 @@ async fn a_client_key_not_in_authorized_keys_is_refused() {
         ..sshd.config()
     };
     let target = SftpTarget::new(&config).expect("build target");
-    let local = sshd.path("FirmESGRatings_20261123.csv");
-    std::fs::write(&local, b"isin,rating\n").expect("write local");
-    let file = LocalFile::read(&local).expect("local file");
+    let file = sshd.small_file();
 
     let err = target
         .put(&file)

@@ -246,6 +246,16 @@ pub fn address_in(text: &str, marker: &str, key: &str) -> Option<std::net::Socke
     value.parse().ok()
 }
 
+/// The file names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Runs `command` to its end: its exit code, and what it said (stdout, then stderr).
 pub fn outcome(command: &mut std::process::Command) -> (Option<i32>, String) {
     let out = command.output().expect("the command runs");
