@@ -222,19 +222,28 @@ impl Delivery {
         Ok(self.send(&run, &files, deadline, index).await)
     }
 
-    /// Sends `files` of `business_date` to every target, retrying until `deadline`; alerts
-    /// when a target gives up.
-    pub async fn deliver_files(
-        &self,
-        business_date: NaiveDate,
-        files: &[PathBuf],
-        deadline: DateTime<Utc>,
-    ) -> Result<Report> {
+    /// Sends the files of `business_date` that some target has not taken yet (by the record),
+    /// retrying for up to ten minutes; alerts when a target gives up. Logs its own trouble.
+    pub async fn finish(&self, business_date: NaiveDate) {
+        let files = match self.undelivered(business_date) {
+            Ok(files) if files.is_empty() => return,
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(%business_date, error = %format!("{e:#}"), "cannot tell whether the day's files were delivered");
+                return;
+            }
+        };
+        tracing::info!(
+            %business_date,
+            files = files.len(),
+            "files of the day not yet delivered to every target: delivering them"
+        );
         let run = RunRef {
             run_id: format!("{business_date}.deliver"),
             business_date,
         };
-        Ok(self.send(&run, files, deadline, None).await)
+        let deadline = Utc::now() + chrono::Duration::minutes(10);
+        self.send(&run, &files, deadline, None).await;
     }
 
     /// The files of `business_date` that some target has not taken as they are now (by the

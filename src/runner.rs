@@ -255,28 +255,13 @@ impl Runner {
 
     /// A date whose files were written before: sends what some target has not taken yet (the
     /// process was stopped while it delivered, say). On the embedded log only, where the files
-    /// are this host's; on Kafka the assembler's host delivers, and `esg deliver` repeats it.
+    /// are this host's; on Kafka `esg assembler` does it when it starts.
     async fn finish_delivery(&self, date: NaiveDate, shutdown: &CancellationToken) {
         let (Some(delivery), Some(_)) = (&self.delivery, &self.local) else {
             return;
         };
         delivery.stop_with(shutdown);
-        let files = match delivery.undelivered(date) {
-            Ok(files) if files.is_empty() => return,
-            Ok(files) => files,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "cannot tell whether the day's files were delivered");
-                return;
-            }
-        };
-        tracing::info!(
-            files = files.len(),
-            "files of the day not yet delivered to every target: delivering them"
-        );
-        let deadline = Utc::now() + chrono::Duration::minutes(10);
-        if let Err(e) = delivery.deliver_files(date, &files, deadline).await {
-            tracing::warn!(error = %format!("{e:#}"), "delivery of the day's files");
-        }
+        delivery.finish(date).await;
     }
 
     /// The manual override: re-scores the selected accounts and replaces their rows in the
@@ -776,6 +761,18 @@ pub async fn assembler_service(
     let delivery = Delivery::new(config, alerts.clone())?;
     if let Some(d) = &delivery {
         d.stop_with(&shutdown);
+    }
+    if let Some(d) = &delivery {
+        // A delivery cut short by a restart (kill, crash, deploy): the latest day's files that
+        // some target lacks go out now, beside the service.
+        if let Some(date) = RunBook::read(&bus)
+            .await?
+            .latest_completed_daily()
+            .map(|r| r.business_date)
+        {
+            let d = d.clone();
+            tokio::spawn(async move { d.finish(date).await });
+        }
     }
     let assembler = pipeline::assembler(config, &bus, clock)?
         .with_run_end_hook(alerts.run_end_hook(bus.clone(), delivery));

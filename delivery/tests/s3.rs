@@ -3,6 +3,8 @@
 //! provider). The server is `ESG_TEST_S3_ENDPOINT` with `ESG_TEST_S3_ACCESS_KEY_ID` and
 //! `ESG_TEST_S3_SECRET_ACCESS_KEY` when set; otherwise `ops/services/s3.sh` starts one on a free
 //! port, shared by the tests that run at the same time and stopped when the last of them ends.
+//! The https tests (`tls_ca_file`) always start their own server the same way, with `S3_TLS_*`
+//! set: a certificate for 127.0.0.1 from a throwaway CA ([`TestPki`]), which only they trust.
 //! Each test has its own bucket. What the target wrote is read back with boto3, an independent
 //! client, not with object_store.
 //!
@@ -12,6 +14,7 @@
 use esg_auth::Secret;
 use esg_delivery::s3::{S3Config, S3Target, MULTIPART_THRESHOLD};
 use esg_delivery::{LocalFile, Target};
+use esg_simulator::tls::TestPki;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,12 +26,12 @@ fn kms_key() -> String {
     std::env::var("ESG_TEST_S3_KMS_KEY_ID").unwrap_or_else(|_| "esg-delivery-test-key".to_owned())
 }
 
-/// boto3, pointed at the server: `python3 -c HELPER ENDPOINT KEY_ID SECRET COMMAND ARGS…`, one
-/// JSON value on stdout.
+/// boto3, pointed at the server: `python3 -c HELPER ENDPOINT CA KEY_ID SECRET COMMAND ARGS…`,
+/// one JSON value on stdout. CA is the PEM file boto3 verifies an https server with, or empty.
 const HELPER: &str = r#"
 import base64, boto3, json, sys
-endpoint, key_id, secret, command, *args = sys.argv[1:]
-s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+endpoint, ca, key_id, secret, command, *args = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", verify=ca or None,
                   aws_access_key_id=key_id, aws_secret_access_key=secret)
 if command == "create-bucket":
     bucket, = args
@@ -58,6 +61,8 @@ struct S3Server {
     endpoint: String,
     key_id: String,
     secret: String,
+    /// The CA of an https server's certificate (in `_dir`).
+    ca: Option<PathBuf>,
     pid: Option<u32>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -76,6 +81,8 @@ impl Drop for S3Server {
 
 /// The running tests' server: alive while one of them holds it.
 static SHARED: tokio::sync::Mutex<Weak<S3Server>> = tokio::sync::Mutex::const_new(Weak::new());
+/// The same for the https tests.
+static SHARED_TLS: tokio::sync::Mutex<Weak<S3Server>> = tokio::sync::Mutex::const_new(Weak::new());
 
 /// The configured server, or the one the running tests share (started if none runs).
 async fn server() -> Arc<S3Server> {
@@ -87,15 +94,21 @@ async fn server() -> Arc<S3Server> {
             endpoint,
             key_id: var("ESG_TEST_S3_ACCESS_KEY_ID"),
             secret: var("ESG_TEST_S3_SECRET_ACCESS_KEY"),
+            ca: None,
             pid: None,
             _dir: None,
         });
     }
-    let mut shared = SHARED.lock().await;
+    shared(&SHARED, false).await
+}
+
+/// The server `slot` holds, or a new one (https with `tls`) that it then holds.
+async fn shared(slot: &tokio::sync::Mutex<Weak<S3Server>>, tls: bool) -> Arc<S3Server> {
+    let mut shared = slot.lock().await;
     if let Some(server) = shared.upgrade() {
         return server;
     }
-    let server = Arc::new(S3Server::start().await);
+    let server = Arc::new(S3Server::start(tls).await);
     *shared = Arc::downgrade(&server);
     server
 }
@@ -105,25 +118,42 @@ async fn bucket_for(test: &str) -> Bucket {
     server().await.bucket(test).await
 }
 
+/// A new bucket for `test` on the https server.
+async fn tls_bucket_for(test: &str) -> Bucket {
+    shared(&SHARED_TLS, true).await.bucket(test).await
+}
+
 impl S3Server {
-    async fn start() -> S3Server {
+    /// Runs s3.sh; with `tls`, https with a certificate of a new [`TestPki`] CA.
+    async fn start(tls: bool) -> S3Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/services/s3.sh");
+        let mut command = tokio::process::Command::new(script);
+        command.arg(port.to_string()).arg(dir.path());
+        let mut ca = None;
+        if tls {
+            let pki = TestPki::generate(
+                "esg-delivery s3 test CA",
+                &["127.0.0.1".into(), "localhost".into()],
+            )
+            .expect("test PKI");
+            // Beside the server's data, not in it: s3.sh empties `data/`.
+            let files = pki.write(&dir.path().join("pki")).expect("PKI files");
+            command
+                .env("S3_TLS_CERT", &files.server_cert)
+                .env("S3_TLS_KEY", &files.server_key)
+                .env("S3_TLS_CA", &files.ca);
+            ca = Some(files.ca);
+        }
         // Minutes only when s3.sh has to build weed first; seconds otherwise.
-        let out = tokio::time::timeout(
-            Duration::from_secs(1800),
-            tokio::process::Command::new(script)
-                .arg(port.to_string())
-                .arg(dir.path())
-                .output(),
-        )
-        .await
-        .expect("s3.sh returns")
-        .expect("s3.sh runs");
+        let out = tokio::time::timeout(Duration::from_secs(1800), command.output())
+            .await
+            .expect("s3.sh returns")
+            .expect("s3.sh runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let line = |name: &str| {
             stdout
@@ -142,10 +172,13 @@ impl S3Server {
                 String::from_utf8_lossy(&out.stderr)
             );
         };
+        let scheme = if tls { "https://" } else { "http://" };
+        assert!(endpoint.starts_with(scheme), "s3.sh serves {endpoint}");
         S3Server {
             endpoint,
             key_id,
             secret,
+            ca,
             pid: Some(pid.parse().expect("S3_PID is a number")),
             _dir: Some(dir),
         }
@@ -153,8 +186,20 @@ impl S3Server {
 
     /// Runs one HELPER command with the admin identity.
     async fn boto(&self, args: &[&str]) -> Value {
+        let ca = self
+            .ca
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let out = tokio::process::Command::new("python3")
-            .args(["-c", HELPER, &self.endpoint, &self.key_id, &self.secret])
+            .args([
+                "-c",
+                HELPER,
+                &self.endpoint,
+                &ca,
+                &self.key_id,
+                &self.secret,
+            ])
             .args(args)
             .output()
             .await
@@ -219,7 +264,7 @@ impl Bucket {
             secret_access_key: Some(Secret::new(self.server.secret.clone())),
             session_token: None,
             virtual_hosted_style: None,
-            tls_ca_file: None,
+            tls_ca_file: self.server.ca.clone(),
             timeout: Duration::from_secs(20),
         }
     }
@@ -456,6 +501,77 @@ async fn a_read_back_that_differs_deletes_the_object_and_is_retryable() {
     assert!(error.retryable, "{error}");
     assert!(error.message.contains("other bytes"), "{error}");
     assert_eq!(bucket.contents().await["keys"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_tls_ca_file_delivers_the_files_bytes() {
+    let bucket = tls_bucket_for("tls").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // SSE-KMS, as AWS allows it only over https.
+    let config = bucket.sse_kms("esg/daily/");
+    let endpoint = config.endpoint.clone().unwrap_or_default();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    assert!(config.tls_ca_file.is_some());
+    let target = S3Target::new(&config).expect("target");
+    let file = local(
+        dir.path(),
+        "FirmESGRatings_20261123.csv",
+        b"account,rating\nACC-1,AA\nACC-2,B\n",
+    );
+    target.put(&file).await.expect("delivered over https");
+    let key = format!("esg/daily/{}", file.name);
+    let back = bucket.download(&key, &dir.path().join("back")).await;
+    assert_eq!(back, std::fs::read(&file.path).expect("local"));
+    let head = bucket.head(&key).await;
+    assert_eq!(head["sha256"], file.sha256.as_str(), "{head}");
+    assert_eq!(head["sse"], "aws:kms", "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_without_the_tls_ca_file_refuses_the_certificate_and_writes_nothing() {
+    let bucket = tls_bucket_for("tls-untrusted").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The system's roots alone: they do not hold the test CA.
+    let target = S3Target::new(&S3Config {
+        tls_ca_file: None,
+        ..bucket.sse_kms("")
+    })
+    .expect("target");
+    let file = local(
+        dir.path(),
+        "FirmESGRatings_20261123.csv",
+        b"account,rating\n",
+    );
+    let put = target.put(&file).await.expect_err("untrusted certificate");
+    assert!(put.message.contains(&target.object(&file.name)), "{put}");
+    let check = target.check().await.expect_err("untrusted certificate");
+    for error in [put, check] {
+        // A certificate the job does not trust is not retried: waiting does not cure it.
+        assert!(!error.retryable, "{error}");
+        assert!(error.message.contains("tls_ca_file"), "{error}");
+        assert!(error.message.contains("cannot connect"), "{error}");
+        assert!(
+            error
+                .message
+                .contains("invalid peer certificate: UnknownIssuer"),
+            "{error}"
+        );
+        assert!(!error.message.contains(&bucket.server.secret), "{error}");
+    }
+    let contents = bucket.contents().await;
+    assert_eq!(contents, json!({"keys": [], "uploads": []}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_check_passes_with_the_tls_ca_file() {
+    let bucket = tls_bucket_for("tls-check").await;
+    let target = S3Target::new(&bucket.sse_kms("esg/")).expect("target");
+    target
+        .check()
+        .await
+        .expect("reachable and writable over https");
+    let contents = bucket.contents().await;
+    assert_eq!(contents, json!({"keys": [], "uploads": []}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

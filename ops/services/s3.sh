@@ -13,6 +13,15 @@
 # (stop it with `kill N`, about 10 s, or `kill -KILL N`); progress goes to stderr. Buckets are
 # not created on first upload: a missing bucket is an error, as on AWS.
 #
+# TLS: with S3_TLS_CERT and S3_TLS_KEY (PEM files: the server certificate, then any
+# intermediates; its key) the S3 port speaks https only, and the endpoint printed is
+# `S3_ENDPOINT=https://127.0.0.1:P`; the certificate must name 127.0.0.1. S3_TLS_CA is the PEM
+# file of the CA that issued it, which the readiness probe trusts (default S3_TLS_CERT itself,
+# enough for a self-signed one). The cert and key without `-s3.port.https` make weed serve TLS
+# on `-s3.port` instead of http; with `-s3.port.https` it would serve both, http on `-s3.port`
+# and https on the other, and a test of https could pass over http by mistake. Plain http is
+# the default.
+#
 # Why SeaweedFS: it is a real object store, not a mock. Its gateway checks SigV4 signatures and
 # access keys, verifies `x-amz-checksum-sha256` (BadDigest otherwise), stores and echoes
 # `x-amz-server-side-encryption: AES256` and, with the local KMS provider configured below,
@@ -26,7 +35,8 @@
 # below; about 2 s), else built from the Go module source (go mod download + go build; Go >=
 # 1.26; on 2 cores ~14 min cold, ~2 min with a warm Go build cache; SEAWEEDFS_FROM=go forces it).
 # Environment: WEED, SEAWEEDFS_VERSION, ESG_SERVICES_DIR (default <repo>/target/services),
-# S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY (test defaults), S3_START_TIMEOUT (default 60 s).
+# S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY (test defaults), S3_START_TIMEOUT (default 60 s),
+# S3_TLS_CERT / S3_TLS_KEY / S3_TLS_CA (above).
 # The tests read their objects back with boto3: installed with pip if python3 lacks it.
 set -euo pipefail
 
@@ -84,6 +94,23 @@ esac
 port="${1:-0}"
 dir="${2:-$services/run/s3}"
 [[ "$port" =~ ^[0-9]+$ ]] || die "PORT must be a number, not '$port'"
+tls_cert="${S3_TLS_CERT:-}"
+tls_key="${S3_TLS_KEY:-}"
+tls_ca="${S3_TLS_CA:-$tls_cert}"
+scheme=http
+tls=()
+probe_tls=()
+if [[ -n "$tls_cert" || -n "$tls_key" ]]; then
+  [[ -n "$tls_cert" && -n "$tls_key" ]] || die "S3_TLS_CERT and S3_TLS_KEY go together"
+  for f in "$tls_cert" "$tls_key" "$tls_ca"; do
+    [[ -r "$f" ]] || die "cannot read the TLS file $f"
+  done
+  # weed resolves relative paths against its own directory ($dir): make them absolute.
+  tls_cert="$(realpath "$tls_cert")" tls_key="$(realpath "$tls_key")" tls_ca="$(realpath "$tls_ca")"
+  scheme=https
+  tls=(-s3.cert.file="$tls_cert" -s3.key.file="$tls_key")
+  probe_tls=(--cacert "$tls_ca")
+fi
 weed="$(weed_binary)"
 python3 -c 'import boto3' 2>/dev/null || { log "installing boto3"; python3 -m pip install -q boto3 >&2; }
 
@@ -106,7 +133,7 @@ legacy=()
 (cd "$dir" && exec nohup "$weed" mini -dir="$dir/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
   -master.telemetry=false -admin.ui=false "${legacy[@]}" -webdav=false \
   -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false -s3.config="$dir/s3.json" \
-  -s3.port="$port" \
+  -s3.port="$port" "${tls[@]}" \
   -s3.port.grpc="${free[1]}" -master.port="${free[2]}" -master.port.grpc="${free[3]}" \
   -volume.port="${free[4]}" -volume.port.grpc="${free[5]}" -filer.port="${free[6]}" \
   -filer.port.grpc="${free[7]}" -admin.port="${free[8]}" -admin.port.grpc="${free[9]}" \
@@ -115,17 +142,18 @@ pid=$!
 echo "$pid" >"$dir/pid"
 
 deadline=$((SECONDS + timeout))
-until curl -fsS -m 2 -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 --user "$key_id:$secret" \
-  "http://127.0.0.1:$port/" 2>/dev/null; do
+until probe="$(curl -fsS -m 2 -o /dev/null --aws-sigv4 aws:amz:us-east-1:s3 \
+  --user "$key_id:$secret" "${probe_tls[@]}" "$scheme://127.0.0.1:$port/" 2>&1)"; do
   if ! kill -0 "$pid" 2>/dev/null || ((SECONDS >= deadline)); then
     kill "$pid" 2>/dev/null || true
     tail -n 20 "$dir/weed.log" >&2
+    log "last probe: ${probe%%$'\n'*}"
     die "SeaweedFS did not answer on 127.0.0.1:$port within ${timeout}s"
   fi
   sleep 0.2
 done
-log "SeaweedFS ready on 127.0.0.1:$port (pid $pid, log $dir/weed.log)"
-echo "S3_ENDPOINT=http://127.0.0.1:$port"
+log "SeaweedFS ready on $scheme://127.0.0.1:$port (pid $pid, log $dir/weed.log)"
+echo "S3_ENDPOINT=$scheme://127.0.0.1:$port"
 echo "S3_ACCESS_KEY_ID=$key_id"
 echo "S3_SECRET_ACCESS_KEY=$secret"
 echo "S3_PID=$pid"
