@@ -385,3 +385,56 @@ async fn the_producer_keeps_no_state_of_its_own_on_kafka() {
     );
     assert_eq!(kafka.sim.accounts_called_at_least(1), vec![ids[1].clone()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_assembler_delivers_and_once_restarted_sends_what_a_stop_cut_short() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let share = tmp.path().join("share");
+    let s = services();
+    let world = World::start(
+        quiet_sim(200),
+        &format!(
+            "[[delivery]]\nkind = \"dir\"\nname = \"share\"\npath = \"{}\"\n",
+            share.display()
+        ),
+    )
+    .await;
+    use_kafka(
+        &world.config_path,
+        &s.bootstrap,
+        &s.registry,
+        &unique("deliver"),
+    );
+    let day = date("2026-11-23");
+    // The share is not mounted: the file is written, the assembler retries the share until
+    // the services are stopped.
+    let outcome = run_day(&world, day).await;
+    assert!(outcome.completed.is_some(), "{outcome:?}");
+    let local = names_in(&world.out());
+    assert!(
+        local.contains(&"FirmESGRatings_20261123.csv".to_owned()),
+        "{local:?}"
+    );
+    assert!(!share.exists());
+
+    // Mounted, and the assembler started again: it sends the day's files on its own.
+    std::fs::create_dir(&share).expect("mount");
+    let services = common::kafka::InProcess::start(&world.config());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while names_in(&share) != local {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted assembler did not deliver: {:?}",
+            names_in(&share)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    services.stop().await;
+    for name in &local {
+        assert_eq!(
+            std::fs::read(share.join(name)).expect("copy"),
+            std::fs::read(world.out().join(name)).expect("local"),
+            "{name}"
+        );
+    }
+}
