@@ -29,8 +29,15 @@ pub struct Delivery {
     record: PathBuf,
     /// Cancelled when the process is asked to stop: a target being retried gives up then.
     stop: CancellationToken,
-    /// Runs with a `delivery_failed` alert open (resolved once every target took the files).
-    open_alerts: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// `delivery_failed` alerts open, by business date and run (resolved once every target
+    /// took the date's files).
+    open_alerts: std::sync::Mutex<std::collections::BTreeSet<(NaiveDate, String)>>,
+    /// The delivery in progress of each business date: a newer one (a re-run's files) stops
+    /// the retries of the one before.
+    current: std::sync::Mutex<std::collections::HashMap<NaiveDate, CancellationToken>>,
+    /// Retries after the first round go on in the background (a service: the assembler goes
+    /// on with other runs) instead of being waited for (a command that ends when they do).
+    background: bool,
 }
 
 impl Delivery {
@@ -53,6 +60,8 @@ impl Delivery {
             record,
             stop: CancellationToken::new(),
             open_alerts: Default::default(),
+            current: Default::default(),
+            background: false,
         })))
     }
 
@@ -61,6 +70,18 @@ impl Delivery {
         match Arc::try_unwrap(self) {
             Ok(mut this) => {
                 this.deliveries = this.deliveries.with_policy(policy);
+                Arc::new(this)
+            }
+            Err(shared) => shared,
+        }
+    }
+
+    /// Retries after the first round in the background: for a service that must go on with
+    /// other runs meanwhile (`esg assembler`). Call before the value is shared.
+    pub fn in_background(self: Arc<Self>) -> Arc<Self> {
+        match Arc::try_unwrap(self) {
+            Ok(mut this) => {
+                this.background = true;
                 Arc::new(this)
             }
             Err(shared) => shared,
@@ -92,7 +113,7 @@ impl Delivery {
     }
 
     /// After the assembler wrote a run's files: send them, alert when a target gives up.
-    pub async fn run_ended(&self, ended: &RunEnded) {
+    pub async fn run_ended(self: &Arc<Self>, ended: &RunEnded) {
         let Some(report) = &ended.report else {
             return;
         };
@@ -115,28 +136,57 @@ impl Delivery {
 
     /// Sends `files` to every target (or the one at `only`): a first round of a few attempts;
     /// a target still failing raises `delivery_failed` at once (someone can fix it before the
-    /// deadline) and is tried again with backoff until `deadline`; when it then takes the
-    /// files the alert is resolved, when it does not the alert goes out again.
+    /// deadline) and is tried again with backoff until `deadline` (in the background for a
+    /// service); when it then takes the files the date's alerts are resolved, when it does not
+    /// the alert goes out again. A newer delivery of the same date ends these retries.
     async fn send(
-        &self,
+        self: &Arc<Self>,
         run: &RunRef,
         files: &[PathBuf],
         deadline: DateTime<Utc>,
         only: Option<usize>,
     ) -> Report {
+        let token = self.stop.child_token();
+        let older = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(run.business_date, token.clone());
+        if let Some(older) = older {
+            older.cancel();
+        }
         let first = self
             .deliveries
-            .deliver(run, files, Utc::now(), only, &self.stop)
+            .deliver(run, files, Utc::now(), only, &token)
             .await;
         if first.is_complete() {
             self.resolve(run).await;
             return first;
         }
-        let retry = deadline > Utc::now() && !self.stop.is_cancelled();
+        let retry = deadline > Utc::now() && !token.is_cancelled();
         self.alert(run, &first, retry.then_some(deadline)).await;
         if !retry {
             return first;
         }
+        if self.background {
+            let (this, run, files) = (self.clone(), run.clone(), files.to_vec());
+            let failed = first.clone();
+            tokio::spawn(async move { this.retry(&run, failed, &files, deadline, token).await });
+            return first;
+        }
+        self.retry(run, first, files, deadline, token).await
+    }
+
+    /// The retries of the targets that failed the first round (`first`), until `deadline`
+    /// or `token`.
+    async fn retry(
+        &self,
+        run: &RunRef,
+        first: Report,
+        files: &[PathBuf],
+        deadline: DateTime<Utc>,
+        token: CancellationToken,
+    ) -> Report {
         let mut report = Report {
             delivered: first.delivered,
             failed: Vec::new(),
@@ -161,7 +211,7 @@ impl Delivery {
         }
         let retries = again.iter().map(|(index, pending)| {
             self.deliveries
-                .deliver(run, pending, deadline, Some(*index), &self.stop)
+                .deliver(run, pending, deadline, Some(*index), &token)
         });
         for outcome in futures::future::join_all(retries).await {
             report.delivered.extend(outcome.delivered);
@@ -169,6 +219,8 @@ impl Delivery {
         }
         if report.is_complete() {
             self.resolve(run).await;
+        } else if token.is_cancelled() && !self.stop.is_cancelled() {
+            tracing::info!(run_id = %run.run_id, "a newer delivery of the date took over from these retries");
         } else {
             self.alert(run, &report, None).await;
         }
@@ -200,7 +252,7 @@ impl Delivery {
     /// `esg deliver`: sends the day's files to every target (or the one named `only`) again,
     /// retrying until `deadline`. Alerts as a run's delivery does.
     pub async fn deliver_date(
-        &self,
+        self: &Arc<Self>,
         business_date: NaiveDate,
         only: Option<&str>,
         deadline: DateTime<Utc>,
@@ -224,7 +276,7 @@ impl Delivery {
 
     /// Sends the files of `business_date` that some target has not taken yet (by the record),
     /// retrying for up to ten minutes; alerts when a target gives up. Logs its own trouble.
-    pub async fn finish(&self, business_date: NaiveDate) {
+    pub async fn finish(self: &Arc<Self>, business_date: NaiveDate) {
         let files = match self.undelivered(business_date) {
             Ok(files) if files.is_empty() => return,
             Ok(files) => files,
@@ -284,35 +336,45 @@ impl Delivery {
                 "found_by",
                 "pre-flight: the run goes on, the files are delivered when the target is back",
             );
-        self.open(run_id);
+        self.open(business_date, run_id);
         self.alerts.send_alert(alert).await;
     }
 
-    fn open(&self, run_id: &str) {
+    fn open(&self, business_date: NaiveDate, run_id: &str) {
         self.open_alerts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(run_id.to_owned());
+            .insert((business_date, run_id.to_owned()));
     }
 
-    /// Resolves the run's `delivery_failed` alert if one is open.
+    /// Every target took the files of `run`'s date: resolves the date's open `delivery_failed`
+    /// alerts (this run's, and those of earlier runs of the date it superseded).
     async fn resolve(&self, run: &RunRef) {
-        let was_open = self
-            .open_alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&run.run_id);
-        if !was_open {
-            return;
+        let open: Vec<String> = {
+            let mut alerts = self.open_alerts.lock().unwrap_or_else(|p| p.into_inner());
+            let of_date: Vec<(NaiveDate, String)> = alerts
+                .iter()
+                .filter(|(d, _)| *d == run.business_date)
+                .cloned()
+                .collect();
+            for key in &of_date {
+                alerts.remove(key);
+            }
+            of_date.into_iter().map(|(_, id)| id).collect()
+        };
+        for run_id in open {
+            let resolution = esg_alerts::Resolution::new(
+                esg_alerts::AlertKind::DeliveryFailed,
+                run_id.clone(),
+                run.business_date,
+                &format!(
+                    "run {}: every target took the files of {}",
+                    run.run_id, run.business_date
+                ),
+                Utc::now(),
+            );
+            self.alerts.resolve(resolution).await;
         }
-        let resolution = esg_alerts::Resolution::new(
-            esg_alerts::AlertKind::DeliveryFailed,
-            run.run_id.clone(),
-            run.business_date,
-            &format!("run {}: every target took the files", run.run_id),
-            Utc::now(),
-        );
-        self.alerts.resolve(resolution).await;
     }
 
     /// `delivery_failed` for the targets of `report` that failed; `retrying_until`: they are
@@ -333,7 +395,7 @@ impl Delivery {
                     "local_files",
                     format!("{} (untouched)", self.output_dir.display()),
                 );
-        self.open(&run.run_id);
+        self.open(run.business_date, &run.run_id);
         alert = match retrying_until {
             Some(until) => alert.with_detail("retrying_until", until.to_rfc3339()),
             None => alert.with_detail(

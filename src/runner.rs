@@ -758,7 +758,8 @@ pub async fn assembler_service(
     after_lock()?;
     let (bus, _) = pipeline::connect_bus(config).await?;
     let alerts = Arc::new(Alerts::new(config)?);
-    let delivery = Delivery::new(config, alerts.clone())?;
+    // A service: retries of a target go on beside the next runs' assembly.
+    let delivery = Delivery::new(config, alerts.clone())?.map(Delivery::in_background);
     if let Some(d) = &delivery {
         d.stop_with(&shutdown);
     }

@@ -387,7 +387,7 @@ async fn the_producer_keeps_no_state_of_its_own_on_kafka() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assembler_delivers_and_once_restarted_sends_what_a_stop_cut_short() {
+async fn the_assembler_retries_a_delivery_beside_the_next_run_and_once_restarted_sends_what_was_cut_short() {
     let tmp = tempfile::tempdir().expect("tmp");
     let share = tmp.path().join("share");
     let s = services();
@@ -406,10 +406,34 @@ async fn the_assembler_delivers_and_once_restarted_sends_what_a_stop_cut_short()
         &unique("deliver"),
     );
     let day = date("2026-11-23");
-    // The share is not mounted: the file is written, the assembler retries the share until
-    // the services are stopped.
-    let outcome = run_day(&world, day).await;
+    let config = world.config();
+    let runner = esg::runner::Runner::open(config.clone(), esg_assembler::system_clock())
+        .await
+        .expect("runner opens");
+    let services = common::kafka::InProcess::start(&config);
+    // The share is not mounted: the file is written, and the assembler retries the share in
+    // the background while it goes on with the next run: a re-run of the day completes.
+    let outcome = runner
+        .run_daily(day, false, CancellationToken::new(), |_| {})
+        .await
+        .expect("run completes");
     assert!(outcome.completed.is_some(), "{outcome:?}");
+    let id = read_csv(&world.csv_path(day))[1][0].clone();
+    let rerun = tokio::time::timeout(
+        Duration::from_secs(120),
+        runner.rerun(
+            day,
+            esg::runner::Selection::Accounts(vec![id]),
+            true,
+            CancellationToken::new(),
+            |_| {},
+        ),
+    )
+    .await
+    .expect("the re-run is not held up by the delivery being retried")
+    .expect("re-run completes");
+    assert!(rerun.completed.is_some(), "{rerun:?}");
+    services.stop().await;
     let local = names_in(&world.out());
     assert!(
         local.contains(&"FirmESGRatings_20261123.csv".to_owned()),

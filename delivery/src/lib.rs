@@ -275,6 +275,9 @@ struct Named {
     name: String,
     kind: &'static str,
     target: Box<dyn Target>,
+    /// One upload at a time to a target: two deliveries of one process (a retry still running
+    /// when a re-run's files come) never write the same temporary name at once.
+    busy: tokio::sync::Mutex<()>,
 }
 
 /// The configured targets, the record, the retry policy.
@@ -310,6 +313,7 @@ impl Deliveries {
                 name,
                 kind: config.kind(),
                 target,
+                busy: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Arc::new(Deliveries {
@@ -425,7 +429,11 @@ impl Deliveries {
             let mut error = None;
             while let Some(file) = pending.first() {
                 let started = std::time::Instant::now();
-                match t.target.put(file).await {
+                let put = {
+                    let _one_at_a_time = t.busy.lock().await;
+                    t.target.put(file).await
+                };
+                match put {
                     Ok(()) => {
                         let object = t.target.object(&file.name);
                         tracing::info!(

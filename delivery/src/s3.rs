@@ -573,11 +573,9 @@ fn classify(object: &str, op: Op, e: &object_store::Error) -> DeliveryError {
             (Some(_), _) => DeliveryError::permanent(message),
             // A server certificate the job does not trust (an unknown issuer, another name,
             // expired): waiting does not cure it, and the data must not go there.
-            (None, _) if chain.contains("invalid peer certificate") => {
-                DeliveryError::permanent(format!(
-                    "{message} (the server's certificate is not trusted: tls_ca_file?)"
-                ))
-            }
+            (None, _) if chain.contains("invalid peer certificate") => DeliveryError::permanent(
+                format!("{message} (the server's certificate is not trusted: tls_ca_file?)"),
+            ),
             // No response: the connection, a timeout, a body that broke off.
             (None, _) => DeliveryError::retryable(message),
         },

@@ -65,6 +65,7 @@ fn with_target(target: Flaky, record: &Path) -> Deliveries {
             name: "flaky".into(),
             kind: "dir",
             target: Box::new(target),
+            busy: tokio::sync::Mutex::new(()),
         }],
         record: Record::new(record.to_owned()),
         policy: fast(),
