@@ -493,7 +493,8 @@ mod tests {
                 "missed_start",
                 "over_window",
                 "critical_error",
-                "failure_ratio"
+                "failure_ratio",
+                "delivery_failed"
             ]
         );
         for kind in AlertKind::ALL {
