@@ -43,6 +43,9 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
   python3 -m pip install -q pyyaml
 fi
 
+echo "== Go's golang.org/x/mod/sumdb/note (the independent reader of the audit checkpoints)"
+(cd ops/audit && go mod download)
+
 echo "== test services: SeaweedFS (the S3 delivery target's server) and boto3 (its reader)"
 ./ops/services/s3.sh install
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q boto3

@@ -3,10 +3,12 @@
 //! plus the grace period. Sending is `esg_alerts::Alerter`'s: a channel that is down is logged
 //! and counted (`esg_alert_failures_total{channel}`) and never fails the run.
 
+use crate::auditing::Audit;
 use crate::config::Config;
 use crate::delivering::Delivery;
 use chrono::{DateTime, NaiveDate, Utc};
 use esg_alerts::{Alert, AlertKind, AlertReport, Alerter, Resolution};
+use esg_assembler::encryption::Protection;
 use esg_assembler::{RunEndHook, RunEnded};
 use esg_bus::runs::RunBook;
 use esg_bus::EventBus;
@@ -70,15 +72,34 @@ impl Alerts {
     pub fn run_end_hook(
         self: &Arc<Self>,
         bus: EventBus,
+        audit: Arc<Audit>,
+        protection: Protection,
         delivery: Option<Arc<Delivery>>,
     ) -> RunEndHook {
         let alerts = self.clone();
         Arc::new(move |ended: RunEnded| {
-            let (alerts, bus, delivery) = (alerts.clone(), bus.clone(), delivery.clone());
+            let (alerts, bus, audit, protection, delivery) = (
+                alerts.clone(),
+                bus.clone(),
+                audit.clone(),
+                protection.clone(),
+                delivery.clone(),
+            );
             Box::pin(async move {
                 alerts.run_ended(&bus, &ended).await;
+                // The audit entries of the run and its signed checkpoint, then the delivery of
+                // the files with that checkpoint.
+                let checkpoint = tokio::task::spawn_blocking({
+                    let (audit, ended) = (audit.clone(), ended.clone());
+                    move || audit.run_ended(&ended, &protection)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "audit task");
+                    None
+                });
                 if let Some(delivery) = delivery {
-                    delivery.run_ended(&ended).await;
+                    delivery.run_ended(&ended, checkpoint).await;
                 }
             })
         })

@@ -207,6 +207,39 @@ impl StateSection {
     }
 }
 
+/// `[audit]`: the audit trail of the files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Where the audit log and its checkpoints are kept; default `<state.dir>/audit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// The Ed25519 key (`esg audit keygen`) that signs a checkpoint of the log after each run;
+    /// relative: in `$CREDENTIALS_DIRECTORY`. Unset: no checkpoints (the chain alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// The key of `signing_key_file`, read once when the configuration is loaded.
+    #[serde(skip)]
+    pub signer: Option<std::sync::Arc<esg_audit::note::NoteSigner>>,
+}
+
+impl AuditSection {
+    fn read_key(
+        &self,
+        credentials_dir: Option<&Path>,
+    ) -> Result<Option<std::sync::Arc<esg_audit::note::NoteSigner>>, String> {
+        let Some(file) = &self.signing_key_file else {
+            return Ok(None);
+        };
+        let path = secrets::resolve(&file.to_string_lossy(), credentials_dir)?;
+        let mut text = secrets::read_secret(&path)?;
+        let signer = esg_audit::note::NoteSigner::parse(&text)
+            .map_err(|e| format!("{}: {e}", path.display()));
+        zeroize::Zeroize::zeroize(&mut text);
+        signer.map(|s| Some(std::sync::Arc::new(s)))
+    }
+}
+
 /// Which transport carries the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -437,6 +470,9 @@ pub struct Config {
     pub scorer: esg_scorer::ScorerConfig,
     #[serde(default)]
     pub log: LogSection,
+    /// `[audit]`: the audit trail.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// `[[delivery]]`: where the day's files go once written (none: they stay in `[output]
     /// dir`).
     #[serde(default)]
@@ -539,6 +575,14 @@ impl Config {
                 .read_key(credentials_dir.as_deref())
                 .map_err(|message| {
                     let key = split_key("state.encryption_key_file");
+                    blame(origin, key, message, &sources)
+                })?;
+        config.audit.signer =
+            config
+                .audit
+                .read_key(credentials_dir.as_deref())
+                .map_err(|message| {
+                    let key = split_key("audit.signing_key_file");
                     blame(origin, key, message, &sources)
                 })?;
         Ok(config)
@@ -710,6 +754,24 @@ impl Config {
                 .map_err(|e| (key("kind"), e.message.clone()))?;
         }
         Ok(())
+    }
+
+    /// The audit log's directory: `[audit] dir`, else `<state.dir>/audit`.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state.dir.join("audit"))
+    }
+
+    /// The hash of the configuration in force (its effective TOML, secrets masked), for the
+    /// audit trail.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.to_masked_toml().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// How the outputs are kept at rest: plaintext without `[encryption]`, else age-encrypted

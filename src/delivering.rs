@@ -4,6 +4,7 @@
 //! (`<state.dir>/deliveries.jsonl`) says what reached where. Sending is `esg_delivery`'s.
 
 use crate::alerting::Alerts;
+use crate::auditing::Audit;
 use crate::config::Config;
 use crate::runner::Refused;
 use anyhow::{Context, Result};
@@ -24,6 +25,7 @@ pub const RECORD_FILE: &str = "deliveries.jsonl";
 pub struct Delivery {
     deliveries: Arc<Deliveries>,
     alerts: Arc<Alerts>,
+    audit: Arc<Audit>,
     output_dir: PathBuf,
     protection: Protection,
     record: PathBuf,
@@ -42,7 +44,11 @@ pub struct Delivery {
 
 impl Delivery {
     /// `None` when no `[[delivery]]` is configured.
-    pub fn new(config: &Config, alerts: Arc<Alerts>) -> Result<Option<Arc<Self>>> {
+    pub fn new(
+        config: &Config,
+        alerts: Arc<Alerts>,
+        audit: Arc<Audit>,
+    ) -> Result<Option<Arc<Self>>> {
         if config.delivery.is_empty() {
             return Ok(None);
         }
@@ -55,6 +61,7 @@ impl Delivery {
         Ok(Some(Arc::new(Delivery {
             deliveries,
             alerts,
+            audit,
             output_dir: config.output.dir.clone(),
             protection,
             record,
@@ -113,7 +120,7 @@ impl Delivery {
     }
 
     /// After the assembler wrote a run's files: send them, alert when a target gives up.
-    pub async fn run_ended(self: &Arc<Self>, ended: &RunEnded) {
+    pub async fn run_ended(self: &Arc<Self>, ended: &RunEnded, checkpoint: Option<PathBuf>) {
         let Some(report) = &ended.report else {
             return;
         };
@@ -125,6 +132,8 @@ impl Delivery {
         if html.exists() {
             files.push(html);
         }
+        // The audit checkpoint signed after the run: the firm's copy pins the log.
+        files.extend(checkpoint);
         // The ratings file last: its arrival says the day's files are all there.
         files.push(report.csv.clone());
         let run = RunRef {
@@ -159,6 +168,7 @@ impl Delivery {
             .deliveries
             .deliver(run, files, Utc::now(), only, &token)
             .await;
+        self.audit.delivered(&run.run_id, &first);
         if first.is_complete() {
             self.resolve(run).await;
             return first;
@@ -214,6 +224,7 @@ impl Delivery {
                 .deliver(run, pending, deadline, Some(*index), &token)
         });
         for outcome in futures::future::join_all(retries).await {
+            self.audit.delivered(&run.run_id, &outcome);
             report.delivered.extend(outcome.delivered);
             report.failed.extend(outcome.failed);
         }

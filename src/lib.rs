@@ -3,6 +3,7 @@
 //! and calls into here, so tests run the real pipeline in-process.
 
 pub mod alerting;
+pub mod auditing;
 pub mod config;
 pub mod delivering;
 pub mod pipeline;

@@ -99,6 +99,76 @@ enum Command {
     /// record (`<state.dir>/deliveries.jsonl`). Exit 0 when every target took every file, 1
     /// otherwise (a `delivery_failed` alert went out).
     Deliver(DeliverArgs),
+    /// The audit trail: verify it, list it, make its signing key.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Decrypt an encrypted output for a person to read (to stdout or --out), and record who
+    /// opened it in the audit trail: the supported way to read a `.age` file.
+    Open(OpenArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log: its hash chain, its latest signed checkpoint, and any checkpoint
+    /// given (a copy the firm holds, delivered with the files). Exit 0 when all hold; 1 naming
+    /// the first bad entry.
+    Verify(AuditVerifyArgs),
+    /// List the audit log's entries.
+    Show(AuditShowArgs),
+    /// Make a new Ed25519 key for `[audit] signing_key_file` (mode 0600, never over an existing
+    /// file) and print its verifier key, to hand to whoever checks the checkpoints.
+    Keygen(AuditKeygenArgs),
+}
+
+#[derive(Args)]
+struct AuditVerifyArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// A signed checkpoint to check the log against (e.g. the copy on a delivery target);
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Vec<PathBuf>,
+    /// Check signatures with this verifier key (its text, as `esg audit keygen` printed it)
+    /// instead of the public half of `[audit] signing_key_file`.
+    #[arg(long, value_name = "KEY")]
+    verifier_key: Option<String>,
+}
+
+#[derive(Args)]
+struct AuditShowArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Only entries of this day (UTC) and later.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    since: Option<NaiveDate>,
+    /// One JSON object a line, as stored.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct AuditKeygenArgs {
+    /// The key's name, and the checkpoints' origin: a schema-less URL, e.g.
+    /// `esg.firm.example/audit`.
+    #[arg(long)]
+    name: String,
+    /// Where to write the key.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct OpenArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The encrypted output (`FirmESGRatings_YYYYMMDD.csv.age`, …).
+    file: PathBuf,
+    /// Your age identity file (`age-keygen` output).
+    #[arg(long, short, value_name = "FILE")]
+    identity: PathBuf,
+    /// Write the plaintext here (created 0600, never over an existing file) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -510,6 +580,57 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(code)
         }
         Command::Reencrypt(args) => reencrypt(args),
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            match esg::auditing::verify(&config, args.verifier_key.as_deref(), &args.checkpoint)? {
+                Ok(summary) => {
+                    say!("{summary}");
+                    Ok(0)
+                }
+                Err(broken) => {
+                    eprintln!("audit log NOT intact: {broken}");
+                    Ok(1)
+                }
+            }
+        }
+        Command::Audit(AuditCommand::Show(args)) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            for line in esg::auditing::show(&config, args.since, args.json)? {
+                say!("{line}");
+            }
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Keygen(args)) => {
+            let verifier = esg::auditing::keygen(&args.name, &args.out)?;
+            say!(
+                "signing key written to {} (mode 0600): set [audit] signing_key_file to it",
+                args.out.display()
+            );
+            say!("verifier key, for whoever checks the checkpoints (esg audit verify --verifier-key):");
+            say!("{verifier}");
+            Ok(0)
+        }
+        Command::Open(args) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            let mut stdout = std::io::stdout().lock();
+            let bytes = esg::auditing::open(
+                &config,
+                &args.file,
+                &args.identity,
+                args.out.as_deref(),
+                &mut stdout,
+            )?;
+            if let Some(out) = &args.out {
+                eprintln!(
+                    "{bytes} bytes decrypted to {} (the opening is in the audit trail)",
+                    out.display()
+                );
+            }
+            Ok(0)
+        }
         Command::Deliver(args) => {
             let config = Config::load(&args.config.config)?;
             let _log = esg::telemetry::init_text("warn");

@@ -16,6 +16,7 @@
 //! the runner raises the critical error of a run it could not take to its end.
 
 use crate::alerting::Alerts;
+use crate::auditing::Audit;
 use crate::config::{BusKind, Config};
 use crate::delivering::Delivery;
 use crate::pipeline::{self, ReplayBound, StateLock};
@@ -128,6 +129,8 @@ pub struct Runner {
     producer: Producer,
     local: Option<Local>,
     alerts: Arc<Alerts>,
+    /// The audit trail.
+    audit: Arc<Audit>,
     /// `[[delivery]]` targets; `None` when there are none.
     delivery: Option<Arc<Delivery>>,
     _locks: Vec<StateLock>,
@@ -146,10 +149,16 @@ impl Runner {
         let (bus, log) = pipeline::connect_bus(&config).await?;
         let producer = pipeline::producer(&config, &bus)?;
         let alerts = Arc::new(Alerts::new(&config)?);
-        let delivery = Delivery::new(&config, alerts.clone())?;
+        let audit = Audit::new(&config);
+        let delivery = Delivery::new(&config, alerts.clone(), audit.clone())?;
         let local = if embedded {
-            let assembler = pipeline::assembler(&config, &bus, clock)?
-                .with_run_end_hook(alerts.run_end_hook(bus.clone(), delivery.clone()));
+            let assembler =
+                pipeline::assembler(&config, &bus, clock)?.with_run_end_hook(alerts.run_end_hook(
+                    bus.clone(),
+                    audit.clone(),
+                    protection(&config)?,
+                    delivery.clone(),
+                ));
             Some(Local {
                 bus: bus.clone(),
                 assembler: Arc::new(assembler),
@@ -165,6 +174,7 @@ impl Runner {
             producer,
             local,
             alerts,
+            audit,
             delivery,
             _locks: locks,
         })
@@ -413,6 +423,7 @@ impl Runner {
         if let Some(d) = &self.delivery {
             d.stop_with(&shutdown);
         }
+        self.audit.run_started(&self.config, &run_id, date);
         let span = tracing::info_span!("run", run_id = %run_id);
         let result = tracing::Instrument::instrument(
             self.execute_inner(req, sealed_before, wait, shutdown.clone(), progress),
@@ -759,7 +770,9 @@ pub async fn assembler_service(
     let (bus, _) = pipeline::connect_bus(config).await?;
     let alerts = Arc::new(Alerts::new(config)?);
     // A service: retries of a target go on beside the next runs' assembly.
-    let delivery = Delivery::new(config, alerts.clone())?.map(Delivery::in_background);
+    let audit = Audit::new(config);
+    let delivery =
+        Delivery::new(config, alerts.clone(), audit.clone())?.map(Delivery::in_background);
     if let Some(d) = &delivery {
         d.stop_with(&shutdown);
     }
@@ -776,7 +789,7 @@ pub async fn assembler_service(
         }
     }
     let assembler = pipeline::assembler(config, &bus, clock)?
-        .with_run_end_hook(alerts.run_end_hook(bus.clone(), delivery));
+        .with_run_end_hook(alerts.run_end_hook(bus.clone(), audit, protection(config)?, delivery));
     match assembler.run(shutdown.clone(), None).await {
         Ok(reports) => Ok(reports),
         Err(e) => {
@@ -801,7 +814,7 @@ pub async fn deliver(
     shutdown: &CancellationToken,
 ) -> Result<esg_delivery::Report> {
     let alerts = Arc::new(Alerts::new(config)?);
-    let Some(delivery) = Delivery::new(config, alerts)? else {
+    let Some(delivery) = Delivery::new(config, alerts, Audit::new(config))? else {
         return Err(Refused::Usage(
             "there is no [[delivery]] target in the configuration: nothing to deliver to".into(),
         )
@@ -811,4 +824,11 @@ pub async fn deliver(
     let deadline = Utc::now()
         + chrono::Duration::from_std(retry_for).unwrap_or_else(|_| chrono::Duration::minutes(10));
     delivery.deliver_date(business_date, only, deadline).await
+}
+
+/// The outputs' protection of `config` (checked when it was loaded).
+fn protection(config: &Config) -> Result<esg_assembler::encryption::Protection> {
+    config
+        .protection()
+        .map_err(|(key, message)| anyhow!("key `{key}`: {message}"))
 }

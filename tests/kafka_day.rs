@@ -387,7 +387,8 @@ async fn the_producer_keeps_no_state_of_its_own_on_kafka() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_assembler_retries_a_delivery_beside_the_next_run_and_once_restarted_sends_what_was_cut_short() {
+async fn the_assembler_retries_a_delivery_beside_the_next_run_and_once_restarted_sends_what_was_cut_short(
+) {
     let tmp = tempfile::tempdir().expect("tmp");
     let share = tmp.path().join("share");
     let s = services();

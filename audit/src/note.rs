@@ -104,8 +104,9 @@ impl NoteSigner {
             .trim()
             .strip_prefix("PRIVATE+KEY+")
             .ok_or_else(|| bad("no PRIVATE+KEY+ prefix"))?;
-        let mut parts = rest.rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        // The name has no '+' and the id is hex; the base64 key may hold '+'.
+        let mut parts = rest.splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("too few parts"));
         };
         let mut bytes = B64.decode(key).map_err(|_| bad("the key is not base64"))?;
@@ -184,8 +185,8 @@ impl NoteVerifier {
                 "not an audit verifier key ({why}): expected <name>+<id>+<key>"
             ))
         };
-        let mut parts = text.trim().rsplitn(3, '+');
-        let (Some(key), Some(id), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(bad("too few parts"));
         };
         let bytes = B64.decode(key).map_err(|_| bad("the key is not base64"))?;

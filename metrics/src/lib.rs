@@ -75,6 +75,11 @@ pub const DELIVERY_RETRIES_TOTAL: &str = "esg_delivery_retries_total";
 /// Counter: lines the delivery record could not take.
 pub const DELIVERY_RECORD_FAILURES_TOTAL: &str = "esg_delivery_record_failures_total";
 
+// ---- audit (the binary) ----------------------------------------------------------------------
+
+/// Counter: audit entries or checkpoints that could not be written.
+pub const AUDIT_FAILURES_TOTAL: &str = "esg_audit_failures_total";
+
 /// Upper bounds (seconds) of the buckets of [`API_REQUEST_DURATION_SECONDS`].
 pub const API_REQUEST_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -107,6 +112,7 @@ pub const ALL: &[&str] = &[
     DELIVERY_BYTES_TOTAL,
     DELIVERY_RETRIES_TOTAL,
     DELIVERY_RECORD_FAILURES_TOTAL,
+    AUDIT_FAILURES_TOTAL,
 ];
 
 /// Registers the description (and unit) of every metric with the installed recorder. Call
@@ -185,6 +191,10 @@ pub fn describe_all() {
     describe_counter!(
         DELIVERY_RECORD_FAILURES_TOTAL,
         "Lines the delivery record could not take."
+    );
+    describe_counter!(
+        AUDIT_FAILURES_TOTAL,
+        "Audit entries or checkpoints that could not be written."
     );
     describe_histogram!(API_BATCH_ACCOUNTS, "Accounts per ESG API batch request.");
     describe_counter!(
