@@ -312,10 +312,46 @@ pub fn keygen(name: &str, out: &Path) -> anyhow::Result<String> {
     Ok(signer.verifier().to_text())
 }
 
+/// The audit directory a configuration file names (`[audit] dir`, else `<state.dir>/audit`;
+/// `ESG__AUDIT__DIR` and `ESG__STATE__DIR` win), read without the rest of the configuration:
+/// `esg open` is run by people who hold no client secret.
+pub fn audit_dir_of(config_file: &Path) -> anyhow::Result<PathBuf> {
+    if let Ok(dir) = std::env::var("ESG__AUDIT__DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let text = std::fs::read_to_string(config_file)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", config_file.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", config_file.display()))?;
+    let get = |section: &str| {
+        table
+            .get(section)
+            .and_then(|s| s.get("dir"))
+            .and_then(|d| d.as_str())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = get("audit") {
+        return Ok(dir);
+    }
+    let state = std::env::var("ESG__STATE__DIR")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| get("state"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "config {}: neither [audit] dir nor [state] dir is set",
+                config_file.display()
+            )
+        })?;
+    Ok(state.join("audit"))
+}
+
 /// `esg open`: decrypts `file` (an `.age` output) with the age identities of `identity` to
-/// `out` (created 0600, never over an existing file) or to `stdout`, and records who opened it.
+/// `out` (created 0600, never over an existing file) or to `stdout`. The opening is recorded in
+/// the audit log of `audit_dir` before any plaintext is produced: a person who cannot be
+/// recorded is refused. A decryption that fails partway is recorded too.
 pub fn open(
-    config: &Config,
+    audit_dir: &Path,
     file: &Path,
     identity: &Path,
     out: Option<&Path>,
@@ -333,6 +369,20 @@ pub fn open(
         .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
         .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let (sha256, _) = sha256_file(file)?;
+    let name = file
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let to = out.map_or_else(|| "stdout".to_owned(), |p| p.display().to_string());
+    let log = AuditLog::new(audit_dir);
+    log.append(
+        Event::new("opened", &name)
+            .with("sha256", &sha256)
+            .with("identity", identity.display())
+            .with("to", &to),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!("the opening cannot be recorded, so the file is not decrypted: {e}")
+    })?;
     let copied: anyhow::Result<u64> = match out {
         Some(path) => {
             let mut options = std::fs::OpenOptions::new();
@@ -362,26 +412,14 @@ pub fn open(
         None => std::io::copy(&mut reader, stdout)
             .map_err(|e| anyhow::anyhow!("{}: {e} (damaged or cut short)", file.display())),
     };
-    // Recorded whether or not it went to the end: part of the plaintext may have been read.
-    let name = file
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    Audit::new(config).record(
-        Event::new("opened", name)
-            .with("sha256", sha256)
-            .with("identity", identity.display())
-            .with(
-                "to",
-                out.map_or_else(|| "stdout".to_owned(), |p| p.display().to_string()),
-            )
-            .with(
-                "outcome",
-                if copied.is_ok() {
-                    "read"
-                } else {
-                    "failed partway"
-                },
-            ),
-    );
+    if let Err(e) = &copied {
+        // Part of the plaintext may have been read.
+        let _ = log.append(
+            Event::new("open_failed", &name)
+                .with("sha256", &sha256)
+                .with("to", &to)
+                .with("error", format!("{e:#}")),
+        );
+    }
     copied
 }

@@ -104,6 +104,10 @@ enum Command {
     Audit(AuditCommand),
     /// Decrypt an encrypted output for a person to read (to stdout or --out), and record who
     /// opened it in the audit trail: the supported way to read a `.age` file.
+    ///
+    /// Needs only `[audit] dir` (or `[state] dir`) of the configuration, and the right to append
+    /// to that audit log: no client secret. The opening is recorded before any plaintext is
+    /// written; when it cannot be, nothing is decrypted.
     Open(OpenArgs),
 }
 
@@ -613,11 +617,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Open(args) => {
-            let config = Config::load(&args.config.config)?;
             let _log = esg::telemetry::init_text("warn");
+            let audit_dir = esg::auditing::audit_dir_of(&args.config.config)?;
             let mut stdout = std::io::stdout().lock();
             let bytes = esg::auditing::open(
-                &config,
+                &audit_dir,
                 &args.file,
                 &args.identity,
                 args.out.as_deref(),

@@ -165,15 +165,30 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
         .expect("go runs");
     assert!(!go.status.success(), "Go accepted a forged checkpoint");
 
-    // A person opens the file: decrypted, and recorded.
-    let plain = keys.path().join("plain.csv");
-    let (code, said) = outcome(
-        esg_command(["open", "--config"])
-            .arg(&world.config_path)
+    // A person opens the file: decrypted, and recorded. Their configuration file needs no
+    // client secret: only where the state (and so the audit log) is.
+    let officer_config = keys.path().join("officer.toml");
+    std::fs::write(
+        &officer_config,
+        format!(
+            "[state]\ndir = \"{}\"\n",
+            world.dir.path().join("state").display()
+        ),
+    )
+    .expect("config");
+    let open = |config: &Path, out: &Path, audit_dir: Option<&Path>| {
+        let mut c = esg_command(["open", "--config"]);
+        c.arg(config)
             .arg(&csv)
             .args(["--identity", identity.to_str().expect("utf-8"), "--out"])
-            .arg(&plain),
-    );
+            .arg(out);
+        if let Some(dir) = audit_dir {
+            c.env("ESG__AUDIT__DIR", dir);
+        }
+        outcome(&mut c)
+    };
+    let plain = keys.path().join("plain.csv");
+    let (code, said) = open(&officer_config, &plain, None);
     assert_eq!(code, Some(0), "{said}");
     let text = std::fs::read_to_string(&plain).expect("plaintext");
     assert!(text.starts_with("Account ID,"), "{text}");
@@ -181,7 +196,19 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     let last = opened.last().expect("entry");
     assert_eq!(last["action"], "opened");
     assert_eq!(last["object"], "FirmESGRatings_20261123.csv.age");
-    assert_eq!(last["details"]["outcome"], "read");
+    assert_eq!(last["details"]["sha256"], sha256(&csv));
+    assert_eq!(last["details"]["to"], plain.display().to_string());
+    // Where the opening cannot be recorded, nothing is decrypted.
+    let not_a_dir = keys.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, b"").expect("file");
+    let refused = keys.path().join("refused.csv");
+    let (code, said) = open(&officer_config, &refused, Some(&not_a_dir));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("cannot be recorded"), "{said}");
+    assert!(
+        !refused.exists(),
+        "plaintext written without an audit entry"
+    );
 
     // Someone deletes a line of the local log: verify fails, naming where.
     let path = world
