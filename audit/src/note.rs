@@ -11,7 +11,7 @@
 //!
 //! The signing key file holds `PRIVATE+KEY+<name>+<key id hex>+<base64(0x01 || seed)>`, the
 //! verifier key `<name>+<key id hex>+<base64(0x01 || public key)>` (the forms of Go's
-//! `golang.org/x/mod/sumdb/note`), key id = SHA-256(name || 0x0A || 0x01 || public key)[:4].
+//! `golang.org/x/mod/sumdb/note`), key id = `SHA-256(name || 0x0A || 0x01 || public key)[:4]`.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
