@@ -10,6 +10,10 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export RUST_BACKTRACE=1
+# A build from scratch: no incremental state (it doubled the target directory), and debug info
+# of line tables only (backtraces keep file and line; the test binaries shrink severalfold).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -207,6 +207,27 @@ impl StateSection {
     }
 }
 
+/// `[retention]`: how long files are kept; unset, a kind is kept forever.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// The day files (ratings, errors, summaries), locally and on every delivery target, by the
+    /// business date in their names, e.g. `"7y"`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub files: Option<Duration>,
+    /// The log files of `[log] dir`, by the date in their names, e.g. `"400d"`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub logs: Option<Duration>,
+}
+
 /// `[audit]`: the audit trail of the files.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -473,6 +494,9 @@ pub struct Config {
     /// `[audit]`: the audit trail.
     #[serde(default)]
     pub audit: AuditSection,
+    /// `[retention]`: how long files and logs are kept.
+    #[serde(default)]
+    pub retention: RetentionSection,
     /// `[[delivery]]`: where the day's files go once written (none: they stay in `[output]
     /// dir`).
     #[serde(default)]

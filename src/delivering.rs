@@ -114,6 +114,15 @@ impl Delivery {
         self.deliveries.names()
     }
 
+    /// Retention on the targets: see [`esg_delivery::Deliveries::purge`].
+    pub async fn purge(
+        &self,
+        doomed: &(dyn Fn(&str) -> bool + Sync),
+        dry_run: bool,
+    ) -> Vec<(String, String, Result<(), esg_delivery::DeliveryError>)> {
+        self.deliveries.purge(doomed, dry_run).await
+    }
+
     /// Pre-flight: the targets that cannot be reached or written now, with why.
     pub async fn check(&self) -> Vec<(String, esg_delivery::DeliveryError)> {
         self.deliveries.check().await

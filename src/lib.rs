@@ -9,6 +9,7 @@ pub mod delivering;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;
+pub mod retention;
 pub mod runner;
 pub mod schedule;
 pub mod status;

@@ -99,6 +99,13 @@ enum Command {
     /// record (`<state.dir>/deliveries.jsonl`). Exit 0 when every target took every file, 1
     /// otherwise (a `delivery_failed` alert went out).
     Deliver(DeliverArgs),
+    /// Remove the day files and logs older than `[retention]` allows, locally and on every
+    /// delivery target (also done at the start of each run).
+    ///
+    /// A file's age is the business date in its name. Each removal is recorded in the audit
+    /// trail; a removal the store refuses (Object Lock, a read-only share) is printed, alerted
+    /// (`purge_refused`) and makes the exit code 1.
+    Purge(PurgeArgs),
     /// The audit trail: verify it, list it, make its signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -109,6 +116,15 @@ enum Command {
     /// to that audit log: no client secret. The opening is recorded before any plaintext is
     /// written; when it cannot be, nothing is decrypted.
     Open(OpenArgs),
+}
+
+#[derive(Args)]
+struct PurgeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// List what would be removed, remove nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -584,6 +600,26 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             Ok(code)
         }
         Command::Reencrypt(args) => reencrypt(args),
+        Command::Purge(args) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            let purged = esg::runner::purge(&config, args.dry_run).await?;
+            let verb = if args.dry_run {
+                "would remove"
+            } else {
+                "removed"
+            };
+            for item in &purged.removed {
+                say!("{verb} {item}");
+            }
+            for item in &purged.refused {
+                say!("REFUSED {item}");
+            }
+            if purged.removed.is_empty() && purged.refused.is_empty() {
+                say!("nothing is past retention");
+            }
+            Ok(if purged.refused.is_empty() { 0 } else { 1 })
+        }
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::load(&args.config.config)?;
             let _log = esg::telemetry::init_text("warn");

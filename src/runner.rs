@@ -424,6 +424,16 @@ impl Runner {
             d.stop_with(&shutdown);
         }
         self.audit.run_started(&self.config, &run_id, date);
+        // Retention first: what the policy says is too old goes before a new day is added.
+        crate::retention::purge(
+            &self.config,
+            pipeline::today(&self.config),
+            false,
+            &self.alerts,
+            &self.audit,
+            self.delivery.as_deref(),
+        )
+        .await;
         let span = tracing::info_span!("run", run_id = %run_id);
         let result = tracing::Instrument::instrument(
             self.execute_inner(req, sealed_before, wait, shutdown.clone(), progress),
@@ -831,4 +841,27 @@ fn protection(config: &Config) -> Result<esg_assembler::encryption::Protection> 
     config
         .protection()
         .map_err(|(key, message)| anyhow!("key `{key}`: {message}"))
+}
+
+/// `esg purge`: removes (or, `dry_run`, lists) what `[retention]` says is too old, locally and
+/// on every delivery target.
+pub async fn purge(config: &Config, dry_run: bool) -> Result<crate::retention::Purged> {
+    if config.retention.files.is_none() && config.retention.logs.is_none() {
+        return Err(Refused::Usage(
+            "there is no [retention] policy (files, logs) in the configuration: nothing is ever purged".into(),
+        )
+        .into());
+    }
+    let alerts = Arc::new(Alerts::new(config)?);
+    let audit = Audit::new(config);
+    let delivery = Delivery::new(config, alerts.clone(), audit.clone())?;
+    Ok(crate::retention::purge(
+        config,
+        pipeline::today(config),
+        dry_run,
+        &alerts,
+        &audit,
+        delivery.as_deref(),
+    )
+    .await)
 }

@@ -35,16 +35,20 @@ pub enum AlertKind {
     FailureRatio,
     /// The run's files were written but a `[[delivery]]` target did not take them.
     DeliveryFailed,
+    /// A file the retention policy says to remove could not be removed (Object Lock, a
+    /// read-only share, no permission).
+    PurgeRefused,
 }
 
 impl AlertKind {
     /// Every kind, in declaration order.
-    pub const ALL: [AlertKind; 5] = [
+    pub const ALL: [AlertKind; 6] = [
         AlertKind::MissedStart,
         AlertKind::OverWindow,
         AlertKind::CriticalError,
         AlertKind::FailureRatio,
         AlertKind::DeliveryFailed,
+        AlertKind::PurgeRefused,
     ];
 
     /// The stable snake_case name used in configuration, subjects, dedup keys and JSON.
@@ -55,6 +59,7 @@ impl AlertKind {
             AlertKind::CriticalError => "critical_error",
             AlertKind::FailureRatio => "failure_ratio",
             AlertKind::DeliveryFailed => "delivery_failed",
+            AlertKind::PurgeRefused => "purge_refused",
         }
     }
 
@@ -67,7 +72,7 @@ impl AlertKind {
             | AlertKind::OverWindow
             | AlertKind::CriticalError
             | AlertKind::DeliveryFailed => Severity::Critical,
-            AlertKind::FailureRatio => Severity::Error,
+            AlertKind::FailureRatio | AlertKind::PurgeRefused => Severity::Error,
         }
     }
 
@@ -85,6 +90,9 @@ impl AlertKind {
             AlertKind::DeliveryFailed => {
                 "The run's files were written, but a delivery target did not take them."
             }
+            AlertKind::PurgeRefused => {
+                "A file older than the retention policy allows could not be removed."
+            }
         }
     }
 
@@ -96,6 +104,7 @@ impl AlertKind {
             AlertKind::CriticalError => "The run failed (exit 1)",
             AlertKind::FailureRatio => "Many accounts failed (`CompletedWithFailures`)",
             AlertKind::DeliveryFailed => "A delivery failed (`delivery_failed`)",
+            AlertKind::PurgeRefused => "A purge was refused (`purge_refused`)",
         }
     }
 
@@ -114,6 +123,9 @@ impl AlertKind {
             }
             AlertKind::DeliveryFailed => {
                 "Read the error; fix the target, then `esg deliver --business-date D` sends the files again."
+            }
+            AlertKind::PurgeRefused => {
+                "Read which file and why; a legal hold or Object Lock is deliberate: ask compliance before changing it."
             }
         }
     }
@@ -494,7 +506,8 @@ mod tests {
                 "over_window",
                 "critical_error",
                 "failure_ratio",
-                "delivery_failed"
+                "delivery_failed",
+                "purge_refused"
             ]
         );
         for kind in AlertKind::ALL {

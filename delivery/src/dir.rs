@@ -137,6 +137,43 @@ impl Target for DirTarget {
             .map_err(|e| DeliveryError::retryable(format!("copy task: {e}")))?
     }
 
+    async fn list(&self) -> Result<Vec<String>, DeliveryError> {
+        let dir = self.dir()?.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
+                let entry = entry.map_err(|e| io_error(&dir, e))?;
+                if entry.file_type().map_err(|e| io_error(&dir, e))?.is_file() {
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+        .map_err(|e| DeliveryError::retryable(format!("list task: {e}")))?
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), DeliveryError> {
+        if name.contains('/') || name == ".." || name == "." {
+            return Err(DeliveryError::permanent(format!(
+                "{name:?} is not a file name"
+            )));
+        }
+        let path = self.dir()?.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(DeliveryError::permanent(format!(
+                    "{}: the share refuses the removal: {e}",
+                    path.display()
+                )))
+            }
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
     async fn check(&self) -> Result<(), DeliveryError> {
         let dir = self.dir()?.to_owned();
         tokio::task::spawn_blocking(move || {

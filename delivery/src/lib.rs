@@ -186,6 +186,15 @@ pub trait Target: Send + Sync {
 
     /// Checks that the target can be reached and written, leaving nothing behind (pre-flight).
     async fn check(&self) -> Result<(), DeliveryError>;
+
+    /// The names of the objects the target holds directly under its prefix or directory (not
+    /// below), for retention; temporary names of uploads included.
+    async fn list(&self) -> Result<Vec<String>, DeliveryError>;
+
+    /// Removes the object `name` (a name [`Target::list`] gave). Removing a name that is not
+    /// there is not an error. A refusal by the store (Object Lock, a retention setting, no
+    /// permission) is a permanent error saying so.
+    async fn delete(&self, name: &str) -> Result<(), DeliveryError>;
 }
 
 /// How often a failed target is tried again.
@@ -344,6 +353,34 @@ impl Deliveries {
     /// The index of the target called `name` (for [`Deliveries::deliver`]'s `only`).
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.targets.iter().position(|t| t.name == name)
+    }
+
+    /// Retention: on every target, removes (unless `dry_run`) each object its listing holds
+    /// that `doomed` picks; `(target, object, outcome)` for each, and for a listing that failed
+    /// (object `(listing)`).
+    pub async fn purge(
+        &self,
+        doomed: &(dyn Fn(&str) -> bool + Sync),
+        dry_run: bool,
+    ) -> Vec<(String, String, Result<(), DeliveryError>)> {
+        let mut out = Vec::new();
+        for t in &self.targets {
+            match t.target.list().await {
+                Err(e) => out.push((t.name.clone(), "(listing)".to_owned(), Err(e))),
+                Ok(names) => {
+                    for name in names.into_iter().filter(|n| doomed(n)) {
+                        let result = if dry_run {
+                            Ok(())
+                        } else {
+                            let _one_at_a_time = t.busy.lock().await;
+                            t.target.delete(&name).await
+                        };
+                        out.push((t.name.clone(), t.target.object(&name), result));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Checks every target (pre-flight): the names and errors of those that failed.

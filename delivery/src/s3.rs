@@ -14,6 +14,15 @@
 //! identity, ECS task role, instance metadata). No error message holds a credential: messages
 //! name the object (`s3://bucket/key`), the operation and the S3 error code, and any configured
 //! secret that a server might echo is masked.
+//!
+//! Retention: [`Target::list`] is one `/`-delimited listing (`ListObjectsV2`, every page) of the
+//! prefix, keeping the objects directly under it; [`Target::delete`] is one `DeleteObject` per
+//! name (not the bulk `DeleteObjects`, whose refusals come back inside an HTTP 200 answer). A
+//! refusal (403: no `s3:DeleteObject` permission, or a version that a retention or a legal hold
+//! protects) is permanent. On a versioned bucket, Object Lock buckets included, a `DeleteObject`
+//! without a version id does not remove data: S3 adds a delete marker, which it accepts even
+//! while a retention protects the object, and the object's versions stay until the bucket's
+//! lifecycle rules expire them.
 
 use crate::{DeliveryError, LocalFile, Target};
 use esg_auth::Secret;
@@ -260,6 +269,10 @@ impl S3Target {
         // changed on the way (BadDigest) before storing it. AWS and SeaweedFS (the test server)
         // check it; the read-back after the upload covers servers that only store it.
         builder = builder.with_checksum_algorithm(Checksum::SHA256);
+        // `delete` as one `DeleteObject` (`DELETE /key`) rather than a bulk `DeleteObjects` of
+        // one key: a refused bulk delete is an HTTP 200 with the error inside, which `classify`
+        // would not see as a refusal.
+        builder = builder.with_disable_bulk_delete(true);
 
         // Neither plain http to another host nor unchecked certificates, whatever the
         // environment says (`AWS_ALLOW_HTTP`, `AWS_ALLOW_INVALID_CERTIFICATES`).
@@ -337,6 +350,17 @@ impl S3Target {
                 self.object(name)
             ))
         })
+    }
+
+    /// Refuses a name that is not directly under the prefix (delete takes what `list` gives).
+    fn check_name(&self, name: &str) -> Result<(), DeliveryError> {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(DeliveryError::permanent(format!(
+                "{}: cannot delete {name:?}: not the name of an object directly under the prefix",
+                self.object("")
+            )));
+        }
+        Ok(())
     }
 
     fn fail(&self, object: &str, op: Op, e: &object_store::Error) -> DeliveryError {
@@ -492,6 +516,7 @@ enum Op {
     Delete,
     Abort,
     Check,
+    List,
 }
 
 impl Op {
@@ -502,6 +527,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Abort => "abort of the multipart upload",
             Op::Check => "check (create and abort a multipart upload)",
+            Op::List => "listing",
         }
     }
 }
@@ -539,11 +565,18 @@ fn classify(object: &str, op: Op, e: &object_store::Error) -> DeliveryError {
         },
     };
     let message = format!("{object}: {what} failed: {detail}");
+    // What a 403 means: for a removal, AWS (and SeaweedFS) answer a version that a retention or
+    // a legal hold protects with 403 AccessDenied as well.
+    let refused = if op == Op::Delete {
+        "the store refused the removal: no delete permission, or a retention or legal hold"
+    } else {
+        "the credentials are refused or lack permission"
+    };
     use object_store::Error as E;
     match e {
-        E::Unauthenticated { .. } | E::PermissionDenied { .. } => DeliveryError::permanent(
-            format!("{message} (the credentials are refused or lack permission)"),
-        ),
+        E::Unauthenticated { .. } | E::PermissionDenied { .. } => {
+            DeliveryError::permanent(format!("{message} ({refused})"))
+        }
         // After a successful upload a missing object is a race (a concurrent delete) worth
         // another try; anywhere else it is the bucket that is missing.
         E::NotFound { .. } if op == Op::Verify && code.as_deref() != Some("NoSuchBucket") => {
@@ -562,9 +595,7 @@ fn classify(object: &str, op: Op, e: &object_store::Error) -> DeliveryError {
         _ => match (status, code.as_deref()) {
             (_, Some(c)) if RETRYABLE_CODES.contains(&c) => DeliveryError::retryable(message),
             (Some(s), _) if s >= 500 || s == 408 || s == 429 => DeliveryError::retryable(message),
-            (Some(403), _) => DeliveryError::permanent(format!(
-                "{message} (the credentials are refused or lack permission)"
-            )),
+            (Some(403), _) => DeliveryError::permanent(format!("{message} ({refused})")),
             (Some(404), _) => {
                 DeliveryError::permanent(format!("{message} (does the bucket exist?)"))
             }
@@ -666,6 +697,59 @@ impl Target for S3Target {
         }
         tracing::debug!(object = %object, bytes = size, multipart, "object uploaded; reading it back");
         self.verify(file, &key, &object).await
+    }
+
+    /// A `/`-delimited listing of the prefix's "directory" (the prefix up to its last `/`),
+    /// keeping the objects there whose name starts with the rest of the prefix: `esg/daily/`
+    /// lists `esg/daily/*`, `esg/out-` lists `esg/out-*`, and neither descends further.
+    async fn list(&self) -> Result<Vec<String>, DeliveryError> {
+        let prefix = self.config.prefix.as_str();
+        let (dir, stem) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+        let object = self.object("");
+        let dir_path = match dir {
+            "" => None,
+            dir => Some(Path::parse(dir).map_err(|e| {
+                DeliveryError::permanent(format!("{object}: not a usable key prefix: {e}"))
+            })?),
+        };
+        let listing = self
+            .store
+            .list_with_delimiter(dir_path.as_ref())
+            .await
+            .map_err(|e| self.fail(&object, Op::List, &e))?;
+        let mut names: Vec<String> = listing
+            .objects
+            .iter()
+            .filter_map(|meta| {
+                let key = meta.location.as_ref();
+                let in_dir = match dir {
+                    "" => Some(key),
+                    // Not the directory's own marker object (`esg/daily/`, parsed as `esg/daily`).
+                    dir => key.strip_prefix(dir)?.strip_prefix('/'),
+                };
+                let name = in_dir.filter(|n| !n.contains('/'))?.strip_prefix(stem)?;
+                (!name.is_empty()).then(|| name.to_owned())
+            })
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `DeleteObject`: S3 answers 204 for a key that is not there, so that is not an error.
+    async fn delete(&self, name: &str) -> Result<(), DeliveryError> {
+        self.check_name(name)?;
+        let key = self.key(name)?;
+        let object = self.object(name);
+        match self.store.delete(&key).await {
+            Ok(()) => Ok(()),
+            // A server that says so rather than 204: gone already. (NoSuchBucket is an error.)
+            Err(e @ object_store::Error::NotFound { .. })
+                if xml_element(&error_chain(&e), "Code").as_deref() == Some("NoSuchKey") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.fail(&object, Op::Delete, &e)),
+        }
     }
 
     /// Starts a multipart upload of a probe key and aborts it: that proves the bucket exists and

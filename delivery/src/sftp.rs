@@ -15,6 +15,11 @@
 //! failed delivery removes its temporary file (best effort: a connection that dropped cannot,
 //! and the next attempt of the same process truncates it).
 //!
+//! Retention: `list` reads `dir` (`SSH_FXP_READDIR`) and keeps its regular files, hidden
+//! temporary files of failed uploads included; `delete` is one `SSH_FXP_REMOVE` of
+//! `<dir>/<name>`. A name that is not there is not an error; a removal the server refuses
+//! (permission denied: a read-only directory, an immutable file) is permanent.
+//!
 //! The private key is read once, when the target is built, and refused if the group or others
 //! may read it. No error or log line holds key material or the passphrase.
 
@@ -103,6 +108,15 @@ impl SftpConfig {
     /// `sftp://user@host:port`, the start of every error message.
     fn server(&self) -> String {
         format!("sftp://{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// `sftp://user@host:port/dir/name`: where `name` is once delivered.
+    fn object(&self, name: &str) -> String {
+        format!(
+            "{}/{}/{name}",
+            self.server(),
+            self.dir.trim_end_matches('/')
+        )
     }
 }
 
@@ -208,16 +222,33 @@ impl SftpTarget {
 #[async_trait::async_trait]
 impl Target for SftpTarget {
     fn object(&self, name: &str) -> String {
-        let dir = self.config.dir.trim_end_matches('/');
-        format!(
-            "sftp://{}@{}:{}/{dir}/{name}",
-            self.config.user, self.config.host, self.config.port
-        )
+        self.config.object(name)
     }
 
     async fn put(&self, file: &LocalFile) -> Result<(), DeliveryError> {
         let session = self.connect().await?;
         let result = session.deliver(file).await;
+        session.close().await;
+        result
+    }
+
+    async fn list(&self) -> Result<Vec<String>, DeliveryError> {
+        let session = self.connect().await?;
+        let result = session.list().await;
+        session.close().await;
+        result
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), DeliveryError> {
+        // Before connecting: a path is never sent.
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(DeliveryError::permanent(format!(
+                "{}: cannot delete {name:?}: not the name of a file directly in dir",
+                self.config.object("")
+            )));
+        }
+        let session = self.connect().await?;
+        let result = session.remove(name).await;
         session.close().await;
         result
     }
@@ -689,6 +720,68 @@ impl Session {
             if !is_status(&e, StatusCode::NoSuchFile) {
                 tracing::warn!(server = %self.config.server(), path, error = %e, "cannot remove the temporary file");
             }
+        }
+    }
+
+    /// The names of the regular files in `dir` (not its directories or symbolic links), sorted.
+    async fn list(&self) -> Result<Vec<String>, DeliveryError> {
+        let c = &self.config;
+        let dir = c.dir.as_str();
+        let handle = self
+            .sftp
+            .opendir(dir)
+            .await
+            .map_err(|e| sftp_error(c, "open the directory", dir, e))?
+            .handle;
+        let mut entries = Vec::new();
+        let read = loop {
+            match self.sftp.readdir(handle.as_str()).await {
+                Ok(batch) => entries.extend(batch.files),
+                Err(e) if is_status(&e, StatusCode::Eof) => break Ok(()),
+                Err(e) => break Err(sftp_error(c, "read the directory", dir, e)),
+            }
+        };
+        let _ = self.sftp.close(handle.as_str()).await;
+        read?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let attrs = match entry.attrs.permissions {
+                Some(_) => entry.attrs,
+                // A server that leaves the type out of the listing: ask for it (not following
+                // a symbolic link, as the listing does not).
+                None => {
+                    let path = self.path(&entry.filename);
+                    match self.sftp.lstat(path.as_str()).await {
+                        Ok(a) => a.attrs,
+                        // Removed since the listing: not there to purge.
+                        Err(e) if is_status(&e, StatusCode::NoSuchFile) => continue,
+                        Err(e) => return Err(sftp_error(c, "stat", &path, e)),
+                    }
+                }
+            };
+            if attrs.file_type().is_file() {
+                names.push(entry.filename);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Removes `<dir>/<name>`; a file that is not there is not an error.
+    async fn remove(&self, name: &str) -> Result<(), DeliveryError> {
+        let c = &self.config;
+        let path = self.path(name);
+        match self.sftp.remove(path.as_str()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, StatusCode::NoSuchFile) => Ok(()),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::PermissionDenied => {
+                Err(DeliveryError::permanent(format!(
+                    "{}: the server refused the removal: {} (a read-only directory, an immutable file?)",
+                    c.object(name),
+                    s.error_message
+                )))
+            }
+            Err(e) => Err(sftp_error(c, "remove", &path, e)),
         }
     }
 

@@ -41,6 +41,13 @@ impl Target for Flaky {
     async fn check(&self) -> Result<(), DeliveryError> {
         Ok(())
     }
+    async fn list(&self) -> Result<Vec<String>, DeliveryError> {
+        Ok(self.kept.lock().expect("lock").clone())
+    }
+    async fn delete(&self, name: &str) -> Result<(), DeliveryError> {
+        self.kept.lock().expect("lock").retain(|n| n != name);
+        Ok(())
+    }
 }
 
 /// A target that fails its first `failures` puts with `error`.

@@ -8,6 +8,11 @@
 //! Each test has its own bucket. What the target wrote is read back with boto3, an independent
 //! client, not with object_store.
 //!
+//! The server s3.sh starts also has a read-only identity (`S3_READONLY_*`: may read and list,
+//! not write or delete), the store that refuses a removal; with `ESG_TEST_S3_ENDPOINT`, give
+//! one as `ESG_TEST_S3_READONLY_ACCESS_KEY_ID` and `ESG_TEST_S3_READONLY_SECRET_ACCESS_KEY`, or
+//! the test of a refused removal starts its own server.
+//!
 //! Needs python3 with boto3 (s3.sh installs it with pip), curl, and the weed binary (s3.sh
 //! finds or builds it; `ops/services/s3.sh install` does only that).
 
@@ -49,6 +54,10 @@ elif command == "download":
     bucket, key, path = args
     s3.download_file(bucket, key, path)
     print("null")
+elif command == "put":
+    bucket, key, body = args
+    s3.put_object(Bucket=bucket, Key=key, Body=body.encode())
+    print("null")
 elif command == "contents":
     bucket, = args
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
@@ -61,6 +70,8 @@ struct S3Server {
     endpoint: String,
     key_id: String,
     secret: String,
+    /// An identity that may read and list but not write or delete: key id, secret.
+    readonly: Option<(String, String)>,
     /// The CA of an https server's certificate (in `_dir`).
     ca: Option<PathBuf>,
     pid: Option<u32>,
@@ -94,6 +105,9 @@ async fn server() -> Arc<S3Server> {
             endpoint,
             key_id: var("ESG_TEST_S3_ACCESS_KEY_ID"),
             secret: var("ESG_TEST_S3_SECRET_ACCESS_KEY"),
+            readonly: std::env::var("ESG_TEST_S3_READONLY_ACCESS_KEY_ID")
+                .ok()
+                .zip(std::env::var("ESG_TEST_S3_READONLY_SECRET_ACCESS_KEY").ok()),
             ca: None,
             pid: None,
             _dir: None,
@@ -118,6 +132,17 @@ async fn bucket_for(test: &str) -> Bucket {
     server().await.bucket(test).await
 }
 
+/// A new bucket for `test` on a server with a read-only identity: the configured one if it has
+/// one, else the one s3.sh starts.
+async fn readonly_bucket_for(test: &str) -> Bucket {
+    let server = server().await;
+    let server = match server.readonly {
+        Some(_) => server,
+        None => shared(&SHARED, false).await,
+    };
+    server.bucket(test).await
+}
+
 /// A new bucket for `test` on the https server.
 async fn tls_bucket_for(test: &str) -> Bucket {
     shared(&SHARED_TLS, true).await.bucket(test).await
@@ -133,7 +158,14 @@ impl S3Server {
             .port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/services/s3.sh");
         let mut command = tokio::process::Command::new(script);
-        command.arg(port.to_string()).arg(dir.path());
+        command
+            .arg(port.to_string())
+            .arg(dir.path())
+            .env("S3_READONLY_ACCESS_KEY_ID", "esgtestreader")
+            .env(
+                "S3_READONLY_SECRET_ACCESS_KEY",
+                "esg-test-reader-secret-0123456789",
+            );
         let mut ca = None;
         if tls {
             let pki = TestPki::generate(
@@ -161,11 +193,13 @@ impl S3Server {
                 .find_map(|l| l.strip_prefix(name))
                 .map(str::to_owned)
         };
-        let (Some(endpoint), Some(key_id), Some(secret), Some(pid)) = (
+        let (Some(endpoint), Some(key_id), Some(secret), Some(pid), Some(ro_key), Some(ro_secret)) = (
             line("S3_ENDPOINT="),
             line("S3_ACCESS_KEY_ID="),
             line("S3_SECRET_ACCESS_KEY="),
             line("S3_PID="),
+            line("S3_READONLY_ACCESS_KEY_ID="),
+            line("S3_READONLY_SECRET_ACCESS_KEY="),
         ) else {
             panic!(
                 "s3.sh did not start the server: {}\n{stdout}",
@@ -178,6 +212,7 @@ impl S3Server {
             endpoint,
             key_id,
             secret,
+            readonly: Some((ro_key, ro_secret)),
             ca,
             pid: Some(pid.parse().expect("S3_PID is a number")),
             _dir: Some(dir),
@@ -243,6 +278,19 @@ impl Bucket {
             .boto(&["download", &self.name, key, &to.display().to_string()])
             .await;
         std::fs::read(to).expect("downloaded file")
+    }
+
+    /// Puts `body` at `key` with boto3 (an object the target did not write).
+    async fn put(&self, key: &str, body: &str) {
+        self.server.boto(&["put", &self.name, key, body]).await;
+    }
+
+    /// The bucket's keys, sorted.
+    async fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = serde_json::from_value(self.contents().await["keys"].clone())
+            .expect("keys are strings");
+        keys.sort();
+        keys
     }
 
     /// The bucket's keys and its unfinished multipart uploads.
@@ -504,6 +552,138 @@ async fn a_read_back_that_differs_deletes_the_object_and_is_retryable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_gives_the_objects_directly_under_the_prefix_and_delete_removes_one() {
+    let bucket = bucket_for("retention").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = S3Target::new(&bucket.sse_kms("esg/daily/")).expect("target");
+    let names = ["FirmESGRatings_20261122.csv", "FirmESGRatings_20261123.csv"];
+    for name in names {
+        target
+            .put(&local(dir.path(), name, b"account,rating\n"))
+            .await
+            .expect("delivered");
+    }
+    // Beside the prefix, below it, and a key that starts with the prefix's text but is not under
+    // it as a directory: none is listed.
+    bucket
+        .put("esg/FirmESGRatings_20261121.csv", "other\n")
+        .await;
+    bucket
+        .put("esg/daily/2026/FirmESGRatings_20261120.csv", "older\n")
+        .await;
+    bucket.put("esg/daily.csv", "not under the prefix\n").await;
+
+    assert_eq!(target.list().await.expect("list"), names);
+
+    target.delete(names[0]).await.expect("deleted");
+    let keys = bucket.keys().await;
+    assert!(
+        !keys.contains(&format!("esg/daily/{}", names[0])),
+        "{keys:?}"
+    );
+    assert_eq!(
+        keys,
+        [
+            "esg/FirmESGRatings_20261121.csv",
+            "esg/daily.csv",
+            "esg/daily/2026/FirmESGRatings_20261120.csv",
+            "esg/daily/FirmESGRatings_20261123.csv",
+        ]
+    );
+    assert_eq!(target.list().await.expect("list"), [names[1]]);
+    // Gone already: not an error.
+    target
+        .delete(names[0])
+        .await
+        .expect("a second delete is Ok");
+
+    // Not a name `list` gives: refused before any request, and nothing below the prefix goes.
+    let error = target
+        .delete("2026/FirmESGRatings_20261120.csv")
+        .await
+        .expect_err("a name with `/`");
+    assert!(!error.retryable, "{error}");
+    assert!(
+        error.message.contains("2026/FirmESGRatings_20261120.csv"),
+        "{error}"
+    );
+    assert_eq!(bucket.keys().await, keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_with_a_prefix_that_is_not_a_directory_or_none_strips_the_prefix() {
+    let bucket = bucket_for("retention-stem").await;
+    for key in [
+        "out-FirmESGRatings_20261122.csv",
+        "out-FirmESGRatings_20261123.csv",
+        "other.csv",
+        "out-dir/FirmESGRatings_20261121.csv",
+    ] {
+        bucket.put(key, "x\n").await;
+    }
+    let stem = S3Target::new(&bucket.config("out-")).expect("target");
+    assert_eq!(
+        stem.list().await.expect("list"),
+        ["FirmESGRatings_20261122.csv", "FirmESGRatings_20261123.csv"]
+    );
+    let root = S3Target::new(&bucket.config("")).expect("target");
+    assert_eq!(
+        root.list().await.expect("list"),
+        [
+            "other.csv",
+            "out-FirmESGRatings_20261122.csv",
+            "out-FirmESGRatings_20261123.csv"
+        ]
+    );
+    stem.delete("FirmESGRatings_20261122.csv")
+        .await
+        .expect("deleted");
+    assert_eq!(
+        bucket.keys().await,
+        [
+            "other.csv",
+            "out-FirmESGRatings_20261123.csv",
+            "out-dir/FirmESGRatings_20261121.csv"
+        ]
+    );
+}
+
+/// The refusal comes from an identity that may read and list but not delete (SeaweedFS
+/// identities take per-action permissions: `Read` and `List` only), not from Object Lock:
+/// SeaweedFS, like AWS, accepts a `DeleteObject` without a version id on an Object Lock bucket
+/// even while a COMPLIANCE retention holds (it adds a delete marker, HTTP 204, and hides the
+/// object; only the removal of the locked version itself is refused), and that is the only
+/// `DeleteObject` the target sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_the_store_refuses_is_permanent_and_the_object_stays() {
+    let bucket = readonly_bucket_for("retention-refused").await;
+    let (key_id, secret) = bucket
+        .server
+        .readonly
+        .clone()
+        .expect("a read-only identity");
+    let name = "FirmESGRatings_20261123.csv";
+    let key = format!("esg/{name}");
+    bucket.put(&key, "account,rating\n").await;
+    let target = S3Target::new(&S3Config {
+        access_key_id: Some(key_id),
+        secret_access_key: Some(Secret::new(secret.clone())),
+        ..bucket.config("esg/")
+    })
+    .expect("target");
+    // The identity may list: what it is refused is the removal alone.
+    assert_eq!(target.list().await.expect("list"), [name]);
+
+    let error = target.delete(name).await.expect_err("refused");
+    assert!(!error.retryable, "{error}");
+    assert!(error.message.contains("refused the removal"), "{error}");
+    assert!(error.message.contains(&target.object(name)), "{error}");
+    assert!(error.message.contains("AccessDenied"), "{error}");
+    assert!(!error.message.contains(&secret), "{error}");
+    assert_eq!(bucket.keys().await, [key]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_the_tls_ca_file_delivers_the_files_bytes() {
     let bucket = tls_bucket_for("tls").await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -587,12 +767,19 @@ async fn an_unreachable_endpoint_is_retryable() {
         ..offline_config()
     })
     .expect("target");
-    let error = target
+    let put = target
         .put(&local(dir.path(), "FirmESGRatings_20261123.csv", b"x\n"))
         .await
         .expect_err("nobody listens");
-    assert!(error.retryable, "{error}");
-    assert!(error.message.contains("cannot connect"), "{error}");
+    let list = target.list().await.expect_err("nobody listens");
+    let delete = target
+        .delete("FirmESGRatings_20261123.csv")
+        .await
+        .expect_err("nobody listens");
+    for error in [put, list, delete] {
+        assert!(error.retryable, "{error}");
+        assert!(error.message.contains("cannot connect"), "{error}");
+    }
 }
 
 /// A configuration that is never sent anywhere.

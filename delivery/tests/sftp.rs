@@ -192,6 +192,56 @@ fn current_user() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    String::from_utf8_lossy(&out.stdout).trim() == "0"
+}
+
+/// Makes `path` impossible to remove for the sshd the tests start (which logs in as the user
+/// running the tests), and undoes that on drop so that the temporary directory can go.
+///
+/// Not root: the directory holding it is made read-only (0555). Root ignores modes, so then the
+/// file itself is made immutable (`chattr +i`, which root cannot remove a file past); `None` if
+/// the file system or the process's capabilities (CAP_LINUX_IMMUTABLE) do not allow that.
+enum Undeletable {
+    ReadOnlyDir(PathBuf),
+    Immutable(PathBuf),
+}
+
+impl Undeletable {
+    fn make(path: &Path) -> Option<Undeletable> {
+        if !is_root() {
+            let dir = path.parent().expect("a parent").to_owned();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555))
+                .expect("chmod 555");
+            return Some(Undeletable::ReadOnlyDir(dir));
+        }
+        let out = Command::new("chattr").arg("+i").arg(path).output().ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "chattr +i {}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Undeletable::Immutable(path.to_owned()))
+    }
+}
+
+impl Drop for Undeletable {
+    fn drop(&mut self) {
+        match self {
+            Undeletable::ReadOnlyDir(dir) => {
+                let _ = std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o755));
+            }
+            Undeletable::Immutable(path) => {
+                let _ = Command::new("chattr").arg("-i").arg(&*path).status();
+            }
+        }
+    }
+}
+
 /// Names in `dir`, sorted, hidden ones included.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -384,9 +434,16 @@ async fn a_server_that_cannot_be_reached_is_worth_another_try() {
         ..sshd.config()
     };
     let target = SftpTarget::new(&config).expect("build target");
-    let err = target.check().await.expect_err("nothing to connect to");
-    assert!(err.retryable, "a network error is retried: {err}");
-    assert!(err.message.contains("connecting"), "{err}");
+    let check = target.check().await.expect_err("nothing to connect to");
+    let list = target.list().await.expect_err("nothing to connect to");
+    let delete = target
+        .delete("FirmESGRatings_20261123.csv")
+        .await
+        .expect_err("nothing to connect to");
+    for err in [check, list, delete] {
+        assert!(err.retryable, "a network error is retried: {err}");
+        assert!(err.message.contains("connecting"), "{err}");
+    }
 }
 
 #[tokio::test]
@@ -444,4 +501,88 @@ async fn a_copy_whose_checksum_differs_is_removed_and_the_earlier_file_kept() {
         b"isin,rating\nXS0000000001,AA\n",
         "the earlier file is as it was"
     );
+}
+
+#[tokio::test]
+async fn list_gives_the_regular_files_of_dir_and_delete_removes_one() {
+    let sshd = Sshd::start();
+    let target = SftpTarget::new(&sshd.config()).expect("build target");
+    let names = ["FirmESGRatings_20261122.csv", "FirmESGRatings_20261123.csv"];
+    for name in names {
+        let local = sshd.path(name);
+        std::fs::write(&local, b"isin,rating\n").expect("write local");
+        target
+            .put(&LocalFile::read(&local).expect("local file"))
+            .await
+            .expect("delivered");
+    }
+    // What a failed upload may leave (listed: retention may purge it), a directory with a file
+    // in it and a symbolic link (neither listed).
+    let temp = ".FirmESGRatings_20261121.csv.4242.part";
+    std::fs::write(sshd.remote.join(temp), b"isin").expect("temporary file");
+    std::fs::create_dir(sshd.remote.join("2026")).expect("subdirectory");
+    std::fs::write(
+        sshd.remote.join("2026/FirmESGRatings_20261120.csv"),
+        b"older",
+    )
+    .expect("file below dir");
+    std::os::unix::fs::symlink(names[1], sshd.remote.join("latest.csv")).expect("symlink");
+
+    assert_eq!(
+        target.list().await.expect("list"),
+        [temp, names[0], names[1]]
+    );
+
+    target.delete(names[0]).await.expect("deleted");
+    assert!(!sshd.remote.join(names[0]).exists());
+    assert_eq!(
+        names_in(&sshd.remote),
+        [temp, "2026", names[1], "latest.csv"]
+    );
+    assert_eq!(target.list().await.expect("list"), [temp, names[1]]);
+    // Gone already: not an error.
+    target
+        .delete(names[0])
+        .await
+        .expect("a second delete is Ok");
+
+    // Not a name `list` gives: refused before connecting, and the file below dir stays.
+    let err = target
+        .delete("2026/FirmESGRatings_20261120.csv")
+        .await
+        .expect_err("a name with `/`");
+    assert!(!err.retryable, "{err}");
+    assert!(
+        err.message.contains("2026/FirmESGRatings_20261120.csv"),
+        "{err}"
+    );
+    assert!(sshd
+        .remote
+        .join("2026/FirmESGRatings_20261120.csv")
+        .exists());
+}
+
+#[tokio::test]
+async fn a_removal_the_server_refuses_is_permanent_and_the_file_stays() {
+    let sshd = Sshd::start();
+    let target = SftpTarget::new(&sshd.config()).expect("build target");
+    let file = sshd.small_file();
+    target.put(&file).await.expect("delivered");
+    let remote = sshd.remote.join(&file.name);
+    let Some(_undeletable) = Undeletable::make(&remote) else {
+        // Running as root on a file system without `chattr +i` (or without the capability to
+        // set it): root removes a file whatever the modes say, so nothing here can make the
+        // server refuse. Skipped rather than faked.
+        eprintln!(
+            "skipped: root, and {} cannot be made immutable",
+            remote.display()
+        );
+        return;
+    };
+    let err = target.delete(&file.name).await.expect_err("refused");
+    assert!(!err.retryable, "{err}");
+    assert!(err.message.contains("refused the removal"), "{err}");
+    assert!(err.message.contains(&target.object(&file.name)), "{err}");
+    assert!(remote.exists(), "the file stays");
+    assert_eq!(target.list().await.expect("list"), [file.name.as_str()]);
 }

@@ -79,6 +79,8 @@ pub const DELIVERY_RECORD_FAILURES_TOTAL: &str = "esg_delivery_record_failures_t
 
 /// Counter: audit entries or checkpoints that could not be written.
 pub const AUDIT_FAILURES_TOTAL: &str = "esg_audit_failures_total";
+/// Counter: files past retention that could not be removed (Object Lock, a read-only share).
+pub const PURGE_REFUSED_TOTAL: &str = "esg_purge_refused_total";
 
 /// Upper bounds (seconds) of the buckets of [`API_REQUEST_DURATION_SECONDS`].
 pub const API_REQUEST_DURATION_BUCKETS: &[f64] = &[
@@ -113,6 +115,7 @@ pub const ALL: &[&str] = &[
     DELIVERY_RETRIES_TOTAL,
     DELIVERY_RECORD_FAILURES_TOTAL,
     AUDIT_FAILURES_TOTAL,
+    PURGE_REFUSED_TOTAL,
 ];
 
 /// Registers the description (and unit) of every metric with the installed recorder. Call
@@ -191,6 +194,10 @@ pub fn describe_all() {
     describe_counter!(
         DELIVERY_RECORD_FAILURES_TOTAL,
         "Lines the delivery record could not take."
+    );
+    describe_counter!(
+        PURGE_REFUSED_TOTAL,
+        "Files past retention that could not be removed."
     );
     describe_counter!(
         AUDIT_FAILURES_TOTAL,

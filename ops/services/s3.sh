@@ -36,7 +36,14 @@
 # 1.26; on 2 cores ~14 min cold, ~2 min with a warm Go build cache; SEAWEEDFS_FROM=go forces it).
 # Environment: WEED, SEAWEEDFS_VERSION, ESG_SERVICES_DIR (default <repo>/target/services),
 # S3_ACCESS_KEY_ID / S3_SECRET_ACCESS_KEY (test defaults), S3_START_TIMEOUT (default 60 s),
-# S3_TLS_CERT / S3_TLS_KEY / S3_TLS_CA (above).
+# S3_TLS_CERT / S3_TLS_KEY / S3_TLS_CA (above), S3_READONLY_ACCESS_KEY_ID /
+# S3_READONLY_SECRET_ACCESS_KEY (below).
+#
+# A second identity: with S3_READONLY_ACCESS_KEY_ID and S3_READONLY_SECRET_ACCESS_KEY set, the
+# server also knows that key with the actions `Read` and `List` only (GetObject, HeadObject,
+# ListObjects; not PutObject or DeleteObject, which need `Write`), and prints it as
+# `S3_READONLY_ACCESS_KEY_ID=…` and `S3_READONLY_SECRET_ACCESS_KEY=…`: a store that refuses a
+# removal, for the tests of retention.
 # The tests read their objects back with boto3: installed with pip if python3 lacks it.
 set -euo pipefail
 
@@ -49,6 +56,8 @@ pypi_sha256=3fa71d325cbe78f674340f5fa7270e4bac446354c8565bd4ee256c3c3c99463d
 key_id="${S3_ACCESS_KEY_ID:-esgtestadmin}"
 secret="${S3_SECRET_ACCESS_KEY:-esg-test-secret-0123456789}"
 timeout="${S3_START_TIMEOUT:-60}"
+ro_key_id="${S3_READONLY_ACCESS_KEY_ID:-}"
+ro_secret="${S3_READONLY_SECRET_ACCESS_KEY:-}"
 log() { echo "s3.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -121,9 +130,18 @@ for s in ss: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in ss])')
 ((port)) || port="${free[0]}"
 rm -rf "$dir/data" && mkdir -p "$dir/data"
+readonly_identity=""
+if [[ -n "$ro_key_id" || -n "$ro_secret" ]]; then
+  [[ -n "$ro_key_id" && -n "$ro_secret" ]] ||
+    die "S3_READONLY_ACCESS_KEY_ID and S3_READONLY_SECRET_ACCESS_KEY go together"
+  [[ "$ro_key_id" != "$key_id" ]] || die "the read-only key must differ from the admin key"
+  readonly_identity=",
+                {\"name\": \"readonly\", \"credentials\": [{\"accessKey\": \"$ro_key_id\", \"secretKey\": \"$ro_secret\"}],
+                 \"actions\": [\"Read\", \"List\"]}"
+fi
 cat >"$dir/s3.json" <<EOF
 {"identities": [{"name": "admin", "credentials": [{"accessKey": "$key_id", "secretKey": "$secret"}],
-                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}],
+                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}$readonly_identity],
  "kms": {"default_provider": "local", "providers": {"local": {"type": "local", "enableOnDemandCreate": true}}}}
 EOF
 # Releases before 4.5x have no legacy admin port to turn off.
@@ -156,4 +174,8 @@ log "SeaweedFS ready on $scheme://127.0.0.1:$port (pid $pid, log $dir/weed.log)"
 echo "S3_ENDPOINT=$scheme://127.0.0.1:$port"
 echo "S3_ACCESS_KEY_ID=$key_id"
 echo "S3_SECRET_ACCESS_KEY=$secret"
+if [[ -n "$ro_key_id" ]]; then
+  echo "S3_READONLY_ACCESS_KEY_ID=$ro_key_id"
+  echo "S3_READONLY_SECRET_ACCESS_KEY=$ro_secret"
+fi
 echo "S3_PID=$pid"
