@@ -142,12 +142,15 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
 
     // An independent reader, Go's golang.org/x/mod/sumdb/note (the reference implementation
     // of C2SP signed notes), takes the checkpoint and the verifier key as they are.
-    let go = std::process::Command::new("go")
-        .args(["run", ".", &verifier])
-        .arg(&checkpoint)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/audit"))
-        .output()
-        .expect("go runs (the Go toolchain)");
+    let go_reads = |note: &Path| {
+        std::process::Command::new("go")
+            .args(["run", ".", &verifier])
+            .arg(note)
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/audit"))
+            .output()
+            .expect("go runs (the Go toolchain)")
+    };
+    let go = go_reads(&checkpoint);
     assert!(
         go.status.success(),
         "{}",
@@ -157,13 +160,10 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     assert_eq!(String::from_utf8_lossy(&go.stdout), text);
     let forged = keys.path().join("forged.checkpoint");
     std::fs::write(&forged, note.replacen("\n6\n", "\n5\n", 1)).expect("forge");
-    let go = std::process::Command::new("go")
-        .args(["run", ".", &verifier])
-        .arg(&forged)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/audit"))
-        .output()
-        .expect("go runs");
-    assert!(!go.status.success(), "Go accepted a forged checkpoint");
+    assert!(
+        !go_reads(&forged).status.success(),
+        "Go accepted a forged checkpoint"
+    );
 
     // A person opens the file: decrypted, and recorded. Their configuration file needs no
     // client secret: only where the state (and so the audit log) is.

@@ -5,7 +5,7 @@
 
 use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use esg_delivery::sftp::{SftpConfig, SftpTarget};
-use esg_delivery::{Deliveries, LocalFile, RunRef, Target, TargetConfig};
+use esg_delivery::{Deliveries, DeliveryError, LocalFile, RunRef, Target, TargetConfig};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -356,14 +356,7 @@ async fn a_host_key_that_does_not_match_is_refused_and_nothing_is_written() {
         host_key_fingerprint: wrong.clone(),
         ..sshd.config()
     };
-    let target = SftpTarget::new(&config).expect("build target");
-    let file = sshd.small_file();
-
-    let err = target
-        .put(&file)
-        .await
-        .expect_err("a wrong host key is refused");
-    assert!(!err.retryable, "not retried: {err}");
+    let (target, err) = refused_put(&sshd, &config).await;
     assert!(err.message.contains("host key does not match"), "{err}");
     assert!(
         err.message.contains(&sshd.host_key_fingerprint),
@@ -378,6 +371,17 @@ async fn a_host_key_that_does_not_match_is_refused_and_nothing_is_written() {
     assert!(names_in(&sshd.remote).is_empty(), "nothing written");
 }
 
+/// A put of a small file with `config` that the server refuses, not to be retried.
+async fn refused_put(sshd: &Sshd, config: &SftpConfig) -> (SftpTarget, DeliveryError) {
+    let target = SftpTarget::new(config).expect("build target");
+    let err = target
+        .put(&sshd.small_file())
+        .await
+        .expect_err("the server refuses it");
+    assert!(!err.retryable, "not retried: {err}");
+    (target, err)
+}
+
 #[tokio::test]
 async fn a_client_key_not_in_authorized_keys_is_refused() {
     let sshd = Sshd::start();
@@ -387,14 +391,7 @@ async fn a_client_key_not_in_authorized_keys_is_refused() {
         private_key_file: stranger,
         ..sshd.config()
     };
-    let target = SftpTarget::new(&config).expect("build target");
-    let file = sshd.small_file();
-
-    let err = target
-        .put(&file)
-        .await
-        .expect_err("an unknown key is refused");
-    assert!(!err.retryable, "not retried: {err}");
+    let (_, err) = refused_put(&sshd, &config).await;
     assert!(err.message.contains("refused the key"), "{err}");
     assert!(names_in(&sshd.remote).is_empty(), "nothing written");
 }
