@@ -240,3 +240,39 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_signing_key_the_chain_is_kept_and_checked_and_says_no_checkpoint() {
+    let world = World::start(quiet_sim(20), "").await;
+    let (code, said) = outcome(
+        esg_command(["run", "--once", "--business-date", DAY, "--config"]).arg(&world.config_path),
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        !world
+            .dir
+            .path()
+            .join("state/audit/audit.checkpoint")
+            .exists(),
+        "a checkpoint without a key"
+    );
+    let (code, said) =
+        outcome(esg_command(["audit", "verify", "--config"]).arg(&world.config_path));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("chain intact") && said.contains("no checkpoint checked"),
+        "{said}"
+    );
+    let (code, said) = outcome(
+        esg_command([
+            "audit",
+            "verify",
+            "--checkpoint",
+            "/nonexistent",
+            "--config",
+        ])
+        .arg(&world.config_path),
+    );
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("/nonexistent"), "{said}");
+}
