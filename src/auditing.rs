@@ -153,6 +153,11 @@ impl Audit {
     /// Signs a checkpoint of the log as it is now (when a key is configured); the numbered
     /// copy `checkpoints/audit-<size>.checkpoint`, to deliver.
     pub fn checkpoint(&self) -> Option<PathBuf> {
+        // Monthly segments, so that retention can remove whole old ones.
+        if let Err(e) = self.log.rotate_monthly(chrono::Utc::now()) {
+            tracing::error!(error = %e, "cannot start a new segment of the audit log");
+            metrics::counter!(esg_metrics::AUDIT_FAILURES_TOTAL).increment(1);
+        }
         let signer = self.signer.as_ref()?;
         let result = (|| -> anyhow::Result<PathBuf> {
             let latest = self.log.checkpoint(signer, signer.name())?;
@@ -226,8 +231,9 @@ pub fn verify(
         let throwaway = NoteSigner::generate("chain-only")?.verifier();
         return Ok(match esg_audit::verify(&dir, &throwaway, &[]) {
             Ok(v) => Ok(format!(
-                "audit log {}: {} entries, chain intact; no checkpoint checked ([audit] signing_key_file is not set)",
+                "audit log {}: entries {} to {}, chain intact; no checkpoint checked ([audit] signing_key_file is not set)",
                 dir.display(),
+                v.first,
                 v.entries
             )),
             Err(broken) => Err(broken.message),
@@ -240,9 +246,23 @@ pub fn verify(
                 .iter()
                 .map(|(name, size)| format!("{name} ({size} entries)"))
                 .collect();
+            let older: Vec<String> = v
+                .predating
+                .iter()
+                .map(|(name, size)| format!("{name} ({size} entries)"))
+                .collect();
+            let older = if older.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; older than the oldest kept segment, not checkable: {}",
+                    older.join(", ")
+                )
+            };
             Ok(format!(
-                "audit log {}: {} entries, chain intact; checkpoints verified: {}",
+                "audit log {}: entries {} to {}, chain intact; checkpoints verified: {}{older}",
                 dir.display(),
+                v.first,
                 v.entries,
                 if cps.is_empty() {
                     "none".into()

@@ -226,6 +226,13 @@ pub struct RetentionSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub logs: Option<Duration>,
+    /// Closed monthly segments of the audit log, by their last entry, e.g. `"7y"`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub audit: Option<Duration>,
 }
 
 /// `[audit]`: the audit trail of the files.

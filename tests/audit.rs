@@ -236,7 +236,7 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     let (code, said) = verify(&["--checkpoint", cp]);
     assert_eq!(code, Some(1), "{said}");
     assert!(
-        said.contains("NOT intact") && said.contains("line 4"),
+        said.contains("NOT intact") && said.contains("entry 3 is followed by entry 5"),
         "{said}"
     );
 }

@@ -48,6 +48,40 @@ impl Tree {
         self.size
     }
 
+    /// The roots of the complete subtrees so far, as `size:hexhash` joined by `;`: enough to
+    /// go on from here without the leaves (a segment of the log starts with it).
+    pub fn frontier(&self) -> String {
+        self.stack
+            .iter()
+            .map(|(hash, size)| {
+                let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+                format!("{size}:{hex}")
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// The tree of `size` leaves whose [`Tree::frontier`] is `text`; `None` when the text is not
+    /// one, or does not add up to `size`.
+    pub fn from_frontier(text: &str, size: u64) -> Option<Tree> {
+        let mut stack = Vec::new();
+        for part in text.split(';').filter(|p| !p.is_empty()) {
+            let (n, hex) = part.split_once(':')?;
+            let n: u64 = n.parse().ok()?;
+            if hex.len() != 64 || !n.is_power_of_two() {
+                return None;
+            }
+            let mut hash = [0u8; 32];
+            for (i, byte) in hash.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            stack.push((hash, n));
+        }
+        let total: u64 = stack.iter().map(|(_, n)| n).sum();
+        let decreasing = stack.windows(2).all(|w| w[0].1 > w[1].1);
+        (total == size && decreasing).then_some(Tree { stack, size })
+    }
+
     /// The tree hash of the leaves so far (SHA-256 of nothing for an empty tree).
     pub fn root(&self) -> [u8; 32] {
         let mut iter = self.stack.iter().rev();
@@ -87,6 +121,27 @@ mod tests {
             tree.push(*l);
             assert_eq!(tree.root(), reference(&leaves[..=i]), "size {}", i + 1);
         }
+    }
+
+    #[test]
+    fn a_tree_goes_on_from_its_frontier() {
+        let leaves: Vec<[u8; 32]> = (0..23u32).map(|i| leaf(&i.to_be_bytes())).collect();
+        let mut whole = Tree::default();
+        for l in &leaves[..13] {
+            whole.push(*l);
+        }
+        let mut resumed = Tree::from_frontier(&whole.frontier(), 13).expect("frontier");
+        for l in &leaves[13..] {
+            whole.push(*l);
+            resumed.push(*l);
+        }
+        assert_eq!(resumed.root(), whole.root());
+        assert_eq!(resumed.root(), reference(&leaves));
+        assert!(
+            Tree::from_frontier(&whole.frontier(), 22).is_none(),
+            "wrong size"
+        );
+        assert!(Tree::from_frontier("3:00", 3).is_none());
     }
 
     #[test]

@@ -210,3 +210,117 @@ fn a_checkpoint_is_a_c2sp_signed_note() {
     assert!(lines[4].starts_with("\u{2014} esg.test/audit "), "{note}");
     assert_eq!(lines[5], "");
 }
+
+fn append_n(log: &AuditLog, n: u64, what: &str) {
+    for i in 0..n {
+        log.append(Event::new("file_written", format!("{what}-{i}")))
+            .expect("append");
+    }
+}
+
+fn note_of(log: &AuditLog, signer: &NoteSigner, name: &str) -> (String, String) {
+    log.checkpoint(signer, ORIGIN).expect("checkpoint");
+    (
+        name.to_owned(),
+        std::fs::read_to_string(log.checkpoint_path()).expect("note"),
+    )
+}
+
+#[test]
+fn segments_chain_on_and_every_checkpoint_still_holds() {
+    let (_dir, log, signer) = log_of(3);
+    let before = note_of(&log, &signer, "before");
+    let closed = log.rotate().expect("rotate").expect("a segment");
+    assert!(closed.ends_with("audit-0000000001.jsonl"), "{closed:?}");
+    append_n(&log, 2, "b");
+    let after = note_of(&log, &signer, "after");
+    let v = verify(
+        log.dir(),
+        &signer.verifier(),
+        &[before.clone(), after.clone()],
+    )
+    .expect("verifies");
+    assert_eq!((v.first, v.entries), (1, 6), "3 + segment_started + 2");
+    assert_eq!(v.checkpoints.len(), 2);
+    let entries = read(log.dir()).expect("read");
+    assert_eq!(entries.len(), 6);
+    assert_eq!(entries[3].action, "segment_started");
+    // A month later it rotates by itself; in the same month it does not.
+    assert!(log.rotate_monthly(Utc::now()).expect("rotate").is_none());
+    let next_month = Utc::now() + chrono::Duration::days(40);
+    assert!(log.rotate_monthly(next_month).expect("rotate").is_some());
+}
+
+#[test]
+fn purged_segments_leave_a_log_verifiable_from_the_oldest_kept_one() {
+    let (_dir, log, signer) = log_of(3);
+    let old = note_of(&log, &signer, "old");
+    log.rotate().expect("rotate");
+    append_n(&log, 2, "b");
+    log.rotate().expect("rotate");
+    append_n(&log, 2, "c");
+    let recent = note_of(&log, &signer, "recent");
+    let removed = log
+        .purge_segments(Utc::now() + chrono::Duration::seconds(1))
+        .expect("purge");
+    assert_eq!(
+        removed.len(),
+        2,
+        "both closed segments, never the current one"
+    );
+    let v = verify(
+        log.dir(),
+        &signer.verifier(),
+        &[old.clone(), recent.clone()],
+    )
+    .expect("verifies");
+    assert_eq!(v.first, 7, "the current segment starts at entry 7");
+    assert_eq!(v.entries, 9);
+    assert_eq!(v.checkpoints, [("recent".to_owned(), 9)]);
+    assert_eq!(v.predating, [("old".to_owned(), 3)]);
+
+    // The kept segment's frontier stands for the purged entries: changing it shows.
+    let mut l = lines(&log);
+    let start: Entry = serde_json::from_str(&l[0]).expect("entry");
+    let frontier = start.details["frontier"].clone();
+    let forged = frontier.replacen(&frontier[frontier.len() - 4..], "0000", 1);
+    l[0] = l[0].replace(&frontier, &forged);
+    rewrite(&log, &l);
+    let err = verify(log.dir(), &signer.verifier(), &[recent]).expect_err("forged frontier");
+    assert!(
+        err.message.contains("rewritten") || err.message.contains("chain"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closed_segment_removed_from_the_middle_is_found() {
+    let (_dir, log, signer) = log_of(2);
+    log.rotate().expect("rotate");
+    append_n(&log, 2, "b");
+    let middle = log.rotate().expect("rotate").expect("segment");
+    append_n(&log, 1, "c");
+    std::fs::remove_file(&middle).expect("remove");
+    let err = verify(log.dir(), &signer.verifier(), &[]).expect_err("gap");
+    assert!(err.message.contains("removed"), "{err}");
+}
+
+#[test]
+fn a_segment_start_whose_frontier_is_not_the_logs_is_found() {
+    let (_dir, log, signer) = log_of(3);
+    log.rotate().expect("rotate");
+    append_n(&log, 1, "b");
+    // Rewrite the (not oldest) segment start with another frontier: the chain to it is kept
+    // by recomputing nothing, so the entry's own check has to catch it.
+    let mut l = lines(&log);
+    let start: Entry = serde_json::from_str(&l[0]).expect("entry");
+    let mut changed = start.clone();
+    changed
+        .details
+        .insert("frontier".into(), "1:".to_owned() + &"0".repeat(64));
+    changed.details.insert("tree_size".into(), "1".into());
+    l[0] = serde_json::to_string(&changed).expect("json");
+    rewrite(&log, &l);
+    let err = verify(log.dir(), &signer.verifier(), &[]).expect_err("frontier");
+    assert!(err.message.contains("frontier"), "{err}");
+}
