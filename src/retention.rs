@@ -112,27 +112,21 @@ pub async fn purge(
     }
     if let Some(keep) = policy.audit {
         let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
-        if dry_run {
-            purged.removed.extend(old_segments(audit, before));
+        let segments = if dry_run {
+            audit.log().expired_segments(before)
         } else {
-            match audit.log().purge_segments(before) {
-                Ok(removed) => {
-                    for path in removed {
-                        let shown = path.display().to_string();
-                        audit.record(
-                            Event::new(
-                                "purged",
-                                path.file_name()
-                                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                            )
-                            .with("path", &shown)
-                            .with("policy", "retention.audit"),
-                        );
-                        purged.removed.push(shown);
+            audit.log().purge_segments(before)
+        };
+        match segments {
+            Ok(paths) => {
+                for path in paths {
+                    if !dry_run {
+                        record_purged(audit, &path, "retention.audit");
                     }
+                    purged.removed.push(path.display().to_string());
                 }
-                Err(e) => purged.refused.push(format!("audit segments: {e}")),
             }
+            Err(e) => purged.refused.push(format!("audit segments: {e}")),
         }
     }
     for line in &purged.refused {
@@ -195,15 +189,7 @@ fn remove_local(
         }
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                audit.record(
-                    Event::new(
-                        "purged",
-                        path.file_name()
-                            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                    )
-                    .with("path", &shown)
-                    .with("policy", policy),
-                );
+                record_purged(audit, &path, policy);
                 purged.removed.push(shown);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -212,29 +198,15 @@ fn remove_local(
     }
 }
 
-/// The closed audit segments a purge would remove (for `--dry-run`): those whose last entry is
-/// older than `before`, oldest first, up to the first that is not.
-fn old_segments(audit: &Audit, before: chrono::DateTime<Utc>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut names: Vec<PathBuf> = std::fs::read_dir(audit.log().dir())
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    names.retain(|p| {
-        p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
-    });
-    names.sort();
-    for path in names {
-        let last = std::fs::read_to_string(&path).ok().and_then(|t| {
-            t.lines()
-                .last()
-                .and_then(|l| serde_json::from_str::<esg_audit::Entry>(l).ok())
-        });
-        match last {
-            Some(e) if e.at < before => out.push(path.display().to_string()),
-            _ => break,
-        }
-    }
-    out
+/// The audit entry of a local file removed by `policy`.
+fn record_purged(audit: &Audit, path: &Path, policy: &str) {
+    audit.record(
+        Event::new(
+            "purged",
+            path.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        )
+        .with("path", path.display())
+        .with("policy", policy),
+    );
 }

@@ -306,32 +306,34 @@ impl AuditLog {
         Ok(Some(closed))
     }
 
-    /// Removes the oldest closed segments whose last entry is older than `before` (whole
-    /// segments, oldest first, never the current one); the log stays verifiable from the
-    /// oldest kept segment. The removed files.
-    pub fn purge_segments(&self, before: DateTime<Utc>) -> Result<Vec<PathBuf>, AuditError> {
-        let _lock = self.lock(true)?;
-        let mut removed = Vec::new();
+    /// The oldest closed segments whose last entry is older than `before`, oldest first, up to
+    /// the first that is not (never the current one): what [`AuditLog::purge_segments`]
+    /// removes.
+    pub fn expired_segments(&self, before: DateTime<Utc>) -> Result<Vec<PathBuf>, AuditError> {
+        let mut out = Vec::new();
         for path in closed_segments(&self.dir).map_err(io(&self.dir))? {
-            let mut file = std::fs::File::open(&path).map_err(io(&path))?;
-            let text = {
-                let mut t = String::new();
-                file.read_to_string(&mut t).map_err(io(&path))?;
-                t
-            };
+            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
             let last: Option<Entry> = text
                 .lines()
                 .last()
                 .and_then(|l| serde_json::from_str(l).ok());
             match last {
-                Some(e) if e.at < before => {
-                    std::fs::remove_file(&path).map_err(io(&path))?;
-                    removed.push(path);
-                }
+                Some(e) if e.at < before => out.push(path),
                 _ => break,
             }
         }
-        Ok(removed)
+        Ok(out)
+    }
+
+    /// Removes the [`AuditLog::expired_segments`] (whole segments, oldest first); the log stays
+    /// verifiable from the oldest kept segment. The removed files.
+    pub fn purge_segments(&self, before: DateTime<Utc>) -> Result<Vec<PathBuf>, AuditError> {
+        let _lock = self.lock(true)?;
+        let expired = self.expired_segments(before)?;
+        for path in &expired {
+            std::fs::remove_file(path).map_err(io(path))?;
+        }
+        Ok(expired)
     }
 }
 
