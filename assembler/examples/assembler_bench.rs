@@ -82,7 +82,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let e = AccountChanged {
                     run_id: RUN.into(),
                     account_id: id(i),
-                    account_name: format!("Account number {i}"),
                     version: 1,
                     reason: ChangeReason::New,
                     emitted_at: now,

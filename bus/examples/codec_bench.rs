@@ -52,7 +52,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::AccountChanged(AccountChanged {
                     run_id: "2026-11-23".into(),
                     account_id: format!("ACC-{i:07}"),
-                    account_name: format!("Account number {i}"),
                     version: 3,
                     reason: ChangeReason::New,
                     emitted_at: at,
@@ -66,7 +65,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::AccountChanged(AccountChanged {
                     run_id: "2026-11-23".into(),
                     account_id: format!("ACC-{i:07}"),
-                    account_name: format!("Account number {i}"),
                     version: 3,
                     reason: ChangeReason::Stale,
                     emitted_at: at,

@@ -856,11 +856,12 @@ impl Producer {
             }
             let run_id = req.run_id.clone();
             let (from, previous) = (after.clone(), after.clone());
-            let rows: Vec<(String, String, i64, String, Option<PriorAnalysis>)> = self
+            // No name: the event carries none (names travel only on `esg.accounts`).
+            let rows: Vec<(String, i64, String, Option<PriorAnalysis>)> = self
                 .store
                 .call(move |c| {
                     let mut stmt = c.prepare_cached(
-                        "SELECT p.account_id, p.name, p.version, p.reason, e.etag, e.overall,
+                        "SELECT p.account_id, p.version, p.reason, e.etag, e.overall,
                                 e.environmental, e.social, e.governance, e.primary_focus,
                                 e.primary_focus_score, e.analysis_date
                          FROM pending p LEFT JOIN last_etags e ON e.account_id = p.account_id
@@ -868,7 +869,7 @@ impl Producer {
                          ORDER BY p.account_id LIMIT ?2",
                     )?;
                     let rows = stmt.query_map(params![run_id, batch, from], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, prior_row(r)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, prior_row(r)?))
                     })?;
                     rows.collect()
                 })
@@ -878,13 +879,12 @@ impl Producer {
             let now = Utc::now();
             let events: Vec<(String, Event)> = rows
                 .iter()
-                .map(|(id, name, version, reason, prior)| {
+                .map(|(id, version, reason, prior)| {
                     (
                         id.clone(),
                         Event::AccountChanged(AccountChanged {
                             run_id: req.run_id.clone(),
                             account_id: id.clone(),
-                            account_name: name.clone(),
                             version: *version,
                             reason: reason.parse().unwrap_or(ChangeReason::Forced),
                             emitted_at: now,
@@ -1091,16 +1091,16 @@ fn prior_of(score: &EsgScore) -> Option<PriorAnalysis> {
     })
 }
 
-/// The `last_etags` columns 4..=11 of an emit row as a prior analysis (`None` when the join
+/// The `last_etags` columns 3..=10 of an emit row as a prior analysis (`None` when the join
 /// found none). A stored value that no longer parses drops the prior: the account is then asked
 /// for unconditionally, which is always correct.
 fn prior_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<PriorAnalysis>> {
-    let Some(etag) = r.get::<_, Option<String>>(4)? else {
+    let Some(etag) = r.get::<_, Option<String>>(3)? else {
         return Ok(None);
     };
     let text = |i: usize| r.get::<_, Option<String>>(i);
-    let (overall, environmental, social, governance) = (text(5)?, text(6)?, text(7)?, text(8)?);
-    let (pillar, focus_score, date) = (text(9)?, text(10)?, text(11)?);
+    let (overall, environmental, social, governance) = (text(4)?, text(5)?, text(6)?, text(7)?);
+    let (pillar, focus_score, date) = (text(8)?, text(9)?, text(10)?);
     let decimal = |t: Option<String>| -> Option<Option<rust_decimal::Decimal>> {
         t.map(|t| t.parse().ok())
             .map_or(Some(None), |d| d.map(Some))

@@ -48,52 +48,49 @@ pub const SCHEMAS: &[SchemaSource] = &[
     },
 ];
 
-/// Every released version of the schemas (`schemas/avro/released/`): records on the bus may
-/// have been written with any of them, and [`Codec::decode`] reads them all into the current
-/// types (BACKWARD compatibility, checked by `tests/compatibility.rs`).
+/// One released schema: `released!("v1", "EsgScore")` is `schemas/avro/released/v1/EsgScore.avsc`.
+macro_rules! released {
+    ($version:literal, $name:literal) => {
+        (
+            $version,
+            SchemaSource {
+                name: $name,
+                text: include_str!(concat!("../avro/released/", $version, "/", $name, ".avsc")),
+            },
+        )
+    };
+}
+
+/// Every released version of the schemas (`schemas/avro/released/`), oldest first: records on
+/// the bus may have been written with any of them, and [`Codec::decode`] reads them all into the
+/// current types (BACKWARD compatibility, checked by `tests/compatibility.rs`).
+///
+/// - v1: the first release.
+/// - v2: `AccountChanged.prior` (the stored analysis and its ETag), `EsgScore.requests` and
+///   `EsgScore.etag`, all with defaults.
+/// - v3: `AccountChanged.account_name` removed (the scorer never needed it; names are only on
+///   `esg.accounts`). Readers ignore the name in v1 and v2 records. Not FORWARD compatible: a v2
+///   reader cannot read a v3 record (the v2 name has no default), so scorers and assemblers are
+///   upgraded before the producer.
 pub const RELEASED: &[(&str, SchemaSource)] = &[
-    (
-        "v1",
-        SchemaSource {
-            name: "DailyTrigger",
-            text: include_str!("../avro/released/v1/DailyTrigger.avsc"),
-        },
-    ),
-    (
-        "v1",
-        SchemaSource {
-            name: "RunSealed",
-            text: include_str!("../avro/released/v1/RunSealed.avsc"),
-        },
-    ),
-    (
-        "v1",
-        SchemaSource {
-            name: "RunCompleted",
-            text: include_str!("../avro/released/v1/RunCompleted.avsc"),
-        },
-    ),
-    (
-        "v1",
-        SchemaSource {
-            name: "AccountChanged",
-            text: include_str!("../avro/released/v1/AccountChanged.avsc"),
-        },
-    ),
-    (
-        "v1",
-        SchemaSource {
-            name: "AccountEntry",
-            text: include_str!("../avro/released/v1/AccountEntry.avsc"),
-        },
-    ),
-    (
-        "v1",
-        SchemaSource {
-            name: "EsgScore",
-            text: include_str!("../avro/released/v1/EsgScore.avsc"),
-        },
-    ),
+    released!("v1", "DailyTrigger"),
+    released!("v1", "RunSealed"),
+    released!("v1", "RunCompleted"),
+    released!("v1", "AccountChanged"),
+    released!("v1", "AccountEntry"),
+    released!("v1", "EsgScore"),
+    released!("v2", "DailyTrigger"),
+    released!("v2", "RunSealed"),
+    released!("v2", "RunCompleted"),
+    released!("v2", "AccountChanged"),
+    released!("v2", "AccountEntry"),
+    released!("v2", "EsgScore"),
+    released!("v3", "DailyTrigger"),
+    released!("v3", "RunSealed"),
+    released!("v3", "RunCompleted"),
+    released!("v3", "AccountChanged"),
+    released!("v3", "AccountEntry"),
+    released!("v3", "EsgScore"),
 ];
 
 /// Scale of every decimal on the bus.
@@ -515,7 +512,6 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
         Event::AccountChanged(a) => vec![
             ("run_id", s(&a.run_id)),
             ("account_id", s(&a.account_id)),
-            ("account_name", s(&a.account_name)),
             ("version", Value::Long(a.version)),
             (
                 "reason",
@@ -773,7 +769,6 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
         "AccountChanged" => Event::AccountChanged(AccountChanged {
             run_id: f.string("run_id")?,
             account_id: f.string("account_id")?,
-            account_name: f.string("account_name")?,
             version: f.long("version")?,
             reason: f.symbol("reason")?,
             emitted_at: f.ts("emitted_at")?,
@@ -842,7 +837,6 @@ mod direct {
             &[
                 "run_id",
                 "account_id",
-                "account_name",
                 "version",
                 "reason",
                 "emitted_at",
@@ -909,7 +903,6 @@ mod direct {
                     .transpose()?;
                 string(out, &a.run_id);
                 string(out, &a.account_id);
-                string(out, &a.account_name);
                 long(out, a.version);
                 long(out, i64::from(a.reason.index()));
                 timestamp(out, a.emitted_at);
@@ -960,7 +953,6 @@ mod direct {
             "AccountChanged" => Event::AccountChanged(AccountChanged {
                 run_id: r.string()?,
                 account_id: r.string()?,
-                account_name: r.string()?,
                 version: r.long()?,
                 reason: r.symbol(ChangeReason::ALL)?,
                 emitted_at: r.timestamp()?,
@@ -1324,7 +1316,6 @@ mod tests {
             Event::AccountChanged(AccountChanged {
                 run_id: "2026-11-23".into(),
                 account_id: "A.1".into(),
-                account_name: "=cmd|' /C calc'!A0, \"quoted\"\nline".into(),
                 version: 3,
                 reason: ChangeReason::Stale,
                 emitted_at: t(1),
@@ -1333,7 +1324,6 @@ mod tests {
             Event::AccountChanged(AccountChanged {
                 run_id: "2026-11-24".into(),
                 account_id: "A.2".into(),
-                account_name: "Fund".into(),
                 version: 3,
                 reason: ChangeReason::Forced,
                 emitted_at: t(1),
@@ -1507,6 +1497,129 @@ mod tests {
         );
     }
 
+    /// The text of a released schema.
+    fn released(version: &str, record: &str) -> &'static str {
+        RELEASED
+            .iter()
+            .find(|(v, s)| *v == version && s.name == record)
+            .map(|(_, s)| s.text)
+            .unwrap_or_else(|| panic!("{version} {record} released"))
+    }
+
+    /// Guards the v3 layout of `AccountChanged` on the bus: run id, account id, version, reason,
+    /// emitted at, prior. No name between the account id and the version, where v1 and v2 had
+    /// one; the fingerprint is released v3's.
+    #[test]
+    fn account_changed_bytes_carry_no_name() {
+        let codec = Codec::new().expect("schemas parse");
+        let v3 = Schema::parse_str(released("v3", "AccountChanged")).expect("v3 parses");
+        let datum = |prior| {
+            let bytes = codec
+                .encode(&Event::AccountChanged(AccountChanged {
+                    run_id: "2026-11-23".into(),
+                    account_id: "A.1".into(),
+                    version: 3,
+                    reason: ChangeReason::Stale,
+                    emitted_at: t(1),
+                    prior,
+                }))
+                .expect("encode");
+            assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            assert_eq!(bytes[2..10], fingerprint(&v3), "written with released v3");
+            hex(&bytes[10..])
+        };
+        let head = concat!(
+            "14323032362d31312d3233", // run_id: length 10, "2026-11-23"
+            "06412e31",               // account_id: length 3, "A.1"
+            "06",                     // version: 3
+            "04",                     // reason: symbol 2, Stale
+            "02",                     // emitted_at: 1 ms
+        );
+        assert_eq!(datum(None), format!("{head}00")); // prior: null
+        let prior = PriorAnalysis {
+            etag: "e".into(),
+            values: EsgValues {
+                overall: Some(Decimal::ONE),
+                primary_focus: Some(Pillar::Governance),
+                analysis_date: NaiveDate::from_ymd_opt(1970, 1, 2),
+                ..EsgValues::failed()
+            },
+        };
+        let prior_bytes = concat!(
+            "02",           // prior: branch 1
+            "0265",         // etag: length 1, "e"
+            "020800002710", // overall: 1.0000, 4 bytes unscaled 10000
+            "000000",       // environmental, social, governance: null
+            "0204",         // primary_focus: symbol 2, Governance
+            "00",           // primary_focus_score: null
+            "0202",         // analysis_date: day 1
+        );
+        assert_eq!(datum(Some(prior)), format!("{head}{prior_bytes}"));
+    }
+
+    /// Removing `account_name` (v3) is BACKWARD compatible in fact, not only by the schema
+    /// check: events v1 and v2 producers wrote, which hold a name, read into the current type,
+    /// from the embedded log (single-object encoding) and from a registry (a bare datum and its
+    /// writer schema).
+    #[test]
+    fn account_changed_written_with_v1_or_v2_reads_without_the_name() {
+        let codec = Codec::new().expect("codec");
+        let name = "=cmd|' /C calc'!A0, \"Fund\"";
+        let written = AccountChanged {
+            run_id: "2026-11-23".into(),
+            account_id: "A.1".into(),
+            version: 3,
+            reason: ChangeReason::Changed,
+            emitted_at: t(1_763_900_000_123),
+            prior: Some(PriorAnalysis {
+                etag: "W/\"abc\"".into(),
+                values: score().values,
+            }),
+        };
+        for version in ["v1", "v2"] {
+            let text = released(version, "AccountChanged");
+            let writer = Schema::parse_str(text).expect("released schema parses");
+            let Value::Record(mut fields) =
+                to_value(&Event::AccountChanged(written.clone())).expect("value")
+            else {
+                panic!("record")
+            };
+            // The writer's layout: the name after the account id; v1 has no prior yet.
+            fields.insert(2, ("account_name".into(), s(name)));
+            if version == "v1" {
+                fields.retain(|(k, _)| k != "prior");
+            }
+            let datum = GenericDatumWriter::builder(&writer)
+                .build()
+                .and_then(|w| w.write_value_to_vec(Value::Record(fields)))
+                .expect("old datum");
+            assert!(
+                datum.windows(name.len()).any(|w| w == name.as_bytes()),
+                "the {version} datum holds the name"
+            );
+            let expected = Event::AccountChanged(AccountChanged {
+                prior: written.prior.clone().filter(|_| version != "v1"),
+                ..written.clone()
+            });
+
+            let mut bytes = vec![0xC3, 0x01];
+            bytes.extend_from_slice(&fingerprint(&writer));
+            bytes.extend_from_slice(&datum);
+            assert_eq!(
+                codec.decode(&bytes).expect("decodes"),
+                expected,
+                "{version}"
+            );
+
+            let (record, parsed) = codec.parse_writer(text).expect("a readable writer");
+            assert!(!codec.is_current(record, &parsed), "{version}");
+            let read = codec
+                .decode_datum_with(record, &parsed, &datum)
+                .expect("decodes");
+            assert_eq!(read, expected, "{version}");
+        }
+    }
+
     /// Events of the directly written records covering every field's cases: each union null
     /// and not, every enum symbol, decimals at the limits of precision 9, text that is not
     /// ASCII, extreme numbers and instants.
@@ -1562,7 +1675,6 @@ mod tests {
             events.push(Event::AccountChanged(AccountChanged {
                 run_id: "2026-11-23.2".into(),
                 account_id: format!("A.{i}"),
-                account_name: "=cmd|' /C calc'!A0, \"quoted\"\nline".into(),
                 version: i as i64 - 5,
                 reason,
                 emitted_at: t(-1),
@@ -1576,7 +1688,6 @@ mod tests {
             events.push(Event::AccountChanged(AccountChanged {
                 run_id: "r".into(),
                 account_id: "B".into(),
-                account_name: String::new(),
                 version: 0,
                 reason: *reason,
                 emitted_at: t(0),
@@ -1701,7 +1812,6 @@ mod tests {
             cases.push(Event::AccountChanged(AccountChanged {
                 run_id: "r".into(),
                 account_id: "A".into(),
-                account_name: "n".into(),
                 version: 1,
                 reason: ChangeReason::New,
                 emitted_at: t(0),

@@ -135,12 +135,13 @@ pub struct RunCompleted {
     pub completed_at: DateTime<Utc>,
 }
 
-/// Asks the scorers to score one account (esg.account-events).
+/// Asks the scorers to score one account (esg.account-events). Carries no account name: the
+/// scorer does not need one, and names travel only on `esg.accounts` ([`AccountEntry`]).
+/// Events written before schema v3 hold a name; decoding drops it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountChanged {
     pub run_id: String,
     pub account_id: String,
-    pub account_name: String,
     pub version: i64,
     pub reason: ChangeReason,
     pub emitted_at: DateTime<Utc>,

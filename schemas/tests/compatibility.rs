@@ -3,7 +3,7 @@
 
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::Schema;
-use esg_schemas::SCHEMAS;
+use esg_schemas::{RELEASED, SCHEMAS};
 use std::path::Path;
 
 fn released_versions() -> Vec<std::path::PathBuf> {
@@ -38,6 +38,71 @@ fn current_schemas_read_every_released_version() {
             }
         }
     }
+}
+
+/// What a registry with the BACKWARD rule checks at each registration: every release reads
+/// the records of the release before it (v2 reads v1, v3 reads v2, ...).
+#[test]
+fn every_released_version_reads_the_one_before() {
+    let versions = released_versions();
+    for pair in versions.windows(2) {
+        let (older, newer) = (&pair[0], &pair[1]);
+        for current in SCHEMAS {
+            let read = |dir: &Path| {
+                std::fs::read_to_string(dir.join(format!("{}.avsc", current.name)))
+                    .ok()
+                    .map(|text| Schema::parse_str(&text).expect("released schema parses"))
+            };
+            let (Some(old), Some(new)) = (read(older), read(newer)) else {
+                continue; // the record is not in both releases
+            };
+            if let Err(e) = SchemaCompatibility::can_read(&old, &new) {
+                panic!(
+                    "{} of {} cannot read records written with {}: {e}",
+                    current.name,
+                    newer.display(),
+                    older.display()
+                );
+            }
+        }
+    }
+}
+
+/// The codec reads what `RELEASED` lists: every file of every released folder is listed there,
+/// with the folder's text, and nothing else is.
+#[test]
+fn every_released_file_is_listed_in_released() {
+    let mut on_disk = Vec::new();
+    for version in released_versions() {
+        let name = version
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("folder name");
+        for file in std::fs::read_dir(&version).expect("release folder") {
+            let path = file.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "avsc") {
+                let record = path
+                    .file_stem()
+                    .and_then(|n| n.to_str())
+                    .expect("file name");
+                let text = std::fs::read_to_string(&path).expect("readable");
+                on_disk.push((name.to_owned(), record.to_owned(), text));
+            }
+        }
+    }
+    on_disk.sort();
+    let mut listed: Vec<_> = RELEASED
+        .iter()
+        .map(|(v, s)| ((*v).to_owned(), s.name.to_owned(), s.text.to_owned()))
+        .collect();
+    listed.sort();
+    let names = |l: &[(String, String, String)]| {
+        l.iter()
+            .map(|(v, r, _)| format!("{v}/{r}"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&listed), names(&on_disk));
+    assert!(listed == on_disk, "a RELEASED text differs from its file");
 }
 
 #[test]

@@ -142,7 +142,6 @@ async fn world(accounts: usize, partitions: i32) -> World {
             let event = Event::AccountChanged(AccountChanged {
                 run_id: RUN.into(),
                 account_id: id.clone(),
-                account_name: format!("Fund {i}"),
                 version: 1,
                 reason: ChangeReason::New,
                 emitted_at: now,
