@@ -6,6 +6,7 @@ pub mod alerting;
 pub mod auditing;
 pub mod config;
 pub mod delivering;
+pub mod erasing;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

@@ -106,6 +106,21 @@ enum Command {
     /// trail; a removal the store refuses (Object Lock, a read-only share) is printed, alerted
     /// (`purge_refused`) and makes the exit code 1.
     Purge(PurgeArgs),
+    /// Erase one account (a data subject's erasure request, GDPR art. 17 / CCPA deletion):
+    /// its name and scores leave every store, the embedded log or the Kafka topics, and the kept
+    /// day files.
+    ///
+    /// The stores and the embedded log are rebuilt so no copy survives in free pages or the
+    /// write-ahead log; on Kafka, tombstones go to esg.scores and esg.accounts and the broker
+    /// drops the records within `[bus] compaction_lag`. Every day file in the output directory
+    /// that holds the account is rewritten without it (encrypted files are opened with
+    /// --identity and encrypted again to the current recipients) and delivered again; with
+    /// --legal-hold the published files are kept as they are. The audit trail records the
+    /// erasure under an HMAC of the id, never the id. Needs every esg process of this state
+    /// directory stopped. If the account system still lists the account, a later run scores it
+    /// again as a new account. Exit 0 when done, 1 when a file or a delivery failed (run again
+    /// once fixed: erasure is idempotent).
+    Erase(EraseArgs),
     /// The audit trail: verify it, list it, make its signing key.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -116,6 +131,25 @@ enum Command {
     /// to that audit log: no client secret. The opening is recorded before any plaintext is
     /// written; when it cannot be, nothing is decrypted.
     Open(OpenArgs),
+}
+
+#[derive(Args)]
+struct EraseArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The account id to erase.
+    #[arg(long, value_name = "ID")]
+    account: String,
+    /// Why: the request's reference (never the name), kept in the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    reason: String,
+    /// An age identity file that decrypts the kept (encrypted) day files, to rewrite them.
+    #[arg(long, short, value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Keep the published day files as they are (a legal hold on them): only the stores, the
+    /// log and the topics are erased.
+    #[arg(long)]
+    legal_hold: bool,
 }
 
 #[derive(Args)]
@@ -619,6 +653,47 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 say!("nothing is past retention");
             }
             Ok(if purged.refused.is_empty() { 0 } else { 1 })
+        }
+        Command::Erase(args) => {
+            let config = Config::load(&args.config.config)?;
+            let _log = esg::telemetry::init_text("warn");
+            let request = esg::erasing::Request {
+                account: args.account,
+                reason: args.reason,
+                identity: args.identity,
+                legal_hold: args.legal_hold,
+            };
+            let erased = esg::erasing::erase(&config, &request).await?;
+            for (path, rows) in &erased.stores {
+                say!("{}: {rows} row(s) deleted, file rebuilt", path.display());
+            }
+            for topic in &erased.tombstones {
+                say!("{topic}: tombstone written");
+            }
+            for (path, rows) in &erased.files {
+                say!(
+                    "{}: rewritten without the account ({rows} row(s))",
+                    path.display()
+                );
+            }
+            if request.legal_hold {
+                say!("day files kept as published (legal hold)");
+            }
+            for date in &erased.redelivered {
+                say!("files of {date} delivered again");
+            }
+            for failure in &erased.delivery_failures {
+                say!("DELIVERY FAILED {failure}");
+            }
+            say!(
+                "account erased; the audit trail names it as {}",
+                erased.pseudonym
+            );
+            Ok(if erased.delivery_failures.is_empty() {
+                0
+            } else {
+                1
+            })
         }
         Command::Audit(AuditCommand::Verify(args)) => {
             let config = Config::load(&args.config.config)?;

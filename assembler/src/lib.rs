@@ -252,11 +252,12 @@ impl Assembler {
                         })
                         .collect();
                     let t = topic.clone();
+                    let tombstones = state::Tombstones::of(&self.bus, &t);
                     let applied = self
                         .store
                         .call(move |c| {
                             let tx = c.transaction()?;
-                            let applied = state::apply(&tx, &t, p as i32, &decoded)?;
+                            let applied = state::apply(&tx, &t, p as i32, &decoded, tombstones)?;
                             tx.commit()?;
                             Ok(applied)
                         })

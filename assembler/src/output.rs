@@ -982,6 +982,155 @@ pub fn replace_rows(
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Erasure: an account's rows out of a kept day file.
+// ---------------------------------------------------------------------------------------------
+
+/// Erasure (`esg erase`): rewrites the kept output at `path` without the accounts of `ids`,
+/// and returns how many rows (or, in a summary, list entries) held them; a file that holds none
+/// is left untouched (0). Ratings and errors files lose the rows whose Account ID is in `ids`,
+/// every other record copied byte for byte; a JSON summary loses every list entry that is one
+/// of the ids (its failed accounts), its counts and averages stay as published. Other files are
+/// not outputs with rows (0).
+///
+/// An encrypted output (`*.age`) is decrypted with one of `identities` as it streams and the new
+/// content encrypted to the recipients of `protection` as it is written, so no plaintext touches
+/// the disk; a plaintext output stays plaintext. Atomic like every output (temporary file,
+/// fsync, rename): on any failure the file is as it was.
+pub fn erase_accounts(
+    path: &Path,
+    ids: &HashSet<String>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    protection: &Protection,
+) -> Result<u64, OutputError> {
+    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
+        action: "erase accounts from",
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Err(refuse(
+            io::ErrorKind::InvalidInput,
+            "not a file name".into(),
+        ));
+    };
+    let encrypted = name.ends_with(crate::encryption::AGE_SUFFIX);
+    let plain_name = name.trim_end_matches(crate::encryption::AGE_SUFFIX);
+    let header: Option<&[&str]> = if plain_name.ends_with("_errors.csv") {
+        Some(&ERRORS_HEADER)
+    } else if plain_name.ends_with(".csv") {
+        Some(&HEADER)
+    } else if plain_name.ends_with("_summary.json") {
+        None
+    } else {
+        return Ok(0);
+    };
+    let output_protection = if encrypted {
+        if !protection.is_encrypted() {
+            return Err(refuse(
+                io::ErrorKind::InvalidInput,
+                "it is encrypted, and there is no [encryption] section to encrypt the rewritten \
+                 file to"
+                    .into(),
+            ));
+        }
+        if identities.is_empty() {
+            return Err(refuse(
+                io::ErrorKind::PermissionDenied,
+                "it is encrypted: give the age identity of one of its recipients (--identity)"
+                    .into(),
+            ));
+        }
+        protection.clone()
+    } else {
+        Protection::Plaintext
+    };
+    let file = File::open(path).map_err(io_error("opening", path))?;
+    let content: Box<dyn Read> = if encrypted {
+        let decryptor = age::Decryptor::new_buffered(BufReader::new(file))
+            .map_err(|e| refuse(io::ErrorKind::InvalidData, format!("not an age file: {e}")))?;
+        Box::new(
+            decryptor
+                .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+                .map_err(|e| {
+                    refuse(
+                        io::ErrorKind::PermissionDenied,
+                        format!("cannot decrypt: {e}"),
+                    )
+                })?,
+        )
+    } else {
+        Box::new(file)
+    };
+    let (pending, file) = PendingFile::create(dir, name)?;
+    let mut out = output_protection
+        .sink(file)
+        .map_err(io_error("writing", &pending.temp))?;
+    let removed = match header {
+        Some(header) => {
+            let mut records = RawRecords::new(content, path);
+            let head = records.expect_header(header)?;
+            out.write_all(&head)
+                .map_err(io_error("writing", &pending.temp))?;
+            let mut removed = 0u64;
+            while let Some(RawRecord { raw, cells }) = records.next_cells(header.len())? {
+                if ids.contains(unneutralise(&cells[0])) {
+                    removed += 1;
+                } else {
+                    out.write_all(&raw)
+                        .map_err(io_error("writing", &pending.temp))?;
+                }
+            }
+            removed
+        }
+        None => {
+            let mut summary: serde_json::Value =
+                serde_json::from_reader(content).map_err(|source| OutputError::Json {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            let removed = remove_strings(&mut summary, ids);
+            let mut bytes =
+                serde_json::to_vec_pretty(&summary).map_err(|source| OutputError::Json {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            bytes.push(b'\n');
+            out.write_all(&bytes)
+                .map_err(io_error("writing", &pending.temp))?;
+            removed
+        }
+    };
+    if removed == 0 {
+        // Dropping `pending` removes the temporary file: the output stays as it was.
+        return Ok(0);
+    }
+    pending.seal(out)?;
+    pending.persist()?;
+    sync_dir(dir)?;
+    Ok(removed)
+}
+
+/// Removes from every list of `value`, however deep, the strings that are in `ids`; returns how
+/// many.
+fn remove_strings(value: &mut serde_json::Value, ids: &HashSet<String>) -> u64 {
+    match value {
+        serde_json::Value::Array(items) => {
+            let before = items.len();
+            items.retain(|item| !item.as_str().is_some_and(|s| ids.contains(s)));
+            let mut removed = (before - items.len()) as u64;
+            for item in items {
+                removed += remove_strings(item, ids);
+            }
+            removed
+        }
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().map(|v| remove_strings(v, ids)).sum()
+        }
+        _ => 0,
+    }
+}
+
 /// One record of an existing file: its exact bytes (terminator included) and its cells.
 struct RawRecord {
     raw: Vec<u8>,
@@ -991,15 +1140,15 @@ struct RawRecord {
 /// Reads an output file record by record, keeping each record's exact bytes (terminator
 /// included). A record ends at a line feed outside quotes; records are bounded in size.
 struct RawRecords<'p> {
-    reader: BufReader<File>,
+    reader: Box<dyn BufRead + 'p>,
     path: &'p Path,
     record: u64,
 }
 
 impl<'p> RawRecords<'p> {
-    fn new(file: File, path: &'p Path) -> Self {
+    fn new(file: impl Read + 'p, path: &'p Path) -> Self {
         RawRecords {
-            reader: BufReader::new(file),
+            reader: Box::new(BufReader::new(file)),
             path,
             record: 0,
         }

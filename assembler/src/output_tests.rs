@@ -803,3 +803,121 @@ fn an_output_directory_open_to_others_is_tightened_and_a_shared_one_refused() {
         "nothing written"
     );
 }
+
+#[test]
+fn erase_accounts_drops_the_rows_of_the_ids_and_copies_the_rest_byte_for_byte() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = [
+        ok_row("A-1", "Alpha Fund"),
+        failed_row("B-2", "HTTP_404"),
+        ok_row("C-3", "Erika Mustermann Trust"),
+        partial_row("D-4"),
+    ];
+    let written = write_day(dir.path(), &rows);
+    let before_csv = fs::read(&written.csv).expect("read");
+    let before_errors = fs::read(&written.errors).expect("read");
+    let ids: HashSet<String> = ["C-3".to_owned(), "B-2".to_owned()].into();
+    let none: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+
+    assert_eq!(
+        erase_accounts(&written.csv, &ids, &none, &Protection::Plaintext).expect("ratings"),
+        2
+    );
+    assert_eq!(
+        erase_accounts(&written.errors, &ids, &none, &Protection::Plaintext).expect("errors"),
+        1
+    );
+    let after = fs::read(&written.csv).expect("read");
+    let kept: Vec<Vec<u8>> = raw_lines(&before_csv)
+        .into_iter()
+        .filter(|l| !l.starts_with(b"C-3,") && !l.starts_with(b"B-2,"))
+        .collect();
+    assert_eq!(raw_lines(&after), kept, "the other rows, byte for byte");
+    assert!(!String::from_utf8_lossy(&after).contains("Erika"));
+    let errors = fs::read(&written.errors).expect("read");
+    assert_eq!(
+        raw_lines(&errors).len(),
+        raw_lines(&before_errors).len() - 1
+    );
+    assert_eq!(dir_entries(dir.path()).len(), 2, "no temporary file left");
+
+    // Erasing again finds nothing and leaves the file alone.
+    assert_eq!(
+        erase_accounts(&written.csv, &ids, &none, &Protection::Plaintext).expect("again"),
+        0
+    );
+    assert_eq!(fs::read(&written.csv).expect("read"), after);
+
+    // A summary loses the ids from its lists, and keeps its counts.
+    let summary = dir.path().join("FirmESGRatings_20261123_summary.json");
+    fs::write(
+        &summary,
+        r#"{"accounts": 4, "failed_accounts": ["B-2", "D-4"], "reruns": [{"ids": ["B-2"]}]}"#,
+    )
+    .expect("write");
+    assert_eq!(
+        erase_accounts(&summary, &ids, &none, &Protection::Plaintext).expect("summary"),
+        2
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(&summary).expect("read")).expect("json");
+    assert_eq!(json["failed_accounts"], serde_json::json!(["D-4"]));
+    assert_eq!(json["reruns"][0]["ids"], serde_json::json!([]));
+    assert_eq!(json["accounts"], 4);
+}
+
+#[test]
+fn erase_accounts_rewrites_an_encrypted_file_encrypted_and_needs_an_identity() {
+    let identity = age::x25519::Identity::generate();
+    let protection = Protection::age(&[identity.to_public().to_string()]).expect("recipient");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = OutputWriter::create(dir.path(), date(), &protection).expect("create");
+    for row in [
+        ok_row("A-1", "Alpha Fund"),
+        ok_row("C-3", "Erika Mustermann Trust"),
+    ] {
+        writer.write(&row).expect("write");
+    }
+    let written = writer.finish().expect("finish");
+    let ids: HashSet<String> = ["C-3".to_owned()].into();
+    let before = fs::read(&written.csv).expect("read");
+
+    let none: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+    let err = erase_accounts(&written.csv, &ids, &none, &protection).expect_err("no identity");
+    assert!(err.to_string().contains("--identity"), "{err}");
+    let other: Vec<Box<dyn age::Identity + Send + Sync>> =
+        vec![Box::new(age::x25519::Identity::generate())];
+    let err = erase_accounts(&written.csv, &ids, &other, &protection).expect_err("wrong key");
+    assert!(err.to_string().contains("cannot decrypt"), "{err}");
+    let err = erase_accounts(&written.csv, &ids, &other, &Protection::Plaintext)
+        .expect_err("no recipients");
+    assert!(err.to_string().contains("[encryption]"), "{err}");
+    assert_eq!(
+        fs::read(&written.csv).expect("read"),
+        before,
+        "left as it was"
+    );
+
+    let mine: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(identity.clone())];
+    assert_eq!(
+        erase_accounts(&written.csv, &ids, &mine, &protection).expect("erase"),
+        1
+    );
+    let after = fs::read(&written.csv).expect("read");
+    assert!(
+        after.starts_with(b"age-encryption.org/v1\n"),
+        "still encrypted"
+    );
+    let plain = String::from_utf8(decrypt_file(&written.csv, &identity)).expect("utf-8");
+    assert!(
+        plain.contains("A-1,Alpha Fund") && !plain.contains("Erika"),
+        "{plain}"
+    );
+    assert_eq!(
+        names_in(dir.path()),
+        [
+            "FirmESGRatings_20261123.csv.age",
+            "FirmESGRatings_20261123_errors.csv.age"
+        ]
+    );
+}

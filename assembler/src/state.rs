@@ -88,6 +88,16 @@ CREATE TABLE IF NOT EXISTS run_facts (
 CREATE INDEX IF NOT EXISTS run_facts_by_date ON run_facts (business_date, seq);
 ";
 
+/// The statements that remove one account (`:id`) from this store, for `esg erase`: its roster
+/// entry, its score, and its place in every run.
+pub const ERASE: &[&str] = &[
+    "DELETE FROM roster WHERE account_id = :id",
+    "DELETE FROM scores WHERE account_id = :id",
+    "DELETE FROM run_scored WHERE account_id = :id",
+    "DELETE FROM expected WHERE account_id = :id",
+    "DELETE FROM file_deadlines WHERE account_id = :id",
+];
+
 /// Columns added after a table was first released: `(table, column, definition)`. A store
 /// created before gets them by `ALTER TABLE` when it is opened.
 const ADDED_COLUMNS: &[(&str, &str, &str)] =
@@ -232,11 +242,33 @@ impl RunCounts {
 }
 
 /// Applies decoded messages of one partition of `topic` and moves its offset, in one transaction.
+/// What a tombstone (a record without a value) of a topic means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tombstones {
+    /// `esg.accounts`: the account left the roster; its last score stays for history but no
+    /// longer appears in any file.
+    LeftRoster,
+    /// `esg.scores`: the account was erased (`esg erase`): everything of it goes ([`ERASE`]).
+    Erased,
+}
+
+impl Tombstones {
+    /// The meaning of tombstones on `topic`.
+    pub fn of(bus: &EventBus, topic: &str) -> Tombstones {
+        if topic == bus.topics.scores {
+            Tombstones::Erased
+        } else {
+            Tombstones::LeftRoster
+        }
+    }
+}
+
 pub fn apply(
     tx: &Transaction<'_>,
     topic: &str,
     partition: i32,
     batch: &[(Message, Option<Event>)],
+    tombstones: Tombstones,
 ) -> rusqlite::Result<Applied> {
     let mut applied = Applied::default();
     let mut last = None;
@@ -249,11 +281,17 @@ pub fn apply(
             counts.flush(tx)?;
         }
         match event {
-            None if m.value.is_none() => {
-                // Tombstone: the account left the roster (its last score stays for history
-                // but no longer appears in any file).
-                tx.prepare_cached(DELETE_ROSTER)?.execute([&m.key])?;
-            }
+            None if m.value.is_none() => match tombstones {
+                Tombstones::LeftRoster => {
+                    tx.prepare_cached(DELETE_ROSTER)?.execute([&m.key])?;
+                }
+                Tombstones::Erased => {
+                    for sql in ERASE {
+                        tx.prepare_cached(sql)?
+                            .execute(rusqlite::named_params! {":id": m.key})?;
+                    }
+                }
+            },
             None => applied.undecodable += 1,
             Some(Event::AccountEntry(a)) => {
                 tx.prepare_cached(UPSERT_ROSTER)?.execute(params![
@@ -489,7 +527,7 @@ mod tests {
     use super::*;
     use crate::summary::RerunEntry;
     use chrono::{TimeZone, Utc};
-    use esg_schemas::{DailyTrigger, EsgScore, RunKind};
+    use esg_schemas::{AccountEntry, DailyTrigger, EsgScore, RunKind};
 
     fn at(h: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, h, 0, 0)
@@ -578,7 +616,7 @@ mod tests {
         let sums = store
             .call_blocking(move |c| {
                 let tx = c.transaction()?;
-                apply(&tx, "esg.scores", 0, &batch)?;
+                apply(&tx, "esg.scores", 0, &batch, Tombstones::Erased)?;
                 tx.commit()?;
                 c.query_row(
                     "SELECT COUNT(*), SUM(attempts), SUM(requests) FROM run_scored",
@@ -594,6 +632,64 @@ mod tests {
             })
             .expect("apply");
         assert_eq!(sums, (2, 5, 8));
+    }
+
+    #[test]
+    fn a_tombstone_on_the_scores_erases_the_account_one_on_the_roster_keeps_its_score() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(&dir.path().join("assembler.db")).expect("open");
+        let score =
+            |id: &str| EsgScore::failed("2026-11-23", id, 1, 1, "HTTP_503", "down".into(), at(11));
+        let entry = |id: &str| AccountEntry {
+            account_id: id.into(),
+            account_name: format!("Name of {id}"),
+            version: 1,
+            updated_at: at(10),
+            run_id: "2026-11-23".into(),
+        };
+        let tombstone = |offset, key: &str| Message {
+            value: None,
+            ..message(offset, key)
+        };
+        let counts = store
+            .call_blocking(move |c| {
+                let tx = c.transaction()?;
+                let roster = vec![
+                    (message(0, "A"), Some(Event::AccountEntry(entry("A")))),
+                    (message(1, "B"), Some(Event::AccountEntry(entry("B")))),
+                ];
+                apply(&tx, "esg.accounts", 0, &roster, Tombstones::LeftRoster)?;
+                let scores = vec![
+                    (message(0, "A"), Some(Event::EsgScore(score("A")))),
+                    (message(1, "B"), Some(Event::EsgScore(score("B")))),
+                ];
+                apply(&tx, "esg.scores", 0, &scores, Tombstones::Erased)?;
+                apply(
+                    &tx,
+                    "esg.accounts",
+                    0,
+                    &[(tombstone(2, "A"), None)],
+                    Tombstones::LeftRoster,
+                )?;
+                apply(
+                    &tx,
+                    "esg.scores",
+                    0,
+                    &[(tombstone(2, "B"), None)],
+                    Tombstones::Erased,
+                )?;
+                tx.commit()?;
+                let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0));
+                Ok((
+                    count("SELECT COUNT(*) FROM roster WHERE account_id = 'A'")?,
+                    count("SELECT COUNT(*) FROM scores WHERE account_id = 'A'")?,
+                    count("SELECT COUNT(*) FROM roster WHERE account_id = 'B'")?,
+                    count("SELECT COUNT(*) FROM scores WHERE account_id = 'B'")?,
+                    count("SELECT COUNT(*) FROM run_scored WHERE account_id = 'B'")?,
+                ))
+            })
+            .expect("apply");
+        assert_eq!(counts, (0, 1, 0, 0, 0), "A left (score kept), B erased");
     }
 
     fn daily(run_id: &str) -> RunFacts {
@@ -714,7 +810,7 @@ mod tests {
         let day = store
             .call_blocking(move |c| {
                 let tx = c.transaction()?;
-                apply(&tx, "esg.triggers", 0, &batch)?;
+                apply(&tx, "esg.triggers", 0, &batch, Tombstones::LeftRoster)?;
                 mark_completed(&tx, "2026-11-23", "Completed")?;
                 tx.commit()?;
                 day_runs(c, date(), "2026-11-23.1")

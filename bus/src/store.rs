@@ -270,6 +270,71 @@ impl Store {
     }
 }
 
+/// The statement that removes one account's records (`:id`) from the embedded log: every record
+/// keyed by it on the three account topics (`:accounts`, `:account_events`, `:scores`). The log
+/// is the job's own, so erasure deletes the records themselves rather than waiting for compaction.
+pub const ERASE_LOG: &str = "DELETE FROM log WHERE key = :id
+     AND topic IN (:accounts, :account_events, :scores)";
+
+/// What [`erase`] removed from one database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// Rows deleted, over every statement.
+    pub rows: u64,
+    /// Bytes of the file after it was rebuilt.
+    pub bytes: u64,
+}
+
+/// Removes a data subject's rows from the database at `path` so that no copy survives: every
+/// statement of `statements` runs with `params` in one transaction with `secure_delete` on (the
+/// freed space is overwritten with zeros), then `VACUUM` rebuilds the file without free pages or
+/// the slack of earlier updates (in memory: `temp_store = MEMORY`, so no temporary copy touches
+/// the disk), then a `TRUNCATE` checkpoint empties the write-ahead log, which held the earlier
+/// versions of the pages. Needs the database to itself: a checkpoint another connection blocks
+/// is an error (`SQLITE_BUSY`), after the rows are deleted. A missing file is nothing to erase.
+pub fn erase(
+    path: &Path,
+    key: Option<&DbKey>,
+    statements: &[&str],
+    params: &[(&str, &dyn rusqlite::ToSql)],
+) -> rusqlite::Result<Erased> {
+    if !path.exists() {
+        return Ok(Erased::default());
+    }
+    let mut conn = open_connection(path, key)?;
+    // Long enough for a process that is just closing, short enough to say so promptly.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    let tx = conn.transaction()?;
+    let mut rows = 0u64;
+    for sql in statements {
+        let mut stmt = tx.prepare(sql)?;
+        // Each statement names only the parameters it uses.
+        let used: Vec<(&str, &dyn rusqlite::ToSql)> = params
+            .iter()
+            .filter(|(name, _)| stmt.parameter_index(name).ok().flatten().is_some())
+            .copied()
+            .collect();
+        rows += stmt.execute(used.as_slice())? as u64;
+    }
+    tx.commit()?;
+    conn.execute_batch("VACUUM")?;
+    let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some(
+                "another process has the database open: its write-ahead log could not be \
+                 emptied (stop every esg process of this state directory and erase again)"
+                    .into(),
+            ),
+        ));
+    }
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(Erased { rows, bytes })
+}
+
 #[cfg(all(test, unix))]
 mod tests {
     use super::*;
@@ -315,5 +380,117 @@ mod tests {
         let err = Store::open(&shared.join("x.db"), "").expect_err("shared");
         assert!(err.to_string().contains("shared directory"), "{err}");
         assert_eq!(mode(&shared), 0o777, "left as it was");
+    }
+
+    /// Bytes of `path` and its write-ahead log.
+    fn bytes_of(path: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(path).unwrap_or_default();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        bytes.extend(std::fs::read(Path::new(&wal)).unwrap_or_default());
+        bytes
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn erase_leaves_no_copy_in_free_pages_slack_or_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("x.db");
+        let store = Store::open(
+            &path,
+            "CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY, name TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS u (id TEXT NOT NULL, run TEXT NOT NULL);",
+        )
+        .expect("open");
+        store
+            .call_blocking(|c| {
+                for i in 0..2000 {
+                    c.execute(
+                        "INSERT INTO t VALUES (?1, ?2)",
+                        rusqlite::params![format!("A{i:05}"), format!("Fund {i:05}")],
+                    )?;
+                }
+                // The subject: renamed once (the old name stays in the page's slack) and in
+                // a second table; other rows deleted without secure_delete (free pages).
+                c.execute(
+                    "INSERT INTO t VALUES ('SUBJ-1', 'Erika Mustermann Trust')",
+                    [],
+                )?;
+                c.execute(
+                    "UPDATE t SET name = 'Erika M. Trust' WHERE id = 'SUBJ-1'",
+                    [],
+                )?;
+                c.execute(
+                    "INSERT INTO u VALUES ('SUBJ-1', 'r1'), ('A00001', 'r1')",
+                    [],
+                )?;
+                c.execute("DELETE FROM t WHERE id < 'A01000'", [])
+            })
+            .expect("fill");
+        assert!(contains(&bytes_of(&path), b"Erika Mustermann"));
+        drop(store);
+        let id = "SUBJ-1".to_owned();
+        let erased = erase(
+            &path,
+            None,
+            &[
+                "DELETE FROM t WHERE id = :id",
+                "DELETE FROM u WHERE id = :id",
+            ],
+            &[(":id", &id)],
+        )
+        .expect("erase");
+        assert_eq!(erased.rows, 2);
+        let bytes = bytes_of(&path);
+        assert!(
+            !contains(&bytes, b"Erika Mustermann"),
+            "an old name survived"
+        );
+        assert!(!contains(&bytes, b"Erika M. Trust"), "the name survived");
+        assert!(!contains(&bytes, b"SUBJ-1"), "the id survived");
+        assert!(contains(&bytes, b"Fund 01999"), "other rows are kept");
+        let store = Store::open(&path, "").expect("reopen");
+        let (t, u): (i64, i64) = store
+            .call_blocking(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM t), (SELECT COUNT(*) FROM u)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+            })
+            .expect("count");
+        assert_eq!((t, u), (1000, 1));
+    }
+
+    #[test]
+    fn erase_refuses_while_another_connection_holds_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("x.db");
+        let store =
+            Store::open(&path, "CREATE TABLE IF NOT EXISTS t (id TEXT, name TEXT);").expect("open");
+        store
+            .call_blocking(|c| c.execute("INSERT INTO t VALUES ('S', 'Name')", []))
+            .expect("write");
+        // A reader in the middle of a read transaction: the checkpoint cannot complete.
+        let reader = open_connection(&path, None).expect("reader");
+        reader
+            .execute_batch("BEGIN; SELECT COUNT(*) FROM t;")
+            .expect("read");
+        let id = "S".to_owned();
+        let err = erase(
+            &path,
+            None,
+            &["DELETE FROM t WHERE id = :id"],
+            &[(":id", &id)],
+        )
+        .expect_err("busy");
+        assert!(err.to_string().contains("another process"), "{err}");
+        assert_eq!(
+            erase(&dir.path().join("missing.db"), None, &[], &[]).expect("missing"),
+            Erased::default()
+        );
     }
 }

@@ -86,6 +86,17 @@ CREATE TABLE IF NOT EXISTS roster_changes (
 ) WITHOUT ROWID;
 ";
 
+/// The statements that remove one account (`:id`) from this store, for `esg erase`: its rows
+/// in every listing, the roster, its last score and ETag, and the unfinished runs.
+pub const ERASE: &[&str] = &[
+    "DELETE FROM listing WHERE account_id = :id",
+    "DELETE FROM roster WHERE account_id = :id",
+    "DELETE FROM last_scores WHERE account_id = :id",
+    "DELETE FROM last_etags WHERE account_id = :id",
+    "DELETE FROM pending WHERE account_id = :id",
+    "DELETE FROM roster_changes WHERE account_id = :id",
+];
+
 /// Phase of a run in the producer. A daily run goes `Triggered`, `Listed`, `Planned`,
 /// `EventsEmitted`, `Emitted`, `Sealed`; a re-run `Triggered`, `RosterPublished`, `Emitted`,
 /// `Sealed`.
