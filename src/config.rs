@@ -296,6 +296,17 @@ pub struct BusSection {
     pub account_events_retention: Duration,
     #[serde(default = "default_triggers_retention", with = "humantime_serde")]
     pub triggers_retention: Duration,
+    /// Kafka: the compacted topics' (`esg.accounts`, `esg.scores`) `max.compaction.lag.ms` and
+    /// `segment.ms`: a record superseded by a newer one or by a tombstone (an account that left,
+    /// an erasure) is compacted away at most about this long after it was written. Checked at
+    /// start-up on existing topics. Default [`default_compaction_lag`].
+    #[serde(default = "default_compaction_lag", with = "humantime_serde")]
+    pub compaction_lag: Duration,
+    /// Kafka: the compacted topics' `delete.retention.ms`: how long a tombstone is kept once
+    /// compaction reached it, then it goes too. The embedded log drops tombstones older than this
+    /// at the start of each run. Default [`default_tombstone_retention`].
+    #[serde(default = "default_tombstone_retention", with = "humantime_serde")]
+    pub tombstone_retention: Duration,
 }
 
 impl Default for BusSection {
@@ -307,6 +318,8 @@ impl Default for BusSection {
             partitions: default_partitions(),
             account_events_retention: default_events_retention(),
             triggers_retention: default_triggers_retention(),
+            compaction_lag: default_compaction_lag(),
+            tombstone_retention: default_tombstone_retention(),
         }
     }
 }
@@ -326,6 +339,14 @@ pub fn default_events_retention() -> Duration {
 /// Default `bus.triggers_retention`: 30 days.
 pub fn default_triggers_retention() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
+}
+/// Default `bus.compaction_lag`: 1 day.
+pub fn default_compaction_lag() -> Duration {
+    esg_bus::DEFAULT_COMPACTION_LAG
+}
+/// Default `bus.tombstone_retention`: 1 day.
+pub fn default_tombstone_retention() -> Duration {
+    esg_bus::DEFAULT_TOMBSTONE_RETENTION
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -726,6 +747,15 @@ impl Config {
         if !(1..=1000).contains(&self.bus.partitions) {
             return bad("bus.partitions", "must be between 1 and 1000".into());
         }
+        // Kafka takes milliseconds: anything shorter than 1ms would be written as 0.
+        for (key, value) in [
+            ("bus.compaction_lag", self.bus.compaction_lag),
+            ("bus.tombstone_retention", self.bus.tombstone_retention),
+        ] {
+            if value.as_millis() == 0 {
+                return bad(key, "must be greater than zero (at least 1ms)".into());
+            }
+        }
         if self.bus.kind == BusKind::Kafka {
             self.validate_kafka()?;
         }
@@ -938,6 +968,8 @@ impl Config {
             partitions: self.bus.partitions,
             account_events_retention: self.bus.account_events_retention,
             triggers_retention: self.bus.triggers_retention,
+            compaction_lag: self.bus.compaction_lag,
+            tombstone_retention: self.bus.tombstone_retention,
         }
     }
 
@@ -1517,6 +1549,34 @@ mod tests {
         assert!(s.contains("log.format") && s.contains("text, json"), "{s}");
         let c = parse(&format!("{}\n[log]\nformat = \"json\"\n", base())).expect("json");
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_compaction_bounds_default_to_a_day_reach_the_topics_and_zero_is_refused() {
+        let c = parse(&base()).expect("defaults");
+        let day = Duration::from_secs(24 * 3600);
+        assert_eq!(
+            (c.bus.compaction_lag, c.bus.tombstone_retention),
+            (day, day)
+        );
+        let text = format!(
+            "{}\n[bus]\ncompaction_lag = \"2s\"\ntombstone_retention = \"1500ms\"\n",
+            base()
+        );
+        let topics = parse(&text).expect("set").topics();
+        assert_eq!(topics.compaction_lag, Duration::from_secs(2));
+        assert_eq!(topics.tombstone_retention, Duration::from_millis(1500));
+        for key in ["compaction_lag", "tombstone_retention"] {
+            for zero in ["0s", "500us"] {
+                let err =
+                    parse(&format!("{}\n[bus]\n{key} = \"{zero}\"\n", base())).expect_err("zero");
+                let s = err.to_string();
+                assert!(
+                    s.contains(&format!("bus.{key}")) && s.contains("greater than zero"),
+                    "{s}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -478,7 +478,7 @@ impl Runner {
         if let Some(log) = &self.log {
             // Housekeeping of the embedded log before the day starts: retention and compaction
             // (Kafka's brokers do their own).
-            let maintained = log.maintain(Duration::from_secs(24 * 3600)).await?;
+            let maintained = log.maintain(self.config.bus.tombstone_retention).await?;
             tracing::debug!(
                 expired = maintained.expired,
                 compacted = maintained.compacted,

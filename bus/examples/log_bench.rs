@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     log.ensure_topics(&[TopicSpec {
         name: topic.into(),
         partitions: 12,
-        cleanup: Cleanup::Compact,
+        cleanup: Cleanup::compact(),
     }])
     .await?;
     let value = vec![0x5Au8; 150];

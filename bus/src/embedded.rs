@@ -314,7 +314,7 @@ impl Transport for EmbeddedLog {
                     None => {
                         let retention = match t.cleanup {
                             Cleanup::Delete { retention } => Some(retention.as_millis() as i64),
-                            Cleanup::Compact => None,
+                            Cleanup::Compact { .. } => None,
                         };
                         tx.execute(
                             "INSERT INTO topics (name, partitions, cleanup, retention_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -928,7 +928,7 @@ mod tests {
             2
         );
         let err = log
-            .ensure_topics(&[spec("t", 8, Cleanup::Compact)])
+            .ensure_topics(&[spec("t", 8, Cleanup::compact())])
             .await
             .expect_err("mismatch");
         assert!(err.to_string().contains("4 partitions"), "{err}");
@@ -942,7 +942,7 @@ mod tests {
     async fn compaction_keeps_latest_per_key_and_offsets() {
         let dir = tempfile::tempdir().expect("tmp");
         let log = EmbeddedLog::open(dir.path().join("bus.db")).expect("open");
-        log.ensure_topics(&[spec("c", 1, Cleanup::Compact)])
+        log.ensure_topics(&[spec("c", 1, Cleanup::compact())])
             .await
             .expect("topics");
         for v in 0..3u8 {

@@ -2,8 +2,12 @@
 //! Apache Kafka cluster through rdkafka (librdkafka).
 //!
 //! - **Topics** are created at start-up with the policies of [`TopicSpec`] (partitions,
-//!   `cleanup.policy`, `retention.ms`); topics that exist are checked: a partition count or
-//!   cleanup policy other than the one configured is an error, never silently used.
+//!   `cleanup.policy`, `retention.ms`; on compacted topics `max.compaction.lag.ms`, `segment.ms`
+//!   and `delete.retention.ms`); topics that exist are checked: a partition count or cleanup
+//!   policy other than the one configured is an error, never silently used, and so is a
+//!   compacted topic whose compaction settings are unset (the brokers' defaults let a
+//!   superseded record live for ever) or larger than configured, since a tombstone erases an
+//!   account only once compaction has run. Smaller values are accepted.
 //! - **Publishing** uses an idempotent producer with `acks=all`: [`Transport::publish`] returns
 //!   once every record is acknowledged by the in-sync replicas. Each record goes to the partition
 //!   [`partition_for`] gives its key (the Java client's murmur2), set explicitly, so both
@@ -26,7 +30,10 @@ use crate::{
 };
 use async_trait::async_trait;
 use futures::FutureExt;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, ConfigEntry, ConfigSource, NewTopic, ResourceSpecifier,
+    TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -489,8 +496,162 @@ fn cleanup_configs(cleanup: &Cleanup) -> Vec<(&'static str, String)> {
             ("cleanup.policy", "delete".into()),
             ("retention.ms", retention.as_millis().to_string()),
         ],
-        Cleanup::Compact => vec![("cleanup.policy", "compact".into())],
+        Cleanup::Compact { .. } => {
+            let mut configs = vec![("cleanup.policy", "compact".into())];
+            configs.extend(
+                compaction_settings(cleanup)
+                    .into_iter()
+                    .map(|s| (s.setting, s.wanted.as_millis().to_string())),
+            );
+            configs
+        }
     }
+}
+
+/// A topic setting that bounds how long superseded records stay on a compacted topic.
+struct CompactionSetting {
+    /// The topic config.
+    setting: &'static str,
+    /// The most the pipeline accepts.
+    wanted: Duration,
+    /// The `[bus]` key `wanted` comes from.
+    key: &'static str,
+}
+
+/// What a compacted topic is created with and checked for; none on a delete-policy topic.
+fn compaction_settings(cleanup: &Cleanup) -> Vec<CompactionSetting> {
+    match *cleanup {
+        Cleanup::Delete { .. } => Vec::new(),
+        Cleanup::Compact {
+            compaction_lag,
+            tombstone_retention,
+        } => vec![
+            // A record is compacted at most this long after it was written ...
+            CompactionSetting {
+                setting: "max.compaction.lag.ms",
+                wanted: compaction_lag,
+                key: "bus.compaction_lag",
+            },
+            // ... provided its segment is closed by then: the cleaner never touches the open
+            // segment, which a quiet partition would otherwise keep open for days
+            // (`segment.ms` defaults to 7 days).
+            CompactionSetting {
+                setting: "segment.ms",
+                wanted: compaction_lag,
+                key: "bus.compaction_lag",
+            },
+            // A tombstone is kept this long after compaction reached it, then dropped too.
+            CompactionSetting {
+                setting: "delete.retention.ms",
+                wanted: tombstone_retention,
+                key: "bus.tombstone_retention",
+            },
+        ],
+    }
+}
+
+/// A compaction setting of an existing topic that does not give the bound the pipeline needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingMismatch {
+    pub topic: String,
+    /// The topic config, e.g. `max.compaction.lag.ms`.
+    pub setting: &'static str,
+    /// The topic's own value; `None` when the topic does not set it.
+    pub found: Option<String>,
+    /// The value in effect when the topic does not set it (the broker's default), as described.
+    pub broker_default: Option<String>,
+    /// The most the pipeline accepts.
+    pub wanted: Duration,
+    /// The `[bus]` key `wanted` comes from.
+    pub key: &'static str,
+    /// The cluster, for the command that fixes the topic.
+    pub bootstrap: String,
+}
+
+/// Checks one described compaction setting. Refused: a value the topic does not set itself (the
+/// broker's default: `max.compaction.lag.ms` is unlimited by default, and whatever the default
+/// is, it can change under the topic), one that is not a number, and one larger than wanted.
+fn check_setting(
+    topic: &str,
+    wanted: &CompactionSetting,
+    entry: Option<&ConfigEntry>,
+    bootstrap: &str,
+) -> Option<SettingMismatch> {
+    let value = entry.and_then(|e| e.value.clone());
+    // Brokers before 1.1 do not say where a value comes from; one that is not the default is
+    // taken to be the topic's.
+    let on_topic = entry.is_some_and(|e| match e.source {
+        ConfigSource::DynamicTopic => true,
+        ConfigSource::Unknown => !e.is_default,
+        _ => false,
+    });
+    let mismatch = |found: Option<String>, broker_default: Option<String>| SettingMismatch {
+        topic: topic.to_owned(),
+        setting: wanted.setting,
+        found,
+        broker_default,
+        wanted: wanted.wanted,
+        key: wanted.key,
+        bootstrap: bootstrap.to_owned(),
+    };
+    if !on_topic {
+        return Some(mismatch(None, value));
+    }
+    match value.as_deref().map(|v| v.trim().parse::<u128>()) {
+        Some(Ok(ms)) if ms <= wanted.wanted.as_millis() => None,
+        _ => Some(mismatch(value, None)),
+    }
+}
+
+/// The message of [`BusError::TopicSettings`]: per topic, each setting with both values, and the
+/// `kafka-configs.sh` command that sets them all.
+pub fn describe_mismatches(mismatches: &[SettingMismatch]) -> String {
+    let mut topics: Vec<&str> = Vec::new();
+    for m in mismatches {
+        if !topics.contains(&m.topic.as_str()) {
+            topics.push(&m.topic);
+        }
+    }
+    let per_topic: Vec<String> = topics
+        .iter()
+        .map(|topic| {
+            let of_topic: Vec<&SettingMismatch> =
+                mismatches.iter().filter(|m| m.topic == *topic).collect();
+            let found: Vec<String> = of_topic
+                .iter()
+                .map(|m| {
+                    let wanted = format!(
+                        "the pipeline needs at most {} ({} = {})",
+                        m.wanted.as_millis(),
+                        m.key,
+                        humantime_serde::re::humantime::format_duration(m.wanted)
+                    );
+                    match (&m.found, &m.broker_default) {
+                        (Some(v), _) => format!("{}={v}, {wanted}", m.setting),
+                        (None, Some(d)) => format!(
+                            "{} unset (the broker's default {d} applies), {wanted}",
+                            m.setting
+                        ),
+                        (None, None) => format!(
+                            "{} unset (the broker's default applies), {wanted}",
+                            m.setting
+                        ),
+                    }
+                })
+                .collect();
+            let add: Vec<String> = of_topic
+                .iter()
+                .map(|m| format!("{}={}", m.setting, m.wanted.as_millis()))
+                .collect();
+            let bootstrap = of_topic.first().map_or("", |m| m.bootstrap.as_str());
+            format!(
+                "topic {topic} has {}: superseded records, and so erased accounts, would stay on the brokers longer than configured; fix the topic with `kafka-configs.sh --bootstrap-server {bootstrap} --alter --entity-type topics --entity-name {topic} --add-config {}` or use another topic prefix",
+                found.join("; "),
+                add.join(",")
+            )
+        })
+        .collect();
+    per_topic.join("; and ")
 }
 
 #[async_trait]
@@ -559,12 +720,15 @@ impl Transport for KafkaTransport {
             }
         }
 
-        // Check every topic: partitions and cleanup policy as configured. A topic created a
-        // moment ago (by this process, or by another one starting at the same time) may not
-        // show its configuration yet: asked again for up to 20 s (a loaded broker takes long).
+        // Check every topic: partitions, cleanup policy and compaction settings as configured. A
+        // topic created a moment ago (by this process, or by another one starting at the same
+        // time) may not show its configuration yet: asked again for up to 20 s (a loaded broker
+        // takes long). Compaction settings of every topic are reported together, so that one
+        // round of `kafka-configs.sh` fixes them all.
+        let mut mismatches = Vec::new();
         for spec in topics {
             let mut attempts = 0;
-            let policy = loop {
+            let (policy, described) = loop {
                 let resource = ResourceSpecifier::Topic(&spec.name);
                 let opts = AdminOptions::new().request_timeout(Some(self.timeout()));
                 let described = self
@@ -573,13 +737,16 @@ impl Transport for KafkaTransport {
                     .describe_configs([&resource], &opts)
                     .await
                     .map_err(kafka_err(format!("describing topic {}", spec.name)))?;
-                let policy = match described.into_iter().next() {
-                    Some(Ok(resource)) => resource
-                        .get("cleanup.policy")
-                        .and_then(|e| e.value.clone())
-                        .unwrap_or_default(),
+                let (policy, resource) = match described.into_iter().next() {
+                    Some(Ok(resource)) => (
+                        resource
+                            .get("cleanup.policy")
+                            .and_then(|e| e.value.clone())
+                            .unwrap_or_default(),
+                        Some(resource),
+                    ),
                     Some(Err(RDKafkaErrorCode::UnknownTopicOrPartition)) if attempts < 99 => {
-                        String::new()
+                        (String::new(), None)
                     }
                     Some(Err(code)) => {
                         return Err(BusError::Kafka {
@@ -587,11 +754,11 @@ impl Transport for KafkaTransport {
                             source: KafkaError::AdminOp(code),
                         })
                     }
-                    None => String::new(),
+                    None => (String::new(), None),
                 };
                 attempts += 1;
                 if !policy.is_empty() || attempts >= 100 {
-                    break policy;
+                    break (policy, resource);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             };
@@ -602,6 +769,19 @@ impl Transport for KafkaTransport {
                     spec.cleanup.policy_name()
                 )));
             }
+            mismatches.extend(
+                compaction_settings(&spec.cleanup)
+                    .iter()
+                    .filter_map(|wanted| {
+                        let entry = described.as_ref().and_then(|r| r.get(wanted.setting));
+                        check_setting(
+                            &spec.name,
+                            wanted,
+                            entry,
+                            &self.inner.config.bootstrap_servers,
+                        )
+                    }),
+            );
             // A topic created a moment ago may not be in every broker's metadata yet.
             let mut waited = 0;
             let partitions = loop {
@@ -622,6 +802,9 @@ impl Transport for KafkaTransport {
                     wanted: spec.partitions,
                 });
             }
+        }
+        if !mismatches.is_empty() {
+            return Err(BusError::TopicSettings(mismatches));
         }
         Ok(())
     }
@@ -1077,4 +1260,129 @@ pub fn flush(transport: &KafkaTransport, timeout: Duration) -> Result<()> {
         .producer
         .flush(timeout)
         .map_err(kafka_err("flushing the producer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: &str = "86400000";
+
+    fn entry(name: &str, value: &str, source: ConfigSource) -> ConfigEntry {
+        ConfigEntry {
+            name: name.into(),
+            value: Some(value.into()),
+            is_default: source == ConfigSource::Default,
+            source,
+            is_read_only: false,
+            is_sensitive: false,
+        }
+    }
+
+    fn lag() -> CompactionSetting {
+        compaction_settings(&Cleanup::compact())
+            .into_iter()
+            .next()
+            .expect("max.compaction.lag.ms")
+    }
+
+    #[test]
+    fn compacted_topics_are_created_with_their_bounds_in_milliseconds() {
+        let configs = cleanup_configs(&Cleanup::Compact {
+            compaction_lag: Duration::from_secs(2),
+            tombstone_retention: Duration::from_millis(1500),
+        });
+        assert_eq!(
+            configs,
+            vec![
+                ("cleanup.policy", "compact".to_owned()),
+                ("max.compaction.lag.ms", "2000".to_owned()),
+                ("segment.ms", "2000".to_owned()),
+                ("delete.retention.ms", "1500".to_owned()),
+            ]
+        );
+        let delete = cleanup_configs(&Cleanup::Delete {
+            retention: Duration::from_secs(60),
+        });
+        assert!(delete.iter().all(|(k, _)| !k.contains("compaction")));
+    }
+
+    #[test]
+    fn a_compaction_setting_at_most_the_configured_one_on_the_topic_is_accepted() {
+        let wanted = lag();
+        for value in [DAY_MS, "1000", " 86400000 "] {
+            let e = entry(wanted.setting, value, ConfigSource::DynamicTopic);
+            assert_eq!(
+                check_setting("t", &wanted, Some(&e), "k:9092"),
+                None,
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_compaction_setting_unset_larger_or_unreadable_is_refused() {
+        let wanted = lag();
+        // The broker's default, however small: it is not the topic's and can change.
+        for source in [
+            ConfigSource::Default,
+            ConfigSource::StaticBroker,
+            ConfigSource::DynamicBroker,
+            ConfigSource::DynamicDefaultBroker,
+        ] {
+            let e = entry(wanted.setting, "1000", source);
+            let m = check_setting("t", &wanted, Some(&e), "k:9092").expect("refused");
+            assert_eq!((m.found, m.broker_default), (None, Some("1000".into())));
+        }
+        assert!(check_setting("t", &wanted, None, "k:9092").is_some());
+        for value in ["86400001", "9223372036854775807", "-1", "soon"] {
+            let e = entry(wanted.setting, value, ConfigSource::DynamicTopic);
+            let m = check_setting("t", &wanted, Some(&e), "k:9092").expect(value);
+            assert_eq!(m.found.as_deref(), Some(value));
+        }
+    }
+
+    #[test]
+    fn the_refusal_names_topic_setting_both_values_and_the_command_that_fixes_it() {
+        let settings = compaction_settings(&Cleanup::compact());
+        let unset = entry(
+            "max.compaction.lag.ms",
+            "9223372036854775807",
+            ConfigSource::Default,
+        );
+        let larger = entry(
+            "delete.retention.ms",
+            "604800000",
+            ConfigSource::DynamicTopic,
+        );
+        let mismatches: Vec<SettingMismatch> = [
+            check_setting(
+                "p.esg.scores",
+                &settings[0],
+                Some(&unset),
+                "k1:9092,k2:9092",
+            ),
+            check_setting(
+                "p.esg.scores",
+                &settings[2],
+                Some(&larger),
+                "k1:9092,k2:9092",
+            ),
+            check_setting("p.esg.accounts", &settings[1], None, "k1:9092,k2:9092"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let s = BusError::TopicSettings(mismatches).to_string();
+        for part in [
+            "topic p.esg.scores has max.compaction.lag.ms unset (the broker's default 9223372036854775807 applies), the pipeline needs at most 86400000 (bus.compaction_lag = 1day)",
+            "delete.retention.ms=604800000, the pipeline needs at most 86400000 (bus.tombstone_retention = 1day)",
+            "`kafka-configs.sh --bootstrap-server k1:9092,k2:9092 --alter --entity-type topics --entity-name p.esg.scores --add-config max.compaction.lag.ms=86400000,delete.retention.ms=86400000`",
+            "topic p.esg.accounts has segment.ms unset",
+            "--entity-name p.esg.accounts --add-config segment.ms=86400000`",
+        ] {
+            assert!(s.contains(part), "{part:?} missing from: {s}");
+        }
+        assert!(!BusError::TopicSettings(Vec::new()).is_transient());
+    }
 }

@@ -41,16 +41,39 @@ use std::time::Duration;
 pub enum Cleanup {
     /// Records older than the retention are deleted.
     Delete { retention: Duration },
-    /// Only the latest record per key is kept (and tombstones are eventually dropped).
-    Compact,
+    /// Only the latest record per key is kept, and tombstones are dropped in the end. The two
+    /// durations bound how long a superseded record (and then a tombstone) stays on disk, which
+    /// is what makes a tombstone an erasure: on Kafka they are the topic's
+    /// `max.compaction.lag.ms` and `segment.ms` (`compaction_lag`: a record is compacted at most
+    /// that long after it is written, and the segment holding it is closed by then, since
+    /// compaction never touches the open segment), and `delete.retention.ms`
+    /// (`tombstone_retention`: how long a tombstone is kept once compaction reached it).
+    Compact {
+        compaction_lag: Duration,
+        tombstone_retention: Duration,
+    },
 }
 
+/// Default of [`TopicsConfig::compaction_lag`]: 1 day.
+pub const DEFAULT_COMPACTION_LAG: Duration = Duration::from_secs(24 * 3600);
+/// Default of [`TopicsConfig::tombstone_retention`]: 1 day.
+pub const DEFAULT_TOMBSTONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
 impl Cleanup {
+    /// Compaction with the default bounds ([`DEFAULT_COMPACTION_LAG`],
+    /// [`DEFAULT_TOMBSTONE_RETENTION`]).
+    pub fn compact() -> Self {
+        Cleanup::Compact {
+            compaction_lag: DEFAULT_COMPACTION_LAG,
+            tombstone_retention: DEFAULT_TOMBSTONE_RETENTION,
+        }
+    }
+
     /// The Kafka `cleanup.policy` name.
     pub fn policy_name(&self) -> &'static str {
         match self {
             Cleanup::Delete { .. } => "delete",
-            Cleanup::Compact => "compact",
+            Cleanup::Compact { .. } => "compact",
         }
     }
 }
@@ -150,6 +173,10 @@ pub enum BusError {
         existing: i32,
         wanted: i32,
     },
+    /// Existing compacted topics whose compaction settings are missing or larger than
+    /// configured: superseded records, and so erased accounts, would stay on the brokers longer.
+    #[error("{}", kafka::describe_mismatches(.0))]
+    TopicSettings(Vec<kafka::SettingMismatch>),
     #[error("partition {partition} of topic {topic} does not exist")]
     UnknownPartition { topic: String, partition: i32 },
     #[error("cannot commit offset {offset} for {topic}/{partition}: the partition ends at {end}")]

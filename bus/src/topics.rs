@@ -1,7 +1,10 @@
 //! The pipeline's topics (DESIGN section 2), their policies, and typed publishing of events.
 
 use crate::registry::{RegistryConfig, RegistryWire};
-use crate::{BusError, Cleanup, Record, Result, SharedTransport, TopicSpec};
+use crate::{
+    BusError, Cleanup, Record, Result, SharedTransport, TopicSpec, DEFAULT_COMPACTION_LAG,
+    DEFAULT_TOMBSTONE_RETENTION,
+};
 use esg_schemas::{Codec, Event};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,15 @@ pub struct TopicsConfig {
     /// Retention of `esg.triggers`.
     #[serde(with = "humantime_serde")]
     pub triggers_retention: Duration,
+    /// The compacted topics' (`esg.accounts`, `esg.scores`) `max.compaction.lag.ms` and
+    /// `segment.ms`: a record superseded by a newer one or by a tombstone is compacted away at
+    /// most about this long after it was written.
+    #[serde(with = "humantime_serde")]
+    pub compaction_lag: Duration,
+    /// The compacted topics' `delete.retention.ms`: how long a tombstone stays once compaction
+    /// reached it (a consumer reading the topic from the start within that time sees it).
+    #[serde(with = "humantime_serde")]
+    pub tombstone_retention: Duration,
 }
 
 impl Default for TopicsConfig {
@@ -30,6 +42,8 @@ impl Default for TopicsConfig {
             partitions: 12,
             account_events_retention: Duration::from_secs(7 * 24 * 3600),
             triggers_retention: Duration::from_secs(30 * 24 * 3600),
+            compaction_lag: DEFAULT_COMPACTION_LAG,
+            tombstone_retention: DEFAULT_TOMBSTONE_RETENTION,
         }
     }
 }
@@ -59,6 +73,10 @@ impl Topics {
     /// Every topic with its policy.
     pub fn specs(&self) -> Vec<TopicSpec> {
         let n = self.config.partitions;
+        let compact = Cleanup::Compact {
+            compaction_lag: self.config.compaction_lag,
+            tombstone_retention: self.config.tombstone_retention,
+        };
         vec![
             TopicSpec {
                 name: self.triggers.clone(),
@@ -77,12 +95,12 @@ impl Topics {
             TopicSpec {
                 name: self.accounts.clone(),
                 partitions: n,
-                cleanup: Cleanup::Compact,
+                cleanup: compact,
             },
             TopicSpec {
                 name: self.scores.clone(),
                 partitions: n,
-                cleanup: Cleanup::Compact,
+                cleanup: compact,
             },
         ]
     }
@@ -133,6 +151,16 @@ impl EventBus {
                 "bus.partitions must be at least 1, not {}",
                 config.partitions
             )));
+        }
+        for (key, value) in [
+            ("bus.compaction_lag", config.compaction_lag),
+            ("bus.tombstone_retention", config.tombstone_retention),
+        ] {
+            if value.as_millis() == 0 {
+                return Err(BusError::Other(format!(
+                    "{key} must be at least 1ms, not {value:?}"
+                )));
+            }
         }
         let topics = Topics::new(config);
         transport.ensure_topics(&topics.specs()).await?;

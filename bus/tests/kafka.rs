@@ -160,7 +160,7 @@ async fn records_published_while_a_member_consumes_all_arrive() {
     t.ensure_topics(&[TopicSpec {
         name: topic.clone(),
         partitions: 12,
-        cleanup: Cleanup::Compact,
+        cleanup: Cleanup::compact(),
     }])
     .await
     .expect("topic");

@@ -12,10 +12,11 @@
 #   kafka.sh --help
 #
 # `start` formats the storage the first time only, starts the nodes and returns once every node
-# answers a metadata request and (3 nodes) every broker is registered. It then prints three lines
-# on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:P1,...`, `KAFKA_SSL_BOOTSTRAP=...` and `KAFKA_TLS_DIR=...`;
-# progress goes to stderr. Starting a cluster that is already running just waits for it to be
-# ready and prints the same lines.
+# answers a metadata request and (3 nodes) every broker is registered. It then prints four lines
+# on stdout, `KAFKA_BOOTSTRAP=127.0.0.1:P1,...`, `KAFKA_SSL_BOOTSTRAP=...`, `KAFKA_TLS_DIR=...` and
+# `KAFKA_LOG_DIRS=DIR/node-1/data,...` (each node's log.dirs: the topics' partition directories,
+# for tests that look at what is on the brokers' disks); progress goes to stderr. Starting a
+# cluster that is already running just waits for it to be ready and prints the same lines.
 # --fresh deletes the cluster in DIR (topics, offsets) before starting; it must be stopped.
 # `start-node` returns once node N answers and lists every running node: it is a registered,
 # unfenced broker again, though its replicas may still be catching up (wait for the ISR in the
@@ -132,6 +133,13 @@ bootstrap() {
   echo "$out"
 }
 
+# Every node's log.dirs, comma separated.
+log_dirs() {
+  local i out=""
+  for ((i = 1; i <= nodes; i++)); do out+="${out:+,}$dir/node-$i/data"; done
+  echo "$out"
+}
+
 write_node_config() {
   local i="$1" node_dir="$dir/node-$1" voters="" j rf isr
   for ((j = 1; j <= nodes; j++)); do voters+="${voters:+,}$j@127.0.0.1:$(controller_port "$j")"; done
@@ -174,10 +182,13 @@ share.coordinator.state.topic.num.partitions=5
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
 
-# Compaction on, checked every second; a small dedupe buffer fits the 512 MB heap.
+# Compaction on, checked every second; a small dedupe buffer fits the 512 MB heap. Segments that
+# compaction (or retention) replaced are deleted from disk 1 s later rather than 60 s, so that the
+# erasure test sees an erased record leave the disk soon (topic setting file.delete.delay.ms).
 log.cleaner.enable=true
 log.cleaner.backoff.ms=1000
 log.cleaner.dedupe.buffer.size=16777216
+log.segment.delete.delay.ms=1000
 
 # Fast failure detection for failover tests (defaults: 2000 / 9000 / 30000 ms).
 broker.heartbeat.interval.ms=1000
@@ -362,6 +373,7 @@ cmd_start() {
   echo "KAFKA_BOOTSTRAP=$(bootstrap)"
   echo "KAFKA_SSL_BOOTSTRAP=$(ssl_bootstrap)"
   echo "KAFKA_TLS_DIR=$dir/tls"
+  echo "KAFKA_LOG_DIRS=$(log_dirs)"
 }
 
 cmd_stop() {

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Start the services the project's tests use: a single-node Apache Kafka (./kafka.sh) and the
 # Apicurio schema registry (./registry.sh), both on 127.0.0.1, started side by side. Returns when
-# both are ready and prints exactly four lines on stdout (progress goes to stderr):
+# both are ready and prints exactly five lines on stdout (progress goes to stderr):
 #   KAFKA_BOOTSTRAP=127.0.0.1:9092
 #   KAFKA_SSL_BOOTSTRAP=127.0.0.1:9292          (TLS listener, client certificate required)
 #   KAFKA_TLS_DIR=<dir>/tls                      (ca.pem, client.pem, client.key)
+#   KAFKA_LOG_DIRS=<dir>/node-1/data             (the broker's log.dirs: topic partition files)
 #   SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7
 # Idempotent: services already running are only reported. Stop them with ./down.sh.
 #
 # Usage:
 #   up.sh [--kafka-port P] [--registry-port P] [--fresh]
 #   up.sh --help
-#   set -a; eval "$(ops/services/up.sh)"; set +a    # exports the four variables
+#   set -a; eval "$(ops/services/up.sh)"; set +a    # exports the five variables
 #
 # --fresh wipes the single-node Kafka's data first (the registry always starts empty).
 # Environment: as for kafka.sh and registry.sh (ESG_SERVICES_DIR, KAFKA_HEAP_OPTS, ...).

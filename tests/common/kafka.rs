@@ -20,6 +20,17 @@ pub struct Services {
     /// The brokers' TLS listener (mutual TLS) and the directory of its test CA (`ca.pem`) and
     /// client certificate (`client.pem`, `client.key`); the project's services only.
     pub tls: Option<KafkaTls>,
+    /// The brokers' `log.dirs`, where the topics' partition directories are
+    /// (`ESG_TEST_KAFKA_LOG_DIRS`, comma separated, or up.sh's `KAFKA_LOG_DIRS`); `None` for
+    /// containers, whose disks the tests do not see.
+    pub log_dirs: Option<Vec<PathBuf>>,
+}
+
+fn split_dirs(list: &str) -> Vec<PathBuf> {
+    list.split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| PathBuf::from(d.trim()))
+        .collect()
 }
 
 pub struct KafkaTls {
@@ -50,10 +61,14 @@ pub fn services() -> &'static Services {
                 }),
                 _ => None,
             };
+            let log_dirs = std::env::var("ESG_TEST_KAFKA_LOG_DIRS")
+                .ok()
+                .map(|l| split_dirs(&l));
             return Services {
                 bootstrap,
                 registry,
                 tls,
+                log_dirs,
             };
         }
         if docker_available() {
@@ -82,6 +97,7 @@ pub fn services() -> &'static Services {
                 bootstrap: var("KAFKA_SSL_BOOTSTRAP"),
                 dir: var("KAFKA_TLS_DIR").into(),
             }),
+            log_dirs: Some(split_dirs(&var("KAFKA_LOG_DIRS"))),
         }
     })
 }
@@ -182,6 +198,7 @@ mod containers {
             bootstrap,
             registry: url,
             tls: None,
+            log_dirs: None,
         }
     }
 }
