@@ -233,6 +233,37 @@ pub struct RetentionSection {
         skip_serializing_if = "Option::is_none"
     )]
     pub audit: Option<Duration>,
+    /// The runs the stores remember (phases, listings, counts, the facts of each run), by
+    /// business date, e.g. `"400d"`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history: Option<Duration>,
+    /// The last score of an account that left the roster, kept by the compacted topics, the
+    /// stores and the embedded log: removed this long after it was scored, e.g. `"400d"`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub departed: Option<Duration>,
+}
+
+impl RetentionSection {
+    /// True when no kind has a period: nothing is ever purged.
+    pub fn is_empty(&self) -> bool {
+        [
+            self.files,
+            self.logs,
+            self.audit,
+            self.history,
+            self.departed,
+        ]
+        .iter()
+        .all(Option::is_none)
+    }
 }
 
 /// `[audit]`: the audit trail of the files.

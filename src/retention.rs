@@ -40,10 +40,14 @@ fn log_date_of(name: &str) -> Option<NaiveDate> {
     NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()
 }
 
+/// `keep` in whole days.
+fn days(keep: Duration) -> chrono::Duration {
+    chrono::Duration::days(i64::try_from(keep.as_secs() / 86_400).unwrap_or(i64::MAX / 86_400_000))
+}
+
 /// True when a file of `date` is older than `keep` on `today`.
 fn expired(date: NaiveDate, today: NaiveDate, keep: Duration) -> bool {
-    let days = i64::try_from(keep.as_secs() / 86_400).unwrap_or(i64::MAX);
-    (today - date).num_days() > days
+    today - date > days(keep)
 }
 
 fn is_temp(name: &str) -> bool {
@@ -129,6 +133,13 @@ pub async fn purge(
             Err(e) => purged.refused.push(format!("audit segments: {e}")),
         }
     }
+    if let Some(keep) = policy.history {
+        purge_history(config, today - days(keep), dry_run, audit, &mut purged);
+    }
+    if let Some(keep) = policy.departed {
+        let before = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+        purge_departed(config, before, dry_run, audit, &mut purged).await;
+    }
     for line in &purged.refused {
         tracing::error!(refused = %line, "retention: a file could not be removed");
     }
@@ -209,4 +220,160 @@ fn record_purged(audit: &Audit, path: &Path, policy: &str) {
         .with("path", path.display())
         .with("policy", policy),
     );
+}
+
+/// The runs of business dates before `before` leave the producer's and the assembler's stores
+/// (`[retention] history`): their phases, listings, expected and scored accounts, and facts.
+fn purge_history(
+    config: &Config,
+    before: NaiveDate,
+    dry_run: bool,
+    audit: &Audit,
+    purged: &mut Purged,
+) {
+    let key = config.state.key.as_ref();
+    let before_text = before.to_string();
+    let stores: [(PathBuf, &[&str]); 2] = [
+        (
+            config.state.dir.join("producer.db"),
+            esg_producer::store::PURGE_HISTORY,
+        ),
+        (
+            config.state.dir.join("assembler.db"),
+            esg_assembler::state::PURGE_HISTORY,
+        ),
+    ];
+    for (path, statements) in stores {
+        let runs = if path.exists() {
+            esg_bus::store::open_connection(&path, key).and_then(|c| {
+                c.query_row(
+                    "SELECT COUNT(*) FROM runs WHERE business_date < ?1",
+                    [&before_text],
+                    |r| r.get::<_, i64>(0),
+                )
+            })
+        } else {
+            Ok(0)
+        };
+        let what = |n: i64| format!("{}: {n} run(s) before {before}", path.display());
+        match runs {
+            Ok(0) => {}
+            Ok(n) if dry_run => purged.removed.push(what(n)),
+            Ok(n) => {
+                match esg_bus::store::delete(&path, key, statements, &[(":before", &before_text)]) {
+                    Ok(_) => {
+                        audit.record(
+                            Event::new("purged", format!("runs before {before}"))
+                                .with("store", path.display())
+                                .with("runs", n)
+                                .with("policy", "retention.history"),
+                        );
+                        purged.removed.push(what(n));
+                    }
+                    Err(e) => purged.refused.push(format!("{}: {e}", what(n))),
+                }
+            }
+            Err(e) => purged.refused.push(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+/// Accounts that left the roster and were last scored before `before` leave the stores, the
+/// embedded log, and on Kafka the scores topic (a tombstone each, which every assembler reading
+/// it applies too): `[retention] departed`. They are found in the assembler's store, so on
+/// Kafka this runs where the assembler keeps its state.
+async fn purge_departed(
+    config: &Config,
+    before: chrono::DateTime<Utc>,
+    dry_run: bool,
+    audit: &Audit,
+    purged: &mut Purged,
+) {
+    let key = config.state.key.as_ref();
+    let assembler = config.state.dir.join("assembler.db");
+    if !assembler.exists() {
+        return;
+    }
+    let ids: rusqlite::Result<Vec<String>> = esg_bus::store::open_connection(&assembler, key)
+        .and_then(|c| {
+            let mut stmt = c.prepare(esg_assembler::state::DEPARTED)?;
+            let rows = stmt.query_map(
+                rusqlite::named_params! {":before_ms": before.timestamp_millis()},
+                |r| r.get(0),
+            )?;
+            rows.collect()
+        });
+    let ids = match ids {
+        Ok(ids) if ids.is_empty() => return,
+        Ok(ids) => ids,
+        Err(e) => {
+            purged
+                .refused
+                .push(format!("departed accounts in {}: {e}", assembler.display()));
+            return;
+        }
+    };
+    let what = format!(
+        "{} departed account(s) last scored before {}",
+        ids.len(),
+        before.date_naive()
+    );
+    if dry_run {
+        purged.removed.push(what);
+        return;
+    }
+    let topics = esg_bus::Topics::new(&config.topics());
+    let mut stores: Vec<(PathBuf, &[&str])> = vec![
+        (
+            config.state.dir.join("producer.db"),
+            esg_producer::store::ERASE,
+        ),
+        (assembler, esg_assembler::state::ERASE),
+    ];
+    let log = [esg_bus::store::ERASE_LOG];
+    match config.bus.kind {
+        crate::config::BusKind::Embedded => stores.push((config.bus_path(), &log)),
+        crate::config::BusKind::Kafka => {
+            let sent = match crate::pipeline::connect_bus(config).await {
+                Ok((bus, _)) => bus
+                    .tombstones(&topics.scores, &ids)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                purged
+                    .refused
+                    .push(format!("{what}: tombstones on {}: {e:#}", topics.scores));
+                return;
+            }
+        }
+    }
+    let sets: Vec<[(&str, &dyn rusqlite::ToSql); 4]> = ids
+        .iter()
+        .map(|id| {
+            [
+                (":id", id as &dyn rusqlite::ToSql),
+                (":accounts", &topics.accounts as &dyn rusqlite::ToSql),
+                (":account_events", &topics.account_events),
+                (":scores", &topics.scores),
+            ]
+        })
+        .collect();
+    let sets: Vec<&[(&str, &dyn rusqlite::ToSql)]> = sets.iter().map(|s| s.as_slice()).collect();
+    for (path, statements) in stores {
+        if let Err(e) = esg_bus::store::delete_each(&path, key, statements, &sets) {
+            purged
+                .refused
+                .push(format!("{what}: {}: {e}", path.display()));
+            return;
+        }
+    }
+    audit.record(
+        Event::new("purged", "departed accounts")
+            .with("accounts", ids.len())
+            .with("scored_before", before.to_rfc3339())
+            .with("policy", "retention.departed"),
+    );
+    purged.removed.push(what);
 }

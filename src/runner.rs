@@ -846,10 +846,9 @@ fn protection(config: &Config) -> Result<esg_assembler::encryption::Protection> 
 /// `esg purge`: removes (or, `dry_run`, lists) what `[retention]` says is too old, locally and
 /// on every delivery target.
 pub async fn purge(config: &Config, dry_run: bool) -> Result<crate::retention::Purged> {
-    let r = &config.retention;
-    if r.files.is_none() && r.logs.is_none() && r.audit.is_none() {
+    if config.retention.is_empty() {
         return Err(Refused::Usage(
-            "there is no [retention] policy (files, logs, audit) in the configuration: nothing is ever purged".into(),
+            "there is no [retention] policy (files, logs, audit, history, departed) in the configuration: nothing is ever purged".into(),
         )
         .into());
     }

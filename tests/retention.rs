@@ -170,3 +170,111 @@ async fn without_a_policy_purge_says_so_and_removes_nothing() {
     assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("no [retention] policy"), "{said}");
 }
+
+/// Rows of `sql` (a count) in the SQLite database at `path`.
+fn count(path: &Path, sql: &str) -> i64 {
+    rusqlite::Connection::open(path)
+        .expect("open")
+        .query_row(sql, [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_runs_and_the_last_scores_of_departed_accounts_go_by_their_periods() {
+    let world = World::start(
+        quiet_sim(12),
+        "[retention]\nhistory = \"30days\"\ndeparted = \"30days\"\n",
+    )
+    .await;
+    let state = world.dir.path().join("state");
+    let (producer, assembler, bus) = (
+        state.join("producer.db"),
+        state.join("assembler.db"),
+        state.join("bus.db"),
+    );
+    let run = |day: &str| {
+        let (code, said) = outcome(
+            esg_command(["run", "--once", "--business-date", day, "--config"])
+                .arg(&world.config_path),
+        );
+        assert_eq!(code, Some(0), "{said}");
+    };
+    run("2025-01-06");
+    let old_runs = "SELECT COUNT(*) FROM runs WHERE business_date = '2025-01-06'";
+    assert_eq!(count(&producer, old_runs), 1);
+    assert_eq!(count(&assembler, old_runs), 1);
+
+    // An account closes; the next run (whose start purges) no longer lists it.
+    let active = active_ids(&world.sim).await;
+    let leaving = active[3].clone();
+    world.sim.set_status(&leaving, "CLOSED");
+    let recent = (chrono::Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
+    run(&recent);
+    assert_eq!(
+        count(&producer, old_runs),
+        0,
+        "the old run leaves the producer"
+    );
+    assert_eq!(count(&assembler, old_runs), 0, "and the assembler");
+    assert_eq!(
+        count(
+            &assembler,
+            &format!("SELECT COUNT(*) FROM runs WHERE business_date = '{recent}'")
+        ),
+        1,
+        "a recent run stays"
+    );
+    let of_leaving = |table: &str, column: &str| {
+        format!("SELECT COUNT(*) FROM {table} WHERE {column} = '{leaving}'")
+    };
+    assert_eq!(count(&assembler, &of_leaving("roster", "account_id")), 0);
+    assert_eq!(
+        count(&assembler, &of_leaving("scores", "account_id")),
+        1,
+        "a departed account's last score is kept for its period"
+    );
+
+    // Its last score is older than the period now (scored 40 days ago).
+    let ago = (chrono::Utc::now() - chrono::Duration::days(40)).timestamp_millis();
+    rusqlite::Connection::open(&assembler)
+        .expect("open")
+        .execute(
+            "UPDATE scores SET scored_at_ms = ?1 WHERE account_id = ?2",
+            rusqlite::params![ago, leaving],
+        )
+        .expect("age the score");
+    let (code, said) =
+        outcome(esg_command(["purge", "--dry-run", "--config"]).arg(&world.config_path));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("would remove 1 departed account(s)"),
+        "{said}"
+    );
+    assert_eq!(count(&assembler, &of_leaving("scores", "account_id")), 1);
+
+    let (code, said) = outcome(esg_command(["purge", "--config"]).arg(&world.config_path));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("removed 1 departed account(s)"), "{said}");
+    assert_eq!(count(&assembler, &of_leaving("scores", "account_id")), 0);
+    assert_eq!(
+        count(&producer, &of_leaving("last_scores", "account_id")),
+        0
+    );
+    assert_eq!(
+        count(&bus, &of_leaving("log", "key")),
+        0,
+        "nor in the embedded log"
+    );
+    assert_eq!(
+        count(&assembler, "SELECT COUNT(*) FROM scores"),
+        active.len() as i64 - 1,
+        "the active accounts keep theirs"
+    );
+    let trail = std::fs::read_to_string(state.join("audit").join("audit.jsonl")).expect("audit");
+    assert!(trail.contains("retention.history"), "{trail}");
+    assert!(trail.contains("retention.departed"), "{trail}");
+    assert!(
+        !trail.contains(&leaving),
+        "the audit trail names no account"
+    );
+}

@@ -98,6 +98,23 @@ pub const ERASE: &[&str] = &[
     "DELETE FROM file_deadlines WHERE account_id = :id",
 ];
 
+/// The statements that remove the runs of business dates before `:before` and what they
+/// recorded, for `[retention] history`.
+pub const PURGE_HISTORY: &[&str] = &[
+    "DELETE FROM run_scored WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
+    "DELETE FROM expected WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
+    "DELETE FROM run_facts WHERE business_date < :before",
+    "DELETE FROM file_deadlines WHERE business_date < :before",
+    "DELETE FROM runs WHERE business_date < :before",
+];
+
+/// The accounts no longer in the roster whose last score is older than `:before_ms`
+/// (milliseconds since the epoch), for `[retention] departed`.
+pub const DEPARTED: &str = "SELECT s.account_id FROM scores s
+     WHERE s.scored_at_ms < :before_ms
+       AND NOT EXISTS (SELECT 1 FROM roster r WHERE r.account_id = s.account_id)
+     ORDER BY s.account_id";
+
 /// Columns added after a table was first released: `(table, column, definition)`. A store
 /// created before gets them by `ALTER TABLE` when it is opened.
 const ADDED_COLUMNS: &[(&str, &str, &str)] =

@@ -304,21 +304,8 @@ pub fn erase(
     let mut conn = open_connection(path, key)?;
     // Long enough for a process that is just closing, short enough to say so promptly.
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
-    let tx = conn.transaction()?;
-    let mut rows = 0u64;
-    for sql in statements {
-        let mut stmt = tx.prepare(sql)?;
-        // Each statement names only the parameters it uses.
-        let used: Vec<(&str, &dyn rusqlite::ToSql)> = params
-            .iter()
-            .filter(|(name, _)| stmt.parameter_index(name).ok().flatten().is_some())
-            .copied()
-            .collect();
-        rows += stmt.execute(used.as_slice())? as u64;
-    }
-    tx.commit()?;
+    let rows = delete_in(&mut conn, statements, &[params])?;
     conn.execute_batch("VACUUM")?;
     let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
     if busy != 0 {
@@ -333,6 +320,59 @@ pub fn erase(
     }
     let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     Ok(Erased { rows, bytes })
+}
+
+/// Retention: runs `statements` with `params` in one transaction on the database at `path`,
+/// with `secure_delete` on so the deleted content is overwritten, beside the processes that use
+/// the database (no rebuild, unlike [`erase`]). Returns the rows deleted; a missing file has
+/// none.
+pub fn delete(
+    path: &Path,
+    key: Option<&DbKey>,
+    statements: &[&str],
+    params: &[(&str, &dyn rusqlite::ToSql)],
+) -> rusqlite::Result<u64> {
+    delete_each(path, key, statements, &[params])
+}
+
+/// As [`delete`], once for each parameter set of `sets` (one account after another, say), all
+/// in one transaction.
+pub fn delete_each(
+    path: &Path,
+    key: Option<&DbKey>,
+    statements: &[&str],
+    sets: &[&[(&str, &dyn rusqlite::ToSql)]],
+) -> rusqlite::Result<u64> {
+    if !path.exists() {
+        return Ok(0);
+    }
+    let mut conn = open_connection(path, key)?;
+    delete_in(&mut conn, statements, sets)
+}
+
+/// Runs each statement with each parameter set of `sets` (the parameters it names), in one
+/// transaction, with `secure_delete` on; the rows they changed.
+fn delete_in(
+    conn: &mut rusqlite::Connection,
+    statements: &[&str],
+    sets: &[&[(&str, &dyn rusqlite::ToSql)]],
+) -> rusqlite::Result<u64> {
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    let tx = conn.transaction()?;
+    let mut rows = 0u64;
+    for sql in statements {
+        let mut stmt = tx.prepare(sql)?;
+        for params in sets {
+            let used: Vec<(&str, &dyn rusqlite::ToSql)> = params
+                .iter()
+                .filter(|(name, _)| stmt.parameter_index(name).ok().flatten().is_some())
+                .copied()
+                .collect();
+            rows += stmt.execute(used.as_slice())? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(rows)
 }
 
 #[cfg(all(test, unix))]

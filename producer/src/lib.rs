@@ -634,9 +634,9 @@ impl Producer {
                 tx.execute("DELETE FROM pending WHERE run_id = ?1", [&run_id])?;
                 tx.execute("DELETE FROM roster_changes WHERE run_id = ?1", [&run_id])?;
                 let scored = tx.execute(
-                    "INSERT INTO pending (run_id, account_id, name, version, reason)
+                    "INSERT INTO pending (run_id, account_id, version, reason)
                      SELECT * FROM (
-                       SELECT l.run_id, l.account_id, l.name, l.version,
+                       SELECT l.run_id, l.account_id, l.version,
                          CASE
                            WHEN ?2 THEN 'Forced'
                            WHEN s.account_id IS NULL AND r.account_id IS NULL THEN 'New'
@@ -697,8 +697,8 @@ impl Producer {
                 let mut missing = Vec::new();
                 for id in &ids {
                     let n = tx.execute(
-                        "INSERT OR IGNORE INTO pending (run_id, account_id, name, version, reason)
-                         SELECT ?1, account_id, name, version, ?3 FROM roster WHERE account_id = ?2",
+                        "INSERT OR IGNORE INTO pending (run_id, account_id, version, reason)
+                         SELECT ?1, account_id, version, ?3 FROM roster WHERE account_id = ?2",
                         params![run_id, id, reason],
                     )?;
                     let present: bool = tx.query_row(

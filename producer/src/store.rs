@@ -71,7 +71,6 @@ CREATE TABLE IF NOT EXISTS scores_offsets (
 CREATE TABLE IF NOT EXISTS pending (
     run_id TEXT NOT NULL,
     account_id TEXT NOT NULL,
-    name TEXT NOT NULL,
     version INTEGER NOT NULL,
     reason TEXT NOT NULL,
     emitted INTEGER NOT NULL DEFAULT 0,
@@ -95,6 +94,16 @@ pub const ERASE: &[&str] = &[
     "DELETE FROM last_etags WHERE account_id = :id",
     "DELETE FROM pending WHERE account_id = :id",
     "DELETE FROM roster_changes WHERE account_id = :id",
+];
+
+/// The statements that remove the runs of business dates before `:before`, for
+/// `[retention] history`.
+pub const PURGE_HISTORY: &[&str] = &[
+    "DELETE FROM listing WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
+    "DELETE FROM pending WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
+    "DELETE FROM roster_changes
+     WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
+    "DELETE FROM runs WHERE business_date < :before",
 ];
 
 /// Phase of a run in the producer. A daily run goes `Triggered`, `Listed`, `Planned`,
@@ -169,7 +178,24 @@ pub fn open(path: &Path) -> Result<Store, StoreError> {
 
 /// As [`open`], encrypted with `key` (SQLCipher) when there is one.
 pub fn open_keyed(path: &Path, key: Option<&esg_bus::store::DbKey>) -> Result<Store, StoreError> {
-    Store::open_keyed(path, SCHEMA, key)
+    let store = Store::open_keyed(path, SCHEMA, key)?;
+    store.call_blocking(migrate)?;
+    Ok(store)
+}
+
+/// Brings a store of an earlier version up to date: `pending` no longer keeps the account's
+/// name (names live in the roster only), so an old store's column goes.
+fn migrate(c: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    let has_name: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('pending') WHERE name = 'name')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_name {
+        c.execute_batch("ALTER TABLE pending DROP COLUMN name")?;
+        tracing::info!("producer store: the account names of pending accounts removed");
+    }
+    Ok(())
 }
 
 pub(crate) fn get_run(
@@ -210,4 +236,43 @@ pub(crate) fn set_phase(
         params![run_id, phase.as_str()],
     )
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_store_loses_the_names_of_its_pending_accounts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("producer.db");
+        {
+            let c = rusqlite::Connection::open(&path).expect("open");
+            c.execute_batch(
+                "CREATE TABLE pending (run_id TEXT NOT NULL, account_id TEXT NOT NULL,
+                    name TEXT NOT NULL, version INTEGER NOT NULL, reason TEXT NOT NULL,
+                    emitted INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (run_id, account_id))
+                    WITHOUT ROWID;
+                 INSERT INTO pending VALUES ('r', 'A', 'Some Name', 1, 'New', 0);",
+            )
+            .expect("old schema");
+        }
+        for _ in 0..2 {
+            let store = open(&path).expect("opens and migrates");
+            let (columns, row): (Vec<String>, (String, i64)) = store
+                .call_blocking(|c| {
+                    let mut stmt = c.prepare("SELECT name FROM pragma_table_info('pending')")?;
+                    let columns = stmt
+                        .query_map([], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()?;
+                    let row = c.query_row("SELECT account_id, version FROM pending", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                    Ok((columns, row))
+                })
+                .expect("read");
+            assert!(!columns.contains(&"name".to_owned()), "{columns:?}");
+            assert_eq!(row, ("A".to_owned(), 1), "the row is kept");
+        }
+    }
 }
