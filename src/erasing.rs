@@ -155,53 +155,18 @@ pub async fn erase(config: &Config, request: &Request) -> Result<Erased> {
         pseudonym: pseudonym.clone(),
         ..Erased::default()
     };
-    let key = config.state.key.as_ref();
-    let id_param = id.to_owned();
-    let stores: [(PathBuf, &[&str]); 2] = [
-        (
-            config.state.dir.join("producer.db"),
-            esg_producer::store::ERASE,
-        ),
-        (
-            config.state.dir.join("assembler.db"),
-            esg_assembler::state::ERASE,
-        ),
-    ];
-    for (path, statements) in stores {
-        let done = esg_bus::store::erase(&path, key, statements, &[(":id", &id_param)])
-            .with_context(|| format!("erasing the account from {}", path.display()))?;
-        erased.stores.push((path, done.rows));
-    }
-    let topics = esg_bus::Topics::new(&config.topics());
-    match config.bus.kind {
-        BusKind::Embedded => {
-            let path = config.bus_path();
-            let done = esg_bus::store::erase(
-                &path,
-                key,
-                &[esg_bus::store::ERASE_LOG],
-                &[
-                    (":id", &id_param),
-                    (":accounts", &topics.accounts),
-                    (":account_events", &topics.account_events),
-                    (":scores", &topics.scores),
-                ],
-            )
-            .with_context(|| format!("erasing the account from {}", path.display()))?;
-            erased.stores.push((path, done.rows));
-        }
-        BusKind::Kafka => {
-            let (bus, _) = crate::pipeline::connect_bus(config).await?;
-            for topic in [&topics.scores, &topics.accounts] {
-                bus.tombstones(topic, std::slice::from_ref(&id_param))
-                    .await
-                    .with_context(|| format!("writing the tombstone on {topic}"))?;
-                erased.tombstones.push(topic.clone());
-            }
-        }
-    }
     let alerts = Arc::new(Alerts::new(config)?);
     let audit = Audit::new(config);
+    let id_param = id.to_owned();
+    if let Err(e) = erase_held(config, &id_param, &mut erased).await {
+        // Part of it may be done: the trail says so, and the same command finishes it.
+        audit.record(
+            Event::new("erase_failed", &pseudonym)
+                .with("reason", request.reason.trim())
+                .with("error", format!("{e:#}")),
+        );
+        return Err(e.context("the erasure is not complete: fix the cause and run esg erase again"));
+    }
     let ids: HashSet<String> = [id_param.clone()].into();
     let mut dates = std::collections::BTreeSet::new();
     let mut failed = Vec::new();
@@ -285,6 +250,56 @@ pub async fn erase(config: &Config, request: &Request) -> Result<Erased> {
         );
     }
     Ok(erased)
+}
+
+/// The account out of the stores and the embedded log, or its tombstones on Kafka.
+async fn erase_held(config: &Config, id: &str, erased: &mut Erased) -> Result<()> {
+    let key = config.state.key.as_ref();
+    let id_param = id.to_owned();
+    let stores: [(PathBuf, &[&str]); 2] = [
+        (
+            config.state.dir.join("producer.db"),
+            esg_producer::store::ERASE,
+        ),
+        (
+            config.state.dir.join("assembler.db"),
+            esg_assembler::state::ERASE,
+        ),
+    ];
+    for (path, statements) in stores {
+        let done = esg_bus::store::erase(&path, key, statements, &[(":id", &id_param)])
+            .with_context(|| format!("erasing the account from {}", path.display()))?;
+        erased.stores.push((path, done.rows));
+    }
+    let topics = esg_bus::Topics::new(&config.topics());
+    match config.bus.kind {
+        BusKind::Embedded => {
+            let path = config.bus_path();
+            let done = esg_bus::store::erase(
+                &path,
+                key,
+                &[esg_bus::store::ERASE_LOG],
+                &[
+                    (":id", &id_param),
+                    (":accounts", &topics.accounts),
+                    (":account_events", &topics.account_events),
+                    (":scores", &topics.scores),
+                ],
+            )
+            .with_context(|| format!("erasing the account from {}", path.display()))?;
+            erased.stores.push((path, done.rows));
+        }
+        BusKind::Kafka => {
+            let (bus, _) = crate::pipeline::connect_bus(config).await?;
+            for topic in [&topics.scores, &topics.accounts] {
+                bus.tombstones(topic, std::slice::from_ref(&id_param))
+                    .await
+                    .with_context(|| format!("writing the tombstone on {topic}"))?;
+                erased.tombstones.push(topic.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The day files of `dir` (ratings, errors and summaries, encrypted or not), sorted.

@@ -5,7 +5,8 @@
 //! audit trail names the account only by its HMAC and still verifies; the other rows are kept;
 //! and an account the account system still lists comes back as new on the next run. Bad
 //! requests (an id that is not one, encrypted files without an identity, a running job) are
-//! refused with nothing changed, and `--legal-hold` keeps the published files.
+//! refused with nothing changed, a store the disk refuses fails the erasure loudly (finished by
+//! running it again), and `--legal-hold` keeps the published files.
 
 mod common;
 
@@ -345,6 +346,23 @@ async fn a_bad_erasure_request_changes_nothing_and_a_legal_hold_keeps_the_publis
     assert_eq!(code, Some(5), "{said}");
     assert!(said.contains("another esg process"), "{said}");
     drop(lock);
+
+    // The disk refuses a store half way (the producer's is erased, the assembler's file is
+    // immutable): loud, exit 1, audited; the same command finishes it once the disk allows.
+    let held = Immutable::new(&state.join("assembler.db"));
+    let (code, said) = erase(
+        world,
+        &["--account", &s.id, "--reason", "DSR-1", "--legal-hold"],
+    );
+    drop(held);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("the erasure is not complete") && said.contains("assembler.db"),
+        "{said}"
+    );
+    assert!(!said.contains(&s.name), "{said}");
+    let trail = std::fs::read_to_string(state.join("audit").join("audit.jsonl")).expect("audit");
+    assert!(trail.contains("\"erase_failed\""), "{trail}");
 
     // Legal hold: the stores forget the account, the published files stay byte for byte.
     let (code, said) = erase(

@@ -7,33 +7,8 @@ mod common;
 
 use common::webhook::{alerts_config, kinds, receiver};
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// Makes a file immutable (`chattr +i`: even root cannot remove it) until dropped.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn new(path: &Path) -> Immutable {
-        let out = Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .output()
-            .expect("chattr (e2fsprogs) runs");
-        assert!(
-            out.status.success(),
-            "chattr +i: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Immutable(path.to_owned())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
 
 fn touch(path: &Path, ago: &str) {
     std::fs::write(path, b"x\n").expect("write");

@@ -279,3 +279,31 @@ where
     command.args(args);
     command
 }
+
+/// Makes a file immutable (`chattr +i`: even root cannot remove it) until dropped.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn new(path: &Path) -> Immutable {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .expect("chattr (e2fsprogs) runs");
+        assert!(
+            out.status.success(),
+            "chattr +i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
