@@ -6,6 +6,7 @@
 #   ops/bench.sh throttled [Q] # 100,000 accounts, single calls, quota Q req/s (default 50), the
 #                             # vendor answering 429 to 8% of first attempts whatever the rate
 #   ops/bench.sh million      # 1,000,000 accounts, batches of 100, the limit lifted
+#   ops/bench.sh million-job  # the million day against a standalone simulator: the job's own RSS
 #   ops/bench.sh two-days     # 1,000,000 accounts on two consecutive days (the second incremental)
 #   ops/bench.sh encrypted [N] # one day of N accounts (default 1,000,000), plaintext then age-encrypted
 #   ops/bench.sh state-encrypted [N] # one day of N accounts (default 1,000,000), plaintext stores
@@ -56,9 +57,11 @@ max_in_flight = 64
 TOML
 }
 
-# Two consecutive days of a million accounts against a standalone simulator: the second day
-# finds nothing changed, calls the API for no account, and carries every score forward.
-two_days() {
+# Days of a million accounts (batches, the limit lifted) against a standalone simulator, so the
+# peak RSS measured is the job's alone: `million-job` runs one day; `two-days` two consecutive
+# days, the second of which finds nothing changed, calls the API for no account, and carries
+# every score forward.
+standalone_days() {
   local port=18089
   "$bin" simulator --listen "127.0.0.1:$port" --accounts 1000000 --rate-limit 0 --latency-ms 20 \
     > "$dir/sim.log" 2>&1 &
@@ -66,7 +69,7 @@ two_days() {
   trap 'kill "$sim_pid" 2>/dev/null; rm -rf "$dir"' EXIT
   sleep 1
   job_config "$port" 1000000 "$dir" > "$dir/esg.toml"
-  for day in 2026-11-23 2026-11-24; do
+  for day in "$@"; do
     echo "== esg run --once --business-date $day"
     /usr/bin/time -v "$bin" run --once --config "$dir/esg.toml" --business-date "$day" 2> "$dir/time.txt"
     grep -E "Elapsed \(wall clock\)|Maximum resident set size" "$dir/time.txt"
@@ -206,7 +209,8 @@ case "${1:-hundred-thousand}" in
   throttled) run --accounts 100000 --rate-limit "${2:-50}" --latency-ms 20 --max-in-flight 64 \
     --batch-size 1 --rate-limited-share 0.08 ;;
   million) run --accounts 1000000 --unlimited --max-in-flight 64 --latency-ms 20 ;;
-  two-days) two_days ;;
+  million-job) standalone_days 2026-11-23 ;;
+  two-days) standalone_days 2026-11-23 2026-11-24 ;;
   encrypted) encrypted_day "${2:-1000000}" ;;
   state-encrypted) state_encrypted_day "${2:-1000000}" ;;
   hundred-thousand) run --accounts 100000 --rate-limit 1000 --latency-ms 20 --max-in-flight 64 --batch-size 1 ;;

@@ -382,9 +382,6 @@ async fn an_erased_account_leaves_the_brokers_disk_the_state_and_the_files_and_a
 /// only no row, no byte of the name in its store either (the unused space of its pages, its
 /// write-ahead log).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: an assembler applies an erasure tombstone without secure_delete, so the name \
-            stays in its assembler.db-wal and, once checkpointed, in the unused space of a page \
-            of assembler.db (assembler/src/state.rs, Tombstones::Erased)"]
 async fn an_assembler_that_reads_an_erasure_keeps_no_byte_of_the_name_in_its_store() {
     let Some(d) = a_day_with_an_account_to_erase("erasure-store").await else {
         return;

@@ -259,6 +259,9 @@ impl Assembler {
                             let tx = c.transaction()?;
                             let applied = state::apply(&tx, &t, p as i32, &decoded, tombstones)?;
                             tx.commit()?;
+                            if applied.erased > 0 {
+                                state::forget_erased(c)?;
+                            }
                             Ok(applied)
                         })
                         .await?;

@@ -191,6 +191,24 @@ pub struct Applied {
     pub sealed: Vec<String>,
     /// Messages that could not be decoded (logged).
     pub undecodable: u64,
+    /// Tombstones applied (an account erased, or gone from the roster): after the commit the
+    /// caller empties the write-ahead log ([`forget_erased`]).
+    pub erased: u64,
+}
+
+/// After a batch with tombstones is committed: the write-ahead log, which still holds the pages
+/// as they were before the rows went, is checkpointed into the database (where `secure_delete` zeroed
+/// the rows) and truncated. A reader in the way leaves it for SQLite's next checkpoint, said in
+/// the log; `esg erase` on this host rebuilds the file in any case.
+pub fn forget_erased(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        tracing::warn!(
+            "an erased account's earlier pages stay in the write-ahead log until its next \
+             checkpoint: a reader had the store open"
+        );
+    }
+    Ok(())
 }
 
 /// Statements of [`apply`], prepared once per connection (`prepare_cached`): parsing them again
@@ -298,17 +316,23 @@ pub fn apply(
             counts.flush(tx)?;
         }
         match event {
-            None if m.value.is_none() => match tombstones {
-                Tombstones::LeftRoster => {
-                    tx.prepare_cached(DELETE_ROSTER)?.execute([&m.key])?;
-                }
-                Tombstones::Erased => {
-                    for sql in ERASE {
-                        tx.prepare_cached(sql)?
-                            .execute(rusqlite::named_params! {":id": m.key})?;
+            None if m.value.is_none() => {
+                // The deleted rows (a name among them) are overwritten, not merely unlinked.
+                tx.pragma_update(None, "secure_delete", true)?;
+                match tombstones {
+                    Tombstones::LeftRoster => {
+                        tx.prepare_cached(DELETE_ROSTER)?.execute([&m.key])?;
+                    }
+                    Tombstones::Erased => {
+                        for sql in ERASE {
+                            tx.prepare_cached(sql)?
+                                .execute(rusqlite::named_params! {":id": m.key})?;
+                        }
                     }
                 }
-            },
+                tx.pragma_update(None, "secure_delete", false)?;
+                applied.erased += 1;
+            }
             None => applied.undecodable += 1,
             Some(Event::AccountEntry(a)) => {
                 tx.prepare_cached(UPSERT_ROSTER)?.execute(params![
