@@ -648,6 +648,7 @@ impl Assembler {
                     not_in_file,
                     api_attempts,
                     api_requests,
+                    api_rate_limited: 0,
                     started_at,
                     finished_at: now,
                 };

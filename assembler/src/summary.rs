@@ -266,6 +266,9 @@ pub struct RunFacts {
     pub api_attempts: u64,
     #[serde(default)]
     pub api_requests: u64,
+    /// Of `api_requests`, those the vendor answered 429 (0 in facts recorded before the field).
+    #[serde(default)]
+    pub api_rate_limited: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
 }
@@ -293,6 +296,7 @@ impl RunFacts {
             malformed_records: n(sealed.malformed_records),
             api_attempts: 0,
             api_requests: 0,
+            api_rate_limited: 0,
             started_at,
             finished_at,
         }
@@ -332,8 +336,21 @@ pub struct RerunEntry {
     pub api_attempts: u64,
     #[serde(default)]
     pub api_requests: u64,
+    /// Of `api_requests`, those the vendor answered 429.
+    #[serde(default)]
+    pub api_rate_limited: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+}
+
+/// The exact sum of one score over the rows that show it, and how many rows do: the parts of
+/// its average, so that averages over many days (the history) stay exact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreSum {
+    /// The sum, as an exact decimal (`"7012.3456"`).
+    pub sum: String,
+    /// Rows that show the score.
+    pub rows: u64,
 }
 
 /// The facts of a business date's runs that a summary shows.
@@ -418,6 +435,7 @@ impl DayFacts {
                             malformed_records: 0,
                             api_attempts: 0,
                             api_requests: 0,
+                            api_rate_limited: 0,
                             started_at: this.started_at,
                             finished_at: this.started_at,
                         }),
@@ -536,6 +554,11 @@ pub struct Summary {
     pub average_environmental: Option<String>,
     pub average_social: Option<String>,
     pub average_governance: Option<String>,
+    /// `overall`, `environmental`, `social`, `governance` → the exact sum of that score over the
+    /// rows that show it and their number (an average is `sum / rows`). Absent in summaries
+    /// written before the field.
+    #[serde(default)]
+    pub score_sums: BTreeMap<String, ScoreSum>,
     /// `Environmental`, `Social`, `Governance` → rows with that primary focus (all three keys).
     pub primary_focus: BTreeMap<String, u64>,
     pub failed_accounts: Vec<String>,
@@ -559,6 +582,9 @@ pub struct Summary {
     /// HTTP requests the daily run sent to the ESG API (every request: re-sends after a 401
     /// and requests answered 429 included).
     pub api_requests: u64,
+    /// Of `api_requests`, those the vendor answered 429 (over its rate limit).
+    #[serde(default)]
+    pub api_rate_limited: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_seconds: u64,
@@ -578,6 +604,13 @@ fn percent(part: u64, whole: u64, when_empty: &str) -> String {
         .checked_mul(Decimal::ONE_HUNDRED)
         .and_then(|p| p.checked_div(Decimal::from(whole)))
         .map_or_else(|| when_empty.to_owned(), format_score)
+}
+
+fn score_sum(sum: Decimal, rows: u64) -> ScoreSum {
+    ScoreSum {
+        sum: sum.normalize().to_string(),
+        rows,
+    }
 }
 
 fn average(sum: Decimal, n: u64) -> Option<String> {
@@ -617,6 +650,24 @@ impl Summary {
             average_environmental: average(stats.sum_environmental, stats.n_environmental),
             average_social: average(stats.sum_social, stats.n_social),
             average_governance: average(stats.sum_governance, stats.n_governance),
+            score_sums: BTreeMap::from([
+                (
+                    "overall".to_owned(),
+                    score_sum(stats.sum_overall, stats.n_overall),
+                ),
+                (
+                    "environmental".to_owned(),
+                    score_sum(stats.sum_environmental, stats.n_environmental),
+                ),
+                (
+                    "social".to_owned(),
+                    score_sum(stats.sum_social, stats.n_social),
+                ),
+                (
+                    "governance".to_owned(),
+                    score_sum(stats.sum_governance, stats.n_governance),
+                ),
+            ]),
             primary_focus,
             failed_accounts: stats.failed_accounts.clone(),
             failed_accounts_truncated: stats.failed_accounts_truncated,
@@ -630,6 +681,7 @@ impl Summary {
             malformed_records: daily.malformed_records,
             api_attempts: daily.api_attempts,
             api_requests: daily.api_requests,
+            api_rate_limited: daily.api_rate_limited,
             started_at: daily.started_at,
             finished_at: daily.finished_at,
             duration_seconds,
