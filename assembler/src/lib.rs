@@ -14,6 +14,7 @@
 //! does not write the run again.
 
 pub mod encryption;
+pub mod history;
 pub mod output;
 pub mod state;
 pub mod summary;
@@ -513,6 +514,16 @@ impl Assembler {
             output_file: String::new(),
             completed_at: now,
         };
+        let row = history::HistoryRow::without_file(
+            &run.run_id,
+            run.business_date,
+            &run.kind,
+            outcome.as_str(),
+            DateTime::from_timestamp_millis(run.triggered_at_ms).unwrap_or(now),
+            now,
+            DateTime::from_timestamp_millis(run.deadline_ms).unwrap_or(now),
+        );
+        self.store.call(move |c| history::record(c, &row)).await?;
         self.complete(completed.clone()).await?;
         Ok(completed)
     }
@@ -695,9 +706,21 @@ impl Assembler {
             run_id: run.run_id.clone(),
             detail: format!("run facts do not serialise: {e}"),
         })?;
+        // The run's row of the history, with its facts in one transaction: after a crash the
+        // run is assembled again and both are replaced.
+        let deadline = DateTime::from_timestamp_millis(run.deadline_ms);
+        let row = match summary.reruns.iter().rfind(|r| r.run_id == run.run_id) {
+            Some(entry) if is_rerun => history::HistoryRow::rerun(&summary, entry, deadline),
+            _ => history::HistoryRow::daily(&summary, deadline),
+        };
         let (id, kind) = (run.run_id.clone(), run.kind.clone());
         self.store
-            .call(move |c| state::record_run_facts(c, &id, date, &kind, &record))
+            .call(move |c| {
+                let tx = c.transaction()?;
+                state::record_run_facts(&tx, &id, date, &kind, &record)?;
+                history::record(&tx, &row)?;
+                tx.commit()
+            })
             .await?;
         let completed = RunCompleted {
             run_id: run.run_id.clone(),

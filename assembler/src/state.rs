@@ -147,7 +147,10 @@ pub fn open(path: &Path) -> Result<Store, StoreError> {
 /// As [`open`], encrypted with `key` (SQLCipher) when there is one.
 pub fn open_keyed(path: &Path, key: Option<&esg_bus::store::DbKey>) -> Result<Store, StoreError> {
     let store = Store::open_keyed(path, SCHEMA, key)?;
-    store.call_blocking(|c| migrate(c))?;
+    store.call_blocking(|c| {
+        migrate(c)?;
+        c.execute_batch(crate::history::SCHEMA)
+    })?;
     Ok(store)
 }
 
@@ -746,6 +749,7 @@ mod tests {
             malformed_records: 0,
             api_attempts: 10,
             api_requests: 11,
+            api_rate_limited: 0,
             started_at: at(11),
             finished_at: at(12),
         }
@@ -762,6 +766,7 @@ mod tests {
             not_in_file: 0,
             api_attempts: 2,
             api_requests: 2,
+            api_rate_limited: 0,
             started_at: at(14),
             finished_at: at(15),
         }

@@ -823,6 +823,7 @@ mod tests {
             malformed_records: 0,
             api_attempts: 5,
             api_requests: 7,
+            api_rate_limited: 0,
             started_at: Utc
                 .with_ymd_and_hms(2026, 11, 23, 11, 0, 0)
                 .single()
@@ -1040,6 +1041,7 @@ mod tests {
             not_in_file: 0,
             api_attempts: 3,
             api_requests: 4,
+            api_rate_limited: 0,
             started_at: finished - chrono::Duration::seconds(30),
             finished_at: finished,
         }
