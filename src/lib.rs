@@ -7,6 +7,7 @@ pub mod auditing;
 pub mod config;
 pub mod delivering;
 pub mod erasing;
+pub mod history;
 pub mod pipeline;
 pub mod preflight;
 pub mod progress;

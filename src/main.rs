@@ -65,6 +65,12 @@ enum Command {
     /// Where a run stands, read-only, while it runs or after: phase, accounts scored of those
     /// expected, failed so far, the API rate, an ETA, the files written.
     Status(StatusArgs),
+    /// The runs kept for trends: per business date, the latest daily run and the re-runs after
+    /// it (--all: every run), with the file's counts, the four averages (and exact sums), the
+    /// focus split, the run's scoring, new and gone accounts, API requests and 429s, and
+    /// whether it met its deadline. Read-only; `esg history import DIR` rebuilds it from the
+    /// day summaries.
+    History(HistoryArgs),
     /// Kafka mode: publish today's daily run (trigger, account events, seal) and exit.
     ///
     /// The scorers and the assembler, running as services, score it and write the file. Run it
@@ -319,6 +325,43 @@ struct StatusArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct HistoryArgs {
+    #[command(subcommand)]
+    command: Option<HistoryCommand>,
+    /// The TOML configuration file (see README, "Configuration", and esg.example.toml).
+    #[arg(long, short, env = "ESG_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Only business dates from this one on.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    since: Option<NaiveDate>,
+    /// Every run, superseded daily runs of a date included, instead of the per-day view.
+    #[arg(long)]
+    all: bool,
+    /// JSON instead of text (the per-day view: one object a date, its daily run and re-runs).
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV, one line a run, for a spreadsheet or the warehouse.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(Subcommand)]
+enum HistoryCommand {
+    /// Add to the history every run the day summaries in DIR tell of (each summary holds its
+    /// daily run and every re-run of the day); runs it holds already are left as they are.
+    Import(HistoryImportArgs),
+}
+
+#[derive(Args)]
+struct HistoryImportArgs {
+    /// The directory of `FirmESGRatings_YYYYMMDD_summary.json(.age)` files.
+    dir: PathBuf,
+    /// An age identity that decrypts encrypted summaries (each opening is audited).
+    #[arg(long, short, value_name = "FILE")]
+    identity: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -771,6 +814,38 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                 say!("FAILED {f}");
             }
             Ok(if report.is_complete() { 0 } else { 1 })
+        }
+        Command::History(args) => {
+            let _log = esg::telemetry::init_text("warn");
+            let Some(path) = &args.config else {
+                return Err(Refused::Usage(
+                    "give the configuration file: --config FILE (or ESG_CONFIG)".into(),
+                )
+                .into());
+            };
+            if let Some(HistoryCommand::Import(import)) = args.command {
+                let config = Config::load(path)?;
+                let done = esg::history::import(&config, &import.dir, import.identity.as_deref())?;
+                say!(
+                    "{} summaries read: {} runs added to the history, {} it held already",
+                    done.summaries,
+                    done.added,
+                    done.present
+                );
+                return Ok(0);
+            }
+            let config = Config::load(path)?;
+            let rows = esg::history::read(&config, args.since)?;
+            if args.json {
+                say!("{}", esg::history::json(rows, args.all)?);
+            } else if args.csv {
+                print!("{}", esg::history::csv(rows, args.all)?);
+            } else {
+                for line in esg::history::text(rows, args.all) {
+                    say!("{line}");
+                }
+            }
+            Ok(0)
         }
         Command::Status(args) => {
             let config = Config::load(&args.config.config)?;

@@ -193,4 +193,18 @@ async fn killed_runs_resume(
     assert!(world.sim.accounts_called_at_least(4).is_empty());
     let all = world.sim.accounts_called_at_least(1).len();
     assert_eq!(all, active_ids(&world.sim).await.len());
+
+    // The history holds the run once, whatever the kills.
+    let runs: Vec<(String, String)> = {
+        let c = rusqlite::Connection::open(world.dir.path().join("state").join("assembler.db"))
+            .expect("assembler store");
+        let mut stmt = c
+            .prepare("SELECT run_id, kind FROM history")
+            .expect("history table");
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query");
+        rows.map(|r| r.expect("row")).collect()
+    };
+    assert_eq!(runs, [(day.to_owned(), "Daily".to_owned())]);
 }
