@@ -178,6 +178,13 @@ async fn old_runs_and_the_last_scores_of_departed_accounts_go_by_their_periods()
     let old_runs = "SELECT COUNT(*) FROM runs WHERE business_date = '2025-01-06'";
     assert_eq!(count(&producer, old_runs), 1);
     assert_eq!(count(&assembler, old_runs), 1);
+    assert_eq!(
+        count(
+            &assembler,
+            "SELECT COUNT(*) FROM history WHERE business_date = '2025-01-06'"
+        ),
+        1
+    );
 
     // An account closes; the next run (whose start purges) no longer lists it.
     let active = active_ids(&world.sim).await;
@@ -191,6 +198,14 @@ async fn old_runs_and_the_last_scores_of_departed_accounts_go_by_their_periods()
         "the old run leaves the producer"
     );
     assert_eq!(count(&assembler, old_runs), 0, "and the assembler");
+    assert_eq!(
+        count(
+            &assembler,
+            "SELECT COUNT(*) FROM history WHERE business_date = '2025-01-06'"
+        ),
+        0,
+        "and the history"
+    );
     assert_eq!(
         count(
             &assembler,

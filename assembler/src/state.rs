@@ -104,6 +104,7 @@ pub const PURGE_HISTORY: &[&str] = &[
     "DELETE FROM run_scored WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
     "DELETE FROM expected WHERE run_id IN (SELECT run_id FROM runs WHERE business_date < :before)",
     "DELETE FROM run_facts WHERE business_date < :before",
+    "DELETE FROM history WHERE business_date < :before",
     "DELETE FROM file_deadlines WHERE business_date < :before",
     "DELETE FROM runs WHERE business_date < :before",
 ];
