@@ -10,52 +10,6 @@ use common::*;
 use esg_assembler::output::file_names;
 use esg_simulator::SimConfig;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// A key pair made by `age-keygen`: the identity file and its recipient.
-struct Key {
-    identity: PathBuf,
-    recipient: String,
-}
-
-fn keygen(dir: &Path, name: &str) -> Key {
-    let identity = dir.join(format!("{name}.key"));
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .expect("age-keygen runs (Debian package `age`; ops/test-all.sh installs it)");
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&identity)
-        .output()
-        .expect("age-keygen -y");
-    assert!(out.status.success(), "{out:?}");
-    Key {
-        identity,
-        recipient: String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned(),
-    }
-}
-
-/// `age -d -i KEY FILE`: the plaintext, or the CLI's error.
-fn age_decrypt(identity: &Path, file: &Path) -> Result<Vec<u8>, String> {
-    let out = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(identity)
-        .arg(file)
-        .output()
-        .expect("age runs");
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 /// Vendor answers that are the same in both worlds: partial and failed accounts by the seed, no
 /// faults that depend on timing.

@@ -12,51 +12,14 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const DAY1: &str = "2026-11-23";
 const DAY2: &str = "2026-11-24";
 const DAY3: &str = "2026-11-25";
 
-/// An age key pair made by `age-keygen`.
-struct Key {
-    identity: PathBuf,
-    recipient: String,
-}
-
-fn keygen(dir: &Path) -> Key {
-    let identity = dir.join("officer.key");
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&identity)
-        .output()
-        .expect("age-keygen runs (Debian package `age`; ops/test-all.sh installs it)");
-    assert!(out.status.success(), "{out:?}");
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&identity)
-        .output()
-        .expect("age-keygen -y");
-    Key {
-        identity,
-        recipient: String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned(),
-    }
-}
-
-/// `age -d -i KEY FILE`.
-fn age_decrypt(identity: &Path, file: &Path) -> Vec<u8> {
-    let out = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(identity)
-        .arg(file)
-        .output()
-        .expect("age runs");
-    assert!(out.status.success(), "{}: {out:?}", file.display());
-    out.stdout
+/// The plaintext of an encrypted output, by Debian's `age` CLI.
+fn decrypt(identity: &Path, file: &Path) -> Vec<u8> {
+    age_decrypt(identity, file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
 /// Every regular file under `dir`, recursively.
@@ -87,7 +50,7 @@ fn holders(dirs: &[&Path], identity: &Path, needle: &str) -> Vec<PathBuf> {
         .flat_map(|d| files_under(d))
         .filter(|path| {
             let bytes = if path.extension().is_some_and(|e| e == "age") {
-                age_decrypt(identity, path)
+                decrypt(identity, path)
             } else {
                 std::fs::read(path).expect("read")
             };
@@ -122,7 +85,7 @@ struct Setup {
 
 async fn two_encrypted_days() -> Setup {
     let keys = tempfile::tempdir().expect("keys");
-    let key = keygen(keys.path());
+    let key = keygen(keys.path(), "officer");
     let tmp = tempfile::tempdir().expect("tmp");
     let (share, logs) = (tmp.path().join("share"), tmp.path().join("logs"));
     std::fs::create_dir_all(&share).expect("share");
@@ -143,7 +106,7 @@ async fn two_encrypted_days() -> Setup {
     run_once(&world, DAY1);
     run_once(&world, DAY2);
     let csv = world.out().join("FirmESGRatings_20261124.csv.age");
-    let plain = age_decrypt(&key.identity, &csv);
+    let plain = decrypt(&key.identity, &csv);
     let rows = read_csv_bytes(&plain);
     let names: Vec<&str> = rows.iter().skip(1).map(|r| r[1].as_str()).collect();
     let (id, name) = rows
@@ -200,7 +163,7 @@ async fn an_erased_account_leaves_no_byte_of_its_name_anywhere_the_job_keeps_dat
         before.iter().any(|p| p.starts_with(&state)) && before.iter().any(|p| p.starts_with(&out)),
         "the name is kept before the erasure: {before:?}"
     );
-    let rows_before = read_csv_bytes(&age_decrypt(
+    let rows_before = read_csv_bytes(&decrypt(
         &s.key.identity,
         &out.join("FirmESGRatings_20261124.csv.age"),
     ))
@@ -256,7 +219,7 @@ async fn an_erased_account_leaves_no_byte_of_its_name_anywhere_the_job_keeps_dat
 
     // The other rows are as they were, locally and as delivered.
     for dir in [&out, &s.share] {
-        let rows = read_csv_bytes(&age_decrypt(
+        let rows = read_csv_bytes(&decrypt(
             &s.key.identity,
             &dir.join("FirmESGRatings_20261124.csv.age"),
         ));
@@ -281,12 +244,12 @@ async fn an_erased_account_leaves_no_byte_of_its_name_anywhere_the_job_keeps_dat
 
     // The account system still lists it: the next run scores it again, as a new account.
     run_once(world, DAY3);
-    let rows = read_csv_bytes(&age_decrypt(
+    let rows = read_csv_bytes(&decrypt(
         &s.key.identity,
         &out.join("FirmESGRatings_20261125.csv.age"),
     ));
     assert!(rows.iter().any(|r| r[0] == s.id && r[1] == s.name));
-    let summary: serde_json::Value = serde_json::from_slice(&age_decrypt(
+    let summary: serde_json::Value = serde_json::from_slice(&decrypt(
         &s.key.identity,
         &out.join("FirmESGRatings_20261125_summary.json.age"),
     ))

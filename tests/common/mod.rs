@@ -307,3 +307,48 @@ impl Drop for Immutable {
             .status();
     }
 }
+
+/// A key pair made by `age-keygen`: the identity file and its recipient.
+pub struct Key {
+    pub identity: PathBuf,
+    pub recipient: String,
+}
+
+pub fn keygen(dir: &Path, name: &str) -> Key {
+    let identity = dir.join(format!("{name}.key"));
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen runs (Debian package `age`; ops/test-all.sh installs it)");
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&identity)
+        .output()
+        .expect("age-keygen -y");
+    assert!(out.status.success(), "{out:?}");
+    Key {
+        identity,
+        recipient: String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned(),
+    }
+}
+
+/// `age -d -i KEY FILE`: the plaintext, or the CLI's error.
+pub fn age_decrypt(identity: &Path, file: &Path) -> Result<Vec<u8>, String> {
+    let out = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(identity)
+        .arg(file)
+        .output()
+        .expect("age runs");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
