@@ -108,6 +108,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     source_offset: *i as i64,
                     requests: 1,
                     etag: None,
+                    rate_limited_requests: 0,
                 };
                 (id(i), Event::EsgScore(s))
             })

@@ -92,6 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     source_offset: i as i64,
                     requests: 1,
                     etag: None,
+                    rate_limited_requests: 0,
                 })
             }),
         ),

@@ -72,6 +72,8 @@ macro_rules! released {
 ///   `esg.accounts`). Readers ignore the name in v1 and v2 records. Not FORWARD compatible: a v2
 ///   reader cannot read a v3 record (the v2 name has no default), so scorers and assemblers are
 ///   upgraded before the producer.
+/// - v4: `EsgScore.rate_limited_requests` (of `requests`, those answered 429), default 0:
+///   records written with v1 to v3 read with 0.
 pub const RELEASED: &[(&str, SchemaSource)] = &[
     released!("v1", "DailyTrigger"),
     released!("v1", "RunSealed"),
@@ -91,6 +93,12 @@ pub const RELEASED: &[(&str, SchemaSource)] = &[
     released!("v3", "AccountChanged"),
     released!("v3", "AccountEntry"),
     released!("v3", "EsgScore"),
+    released!("v4", "DailyTrigger"),
+    released!("v4", "RunSealed"),
+    released!("v4", "RunCompleted"),
+    released!("v4", "AccountChanged"),
+    released!("v4", "AccountEntry"),
+    released!("v4", "EsgScore"),
 ];
 
 /// Scale of every decimal on the bus.
@@ -549,6 +557,7 @@ fn to_value(event: &Event) -> Result<Value, CodecError> {
                 ("source_offset", Value::Long(e.source_offset)),
                 ("requests", Value::Int(e.requests)),
                 ("etag", opt(e.etag.as_deref().map(s))),
+                ("rate_limited_requests", Value::Int(e.rate_limited_requests)),
             ])
             .collect()
         }
@@ -795,6 +804,7 @@ fn from_value(record: &'static str, value: Value) -> Result<Event, CodecError> {
             source_offset: f.long("source_offset")?,
             requests: f.int("requests")?,
             etag: f.opt_string("etag")?,
+            rate_limited_requests: f.int("rate_limited_requests")?,
         }),
         other => return Err(CodecError::UnknownSchema(other.to_owned())),
     })
@@ -878,6 +888,7 @@ mod direct {
                 "source_offset",
                 "requests",
                 "etag",
+                "rate_limited_requests",
             ],
         ),
     ];
@@ -930,6 +941,7 @@ mod direct {
                 long(out, e.source_offset);
                 long(out, i64::from(e.requests));
                 opt_string(out, e.etag.as_deref());
+                long(out, i64::from(e.rate_limited_requests));
             }
             _ => return Ok(false),
         }
@@ -978,6 +990,7 @@ mod direct {
                 source_offset: r.long()?,
                 requests: r.int()?,
                 etag: r.opt_string()?,
+                rate_limited_requests: r.int()?,
             }),
             _ => return None,
         })
@@ -1199,6 +1212,7 @@ mod tests {
             source_offset: 42,
             requests: 4,
             etag: Some("\"v7-2026-11-20\"".into()),
+            rate_limited_requests: 1,
         }
     }
 
@@ -1207,15 +1221,18 @@ mod tests {
     }
 
     /// Guards the bytes on the bus: grouping a score's ESG fields into `EsgValues` changed the
-    /// Rust type, not the record, and adding `etag` only appended its null (`00`) to the datum.
-    /// The literals are the datums the flat struct encoded to before `etag` existed; the 10
-    /// bytes before the datum are the marker and the schema fingerprint.
+    /// Rust type, not the record, and adding `etag` only appended its null (`00`) to the datum,
+    /// `rate_limited_requests` (v4) its int (`02` for 1, `00` for 0). The literals are the
+    /// datums the flat struct encoded to before `etag` existed, with those bytes appended; the
+    /// 10 bytes before the datum are the marker and the schema fingerprint (released v4's).
     #[test]
     fn esg_score_bytes_are_unchanged_by_the_values_type() {
         let codec = Codec::new().expect("schemas parse");
+        let v4 = Schema::parse_str(released("v4", "EsgScore")).expect("v4 parses");
         let datum = |score: EsgScore| {
             let bytes = codec.encode(&Event::EsgScore(score)).expect("encode");
             assert_eq!(&bytes[..2], &[0xC3, 0x01]);
+            assert_eq!(bytes[2..10], fingerprint(&v4), "written with released v4");
             hex(&bytes[10..])
         };
         let partial = EsgScore {
@@ -1228,7 +1245,8 @@ mod tests {
             datum(partial),
             "14323032362d31312d32330a4143432d310e020208000b0a00020800000000\
              000208000f424002040208000f420e02d2c40204020e5041525449414c02026df69d908ad666065408\
-             00"
+             00\
+             02" // rate_limited_requests: 1
         );
         let failed = EsgScore::failed(
             "2026-11-23",
@@ -1242,7 +1260,8 @@ mod tests {
         assert_eq!(
             datum(failed),
             "14323032362d31312d32330242020400000000000000060210485454505f\
-             35303302267365727669636520756e617661696c61626c650601010000"
+             35303302267365727669636520756e617661696c61626c650601010000\
+             00" // rate_limited_requests: 0
         );
     }
 
@@ -1472,7 +1491,7 @@ mod tests {
         else {
             panic!("record")
         };
-        values.retain(|(k, _)| k != "requests" && k != "etag");
+        values.retain(|(k, _)| k != "requests" && k != "etag" && k != "rate_limited_requests");
         let datum = GenericDatumWriter::builder(&v1)
             .build()
             .and_then(|w| w.write_value_to_vec(Value::Record(values)))
@@ -1486,15 +1505,53 @@ mod tests {
         };
         assert_eq!(read.requests, 0);
         assert_eq!(read.etag, None);
+        assert_eq!(read.rate_limited_requests, 0);
         assert_eq!(read.attempts, written.attempts);
         assert_eq!(
             EsgScore {
                 requests: written.requests,
                 etag: written.etag.clone(),
+                rate_limited_requests: written.rate_limited_requests,
                 ..read
             },
             written
         );
+    }
+
+    /// Scores scorers wrote before v4 carry no `rate_limited_requests`: they read with 0, every
+    /// other field as written, from the embedded log (single-object encoding) and from a
+    /// registry (a bare datum and its writer schema).
+    #[test]
+    fn a_score_written_with_released_v3_reads_with_zero_rate_limited_requests() {
+        let text = released("v3", "EsgScore");
+        let v3 = Schema::parse_str(text).expect("v3 parses");
+        let written = score();
+        let Value::Record(mut values) = to_value(&Event::EsgScore(written.clone())).expect("value")
+        else {
+            panic!("record")
+        };
+        values.retain(|(k, _)| k != "rate_limited_requests");
+        let datum = GenericDatumWriter::builder(&v3)
+            .build()
+            .and_then(|w| w.write_value_to_vec(Value::Record(values)))
+            .expect("v3 datum");
+        let expected = Event::EsgScore(EsgScore {
+            rate_limited_requests: 0,
+            ..written
+        });
+        let codec = Codec::new().expect("codec");
+
+        let mut bytes = vec![0xC3, 0x01];
+        bytes.extend_from_slice(&fingerprint(&v3));
+        bytes.extend_from_slice(&datum);
+        assert_eq!(codec.decode(&bytes).expect("decodes"), expected);
+
+        let (record, parsed) = codec.parse_writer(text).expect("a readable writer");
+        assert!(!codec.is_current(record, &parsed));
+        let read = codec
+            .decode_datum_with(record, &parsed, &datum)
+            .expect("decodes");
+        assert_eq!(read, expected);
     }
 
     /// The text of a released schema.
@@ -1666,6 +1723,7 @@ mod tests {
                 etag: (i % 2 == 1).then(|| format!("W/\"{i}\"")),
                 attempts: [0, 1, i32::MAX, -1][i % 4],
                 requests: [0, 7, i32::MIN][i % 3],
+                rate_limited_requests: [0, 3, i32::MAX, i32::MIN][i % 4],
                 source_partition: -1,
                 source_offset: [i64::MIN, -1, 0, i64::MAX][i % 4],
                 account_version: [i64::MAX, 0, -3][i % 3],

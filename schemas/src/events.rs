@@ -257,6 +257,11 @@ pub struct EsgScore {
     /// The vendor's ETag of the analysis, when a single call gave one (batch answers carry
     /// none); `None` for a `Failed` score and in records written before the field.
     pub etag: Option<String>,
+    /// Of `requests`, those the ESG API answered 429, counted as `requests` is (a batch request
+    /// answered 429 counts once, on the account that counts the request), so that the sum over
+    /// a run's scores is the number of 429 answers the vendor sent the run. 0 in records
+    /// written before the field (schema v4).
+    pub rate_limited_requests: i32,
 }
 
 impl EsgScore {
@@ -284,6 +289,7 @@ impl EsgScore {
             source_offset: -1,
             requests: 0,
             etag: None,
+            rate_limited_requests: 0,
         }
     }
 }

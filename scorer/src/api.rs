@@ -348,8 +348,14 @@ pub struct ApiOutcome {
     /// once, on the first account of the batch, so that the sum over accounts is the number of
     /// requests sent.
     pub requests: u32,
-    /// Answers 429 this account got (each waited out; none is an attempt).
+    /// Answers 429 this account got (each waited out; none is an attempt). In batch mode a
+    /// batch answered 429 counts for every account in it: summed over accounts this counts a
+    /// batch's 429 once per account, not once per request (see `rate_limited_requests`).
     pub rate_limited: u32,
+    /// Of `requests`, those answered 429, attributed as `requests` is: a single call's 429
+    /// counts on its account, a batch answered 429 only on the account that counts the batch
+    /// request. The sum over accounts is the number of 429 answers the API sent.
+    pub rate_limited_requests: u32,
     /// True when the analysis is the stored one, confirmed by a `304 Not Modified`.
     pub not_modified: bool,
     /// The analysis, or why there is none.
@@ -650,6 +656,7 @@ struct Tally {
     refreshes: u32,
     requests: u32,
     rate_limited: u32,
+    rate_limited_requests: u32,
 }
 
 impl Tally {
@@ -658,6 +665,7 @@ impl Tally {
             attempts: self.attempts,
             requests: self.requests,
             rate_limited: self.rate_limited,
+            rate_limited_requests: self.rate_limited_requests,
             not_modified,
             result,
         }
@@ -765,21 +773,30 @@ impl EsgApiClient {
         let max_attempts = inner.config.max_attempts.clamp(1, MAX_ATTEMPTS_LIMIT);
         loop {
             let attempt = tally.attempts + 1;
-            let step = if inner.batches.enabled() {
+            // `counted`: the request this step answers is counted for this account (a single
+            // call counts its own request in `single`; a step without a request, such as a
+            // missing token, is never `RateLimited`).
+            let (step, counted) = if inner.batches.enabled() {
                 let (step, counted) = crate::batch::submit(inner, account_id, call.as_of).await;
                 tally.requests += u32::from(counted);
-                step
+                (step, counted)
             } else {
                 // Boxed: a single call's future (the HTTP request in it) is large, and every
                 // account of the scorer's window holds this future while it waits in a batch.
-                Box::pin(self.single(
+                let step = Box::pin(self.single(
                     &call,
                     prior.as_ref().map(|(etag, _)| *etag),
                     attempt,
                     &mut tally,
                 ))
-                .await
+                .await;
+                (step, true)
             };
+            // Only a whole answer 429 is a `RateLimited` step (a batch item is never 429), so
+            // this counts requests answered 429, once each.
+            if counted && matches!(step, Step::RateLimited { .. }) {
+                tally.rate_limited_requests += 1;
+            }
             let (failure, delay) = match step {
                 Step::Done(analysis) => {
                     tally.attempts = attempt;

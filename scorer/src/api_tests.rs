@@ -529,6 +529,47 @@ async fn three_503s_and_429s_in_between_still_succeed_on_the_third_attempt() {
     );
 }
 
+/// Guards the summary's `api_rate_limited`: a single call's 429 is one request answered 429,
+/// counted on its account once per answer (a 503 or a 401 is not one).
+#[tokio::test]
+async fn a_single_calls_429s_count_once_per_answer() {
+    let (fake, client, _) = setup().await;
+    fake.script(
+        "Q1",
+        [
+            Reply::status(429).header("retry-after", "0"),
+            Reply::status(503),
+            Reply::status(401),
+            Reply::status(429),
+            Reply::status(429).header("retry-after", "0"),
+            Reply::ok(body("Q1", FULL_SCORES, FOCUS)),
+        ],
+    );
+    let o = client.analyse("Q1", as_of()).await;
+    assert!(o.result.is_ok(), "{:?}", o.result);
+    assert_eq!(
+        (o.requests, o.rate_limited, o.rate_limited_requests),
+        (6, 3, 3)
+    );
+    fake.script("Q3", [Reply::ok(body("Q3", FULL_SCORES, FOCUS))]);
+    let o = client.analyse("Q3", as_of()).await;
+    assert_eq!((o.requests, o.rate_limited_requests), (1, 0));
+    assert_eq!(client.stats().rate_limited, 3);
+
+    // An account that fails on 429s counts every one it got.
+    let (fake, url) = serve().await;
+    let config = ApiClientConfig {
+        max_rate_limited_retries: 2,
+        ..test_config(&url)
+    };
+    let (client, _) = client_with(&url, config);
+    fake.script("Q2", std::iter::repeat_n(Reply::status(429), 3));
+    let o = client.analyse("Q2", as_of()).await;
+    assert_eq!(failure(&o).code, "HTTP_429");
+    assert_eq!((o.requests, o.rate_limited_requests), (3, 3));
+    assert_eq!(client.stats().rate_limited, 3);
+}
+
 #[tokio::test]
 async fn a_retry_after_as_http_date_is_capped() {
     let (fake, url) = serve().await;

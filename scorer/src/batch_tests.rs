@@ -344,6 +344,35 @@ async fn a_429_or_5xx_of_the_whole_batch_retries_it_and_only_the_5xx_is_an_attem
     assert_eq!(client.stats().rate_limited, 2, "counted once per request");
 }
 
+/// Guards the summary's `api_rate_limited`: a batch answered 429 is one request answered 429,
+/// counted on the one account that counts the batch request (every account of the batch saw
+/// the 429 in `rate_limited`, which would count it once per account).
+#[tokio::test]
+async fn a_429_of_the_whole_batch_is_one_rate_limited_request_of_the_counting_account() {
+    let (fake, url) = serve().await;
+    let client = client(&url, config(&url), 1000, 100);
+    fake.whole([Whole(429, Some("0")), Whole(503, None), Whole(429, None)]);
+    let outcomes = score_all(&client, &ids("Q", 5), day(23)).await;
+    assert_eq!(fake.batches().len(), 4);
+    for o in &outcomes {
+        assert!(o.result.is_ok(), "{:?}", o.result);
+        assert!(o.rate_limited_requests <= o.requests, "{o:?}");
+        // Only an account that counts requests counts their 429s.
+        if o.requests == 0 {
+            assert_eq!(o.rate_limited_requests, 0, "{o:?}");
+        }
+    }
+    let sum = |f: fn(&ApiOutcome) -> u32| outcomes.iter().map(f).sum::<u32>();
+    assert_eq!(sum(|o| o.rate_limited), 10, "each account saw both 429s");
+    assert_eq!(
+        sum(|o| o.rate_limited_requests),
+        2,
+        "two requests answered 429"
+    );
+    assert_eq!(sum(|o| o.requests), 4);
+    assert_eq!(client.stats().rate_limited, 2);
+}
+
 #[tokio::test]
 async fn a_401_of_the_batch_fetches_a_new_token_and_is_not_an_attempt() {
     let (fake, url) = serve().await;

@@ -641,6 +641,7 @@ fn to_score(event: &AccountChanged, outcome: ApiOutcome, partition: i32, offset:
     let now = Utc::now();
     let attempts = outcome.attempts as i32;
     let requests = i32::try_from(outcome.requests).unwrap_or(i32::MAX);
+    let rate_limited_requests = i32::try_from(outcome.rate_limited_requests).unwrap_or(i32::MAX);
     match outcome.result {
         Ok(a) => {
             let values = a.values();
@@ -660,12 +661,14 @@ fn to_score(event: &AccountChanged, outcome: ApiOutcome, partition: i32, offset:
                 source_offset: offset,
                 requests,
                 etag: a.etag,
+                rate_limited_requests,
             }
         }
         Err(f) => EsgScore {
             source_partition: partition,
             source_offset: offset,
             requests,
+            rate_limited_requests,
             ..EsgScore::failed(
                 run_id, account_id, version, attempts, &f.code, f.message, now,
             )
