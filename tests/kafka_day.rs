@@ -84,6 +84,16 @@ async fn kafka_mode_writes_the_same_file_as_the_embedded_log() {
     let rows = read_csv(&kafka.csv_path(day));
     let ids: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
     assert_eq!(ids, active_ids(&kafka.sim).await);
+    // The assembler keeps the run's history on both transports, alike.
+    let history = |w: &World| {
+        let c = rusqlite::Connection::open(w.dir.path().join("state").join("assembler.db"))
+            .expect("assembler store");
+        let rows = esg_assembler::history::runs(&c, None).expect("history");
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        let r = rows[0].clone();
+        (r.run_id, r.kind, r.accounts, r.failed, r.score_sums, r.primary_focus)
+    };
+    assert_eq!(history(&kafka), history(&embedded));
 }
 
 /// The latest score per account as another team reads `esg.scores`: its own consumer group,
