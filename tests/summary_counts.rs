@@ -1,6 +1,8 @@
 //! The summary's counts are true, end to end on the embedded transport against the simulator:
 //! an account failed by the deadline is not carried forward, HTTP requests are counted apart
-//! from scoring attempts, and a re-run's summary keeps the day's totals and lists the re-runs.
+//! from scoring attempts, requests answered 429 are the 429s the vendor sent (single calls and
+//! batches, daily run and re-run), and a re-run's summary keeps the day's totals and lists the
+//! re-runs.
 
 mod common;
 
@@ -43,6 +45,16 @@ fn file_counts(
         }
     }
     (status, focus)
+}
+
+/// ESG API answers 429 the simulator sent between two of its snapshots (quota, fault and storm).
+fn answered_429(before: &esg_simulator::SimStats, after: &esg_simulator::SimStats) -> u64 {
+    let of = |s: &esg_simulator::SimStats| s.esg_by_status.get(&429).copied().unwrap_or(0);
+    let total = of(after) - of(before);
+    let kinds =
+        |s: &esg_simulator::SimStats| s.rate_limited + s.fault_rate_limited + s.storm_rate_limited;
+    assert_eq!(total, kinds(after) - kinds(before), "{after:?}");
+    total
 }
 
 fn assert_adds_up(s: &Summary) {
@@ -142,8 +154,10 @@ async fn http_requests_are_counted_apart_from_scoring_attempts() {
     let sent = after.esg_requests - before.esg_requests;
     let rate_limited = after.rate_limited - before.rate_limited;
 
-    // Requests: exactly what reached the vendor.
+    // Requests: exactly what reached the vendor, and of them exactly those it answered 429.
     assert_eq!(s.api_requests, sent, "{s:?}");
+    assert_eq!(s.api_rate_limited, answered_429(&before, &after), "{s:?}");
+    assert!(rate_limited > 0, "the quota answered 429: {after:?}");
     assert!(sent > s.accounts, "retries and 429s cost requests: {sent}");
     // Attempts: at least one and at most three per account; a request answered 429 spends no
     // attempt, any other request does (no 401 here).
@@ -165,7 +179,81 @@ async fn http_requests_are_counted_apart_from_scoring_attempts() {
         "the old key is gone: {json}"
     );
     assert_eq!(json["api_requests"].as_u64(), Some(sent));
+    assert_eq!(json["api_rate_limited"].as_u64(), Some(rate_limited));
     assert_adds_up(&s);
+}
+
+/// Guards `api_rate_limited` in batch mode: a batch answered 429 is one request answered 429
+/// (the scorer counts it on one account of the batch, not on each), in the daily run (the
+/// vendor's first-attempt 429 fault) and in a re-run (a 429 storm), in the summary and in the
+/// text `esg run` prints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_answered_429_are_the_429s_the_vendor_sent_in_batches_too() {
+    let world = World::start(
+        esg_simulator::SimConfig {
+            rate_limited_first_attempt_rate: 0.5,
+            fault_retry_after: std::time::Duration::from_secs(1),
+            ..quiet_sim(150)
+        },
+        "",
+    )
+    .await;
+    // Small batches: the fault draws by a batch's first account, so many batches draw often.
+    world.replace_in_config("max_in_flight = 64", "max_in_flight = 64\nbatch_size = 5");
+    let day = date("2026-11-23");
+    let before = world.sim.stats();
+    let outcome = run_day(&world, day).await;
+    let after = world.sim.stats();
+    let s = outcome.report.expect("files written").summary;
+    assert!(
+        after.batch_requests - before.batch_requests >= 20,
+        "batches sent: {after:?}"
+    );
+    let sent_429 = answered_429(&before, &after);
+    assert!(
+        after.fault_rate_limited > before.fault_rate_limited,
+        "{after:?}"
+    );
+    assert_eq!(s.api_rate_limited, sent_429, "{s:?}");
+    assert_eq!(s.api_requests, after.esg_requests - before.esg_requests);
+    assert!(
+        s.text()
+            .contains(&format!("HTTP requests ({sent_429} answered 429)")),
+        "{}",
+        s.text()
+    );
+    assert_eq!(read_summary(&world, day).api_rate_limited, sent_429);
+    assert_adds_up(&s);
+    let daily_429 = sent_429;
+
+    // A re-run in a storm: every request answered 429 until it ends, then the accounts score.
+    world
+        .sim
+        .update(|c| c.rate_limited_first_attempt_rate = 0.0);
+    let active = active_ids(&world.sim).await;
+    let ids: Vec<String> = active[..5].to_vec();
+    let before = world.sim.stats();
+    world.sim.storm(std::time::Duration::from_secs(3));
+    let run = rerun(&world, day, &ids).await;
+    let after = world.sim.stats();
+    let sent_429 = answered_429(&before, &after);
+    assert!(
+        after.storm_rate_limited > before.storm_rate_limited,
+        "{after:?}"
+    );
+    let s = run.report.expect("files written").summary;
+    let entry = s.reruns.last().expect("the re-run is listed");
+    assert_eq!(entry.scored, ids.len() as u64, "{entry:?}");
+    assert_eq!(entry.api_rate_limited, sent_429, "{entry:?}");
+    assert_eq!(entry.api_requests, after.esg_requests - before.esg_requests);
+    // The daily run's own count stays the daily run's.
+    assert_eq!(s.api_rate_limited, daily_429);
+    assert!(
+        s.text()
+            .contains(&format!("requests ({sent_429} answered 429); finished")),
+        "{}",
+        s.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -571,18 +571,24 @@ impl Assembler {
             let run_id = run_id.to_owned();
             move |source| AssemblerError::Output { run_id, source }
         };
-        let (written, tally, not_in_file, (api_attempts, api_requests), stored_day) = self
+        let (written, tally, not_in_file, api, stored_day) = self
             .store
             .call_with(move |c| -> Result<_, AssemblerError> {
-                // The run's use of the ESG API: attempts and HTTP requests of every score of
-                // the run (an account that has since left the roster included).
-                let api: (i64, i64) = c.query_row(
-                    "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(requests), 0)
+                // The run's use of the ESG API: attempts, HTTP requests and requests answered
+                // 429 of every score of the run (an account that has since left the roster
+                // included).
+                let api: (i64, i64, i64) = c.query_row(
+                    "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(requests), 0),
+                        COALESCE(SUM(rate_limited), 0)
                      FROM run_scored WHERE run_id = ?1",
                     [&run_id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?;
-                let api = (api.0.max(0) as u64, api.1.max(0) as u64);
+                let api = (
+                    api.0.max(0) as u64,
+                    api.1.max(0) as u64,
+                    api.2.max(0) as u64,
+                );
                 let with_provenance =
                     |r: &rusqlite::Row<'_>| Ok((read_row(r)?, provenance(r)?));
                 let (written, tally, not_in_file, stored) = if is_rerun && protection.is_encrypted() {
@@ -638,6 +644,7 @@ impl Assembler {
                 Ok((written, tally, not_in_file, api, stored))
             })
             .await?;
+        let (api_attempts, api_requests, api_rate_limited) = api;
         let stats = &written.stats;
         let outcome = if timed_out {
             RunOutcome::TimedOut
@@ -659,7 +666,7 @@ impl Assembler {
                     not_in_file,
                     api_attempts,
                     api_requests,
-                    api_rate_limited: 0,
+                    api_rate_limited,
                     started_at,
                     finished_at: now,
                 };
@@ -677,6 +684,7 @@ impl Assembler {
                 let facts = RunFacts {
                     api_attempts,
                     api_requests,
+                    api_rate_limited,
                     ..RunFacts::from_seal(
                         run.run_id.clone(),
                         outcome.as_str().to_owned(),

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS run_scored (
     account_id TEXT NOT NULL,
     attempts INTEGER NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0,
+    rate_limited INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, account_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expected (
@@ -117,9 +118,13 @@ pub const DEPARTED: &str = "SELECT s.account_id FROM scores s
      ORDER BY s.account_id";
 
 /// Columns added after a table was first released: `(table, column, definition)`. A store
-/// created before gets them by `ALTER TABLE` when it is opened.
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("run_scored", "requests", "INTEGER NOT NULL DEFAULT 0")];
+/// created before gets them by `ALTER TABLE` when it is opened; its rows read 0 (unknown).
+/// `run_scored.rate_limited`: of the account's `requests` in the run, those answered 429
+/// (`EsgScore.rate_limited_requests`).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("run_scored", "requests", "INTEGER NOT NULL DEFAULT 0"),
+    ("run_scored", "rate_limited", "INTEGER NOT NULL DEFAULT 0"),
+];
 
 /// Adds every column of [`ADDED_COLUMNS`] that `c`'s tables lack (idempotent).
 fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
@@ -237,11 +242,12 @@ const UPSERT_SCORE: &str =
         error_code = excluded.error_code, error_message = excluded.error_message,
         scored_at_ms = excluded.scored_at_ms";
 const INSERT_RUN_SCORED: &str =
-    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts, requests)
-     SELECT ?1, ?2, ?3, ?4 WHERE NOT EXISTS
+    "INSERT OR IGNORE INTO run_scored (run_id, account_id, attempts, requests, rate_limited)
+     SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS
        (SELECT 1 FROM runs WHERE run_id = ?1 AND completed = 1)";
 const ADD_RUN_SCORED: &str =
-    "UPDATE run_scored SET attempts = attempts + ?3, requests = requests + ?4
+    "UPDATE run_scored SET attempts = attempts + ?3, requests = requests + ?4,
+        rate_limited = rate_limited + ?5
      WHERE run_id = ?1 AND account_id = ?2";
 const COUNT_RUN_SCORED: &str =
     "UPDATE runs SET scored = scored + ?2, failed = failed + ?3 WHERE run_id = ?1";
@@ -368,13 +374,14 @@ pub fn apply(
                     s.scored_at.timestamp_millis(),
                 ])?;
                 // Counted once per account and run (a score published twice after a crash
-                // adds its attempts and requests, not an account), so progress and completion
-                // are O(1).
+                // adds its attempts, requests and 429s, not an account), so progress and
+                // completion are O(1).
                 let new = tx.prepare_cached(INSERT_RUN_SCORED)?.execute(params![
                     s.run_id,
                     s.account_id,
                     s.attempts,
-                    s.requests
+                    s.requests,
+                    s.rate_limited_requests
                 ])?;
                 if new == 1 {
                     counts.add(&s.run_id, s.status == ScoreStatus::Failed);
@@ -383,7 +390,8 @@ pub fn apply(
                         s.run_id,
                         s.account_id,
                         s.attempts,
-                        s.requests
+                        s.requests,
+                        s.rate_limited_requests
                     ])?;
                 }
             }
@@ -623,16 +631,22 @@ mod tests {
             let store = open(&path).expect("opens and migrates");
             let (cols, row) = store
                 .call_blocking(|c| {
-                    let row: (i64, i64) = c.query_row(
-                        "SELECT attempts, requests FROM run_scored WHERE account_id = 'A'",
+                    let row: (i64, i64, i64) = c.query_row(
+                        "SELECT attempts, requests, rate_limited FROM run_scored
+                         WHERE account_id = 'A'",
                         [],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
                     Ok((columns(c, "run_scored"), row))
                 })
                 .expect("read");
             assert!(cols.contains(&"requests".to_string()), "{cols:?}");
-            assert_eq!(row, (2, 0), "the old row kept, its requests unknown (0)");
+            assert!(cols.contains(&"rate_limited".to_string()), "{cols:?}");
+            assert_eq!(
+                row,
+                (2, 0, 0),
+                "the old row kept, its requests and 429s unknown (0)"
+            );
         }
     }
 
@@ -642,6 +656,7 @@ mod tests {
         let store = open(&dir.path().join("assembler.db")).expect("open");
         let score = |id: &str, attempts: i32, requests: i32| EsgScore {
             requests,
+            rate_limited_requests: requests / 2,
             ..EsgScore::failed(
                 "2026-11-23",
                 id,
@@ -664,19 +679,22 @@ mod tests {
                 apply(&tx, "esg.scores", 0, &batch, Tombstones::Erased)?;
                 tx.commit()?;
                 c.query_row(
-                    "SELECT COUNT(*), SUM(attempts), SUM(requests) FROM run_scored",
+                    "SELECT COUNT(*), SUM(attempts), SUM(requests), SUM(rate_limited)
+                     FROM run_scored",
                     [],
                     |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, i64>(1)?,
                             r.get::<_, i64>(2)?,
+                            r.get::<_, i64>(3)?,
                         ))
                     },
                 )
             })
             .expect("apply");
-        assert_eq!(sums, (2, 5, 8));
+        // 429s: 5 / 2 + 1 / 2 + 2 / 2.
+        assert_eq!(sums, (2, 5, 8, 3));
     }
 
     #[test]

@@ -739,12 +739,12 @@ impl Summary {
             self.new_accounts, self.gone_accounts, self.malformed_records
         ));
         out.push_str(&format!(
-            "  ESG API: {} scoring attempts, {} HTTP requests, in {} s\n",
-            self.api_attempts, self.api_requests, self.duration_seconds
+            "  ESG API: {} scoring attempts, {} HTTP requests ({} answered 429), in {} s\n",
+            self.api_attempts, self.api_requests, self.api_rate_limited, self.duration_seconds
         ));
         for r in &self.reruns {
             out.push_str(&format!(
-                "  {} {} {}: {} accounts, {} scored, {} failed, {} not in the file; {} attempts, {} requests; finished {}\n",
+                "  {} {} {}: {} accounts, {} scored, {} failed, {} not in the file; {} attempts, {} requests ({} answered 429); finished {}\n",
                 r.kind.to_lowercase(),
                 r.run_id,
                 r.outcome,
@@ -754,6 +754,7 @@ impl Summary {
                 r.not_in_file,
                 r.api_attempts,
                 r.api_requests,
+                r.api_rate_limited,
                 r.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ));
         }
@@ -1250,10 +1251,14 @@ mod tests {
             "FirmESGRatings_20261123.csv",
             &known_stats(),
             DayFacts {
-                daily: facts(),
+                daily: RunFacts {
+                    api_rate_limited: 2,
+                    ..facts()
+                },
                 reruns: vec![RerunEntry {
                     failed: 1,
                     not_in_file: 1,
+                    api_rate_limited: 1,
                     ..rerun_entry("2026-11-23.1", at(14, 0))
                 }],
                 daily_facts_lost: false,
@@ -1264,8 +1269,8 @@ mod tests {
             "accounts 4: 2 successful, 1 partial, 1 failed (success rate 50.00%)",
             "daily run 2026-11-23 CompletedWithFailures: scored 2, carried forward 1, failed by the deadline 1, never scored 0",
             "accounts new 2, gone 1, malformed records skipped 0",
-            "ESG API: 5 scoring attempts, 7 HTTP requests, in 125 s",
-            "rerun 2026-11-23.1 Completed: 3 accounts, 3 scored, 1 failed, 1 not in the file; 3 attempts, 4 requests; finished 2026-11-23T14:00:00Z",
+            "ESG API: 5 scoring attempts, 7 HTTP requests (2 answered 429), in 125 s",
+            "rerun 2026-11-23.1 Completed: 3 accounts, 3 scored, 1 failed, 1 not in the file; 3 attempts, 4 requests (1 answered 429); finished 2026-11-23T14:00:00Z",
         ] {
             assert!(text.contains(expected), "{expected:?} not in:\n{text}");
         }
