@@ -91,7 +91,14 @@ async fn kafka_mode_writes_the_same_file_as_the_embedded_log() {
         let rows = esg_assembler::history::runs(&c, None).expect("history");
         assert_eq!(rows.len(), 1, "{rows:?}");
         let r = rows[0].clone();
-        (r.run_id, r.kind, r.accounts, r.failed, r.score_sums, r.primary_focus)
+        (
+            r.run_id,
+            r.kind,
+            r.accounts,
+            r.failed,
+            r.score_sums,
+            r.primary_focus,
+        )
     };
     assert_eq!(history(&kafka), history(&embedded));
 }
