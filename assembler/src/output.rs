@@ -567,6 +567,32 @@ pub fn prepare_dir(dir: &Path, gid: Option<u32>) -> Result<(), OutputError> {
     Ok(())
 }
 
+/// The plaintext of the encrypted output at `path`, as it streams, with one of `identities`; a
+/// file that is not an age file, or that no identity opens, is an error (for `action`) before
+/// anything is read. A damaged chunk fails later, on read, with `InvalidData`.
+fn open_encrypted(
+    path: &Path,
+    action: &'static str,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+) -> Result<impl Read, OutputError> {
+    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
+        action,
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    };
+    let input = File::open(path).map_err(io_error("opening", path))?;
+    let decryptor = age::Decryptor::new_buffered(BufReader::new(input))
+        .map_err(|e| refuse(io::ErrorKind::InvalidData, format!("not an age file: {e}")))?;
+    decryptor
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| {
+            refuse(
+                io::ErrorKind::PermissionDenied,
+                format!("cannot decrypt: {e}"),
+            )
+        })
+}
+
 /// Re-encrypts the encrypted output at `path` (`*.age`) to the recipients of `protection`,
 /// decrypting it with one of `identities`: age stream into age stream, into a temporary file in
 /// the same directory that then replaces the original, so no plaintext touches the disk and the
@@ -600,17 +626,7 @@ pub fn reencrypt(
             "not an encrypted output (*.age)".into(),
         ));
     }
-    let input = File::open(path).map_err(io_error("opening", path))?;
-    let decryptor = age::Decryptor::new_buffered(io::BufReader::new(input))
-        .map_err(|e| refuse(io::ErrorKind::InvalidData, format!("not an age file: {e}")))?;
-    let mut plain = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| {
-            refuse(
-                io::ErrorKind::PermissionDenied,
-                format!("cannot decrypt: {e}"),
-            )
-        })?;
+    let mut plain = open_encrypted(path, "re-encrypt", identities)?;
     let (pending, file) = PendingFile::create(dir, name)?;
     let mut out = protection
         .sink(file)
@@ -1045,22 +1061,10 @@ pub fn erase_accounts(
     } else {
         Protection::Plaintext
     };
-    let file = File::open(path).map_err(io_error("opening", path))?;
     let content: Box<dyn Read> = if encrypted {
-        let decryptor = age::Decryptor::new_buffered(BufReader::new(file))
-            .map_err(|e| refuse(io::ErrorKind::InvalidData, format!("not an age file: {e}")))?;
-        Box::new(
-            decryptor
-                .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-                .map_err(|e| {
-                    refuse(
-                        io::ErrorKind::PermissionDenied,
-                        format!("cannot decrypt: {e}"),
-                    )
-                })?,
-        )
+        Box::new(open_encrypted(path, "erase accounts from", identities)?)
     } else {
-        Box::new(file)
+        Box::new(File::open(path).map_err(io_error("opening", path))?)
     };
     let (pending, file) = PendingFile::create(dir, name)?;
     let mut out = output_protection
