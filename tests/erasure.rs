@@ -22,28 +22,6 @@ fn decrypt(identity: &Path, file: &Path) -> Vec<u8> {
     age_decrypt(identity, file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
 
-/// Every regular file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.map(|e| e.expect("entry")) {
-        let path = entry.path();
-        if entry.file_type().expect("type").is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
 /// The files under `dirs` that hold `needle`, an encrypted file looked at decrypted.
 fn holders(dirs: &[&Path], identity: &Path, needle: &str) -> Vec<PathBuf> {
     dirs.iter()
@@ -54,7 +32,7 @@ fn holders(dirs: &[&Path], identity: &Path, needle: &str) -> Vec<PathBuf> {
             } else {
                 std::fs::read(path).expect("read")
             };
-            contains(&bytes, needle.as_bytes())
+            holds(&bytes, needle.as_bytes())
         })
         .collect()
 }

@@ -11,16 +11,17 @@
 
 mod common;
 
-use common::kafka::{services, unique};
+use common::kafka::{
+    files_holding, filler_keys, partition_dirs, readable_log_dirs, services, unique,
+};
 use esg::config::Config;
-use esg_bus::{partition_for, EventBus};
+use esg_bus::EventBus;
 use esg_schemas::{AccountEntry, Event};
 use rdkafka::admin::{
     AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 2;
@@ -53,41 +54,6 @@ fn unmistakable_name(seed: u64) -> String {
     format!("Vanishing Holdings {:016x}", z ^ (z >> 31))
 }
 
-/// Every file of the topic's partition directories under `log_dirs` that holds `needle`.
-fn files_holding(log_dirs: &[PathBuf], topic: &str, needle: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for dir in log_dirs {
-        for p in 0..PARTITIONS {
-            let partition = dir.join(format!("{topic}-{p}"));
-            let Ok(entries) = std::fs::read_dir(&partition) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                // A file the broker removes while it is read is simply gone.
-                let Ok(bytes) = std::fs::read(entry.path()) else {
-                    continue;
-                };
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(entry.path());
-                }
-            }
-        }
-    }
-    found
-}
-
-/// One key per partition of the topic, for the filler records.
-fn filler_keys() -> Vec<String> {
-    (0..PARTITIONS)
-        .map(|p| {
-            (0..)
-                .map(|i| format!("filler-{i}"))
-                .find(|k| partition_for(k, PARTITIONS) == p)
-                .expect("a key of every partition")
-        })
-        .collect()
-}
-
 fn entry(id: &str, name: &str) -> Event {
     Event::AccountEntry(AccountEntry {
         account_id: id.into(),
@@ -108,7 +74,7 @@ async fn keep_writing_until(
     mut done: impl FnMut() -> bool,
 ) -> Duration {
     let started = Instant::now();
-    let fillers: Vec<(String, Event)> = filler_keys()
+    let fillers: Vec<(String, Event)> = filler_keys(PARTITIONS)
         .into_iter()
         .map(|k| (k.clone(), entry(&k, "filler")))
         .collect();
@@ -130,17 +96,7 @@ async fn keep_writing_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tombstone_erases_the_account_from_the_brokers_disk_within_the_configured_bounds() {
-    let s = services();
-    let Some(log_dirs) = s.log_dirs.clone() else {
-        assert!(
-            std::env::var("ESG_TEST_KAFKA_BOOTSTRAP").is_err(),
-            "ESG_TEST_KAFKA_BOOTSTRAP is set but ESG_TEST_KAFKA_LOG_DIRS is not: set it to the \
-             broker's log.dirs (ops/services/up.sh prints KAFKA_LOG_DIRS)"
-        );
-        eprintln!(
-            "skipped: the broker runs in a container whose log directory this test cannot read; \
-             run it with ESG_TEST_KAFKA_BOOTSTRAP and ESG_TEST_KAFKA_LOG_DIRS (ops/test-all.sh)"
-        );
+    let Some(log_dirs) = readable_log_dirs() else {
         return;
     };
     let ns = unique("erase");
@@ -160,7 +116,12 @@ async fn a_tombstone_erases_the_account_from_the_brokers_disk_within_the_configu
         .expect("entry published");
     // Acknowledged means written to the partition's file: the name is on disk now.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while files_holding(&log_dirs, &topic, name.as_bytes()).is_empty() {
+    while files_holding(
+        &partition_dirs(&log_dirs, &format!("{topic}-")),
+        name.as_bytes(),
+    )
+    .is_empty()
+    {
         assert!(
             Instant::now() < deadline,
             "the name never showed in {log_dirs:?}/{topic}-*: the test would prove nothing"
@@ -177,7 +138,13 @@ async fn a_tombstone_erases_the_account_from_the_brokers_disk_within_the_configu
         &bus,
         deadline,
         "the name is still on the broker's disk",
-        || files_holding(&log_dirs, &topic, name.as_bytes()).is_empty(),
+        || {
+            files_holding(
+                &partition_dirs(&log_dirs, &format!("{topic}-")),
+                name.as_bytes(),
+            )
+            .is_empty()
+        },
     )
     .await;
     // Then the tombstone itself (the only record left with the id) once tombstone_retention
@@ -186,7 +153,13 @@ async fn a_tombstone_erases_the_account_from_the_brokers_disk_within_the_configu
         &bus,
         deadline,
         "the tombstone is still on the broker's disk",
-        || files_holding(&log_dirs, &topic, id.as_bytes()).is_empty(),
+        || {
+            files_holding(
+                &partition_dirs(&log_dirs, &format!("{topic}-")),
+                id.as_bytes(),
+            )
+            .is_empty()
+        },
     )
     .await;
     eprintln!(

@@ -18,7 +18,10 @@
 
 mod common;
 
-use common::kafka::{run_day_on_kafka, services, unique, use_kafka};
+use common::kafka::{
+    files_holding, filler_keys, partition_dirs, readable_log_dirs, run_day_on_kafka, services,
+    unique, use_kafka,
+};
 use common::*;
 use esg_bus::{partition_for, EventBus};
 use esg_schemas::{AccountEntry, EsgScore, Event};
@@ -34,63 +37,6 @@ const PARTITIONS: i32 = 4;
 /// cleaner wakes every second on the project's broker).
 const BROKER_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Every regular file under `dir`, recursively (none when it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => out.extend(files_under(&path)),
-            Ok(_) => out.push(path),
-            // Gone while listed (the broker removes a cleaned segment).
-            Err(_) => {}
-        }
-    }
-    out
-}
-
-/// The files under `dirs` that hold `needle`.
-fn holding(dirs: &[PathBuf], needle: &[u8]) -> Vec<PathBuf> {
-    dirs.iter()
-        .flat_map(|d| files_under(d))
-        // A file the broker removes while it is read is simply gone.
-        .filter(|path| std::fs::read(path).is_ok_and(|bytes| holds(&bytes, needle)))
-        .collect()
-}
-
-/// Whether `bytes` holds `needle`, which has no zero byte. The broker preallocates each
-/// active segment's two index files (10 MB of zeros each, every partition of every topic): a
-/// page of zeros, compared at memcmp speed, cannot hold the start of the needle and is
-/// skipped, which keeps a scan of the run's topics well under a second in a debug build.
-fn holds(bytes: &[u8], needle: &[u8]) -> bool {
-    const PAGE: usize = 4096;
-    const ZEROS: [u8; PAGE] = [0; PAGE];
-    assert!(!needle.is_empty() && !needle.contains(&0), "{needle:?}");
-    (0..bytes.len()).step_by(PAGE).any(|start| {
-        let page = &bytes[start..bytes.len().min(start + PAGE)];
-        // A match that starts in this page may run on into the next one.
-        page != &ZEROS[..page.len()]
-            && bytes[start..bytes.len().min(start + PAGE + needle.len() - 1)]
-                .windows(needle.len())
-                .any(|w| w == needle)
-    })
-}
-
-/// The partition directories under the broker's `log_dirs` of every topic whose name starts
-/// with `prefix` (`<topic>-<partition>`).
-fn partition_dirs(log_dirs: &[PathBuf], prefix: &str) -> Vec<PathBuf> {
-    log_dirs
-        .iter()
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flat_map(|entries| entries.flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
-        .map(|e| e.path())
-        .collect()
-}
-
 /// True when no four bytes of `name` occur twice in it or anywhere in `others`: lz4 then has
 /// nothing to replace part of it with.
 fn verbatim_under_lz4(name: &str, others: &[&str]) -> bool {
@@ -101,18 +47,6 @@ fn verbatim_under_lz4(name: &str, others: &[&str]) -> bool {
                 .iter()
                 .any(|o| o.as_bytes().windows(4).any(|x| x == w))
     })
-}
-
-/// One key per partition, for the filler records.
-fn filler_keys(partitions: i32) -> Vec<String> {
-    (0..partitions)
-        .map(|p| {
-            (0..)
-                .map(|i| format!("filler-{i}"))
-                .find(|k| partition_for(k, partitions) == p)
-                .expect("a key of every partition")
-        })
-        .collect()
 }
 
 /// One record on every partition of `esg.accounts` and `esg.scores` (compaction never touches a
@@ -213,18 +147,7 @@ impl Standby {
 /// broker's disk cannot be read.
 async fn a_day_with_an_account_to_erase(name: &str) -> Option<Day> {
     let s = services();
-    let Some(log_dirs) = s.log_dirs.clone() else {
-        assert!(
-            std::env::var("ESG_TEST_KAFKA_BOOTSTRAP").is_err(),
-            "ESG_TEST_KAFKA_BOOTSTRAP is set but ESG_TEST_KAFKA_LOG_DIRS is not: set it to the \
-             broker's log.dirs (ops/services/up.sh prints KAFKA_LOG_DIRS)"
-        );
-        eprintln!(
-            "skipped: the broker runs in a container whose log directory this test cannot read; \
-             run it with ESG_TEST_KAFKA_BOOTSTRAP and ESG_TEST_KAFKA_LOG_DIRS (ops/test-all.sh)"
-        );
-        return None;
-    };
+    let log_dirs = readable_log_dirs()?;
     let ns = unique(name);
     let world = World::start(
         quiet_sim(ACCOUNTS),
@@ -272,7 +195,7 @@ async fn a_day_with_an_account_to_erase(name: &str) -> Option<Day> {
     let prefix = format!("{ns}.");
     // Acknowledged means written to the partition's file: the name is on disk now.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while holding(&partition_dirs(&log_dirs, &prefix), name.as_bytes()).is_empty() {
+    while files_holding(&partition_dirs(&log_dirs, &prefix), name.as_bytes()).is_empty() {
         assert!(
             Instant::now() < deadline,
             "the name {name:?} never showed in {log_dirs:?}/{prefix}*: the test would prove \
@@ -282,7 +205,7 @@ async fn a_day_with_an_account_to_erase(name: &str) -> Option<Day> {
     }
     for dir in [world.dir.path().join("state"), world.out()] {
         assert!(
-            !holding(std::slice::from_ref(&dir), name.as_bytes()).is_empty(),
+            !files_holding(std::slice::from_ref(&dir), name.as_bytes()).is_empty(),
             "the name {name:?} is not in {} before the erasure: the test would prove nothing",
             dir.display()
         );
@@ -335,7 +258,7 @@ async fn an_erased_account_leaves_the_brokers_disk_the_state_and_the_files_and_a
     erase(&d);
 
     for dir in [d.world.dir.path().join("state"), d.world.out()] {
-        let left = holding(std::slice::from_ref(&dir), needle);
+        let left = files_holding(std::slice::from_ref(&dir), needle);
         assert!(left.is_empty(), "the name survives in {left:?}");
     }
     let rows = read_csv(&d.world.csv_path(d.day));
@@ -357,7 +280,7 @@ async fn an_erased_account_leaves_the_brokers_disk_the_state_and_the_files_and_a
     let keys = filler_keys(PARTITIONS);
     let fillers_from = Instant::now();
     loop {
-        let left = holding(&partition_dirs(&d.log_dirs, &d.prefix), needle);
+        let left = files_holding(&partition_dirs(&d.log_dirs, &d.prefix), needle);
         if left.is_empty() {
             break;
         }
@@ -397,7 +320,7 @@ async fn an_assembler_that_reads_an_erasure_keeps_no_byte_of_the_name_in_its_sto
     } = standby;
     // Closed, as a stopped or restarted service is: its write-ahead log is checkpointed.
     drop(assembler);
-    let left = holding(std::slice::from_ref(&config.state.dir), name.as_bytes());
+    let left = files_holding(std::slice::from_ref(&config.state.dir), name.as_bytes());
     assert!(left.is_empty(), "the name survives in {left:?}");
     drop(kept);
 }

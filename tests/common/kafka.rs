@@ -304,3 +304,56 @@ pub async fn run_day_on_kafka(
     services.stop().await;
     outcome
 }
+
+/// The broker's `log.dirs`, to read its partition files. `None` only with the container
+/// services, whose disk is out of reach: the test then says it is skipped (and a broker given
+/// by `ESG_TEST_KAFKA_BOOTSTRAP` without `ESG_TEST_KAFKA_LOG_DIRS` fails it).
+pub fn readable_log_dirs() -> Option<Vec<PathBuf>> {
+    let dirs = services().log_dirs.clone();
+    if dirs.is_none() {
+        assert!(
+            std::env::var("ESG_TEST_KAFKA_BOOTSTRAP").is_err(),
+            "ESG_TEST_KAFKA_BOOTSTRAP is set but ESG_TEST_KAFKA_LOG_DIRS is not: set it to the \
+             broker's log.dirs (ops/services/up.sh prints KAFKA_LOG_DIRS)"
+        );
+        eprintln!(
+            "skipped: the broker runs in a container whose log directory this test cannot read; \
+             run it with ESG_TEST_KAFKA_BOOTSTRAP and ESG_TEST_KAFKA_LOG_DIRS (ops/test-all.sh)"
+        );
+    }
+    dirs
+}
+
+/// The partition directories under the broker's `log_dirs` of every topic whose name starts
+/// with `prefix` (`<topic>-<partition>`).
+pub fn partition_dirs(log_dirs: &[PathBuf], prefix: &str) -> Vec<PathBuf> {
+    log_dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// The files under `dirs` that hold `needle` (no zero byte in it).
+pub fn files_holding(dirs: &[PathBuf], needle: &[u8]) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|d| super::files_under(d))
+        // A file the broker removes while it is read is simply gone.
+        .filter(|path| std::fs::read(path).is_ok_and(|bytes| super::holds(&bytes, needle)))
+        .collect()
+}
+
+/// One key for each of `partitions` partitions, for filler records (compaction never touches a
+/// partition's open segment; a new record rolls it once it is `segment.ms` old).
+pub fn filler_keys(partitions: i32) -> Vec<String> {
+    (0..partitions)
+        .map(|p| {
+            (0..)
+                .map(|i| format!("filler-{i}"))
+                .find(|k| esg_bus::partition_for(k, partitions) == p)
+                .expect("a key of every partition")
+        })
+        .collect()
+}

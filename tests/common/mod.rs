@@ -352,3 +352,40 @@ pub fn age_decrypt(identity: &Path, file: &Path) -> Result<Vec<u8>, String> {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
+
+/// Every regular file under `dir`, recursively and sorted (none when it does not exist; a file
+/// removed while it is listed, as a broker's cleaned segment, is left out).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => out.extend(files_under(&path)),
+            Ok(_) => out.push(path),
+            Err(_) => {}
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Whether `bytes` holds `needle`, which has no zero byte. A page of zeros (a broker
+/// preallocates each active segment's two index files: 10 MB of zeros each, every partition of
+/// every topic), compared at memcmp speed, cannot hold the start of the needle and is skipped,
+/// which keeps a scan of a broker's topics well under a second in a debug build.
+pub fn holds(bytes: &[u8], needle: &[u8]) -> bool {
+    const PAGE: usize = 4096;
+    const ZEROS: [u8; PAGE] = [0; PAGE];
+    assert!(!needle.is_empty() && !needle.contains(&0), "{needle:?}");
+    (0..bytes.len()).step_by(PAGE).any(|start| {
+        let page = &bytes[start..bytes.len().min(start + PAGE)];
+        // A match that starts in this page may run on into the next one.
+        page != &ZEROS[..page.len()]
+            && bytes[start..bytes.len().min(start + PAGE + needle.len() - 1)]
+                .windows(needle.len())
+                .any(|w| w == needle)
+    })
+}
