@@ -984,6 +984,16 @@ impl Config {
         self.run.deadline
     }
 
+    /// The producer's state store (`<state.dir>/producer.db`).
+    pub fn producer_store_path(&self) -> PathBuf {
+        self.state.dir.join("producer.db")
+    }
+
+    /// The assembler's state store (`<state.dir>/assembler.db`), which holds the history too.
+    pub fn assembler_store_path(&self) -> PathBuf {
+        self.state.dir.join("assembler.db")
+    }
+
     /// The embedded log's file.
     pub fn bus_path(&self) -> PathBuf {
         self.bus

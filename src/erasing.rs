@@ -257,14 +257,8 @@ async fn erase_held(config: &Config, id: &str, erased: &mut Erased) -> Result<()
     let key = config.state.key.as_ref();
     let id_param = id.to_owned();
     let stores: [(PathBuf, &[&str]); 2] = [
-        (
-            config.state.dir.join("producer.db"),
-            esg_producer::store::ERASE,
-        ),
-        (
-            config.state.dir.join("assembler.db"),
-            esg_assembler::state::ERASE,
-        ),
+        (config.producer_store_path(), esg_producer::store::ERASE),
+        (config.assembler_store_path(), esg_assembler::state::ERASE),
     ];
     for (path, statements) in stores {
         let done = esg_bus::store::erase(&path, key, statements, &[(":id", &id_param)])

@@ -11,15 +11,10 @@ use esg_assembler::summary::Summary;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The assembler's store of `config`, which holds the history.
-fn store_path(config: &Config) -> PathBuf {
-    config.state.dir.join("assembler.db")
-}
-
 /// The runs from `since` on (all when `None`), by date then start. An error that says where to
 /// look when there is no store.
 pub fn read(config: &Config, since: Option<NaiveDate>) -> Result<Vec<HistoryRow>> {
-    let path = store_path(config);
+    let path = config.assembler_store_path();
     if !path.exists() {
         return Err(Refused::Usage(format!(
             "there is no history yet: {} does not exist (on Kafka, ask on the assembler's host)",
@@ -277,7 +272,7 @@ pub fn import(config: &Config, dir: &Path, identity: Option<&Path>) -> Result<Im
             .with_context(|| format!("{} is not a day summary", path.display()))?;
         summaries.push(summary);
     }
-    let path = store_path(config);
+    let path = config.assembler_store_path();
     let store = esg_assembler::state::open_keyed(&path, config.state.key.as_ref())
         .with_context(|| format!("opening {}", path.display()))?;
     let mut done = Imported {

@@ -158,10 +158,8 @@ pub fn api_client(config: &Config) -> Result<Arc<EsgApiClient>> {
 /// The producer, its store in the state directory (a cache of the topics, see
 /// `esg_producer::store`).
 pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
-    let producer_store = esg_producer::store::open_keyed(
-        &config.state.dir.join("producer.db"),
-        config.state.key.as_ref(),
-    )?;
+    let producer_store =
+        esg_producer::store::open_keyed(&config.producer_store_path(), config.state.key.as_ref())?;
     let accounts_http = http_client(config.accounts.timeout, &config.accounts.tls_files())?;
     let auth_http = auth_http_client(config, config.accounts.timeout)?;
     let accounts_tokens = Arc::new(accounts_tokens(config, auth_http));
@@ -177,7 +175,7 @@ pub fn producer(config: &Config, bus: &EventBus) -> Result<Producer> {
 /// The assembler, its store in the state directory.
 pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assembler> {
     let assembler_store = esg_assembler::state::open_keyed(
-        &config.state.dir.join("assembler.db"),
+        &config.assembler_store_path(),
         config.state.key.as_ref(),
     )?;
     let protection = config

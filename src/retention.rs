@@ -235,11 +235,11 @@ fn purge_history(
     let before_text = before.to_string();
     let stores: [(PathBuf, &[&str]); 2] = [
         (
-            config.state.dir.join("producer.db"),
+            config.producer_store_path(),
             esg_producer::store::PURGE_HISTORY,
         ),
         (
-            config.state.dir.join("assembler.db"),
+            config.assembler_store_path(),
             esg_assembler::state::PURGE_HISTORY,
         ),
     ];
@@ -290,7 +290,7 @@ async fn purge_departed(
     purged: &mut Purged,
 ) {
     let key = config.state.key.as_ref();
-    let assembler = config.state.dir.join("assembler.db");
+    let assembler = config.assembler_store_path();
     if !assembler.exists() {
         return;
     }
@@ -324,10 +324,7 @@ async fn purge_departed(
     }
     let topics = esg_bus::Topics::new(&config.topics());
     let mut stores: Vec<(PathBuf, &[&str])> = vec![
-        (
-            config.state.dir.join("producer.db"),
-            esg_producer::store::ERASE,
-        ),
+        (config.producer_store_path(), esg_producer::store::ERASE),
         (assembler, esg_assembler::state::ERASE),
     ];
     let log = [esg_bus::store::ERASE_LOG];
