@@ -10,9 +10,10 @@
 //! The per-day view ([`days`]) is what the day's file came from: the latest daily run of each
 //! business date and the re-runs after it.
 
-use crate::summary::{RerunEntry, ScoreSum, Summary};
+use crate::summary::{Comparison, Reference, RerunEntry, ScoreSum, Summary, COMPARISON_DAYS};
 use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::{params, OptionalExtension};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -294,6 +295,68 @@ pub fn days(runs: Vec<HistoryRow>) -> Vec<Day> {
         .collect()
 }
 
+/// What the summary of `date` compares its averages with (see [`Comparison`]): the latest
+/// earlier business date with a file, and the mean over every row of the files of the
+/// [`COMPARISON_DAYS`] days before `date`. Each earlier day counts as its file stood after its
+/// last run (the daily run or a re-run after it). A sum that does not parse (a row written by
+/// hand) leaves that day out of the mean.
+pub fn comparison(c: &rusqlite::Connection, date: NaiveDate) -> rusqlite::Result<Comparison> {
+    let since = date - chrono::Duration::days(COMPARISON_DAYS);
+    let earlier: Vec<HistoryRow> = runs(c, Some(since))?
+        .into_iter()
+        .filter(|r| r.business_date < date)
+        .collect();
+    let files: Vec<HistoryRow> = days(earlier)
+        .into_iter()
+        .filter_map(|day| {
+            let mut last = day
+                .daily
+                .into_iter()
+                .chain(day.reruns)
+                .filter(|r| r.accounts > 0);
+            last.next_back()
+        })
+        .collect();
+    let sums_of = |row: &HistoryRow| -> Option<BTreeMap<String, (Decimal, u64)>> {
+        row.score_sums
+            .iter()
+            .map(|(score, s)| Some((score.clone(), (s.sum.parse::<Decimal>().ok()?, s.rows))))
+            .collect()
+    };
+    let previous_day = files.last().map(|row| {
+        Reference::of_sums(
+            row.business_date,
+            row.business_date,
+            1,
+            &sums_of(row).unwrap_or_default(),
+        )
+    });
+    let mut pooled: BTreeMap<String, (Decimal, u64)> = BTreeMap::new();
+    let mut counted: Vec<NaiveDate> = Vec::new();
+    for row in &files {
+        let Some(sums) = sums_of(row) else {
+            tracing::warn!(business_date = %row.business_date, "a history row's score sums do not parse: the day is left out of the 30-day mean");
+            continue;
+        };
+        for (score, (sum, rows)) in sums {
+            let entry = pooled.entry(score).or_default();
+            entry.0 = entry.0.saturating_add(sum);
+            entry.1 += rows;
+        }
+        counted.push(row.business_date);
+    }
+    let mean_30_days = match (counted.first(), counted.last()) {
+        (Some(&from), Some(&to)) => {
+            Some(Reference::of_sums(from, to, counted.len() as u64, &pooled))
+        }
+        _ => None,
+    };
+    Ok(Comparison {
+        previous_day,
+        mean_30_days,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +419,61 @@ mod tests {
         );
         let since = runs(&c, Some("2026-11-24".parse().expect("date"))).expect("since");
         assert_eq!(since.len(), 1);
+    }
+
+    fn with_sums(mut r: HistoryRow, overall: (&str, u64)) -> HistoryRow {
+        r.score_sums = BTreeMap::from([(
+            "overall".to_owned(),
+            ScoreSum {
+                sum: overall.0.to_owned(),
+                rows: overall.1,
+            },
+        )]);
+        r
+    }
+
+    #[test]
+    fn the_comparison_is_the_previous_file_and_the_pooled_mean_of_the_30_days_before() {
+        let c = rusqlite::Connection::open_in_memory().expect("db");
+        c.execute_batch(SCHEMA).expect("schema");
+        for r in [
+            // Out of the window (more than 30 days before 2026-12-24).
+            with_sums(row("2026-11-20", "2026-11-20", "Daily", 11), ("1000", 10)),
+            with_sums(row("2026-11-25", "2026-11-25", "Daily", 11), ("700", 10)),
+            // The daily run of 12-22, then a re-run: the file after the re-run counts.
+            with_sums(row("2026-12-22", "2026-12-22", "Daily", 11), ("800", 10)),
+            with_sums(row("2026-12-22.1", "2026-12-22", "Rerun", 12), ("820", 10)),
+            // A run that wrote no file is not a day with a file.
+            HistoryRow::without_file(
+                "2026-12-23",
+                "2026-12-23".parse().expect("date"),
+                "Daily",
+                "Aborted",
+                Utc::now(),
+                Utc::now(),
+                Utc::now(),
+            ),
+            // The date itself is not compared with itself.
+            with_sums(row("2026-12-24", "2026-12-24", "Daily", 11), ("10", 10)),
+        ] {
+            record(&c, &r).expect("record");
+        }
+        let date: NaiveDate = "2026-12-24".parse().expect("date");
+        let got = comparison(&c, date).expect("comparison");
+        let previous = got.previous_day.expect("previous day");
+        assert_eq!(
+            (previous.from, previous.days),
+            ("2026-12-22".parse().expect("d"), 1)
+        );
+        assert_eq!(previous.averages["overall"].as_deref(), Some("82.00"));
+        assert_eq!(previous.averages["social"], None);
+        let mean = got.mean_30_days.expect("mean");
+        assert_eq!(mean.days, 2);
+        assert_eq!(mean.from, "2026-11-25".parse::<NaiveDate>().expect("d"));
+        // (700 + 820) / 20
+        assert_eq!(mean.averages["overall"].as_deref(), Some("76.00"));
+
+        let first = comparison(&c, "2026-11-20".parse().expect("date")).expect("first");
+        assert_eq!(first, Comparison::default(), "no earlier day");
     }
 }

@@ -16,6 +16,7 @@
 pub mod encryption;
 pub mod history;
 pub mod output;
+pub mod report;
 pub mod state;
 pub mod summary;
 
@@ -685,6 +686,7 @@ impl Assembler {
                     api_attempts,
                     api_requests,
                     api_rate_limited,
+                    deadline: DateTime::from_timestamp_millis(run.deadline_ms),
                     ..RunFacts::from_seal(
                         run.run_id.clone(),
                         outcome.as_str().to_owned(),
@@ -699,7 +701,11 @@ impl Assembler {
             }
         };
         let file = output::file_names(run.business_date).csv;
-        let summary = Summary::build(run.business_date, &file, stats, day);
+        let mut summary = Summary::build(run.business_date, &file, stats, day);
+        summary.comparison = self
+            .store
+            .call(move |c| history::comparison(c, date))
+            .await?;
         for problem in summary.inconsistencies() {
             tracing::error!(run_id = %run.run_id, problem = %problem, "summary counts do not add up");
         }
@@ -709,6 +715,11 @@ impl Assembler {
                     run_id: run.run_id.clone(),
                     source,
                 })?;
+        report::write_summary_html(&self.config.output_dir, &summary, &self.config.protection)
+            .map_err(|source| AssemblerError::Output {
+                run_id: run.run_id.clone(),
+                source,
+            })?;
         // What this run did, for the summaries of later re-runs of the date.
         let record = record.map_err(|e| AssemblerError::State {
             run_id: run.run_id.clone(),

@@ -977,7 +977,7 @@ pub fn replace_rows(
             continue;
         }
         errors_out.copy_record(&raw, &cells)?;
-        stats.add_error_code(unneutralise(&cells[2]));
+        stats.add_error_line(&cells);
     }
     for (_, line) in new_lines {
         errors_out.write_cells(&line)?;
@@ -1038,6 +1038,8 @@ pub fn erase_accounts(
         Some(&HEADER)
     } else if plain_name.ends_with("_summary.json") {
         None
+    } else if plain_name.ends_with("_summary.html") {
+        return erase_from_page(path, ids, identities, protection);
     } else {
         return Ok(0);
     };
@@ -1115,13 +1117,102 @@ pub fn erase_accounts(
     Ok(removed)
 }
 
-/// Removes from every list of `value`, however deep, the strings that are in `ids`; returns how
-/// many.
-fn remove_strings(value: &mut serde_json::Value, ids: &HashSet<String>) -> u64 {
+/// Erasure of an HTML summary: the page is rendered again from its JSON summary beside it (the
+/// page is a pure function of it), with the accounts of `ids` removed from it in memory, and
+/// replaces the page when it differs. Returns the entries the JSON summary held of `ids`, or 1
+/// when the JSON had already lost them but the page had not; 0 when the page is unchanged.
+fn erase_from_page(
+    path: &Path,
+    ids: &HashSet<String>,
+    identities: &[Box<dyn age::Identity + Send + Sync>],
+    protection: &Protection,
+) -> Result<u64, OutputError> {
+    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
+        action: "erase accounts from",
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let encrypted = name.ends_with(crate::encryption::AGE_SUFFIX);
+    let json_path = path.with_file_name(name.replacen("_summary.html", "_summary.json", 1));
+    let open = |p: &Path| -> Result<Box<dyn Read>, OutputError> {
+        if encrypted {
+            if identities.is_empty() {
+                return Err(refuse(
+                    io::ErrorKind::PermissionDenied,
+                    "it is encrypted: give the age identity of one of its recipients (--identity)"
+                        .into(),
+                ));
+            }
+            Ok(Box::new(open_encrypted(
+                p,
+                "erase accounts from",
+                identities,
+            )?))
+        } else {
+            Ok(Box::new(File::open(p).map_err(io_error("opening", p))?))
+        }
+    };
+    if !json_path.exists() {
+        return Err(refuse(
+            io::ErrorKind::NotFound,
+            format!(
+                "the page is rebuilt from its JSON summary {}, which is not there: restore it, or remove the page by hand",
+                json_path.display()
+            ),
+        ));
+    }
+    let mut summary: serde_json::Value =
+        serde_json::from_reader(open(&json_path)?).map_err(|source| OutputError::Json {
+            path: json_path.clone(),
+            source,
+        })?;
+    let removed = remove_strings(&mut summary, ids);
+    let summary: crate::summary::Summary =
+        serde_json::from_value(summary).map_err(|source| OutputError::Json {
+            path: json_path.clone(),
+            source,
+        })?;
+    let page = crate::report::render(&summary)
+        .map_err(|e| refuse(io::ErrorKind::InvalidData, e.to_string()))?;
+    let mut old = Vec::new();
+    open(path)?
+        .read_to_end(&mut old)
+        .map_err(io_error("reading", path))?;
+    if old == page.as_bytes() {
+        return Ok(0);
+    }
+    let output_protection = if encrypted {
+        protection.clone()
+    } else {
+        Protection::Plaintext
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    write_file_atomically(
+        dir,
+        name.trim_end_matches(crate::encryption::AGE_SUFFIX),
+        page.as_bytes(),
+        &output_protection,
+    )?;
+    Ok(removed.max(1))
+}
+
+/// Removes from every list of `value`, however deep, the strings that are in `ids` and the
+/// objects whose `account_id` is (a summary's `failed_details`); returns how many.
+pub(crate) fn remove_strings(value: &mut serde_json::Value, ids: &HashSet<String>) -> u64 {
+    let is_erased = |item: &serde_json::Value| {
+        let id = item
+            .as_str()
+            .or_else(|| item.get("account_id").and_then(serde_json::Value::as_str));
+        id.is_some_and(|s| ids.contains(s))
+    };
     match value {
         serde_json::Value::Array(items) => {
             let before = items.len();
-            items.retain(|item| !item.as_str().is_some_and(|s| ids.contains(s)));
+            items.retain(|item| !is_erased(item));
             let mut removed = (before - items.len()) as u64;
             for item in items {
                 removed += remove_strings(item, ids);

@@ -771,6 +771,7 @@ mod tests {
             api_rate_limited: 0,
             started_at: at(11),
             finished_at: at(12),
+            deadline: None,
         }
     }
 

@@ -61,6 +61,33 @@ pub struct RowStats {
     pub failed_accounts_truncated: bool,
     /// Rows not `Successful`, by error code (rows without a code are not counted here).
     pub error_codes: BTreeMap<String, u64>,
+    /// The `Failed` rows with their error code and attempts, by account id, at most
+    /// [`MAX_FAILED_ACCOUNTS`] (the first ids of the file, which is sorted by id).
+    pub failed_details: BTreeMap<String, FailedDetail>,
+}
+
+/// What the errors file says of one `Failed` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedDetail {
+    pub error_code: String,
+    /// The error message, at most [`MAX_MESSAGE_CHARS`] characters.
+    pub error_message: String,
+    pub attempts: u64,
+}
+
+/// Longest error message a summary keeps (the errors file has it whole).
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+/// One `Failed` account as the summary lists it in `failed_details`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAccount {
+    pub account_id: String,
+    pub error_code: String,
+    /// The vendor's (or the job's) message, as the errors file has it, at most
+    /// [`MAX_MESSAGE_CHARS`] characters.
+    #[serde(default)]
+    pub error_message: String,
+    pub attempts: u64,
 }
 
 /// The values of one row as its cells show them.
@@ -91,6 +118,49 @@ impl RowStats {
             if let Some(code) = shown.error_code {
                 self.add_error_code(code);
             }
+        }
+        if shown.status == ScoreStatus::Failed {
+            self.add_failed_detail(
+                &row.account_id,
+                shown.error_code.unwrap_or_default(),
+                shown.error_message.unwrap_or_default(),
+                u64::try_from(row.attempts).unwrap_or(0),
+            );
+        }
+    }
+
+    /// Counts one line of an errors file copied unchanged (a manual override): its code and,
+    /// for a `Failed` line, its code and attempts in `failed_details`. `cells` are the six cells
+    /// of the line.
+    pub(crate) fn add_error_line(&mut self, cells: &[String]) {
+        let code = unneutralise(&cells[2]);
+        self.add_error_code(code);
+        if cells[1] == ScoreStatus::Failed.to_string() {
+            let attempts = cells[4].parse().unwrap_or(0);
+            self.add_failed_detail(
+                unneutralise(&cells[0]),
+                code,
+                unneutralise(&cells[3]),
+                attempts,
+            );
+        }
+    }
+
+    /// Keeps the code and attempts of a `Failed` row, bounded to the [`MAX_FAILED_ACCOUNTS`]
+    /// smallest ids (rows arrive in any order when a re-run mixes copied and new rows).
+    fn add_failed_detail(&mut self, id: &str, code: &str, message: &str, attempts: u64) {
+        let message =
+            crate::output::clean_controls(message.chars().take(MAX_MESSAGE_CHARS).collect());
+        self.failed_details.insert(
+            id.to_owned(),
+            FailedDetail {
+                error_code: code.to_owned(),
+                error_message: message,
+                attempts,
+            },
+        );
+        if self.failed_details.len() > MAX_FAILED_ACCOUNTS {
+            self.failed_details.pop_last();
         }
     }
 
@@ -271,6 +341,9 @@ pub struct RunFacts {
     pub api_rate_limited: u64,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The run's deadline (`None` in facts recorded before the field).
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl RunFacts {
@@ -299,6 +372,7 @@ impl RunFacts {
             api_rate_limited: 0,
             started_at,
             finished_at,
+            deadline: None,
         }
     }
 
@@ -438,6 +512,7 @@ impl DayFacts {
                             api_rate_limited: 0,
                             started_at: this.started_at,
                             finished_at: this.started_at,
+                            deadline: None,
                         }),
                         reruns: stored_reruns,
                         daily_facts_lost: true,
@@ -564,6 +639,10 @@ pub struct Summary {
     pub failed_accounts: Vec<String>,
     pub failed_accounts_truncated: bool,
     pub error_codes: BTreeMap<String, u64>,
+    /// The first `Failed` rows (at most [`MAX_FAILED_ACCOUNTS`], by id) with their error code
+    /// and attempts. Absent in summaries written before the field.
+    #[serde(default)]
+    pub failed_details: Vec<FailedAccount>,
     /// Rows the daily run scored itself.
     pub scored_in_run: u64,
     /// Rows the daily run did not ask for, whose score an earlier run made (DESIGN section 5).
@@ -588,12 +667,75 @@ pub struct Summary {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     pub duration_seconds: u64,
+    /// The daily run's deadline, and whether its files were written by it (`None`: unknown, in
+    /// summaries written before the field).
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub deadline_met: Option<bool>,
     /// Re-runs of the day since the daily run, oldest first.
     pub reruns: Vec<RerunEntry>,
     /// True when a re-run found neither the state store nor the previous summary holding the
     /// daily run's facts: its counts (`scored_in_run` … `api_requests`) then read 0, unknown.
     pub daily_facts_lost: bool,
+    /// The four averages of earlier days, from the history, to compare with (empty when the
+    /// history holds no earlier day).
+    #[serde(default)]
+    pub comparison: Comparison,
 }
+
+/// What a summary compares its averages with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The latest earlier business date with a file, as its file stood after its last run.
+    pub previous_day: Option<Reference>,
+    /// The [`COMPARISON_DAYS`] calendar days before the business date: the mean over every
+    /// row of their files (each day's file as it stood after its last run).
+    pub mean_30_days: Option<Reference>,
+}
+
+/// Calendar days the summary's mean covers.
+pub const COMPARISON_DAYS: i64 = 30;
+
+/// Averages of one earlier day or period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// First and last business dates with a file in the period (the same date for a day).
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Business dates with a file in the period.
+    pub days: u64,
+    /// `overall`, `environmental`, `social`, `governance` → average, 2 dp (`None` when no row
+    /// showed the score).
+    pub averages: BTreeMap<String, Option<String>>,
+}
+
+impl Reference {
+    /// The averages of `sums` (score → sum and rows) over business dates `from` ..= `to`.
+    pub fn of_sums(
+        from: NaiveDate,
+        to: NaiveDate,
+        days: u64,
+        sums: &BTreeMap<String, (Decimal, u64)>,
+    ) -> Reference {
+        let averages = SCORES
+            .iter()
+            .map(|&score| {
+                let value = sums.get(score).and_then(|&(sum, rows)| average(sum, rows));
+                (score.to_owned(), value)
+            })
+            .collect();
+        Reference {
+            from,
+            to,
+            days,
+            averages,
+        }
+    }
+}
+
+/// The four scores, as `score_sums`, `averages` and [`Reference::averages`] name them.
+pub const SCORES: [&str; 4] = ["overall", "environmental", "social", "governance"];
 
 /// `part / whole` in percent, 2 dp half away from zero; `when_empty` if `whole` is 0.
 fn percent(part: u64, whole: u64, when_empty: &str) -> String {
@@ -635,6 +777,9 @@ impl Summary {
         } = day;
         let duration_seconds =
             u64::try_from((daily.finished_at - daily.started_at).num_seconds()).unwrap_or(0);
+        let deadline_met = daily
+            .deadline
+            .map(|deadline| daily.outcome != "TimedOut" && daily.finished_at <= deadline);
         Summary {
             business_date,
             run_id: daily.run_id,
@@ -672,6 +817,16 @@ impl Summary {
             failed_accounts: stats.failed_accounts.clone(),
             failed_accounts_truncated: stats.failed_accounts_truncated,
             error_codes: stats.error_codes.clone(),
+            failed_details: stats
+                .failed_details
+                .iter()
+                .map(|(id, d)| FailedAccount {
+                    account_id: id.clone(),
+                    error_code: d.error_code.clone(),
+                    error_message: d.error_message.clone(),
+                    attempts: d.attempts,
+                })
+                .collect(),
             scored_in_run: daily.scored_in_run,
             carried_forward: daily.carried_forward,
             deadline_failed: daily.deadline_failed,
@@ -685,8 +840,11 @@ impl Summary {
             started_at: daily.started_at,
             finished_at: daily.finished_at,
             duration_seconds,
+            deadline: daily.deadline,
+            deadline_met,
             reruns,
             daily_facts_lost,
+            comparison: Comparison::default(),
         }
     }
 
@@ -833,6 +991,7 @@ mod tests {
                 .with_ymd_and_hms(2026, 11, 23, 11, 2, 5)
                 .single()
                 .expect("time"),
+            deadline: Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).single(),
         }
     }
 
