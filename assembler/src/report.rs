@@ -384,7 +384,11 @@ pub fn render(summary: &Summary) -> Result<String, askama::Error> {
         s,
         started_at: moment(s.started_at),
         finished_at: moment(s.finished_at),
-        duration: span(s.duration_seconds),
+        duration: if s.duration_seconds < 60 {
+            span(s.duration_seconds)
+        } else {
+            format!("{}, {} s", span(s.duration_seconds), s.duration_seconds)
+        },
         deadline_line,
         deadline_state,
         outcome_state,

@@ -2,6 +2,7 @@
 //! directory, and readers of the output files.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod kafka;
 pub mod webhook;
 
