@@ -103,15 +103,15 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     );
     assert_eq!(
         log.iter().filter(|e| e["action"] == "file_written").count(),
-        3,
-        "ratings, errors, summary"
+        4,
+        "ratings, errors, JSON and HTML summaries"
     );
     let delivered: Vec<&serde_json::Value> =
         log.iter().filter(|e| e["action"] == "delivered").collect();
     assert_eq!(
         delivered.len(),
-        4,
-        "three files and the checkpoint: {delivered:?}"
+        5,
+        "four files and the checkpoint: {delivered:?}"
     );
     assert!(log
         .iter()
@@ -123,7 +123,7 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
         .find(|p| p.extension().is_some_and(|x| x == "checkpoint"))
         .expect("the checkpoint was delivered");
     let note = std::fs::read_to_string(&checkpoint).expect("note");
-    assert_eq!(note.lines().nth(1), Some("6"), "{note}");
+    assert_eq!(note.lines().nth(1), Some("7"), "{note}");
 
     let verify = |extra: &[&str]| {
         let mut c = esg_command(["audit", "verify", "--config"]);
@@ -134,7 +134,7 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     let (code, said) = verify(&["--checkpoint", cp]);
     assert_eq!(code, Some(0), "{said}");
     assert!(
-        said.contains("chain intact") && said.contains("(6 entries)"),
+        said.contains("chain intact") && said.contains("(7 entries)"),
         "{said}"
     );
     let (code, said) = verify(&["--checkpoint", cp, "--verifier-key", &verifier]);
@@ -159,7 +159,7 @@ async fn a_run_is_audited_checkpointed_delivered_and_verified_and_tampering_show
     let text: String = note.split("\n\n").next().expect("text").to_owned() + "\n";
     assert_eq!(String::from_utf8_lossy(&go.stdout), text);
     let forged = keys.path().join("forged.checkpoint");
-    std::fs::write(&forged, note.replacen("\n6\n", "\n5\n", 1)).expect("forge");
+    std::fs::write(&forged, note.replacen("\n7\n", "\n6\n", 1)).expect("forge");
     assert!(
         !go_reads(&forged).status.success(),
         "Go accepted a forged checkpoint"

@@ -43,6 +43,7 @@ fn summary_facts(json: &[u8]) -> serde_json::Value {
                 for key in [
                     "started_at",
                     "finished_at",
+                    "deadline",
                     "duration_seconds",
                     "api_requests",
                     "score_sums",
@@ -89,7 +90,12 @@ async fn encrypted_outputs_decrypt_with_the_age_cli_to_the_plaintext_bytes_and_o
     run_day(&sealed, day).await;
 
     let names = file_names(day);
-    let plain_names = [&names.csv, &names.errors, &names.summary_json];
+    let plain_names = [
+        &names.csv,
+        &names.errors,
+        &names.summary_json,
+        &names.summary_html,
+    ];
     let mut expected: Vec<String> = plain_names.iter().map(|n| format!("{n}.age")).collect();
     expected.sort();
     assert_eq!(
@@ -203,8 +209,8 @@ async fn a_rerun_rebuilds_the_encrypted_files_as_plaintext_mode_replaces_the_row
     assert_eq!(summary_facts(&summary), summary_facts(&plain_summary));
     assert_eq!(
         names_in(&sealed.out()).len(),
-        3,
-        "still only the three .age files"
+        4,
+        "still only the four .age files"
     );
 
     // A later day is assembled: the state no longer holds the first day's rows, so a re-run of
