@@ -77,11 +77,12 @@ impl Audit {
                 .with("failed", done.failed),
         );
         if let Some(report) = &ended.report {
-            let html =
-                report.summary_path.with_file_name(protection.file_name(
-                    &esg_assembler::output::file_names(report.business_date).summary_html,
-                ));
-            let files = [&report.csv, &report.errors, &report.summary_path, &html];
+            let files = [
+                &report.csv,
+                &report.errors,
+                &report.summary_path,
+                &report.summary_html,
+            ];
             for path in files.into_iter().filter(|p| p.exists()) {
                 self.file_written(&done.run_id, path, protection);
             }

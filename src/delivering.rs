@@ -133,14 +133,11 @@ impl Delivery {
         let Some(report) = &ended.report else {
             return;
         };
-        let mut files = vec![report.errors.clone(), report.summary_path.clone()];
-        let html = report.summary_path.with_file_name(
-            self.protection
-                .file_name(&file_names(report.business_date).summary_html),
-        );
-        if html.exists() {
-            files.push(html);
-        }
+        let mut files = vec![
+            report.errors.clone(),
+            report.summary_path.clone(),
+            report.summary_html.clone(),
+        ];
         // The audit checkpoint signed after the run: the firm's copy pins the log.
         files.extend(checkpoint);
         // The ratings file last: its arrival says the day's files are all there.

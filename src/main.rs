@@ -1054,6 +1054,7 @@ fn report(runner: &Runner, outcome: &Outcome) -> Result<u8> {
             say!("  ratings file  {}", report.csv.display());
             say!("  errors file   {}", report.errors.display());
             say!("  summary       {}", report.summary_path.display());
+            say!("  summary page  {}", report.summary_html.display());
             // The summary's own text: the same numbers as the JSON beside the file.
             for line in s.text().lines() {
                 say!("{line}");

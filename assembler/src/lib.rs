@@ -116,6 +116,8 @@ pub struct RunReport {
     pub csv: PathBuf,
     pub errors: PathBuf,
     pub summary_path: PathBuf,
+    /// The HTML summary beside it.
+    pub summary_html: PathBuf,
     /// This run's own duration, trigger to files (for a re-run, `summary.duration_seconds` is
     /// the daily run's).
     pub duration_seconds: u64,
@@ -715,11 +717,12 @@ impl Assembler {
                     run_id: run.run_id.clone(),
                     source,
                 })?;
-        report::write_summary_html(&self.config.output_dir, &summary, &self.config.protection)
-            .map_err(|source| AssemblerError::Output {
-                run_id: run.run_id.clone(),
-                source,
-            })?;
+        let summary_html =
+            report::write_summary_html(&self.config.output_dir, &summary, &self.config.protection)
+                .map_err(|source| AssemblerError::Output {
+                    run_id: run.run_id.clone(),
+                    source,
+                })?;
         // What this run did, for the summaries of later re-runs of the date.
         let record = record.map_err(|e| AssemblerError::State {
             run_id: run.run_id.clone(),
@@ -775,6 +778,7 @@ impl Assembler {
             csv: written.csv.clone(),
             errors: written.errors.clone(),
             summary_path,
+            summary_html,
             duration_seconds: u64::try_from((now - started_at).num_seconds()).unwrap_or(0),
             summary,
         };
