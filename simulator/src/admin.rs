@@ -82,6 +82,43 @@ pub(crate) fn add_accounts(st: &SimState, n: u64) -> Result<(u64, u64), AdminErr
     Ok(added)
 }
 
+/// What [`churn`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Churn {
+    pub touched: u64,
+    pub closed: u64,
+    pub added: u64,
+}
+
+/// A day of change at the firm (for demos of many days): each ACTIVE account is touched (new
+/// holdings, so new scores) with probability `touched`, else closed with probability `closed`,
+/// and `added` new accounts open. Deterministic for a `seed`.
+pub(crate) fn churn(st: &SimState, seed: u64, touched: f64, closed: f64, added: u64) -> Churn {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let now = now_millis();
+    let mut done = Churn::default();
+    let mut registry = st.registry_mut();
+    for index in 1..=registry.total() {
+        if registry.get(index).is_none_or(|a| a.status != Status::Active) {
+            continue;
+        }
+        let draw: f64 = rng.random();
+        if draw < touched {
+            registry.touch(index, now);
+            done.touched += 1;
+        } else if draw < touched + closed {
+            registry.set_status(index, Status::Closed, now);
+            done.closed += 1;
+        }
+    }
+    if added > 0 && registry.add(added, now).is_some() {
+        done.added = added;
+    }
+    tracing::info!(touched = done.touched, closed = done.closed, added = done.added, "a day of account changes");
+    done
+}
+
 pub(crate) fn rerate(st: &SimState) -> u64 {
     let epoch = st.rerate();
     tracing::info!(epoch, "vendor re-rated every account");

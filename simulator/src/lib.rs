@@ -20,6 +20,7 @@
 mod account_api;
 mod accounts;
 mod admin;
+pub use admin::Churn;
 mod auth;
 mod config;
 mod esg_api;
@@ -322,6 +323,13 @@ impl SimHandle {
         if let Err(e) = admin::add_accounts(&self.state, n) {
             tracing::warn!(count = n, error = %e, "adding accounts ignored");
         }
+    }
+
+    /// A day of change at the firm, for demos of many days: each ACTIVE account is touched
+    /// with probability `touched` (new scores), else closed with probability `closed`, and
+    /// `added` accounts open. Deterministic for a `seed`.
+    pub fn churn(&self, seed: u64, touched: f64, closed: f64, added: u64) -> Churn {
+        admin::churn(&self.state, seed, touched, closed, added)
     }
 
     /// The vendor re-rates every holding: every score of every account changes.
