@@ -81,8 +81,14 @@ impl Audit {
                 report.summary_path.with_file_name(protection.file_name(
                     &esg_assembler::output::file_names(report.business_date).summary_html,
                 ));
-            let files = [&report.csv, &report.errors, &report.summary_path, &html];
-            for path in files.into_iter().filter(|p| p.exists()) {
+            let parquet = report
+                .csv
+                .parent()
+                .map(|dir| esg_assembler::parquet::path(dir, report.business_date, protection));
+            let files = [&report.csv, &report.errors, &report.summary_path, &html]
+                .into_iter()
+                .chain(parquet.as_ref());
+            for path in files.filter(|p| p.exists()) {
                 self.file_written(&done.run_id, path, protection);
             }
             if ended.kind != esg_schemas::RunKind::Daily {

@@ -366,8 +366,10 @@ impl Group {
     }
 
     fn push(&mut self, record: Record) {
-        self.account_id.push(ByteArray::from(record.account_id.into_bytes()));
-        self.account_name.push(ByteArray::from(record.account_name.into_bytes()));
+        self.account_id
+            .push(ByteArray::from(record.account_id.into_bytes()));
+        self.account_name
+            .push(ByteArray::from(record.account_name.into_bytes()));
         let [overall, environmental, social, governance] = &mut self.scores;
         overall.push(record.overall);
         environmental.push(record.environmental);
@@ -378,8 +380,7 @@ impl Group {
         self.primary_focus_score.push(record.primary_focus_score);
         self.analysis_date
             .push(record.analysis_date.map(epoch_days));
-        self.status
-            .push(ByteArray::from(record.status.as_str()));
+        self.status.push(ByteArray::from(record.status.as_str()));
     }
 }
 

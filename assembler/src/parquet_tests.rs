@@ -209,7 +209,10 @@ fn columns_are_typed_decimal_date_and_text_with_nulls_where_the_csv_shows_na() {
     assert_eq!(records[3].governance, Some(-50));
     assert_eq!(records[3].account_name, "=HYPERLINK(\"x\")");
     let csv = fs::read_to_string(&written.csv).expect("csv");
-    assert!(csv.contains("'-0.50") && csv.contains("'=HYPERLINK"), "{csv}");
+    assert!(
+        csv.contains("'-0.50") && csv.contains("'=HYPERLINK"),
+        "{csv}"
+    );
 }
 
 #[test]
@@ -283,7 +286,11 @@ fn a_re_run_rewrites_the_parquet_with_the_replaced_rows_and_keeps_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_day(
         dir.path(),
-        &[ok_row("A-1", "Alpha"), failed_row("B-2"), ok_row("C-3", "Gamma")],
+        &[
+            ok_row("A-1", "Alpha"),
+            failed_row("B-2"),
+            ok_row("C-3", "Gamma"),
+        ],
         &Protection::Plaintext,
     );
     let file = path(dir.path(), date(), &Protection::Plaintext);
@@ -309,7 +316,10 @@ fn a_re_run_rewrites_the_parquet_with_the_replaced_rows_and_keeps_the_others() {
     replace_rows(other.path(), date(), &replacements, false).expect("replace");
     assert!(!exists(other.path(), date()));
     replace_rows(other.path(), date(), &replacements, true).expect("replace");
-    assert_eq!(read_plain(&path(other.path(), date(), &Protection::Plaintext)).len(), 1);
+    assert_eq!(
+        read_plain(&path(other.path(), date(), &Protection::Plaintext)).len(),
+        1
+    );
 }
 
 #[test]
@@ -378,7 +388,11 @@ fn erasure_drops_the_rows_of_a_plaintext_parquet() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_day(
         dir.path(),
-        &[ok_row("A-1", "Alpha"), partial_row("B-2"), failed_row("C-3")],
+        &[
+            ok_row("A-1", "Alpha"),
+            partial_row("B-2"),
+            failed_row("C-3"),
+        ],
         &Protection::Plaintext,
     );
     let file = path(dir.path(), date(), &Protection::Plaintext);
