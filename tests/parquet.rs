@@ -308,3 +308,100 @@ async fn a_purged_day_takes_its_parquet_partition_with_it() {
     assert!(!root.exists(), "the empty partition and parquet/ are gone");
     assert!(!world.csv_path(date("2025-01-02")).exists());
 }
+
+/// A tmpfs mounted for a test (root only; CI runs as root), unmounted when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(path: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0750"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(path.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_parquet_fails_the_rerun_and_leaves_every_file_as_it_was() {
+    if !is_root() {
+        eprintln!("not root: cannot mount a small tmpfs; parquet unit tests cover a failed write");
+        return;
+    }
+    let world = world_with_parquet("").await;
+    let root = world.out().join("parquet");
+    let _mount = Mount::tmpfs(&root, "512k").expect("root can mount a tmpfs");
+    let day = date("2026-11-23");
+    run_day(&world, day).await;
+    let partition = root.join("business_date=2026-11-23");
+    let parquet = partition.join("FirmESGRatings_20261123.parquet");
+    let csv = world.csv_path(day);
+    let (parquet_before, csv_before) = (
+        std::fs::read(&parquet).expect("parquet"),
+        std::fs::read(&csv).expect("csv"),
+    );
+    let ids: Vec<String> = read_csv(&csv)[1..4].iter().map(|r| r[0].clone()).collect();
+
+    // The Parquet's disk is full; the ratings file's is not.
+    let free = {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&root)
+            .output()
+            .expect("df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<usize>().ok())
+            .expect("df prints the bytes available")
+    };
+    std::fs::write(root.join("filler"), vec![0u8; free]).expect("fill the disk");
+    world.sim.rerate();
+    let err = esg::runner::Runner::open(world.config(), esg_assembler::system_clock())
+        .await
+        .expect("runner opens")
+        .rerun(
+            day,
+            esg::runner::Selection::Accounts(ids),
+            true,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
+        .await
+        .expect_err("the Parquet does not fit");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("No space left on device") || text.contains("os error 28"),
+        "the cause is named: {text}"
+    );
+    assert!(text.contains("parquet"), "the path is named: {text}");
+    assert_eq!(std::fs::read(&parquet).expect("parquet"), parquet_before);
+    assert_eq!(std::fs::read(&csv).expect("csv"), csv_before);
+    assert_eq!(names_in(&partition), ["FirmESGRatings_20261123.parquet"]);
+    assert!(
+        names_in(&world.out()).iter().all(|n| !n.contains(".tmp-")),
+        "no temporary file left: {:?}",
+        names_in(&world.out())
+    );
+}
