@@ -133,7 +133,7 @@ pub enum OutputError {
     Cell {
         path: PathBuf,
         #[source]
-        source: crate::parquet::CellError,
+        source: Box<crate::parquet::CellError>,
     },
     /// The writer failed earlier and must be dropped (which removes its temporary files).
     #[error("output writer for {path} failed earlier; drop it and start again")]

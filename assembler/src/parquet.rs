@@ -489,7 +489,7 @@ impl ParquetWriter {
     pub(crate) fn write_cells<S: AsRef<str>>(&mut self, cells: &[S]) -> Result<(), OutputError> {
         let record = Record::from_cells(cells).map_err(|source| OutputError::Cell {
             path: self.pending.target().to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         self.write(record)
     }

@@ -360,7 +360,7 @@ fn an_encrypted_parquet_is_only_ciphertext_and_erasure_rewrites_it_encrypted() {
         .expect("read")
         .starts_with(b"age-encryption.org/v1\n"));
     assert_eq!(read_encrypted(&file, &identity).len(), 3000);
-    assert_eq!(day_files(dir.path()), [file.clone()]);
+    assert_eq!(day_files(dir.path()), std::slice::from_ref(&file));
 
     let ids: HashSet<String> = ["A-00042".to_owned(), "Z-9".to_owned()].into();
     let none: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
