@@ -544,12 +544,6 @@ struct Decrypted {
 trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
-impl Length for Decrypted {
-    fn len(&self) -> u64 {
-        self.length
-    }
-}
-
 /// A reader of [`Decrypted`] at an offset: every read seeks there first (the reader is shared).
 struct DecryptedAt {
     source: Arc<Decrypted>,
