@@ -49,6 +49,11 @@ if ! python3 -c 'import yaml' 2>/dev/null; then
   python3 -m pip install -q pyyaml
 fi
 
+if ! python3 -c 'import duckdb' 2>/dev/null; then
+  echo "== installing DuckDB (the warehouse's reader of the Parquet, tests/parquet.rs)"
+  python3 -m pip install -q duckdb
+fi
+
 echo "== Go's golang.org/x/mod/sumdb/note (the independent reader of the audit checkpoints)"
 (cd ops/audit && go mod download)
 

@@ -77,13 +77,19 @@ impl Audit {
                 .with("failed", done.failed),
         );
         if let Some(report) = &ended.report {
+            let parquet = report
+                .csv
+                .parent()
+                .map(|dir| esg_assembler::parquet::path(dir, report.business_date, protection));
             let files = [
                 &report.csv,
                 &report.errors,
                 &report.summary_path,
                 &report.summary_html,
-            ];
-            for path in files.into_iter().filter(|p| p.exists()) {
+            ]
+            .into_iter()
+            .chain(parquet.as_ref());
+            for path in files.filter(|p| p.exists()) {
                 self.file_written(&done.run_id, path, protection);
             }
             if ended.kind != esg_schemas::RunKind::Daily {

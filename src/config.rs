@@ -97,6 +97,10 @@ pub struct OutputSection {
     /// (mode 0640). Unset: the directory's group as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Also write each day's ratings as Parquet for the warehouse, under
+    /// `<dir>/parquet/business_date=YYYY-MM-DD/` (docs/warehouse.md). Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parquet: bool,
 }
 
 impl OutputSection {

@@ -138,6 +138,11 @@ impl Delivery {
             report.summary_path.clone(),
             report.summary_html.clone(),
         ];
+        let parquet =
+            esg_assembler::parquet::path(&self.output_dir, report.business_date, &self.protection);
+        if parquet.exists() {
+            files.push(parquet);
+        }
         // The audit checkpoint signed after the run: the firm's copy pins the log.
         files.extend(checkpoint);
         // The ratings file last: its arrival says the day's files are all there.
@@ -260,6 +265,11 @@ impl Delivery {
         let mut files: Vec<PathBuf> = [&names.errors, &names.summary_json, &names.summary_html]
             .into_iter()
             .map(|n| path(n))
+            .chain([esg_assembler::parquet::path(
+                &self.output_dir,
+                business_date,
+                &self.protection,
+            )])
             .filter(|p| p.exists())
             .collect();
         files.push(csv);

@@ -8,8 +8,8 @@
 //! - Kafka: tombstones for the account on `esg.scores` and `esg.accounts`; the broker drops the
 //!   earlier records within `[bus] compaction_lag` (the topics' `max.compaction.lag.ms`), and
 //!   every assembler that reads the score tombstone forgets the account.
-//! - The kept day files: every ratings, errors and summary file of the output directory that
-//!   holds the account is rewritten without it (decrypted with `--identity` as it streams,
+//! - The kept day files: every ratings, errors and summary file of the output directory, and
+//!   every day's Parquet, that holds the account is rewritten without it (decrypted with `--identity` as it streams,
 //!   encrypted again to the current recipients) and delivered again to every target. With
 //!   `--legal-hold` the published files are kept as they are (and the audit entry says so).
 //! - The audit trail: one `erased` entry whose object is the HMAC-SHA256 of the id under the
@@ -296,7 +296,8 @@ async fn erase_held(config: &Config, id: &str, erased: &mut Erased) -> Result<()
     Ok(())
 }
 
-/// The day files of `dir` (ratings, errors and summaries, encrypted or not), sorted.
+/// The day files of `dir` (ratings, errors and summaries, and the days' Parquet, encrypted or
+/// not), sorted.
 fn day_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -316,6 +317,7 @@ fn day_files(dir: &Path) -> Result<Vec<PathBuf>> {
         })
         .map(|e| e.path())
         .collect();
+    files.extend(esg_assembler::parquet::day_files(dir));
     files.sort();
     Ok(files)
 }

@@ -1329,6 +1329,22 @@ fn reencrypt(args: ReencryptArgs) -> Result<u8> {
             })
         })
         .collect();
+    // The days' Parquet, in their partitions.
+    files.extend(
+        esg_assembler::parquet::day_files(dir)
+            .into_iter()
+            .filter(|p| {
+                let encrypted = p.extension().is_some_and(|e| {
+                    e == esg_assembler::encryption::AGE_SUFFIX.trim_start_matches('.')
+                });
+                let asked = args.business_date.is_empty()
+                    || args
+                        .business_date
+                        .iter()
+                        .any(|d| *p == esg_assembler::parquet::path(dir, *d, &protection));
+                encrypted && asked
+            }),
+    );
     files.sort();
     if files.is_empty() {
         say!("no encrypted outputs to re-encrypt in {}", dir.display());

@@ -208,6 +208,7 @@ pub fn assembler(config: &Config, bus: &EventBus, clock: Clock) -> Result<Assemb
             output_dir: config.output.dir.clone(),
             poll_interval: Duration::from_millis(200),
             protection,
+            parquet: config.output.parquet,
         },
         clock,
     ))

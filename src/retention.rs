@@ -1,7 +1,8 @@
 //! Retention: the day files and logs older than `[retention]` allows are removed, locally and
 //! on every delivery target (`esg purge`, and at the start of each run). A file's age is the
 //! business date in its name (`FirmESGRatings_YYYYMMDD…`, a log's `esg.YYYY-MM-DD.log`), never
-//! its modification time; temporary files a killed writer left behind go once they are a day
+//! its modification time; a day's Parquet goes with the day's files, and its partition
+//! directory once empty; temporary files a killed writer left behind go once they are a day
 //! old. Each removal is an entry of the audit trail; a removal the store refuses (Object Lock, a
 //! read-only share) is reported, alerted (`purge_refused`) and counted, never skipped in silence.
 
@@ -66,10 +67,14 @@ pub async fn purge(
     let mut purged = Purged::default();
     let policy = &config.retention;
     if let Some(keep) = policy.files {
-        let local = local_files(&config.output.dir, |name| {
+        let local = day_files(&config.output.dir, |name| {
             business_date_of(name).is_some_and(|d| expired(d, today, keep))
         });
         remove_local(local, "retention.files", dry_run, audit, &mut purged);
+        if !dry_run {
+            // A purged day's Parquet partition goes with its file.
+            esg_assembler::parquet::remove_empty_partitions(&config.output.dir);
+        }
         if let Some(delivery) = delivery {
             let doomed =
                 |name: &str| business_date_of(name).is_some_and(|d| expired(d, today, keep));
@@ -93,7 +98,7 @@ pub async fn purge(
     }
     // Temporary files a killed writer left: a day after they were last written.
     let now = std::time::SystemTime::now();
-    let temps = local_files(&config.output.dir, is_temp)
+    let temps = day_files(&config.output.dir, is_temp)
         .into_iter()
         .filter(|p| {
             std::fs::metadata(p)
@@ -168,6 +173,16 @@ pub async fn purge(
         );
     }
     purged
+}
+
+/// The day files of the output directory `dir` whose names `doomed` picks: those of `dir`
+/// itself and those of its Parquet partitions (`parquet/business_date=…/`).
+fn day_files(dir: &Path, doomed: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut files = local_files(dir, &doomed);
+    for partition in esg_assembler::parquet::partition_dirs(dir) {
+        files.extend(local_files(&partition, &doomed));
+    }
+    files
 }
 
 /// The regular files of `dir` whose names `doomed` picks (none when `dir` is missing).

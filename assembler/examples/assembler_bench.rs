@@ -144,6 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             output_dir: dir.path().join("out"),
             poll_interval: Duration::from_millis(200),
             protection: Default::default(),
+            parquet: false,
         },
         system_clock(),
     );

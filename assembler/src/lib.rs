@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: the state store and how each event changes it (exactly-once, see there).
 //! - [`output`]: the ratings file and its errors file (format, order, atomic write, re-runs).
+//! - [`parquet`]: the same rows as Parquet for the warehouse (`[output] parquet`).
 //! - [`summary`]: the daily summary.
 //!
 //! Completion (DESIGN section 3): a run is complete when its `RunSealed` has been read, the
@@ -16,6 +17,7 @@
 pub mod encryption;
 pub mod history;
 pub mod output;
+pub mod parquet;
 pub mod report;
 pub mod state;
 pub mod summary;
@@ -71,6 +73,8 @@ pub struct AssemblerConfig {
     pub poll_interval: Duration,
     /// Plaintext or age-encrypted outputs (`[encryption]`).
     pub protection: encryption::Protection,
+    /// Write each day's ratings as Parquet too (`[output] parquet`; see [`parquet`]).
+    pub parquet: bool,
 }
 
 /// A source of the current time (tests inject a fixed or moving clock).
@@ -567,6 +571,7 @@ impl Assembler {
     ) -> Result<(RunReport, RunCompleted), AssemblerError> {
         let dir = self.config.output_dir.clone();
         let protection = self.config.protection.clone();
+        let parquet = self.config.parquet;
         let run_id = run.run_id.clone();
         let date = run.business_date;
         let is_rerun = run.kind != "Daily";
@@ -610,7 +615,7 @@ impl Assembler {
                             ),
                         });
                     }
-                    let (written, tally) = write_from_roster(c, &dir, date, &protection, &run_id, true)?;
+                    let (written, tally) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, true)?;
                     let missing: i64 = c.query_row(
                         "SELECT COUNT(*) FROM expected e WHERE e.run_id = ?1
                            AND NOT EXISTS (SELECT 1 FROM roster r WHERE r.account_id = e.account_id)",
@@ -631,7 +636,7 @@ impl Assembler {
                         tally.add(from, &row);
                         replacements.insert(row.account_id.clone(), row);
                     }
-                    let replaced = output::replace_rows(&dir, date, &replacements)
+                    let replaced = output::replace_rows(&dir, date, &replacements, parquet)
                         .map_err(output_err(&run_id))?;
                     if !replaced.missing.is_empty() {
                         tracing::warn!(run_id = %run_id, missing = ?replaced.missing, "re-run accounts not in that day's file were not added");
@@ -640,7 +645,7 @@ impl Assembler {
                     let missing = replaced.missing.len() as u64;
                     (replaced.written, tally, missing, Some(stored))
                 } else {
-                    let (written, tally) = write_from_roster(c, &dir, date, &protection, &run_id, false)?;
+                    let (written, tally) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, false)?;
                     (written, tally, 0, None)
                 };
                 state::record_file_deadlines(c, &run_id, date, !is_rerun)?;
@@ -795,7 +800,8 @@ const LATEST_DAILY_DATE: &str = "SELECT business_date, sealed_json IS NOT NULL F
 /// `run_id`: its expected accounts without a score of it are `Failed` (`DEADLINE`). `rebuild`:
 /// the run is a re-run of the latest day whose files are rebuilt whole (they are encrypted and
 /// not read back): accounts the day's earlier runs left `Failed` by their deadline stay so, and
-/// the tally counts the re-run's own accounts only. The rows are read here and formatted and
+/// the tally counts the re-run's own accounts only. `parquet`: the day's Parquet is written too
+/// ([`OutputWriter::create_with_parquet`]). The rows are read here and formatted and
 /// written on a thread of their own, in chunks; the files are finished only once every row was
 /// read, so a failed read leaves the previous files as they were.
 fn write_from_roster(
@@ -803,6 +809,7 @@ fn write_from_roster(
     dir: &std::path::Path,
     date: NaiveDate,
     protection: &encryption::Protection,
+    parquet: bool,
     run_id: &str,
     rebuild: bool,
 ) -> Result<(output::Written, Tally), AssemblerError> {
@@ -810,7 +817,8 @@ fn write_from_roster(
         run_id: run_id.to_owned(),
         source,
     };
-    let writer = OutputWriter::create(dir, date, protection).map_err(output_err)?;
+    let writer =
+        OutputWriter::create_with_parquet(dir, date, protection, parquet).map_err(output_err)?;
     // No date matches '' : a daily run's file starts afresh.
     let deadline_date = if rebuild {
         date.to_string()

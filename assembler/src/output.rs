@@ -35,6 +35,7 @@ use esg_schemas::{EsgValues, Pillar, ScoreStatus};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use crate::encryption::{Protection, Sink};
+use crate::parquet::ParquetWriter;
 use crate::summary::RowStats;
 
 /// Header of the ratings file, exactly as written.
@@ -116,6 +117,23 @@ pub enum OutputError {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
+    },
+    /// The Parquet library refused to write or read a day's Parquet (not a file-system error:
+    /// those are [`OutputError::Io`]).
+    #[error("{action} {path}: {source}")]
+    Parquet {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: ::parquet::errors::ParquetError,
+    },
+    /// A cell of the ratings file has no Parquet value (a score that is not a two-decimal
+    /// number, a date that is not `YYYY-MM-DD`, an unknown status...): nothing is written.
+    #[error("{path}: {source}")]
+    Cell {
+        path: PathBuf,
+        #[source]
+        source: Box<crate::parquet::CellError>,
     },
     /// The writer failed earlier and must be dropped (which removes its temporary files).
     #[error("output writer for {path} failed earlier; drop it and start again")]
@@ -432,6 +450,11 @@ impl PendingFile {
         }
     }
 
+    /// The temporary path.
+    pub(crate) fn temp(&self) -> &Path {
+        &self.temp
+    }
+
     /// The final path.
     pub(crate) fn target(&self) -> &Path {
         &self.target
@@ -570,11 +593,11 @@ pub fn prepare_dir(dir: &Path, gid: Option<u32>) -> Result<(), OutputError> {
 /// The plaintext of the encrypted output at `path`, as it streams, with one of `identities`; a
 /// file that is not an age file, or that no identity opens, is an error (for `action`) before
 /// anything is read. A damaged chunk fails later, on read, with `InvalidData`.
-fn open_encrypted(
+pub(crate) fn open_encrypted(
     path: &Path,
     action: &'static str,
     identities: &[Box<dyn age::Identity + Send + Sync>],
-) -> Result<impl Read, OutputError> {
+) -> Result<age::stream::StreamReader<BufReader<File>>, OutputError> {
     let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
         action,
         path: path.to_path_buf(),
@@ -717,19 +740,41 @@ impl CsvSink {
     }
 }
 
-/// Persists the errors file, then the ratings file, then fsyncs the directory.
+/// Persists the errors file, then the day's Parquet (when there is one), then the ratings
+/// file, then fsyncs the directory.
 fn persist_pair(
     dir: &Path,
     ratings: CsvSink,
     errors: CsvSink,
+    parquet: Option<ParquetWriter>,
 ) -> Result<(PathBuf, PathBuf), OutputError> {
     let ratings = ratings.seal()?;
     let errors = errors.seal()?;
-    // Errors file first: when the new ratings file appears, its companion is already there.
+    let parquet = parquet.map(ParquetWriter::seal).transpose()?;
+    // Errors file and Parquet first: when the new ratings file appears, its companions are
+    // already there.
     let errors_path = errors.persist()?;
+    if let Some(parquet) = parquet {
+        parquet.persist()?;
+    }
     let ratings_path = ratings.persist()?;
     sync_dir(dir)?;
     Ok((ratings_path, errors_path))
+}
+
+/// The day's Parquet to write beside the ratings file: when `parquet` asks for one, or when the
+/// day already has one (so it never disagrees with the rewritten ratings file).
+fn parquet_for(
+    dir: &Path,
+    business_date: NaiveDate,
+    protection: &Protection,
+    parquet: bool,
+) -> Result<Option<ParquetWriter>, OutputError> {
+    if parquet || crate::parquet::exists(dir, business_date) {
+        ParquetWriter::create(dir, business_date, protection).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -757,6 +802,7 @@ pub struct OutputWriter {
     dir: PathBuf,
     ratings: CsvSink,
     errors: CsvSink,
+    parquet: Option<ParquetWriter>,
     last_id: Option<String>,
     stats: RowStats,
     poisoned: bool,
@@ -774,11 +820,23 @@ impl std::fmt::Debug for OutputWriter {
 
 impl OutputWriter {
     /// Starts the two files of `business_date` in `dir` (created with mode 0750 if missing),
-    /// encrypted as `protection` says, and writes their headers.
+    /// encrypted as `protection` says, and writes their headers; and the day's Parquet when the
+    /// day already has one ([`OutputWriter::create_with_parquet`]).
     pub fn create(
         dir: &Path,
         business_date: NaiveDate,
         protection: &Protection,
+    ) -> Result<Self, OutputError> {
+        Self::create_with_parquet(dir, business_date, protection, false)
+    }
+
+    /// [`OutputWriter::create`], with the day's Parquet (`[output] parquet`) written beside the
+    /// ratings file when `parquet`, or when the day already has one, from the same cells.
+    pub fn create_with_parquet(
+        dir: &Path,
+        business_date: NaiveDate,
+        protection: &Protection,
+        parquet: bool,
     ) -> Result<Self, OutputError> {
         ensure_dir(dir)?;
         let names = file_names(business_date);
@@ -786,11 +844,13 @@ impl OutputWriter {
         let mut errors = CsvSink::create(dir, &names.errors, protection)?;
         ratings.write_cells(&HEADER)?;
         errors.write_cells(&ERRORS_HEADER)?;
-        tracing::debug!(dir = %dir.display(), %business_date, "output files started");
+        let parquet = parquet_for(dir, business_date, protection, parquet)?;
+        tracing::debug!(dir = %dir.display(), %business_date, parquet = parquet.is_some(), "output files started");
         Ok(OutputWriter {
             dir: dir.to_path_buf(),
             ratings,
             errors,
+            parquet,
             last_id: None,
             stats: RowStats::default(),
             poisoned: false,
@@ -819,7 +879,11 @@ impl OutputWriter {
                 "row claims Successful but lacks ESG fields; written as Partial"
             );
         }
-        self.ratings.write_cells(&format_row(row))?;
+        let cells = format_row(row);
+        self.ratings.write_cells(&cells)?;
+        if let Some(parquet) = &mut self.parquet {
+            parquet.write_cells(&cells)?;
+        }
         if let Some(error_cells) = format_error_row(row) {
             self.errors.write_cells(&error_cells)?;
         }
@@ -837,10 +901,11 @@ impl OutputWriter {
             dir,
             ratings,
             errors,
+            parquet,
             stats,
             ..
         } = self;
-        let (csv, errors) = persist_pair(&dir, ratings, errors)?;
+        let (csv, errors) = persist_pair(&dir, ratings, errors, parquet)?;
         tracing::info!(
             file = %csv.display(),
             rows = stats.rows,
@@ -903,10 +968,13 @@ pub struct Replaced {
 /// does not hold are returned in `missing` and not added. Atomic like [`OutputWriter`]; both
 /// files must exist. Statistics come from the cells of every row of the new file (exact values
 /// for replaced rows, the two-decimal cells for copied rows; error codes from the errors file).
+/// The day's Parquet is rewritten from the cells of the new ratings file, row for row, when
+/// `parquet` asks for one or the day already has one.
 pub fn replace_rows(
     dir: &Path,
     business_date: NaiveDate,
     replacements: &BTreeMap<String, Row>,
+    parquet: bool,
 ) -> Result<Replaced, OutputError> {
     for (key, row) in replacements {
         if *key != row.account_id {
@@ -930,6 +998,7 @@ pub fn replace_rows(
         .map(|row| (neutralise(row.account_id.clone()), row))
         .collect();
     let mut ratings_out = CsvSink::create(dir, &names.csv, &Protection::Plaintext)?;
+    let mut parquet_out = parquet_for(dir, business_date, &Protection::Plaintext, parquet)?;
     let mut records = RawRecords::new(ratings_in, &ratings_path);
     let header = records.expect_header(&HEADER)?;
     ratings_out.write_raw(&header)?;
@@ -939,11 +1008,20 @@ pub fn replace_rows(
         let id = unneutralise(&cells[0]).to_owned();
         check_order(previous.as_deref(), &id).map_err(|e| records.malformed(e.to_string()))?;
         if let Some(row) = by_cell.get(&cells[0]) {
-            ratings_out.write_cells(&format_row(row))?;
+            let cells = format_row(row);
+            ratings_out.write_cells(&cells)?;
+            if let Some(parquet) = &mut parquet_out {
+                parquet.write_cells(&cells)?;
+            }
             stats.add(row);
             replaced.push(id.clone());
         } else {
             ratings_out.copy_record(&raw, &cells)?;
+            if let Some(parquet) = &mut parquet_out {
+                // The cells as `copy_record` wrote them.
+                let cleaned: Vec<String> = cells.iter().cloned().map(clean_controls).collect();
+                parquet.write_cells(&cleaned)?;
+            }
             stats
                 .add_cells(&cells)
                 .map_err(|reason| records.malformed(reason))?;
@@ -983,7 +1061,7 @@ pub fn replace_rows(
         errors_out.write_cells(&line)?;
     }
 
-    let (csv, errors) = persist_pair(dir, ratings_out, errors_out)?;
+    let (csv, errors) = persist_pair(dir, ratings_out, errors_out, parquet_out)?;
     tracing::info!(
         file = %csv.display(),
         replaced = replaced.len(),
@@ -1006,8 +1084,8 @@ pub fn replace_rows(
 /// and returns how many rows (or, in a summary, list entries) held them; a file that holds none
 /// is left untouched (0). Ratings and errors files lose the rows whose Account ID is in `ids`,
 /// every other record copied byte for byte; a JSON summary loses every list entry that is one
-/// of the ids (its failed accounts), its counts and averages stay as published. Other files are
-/// not outputs with rows (0).
+/// of the ids (its failed accounts), its counts and averages stay as published; a day's Parquet
+/// loses the rows of the ids ([`crate::parquet`]). Other files are not outputs with rows (0).
 ///
 /// An encrypted output (`*.age`) is decrypted with one of `identities` as it streams and the new
 /// content encrypted to the recipients of `protection` as it is written, so no plaintext touches
@@ -1032,11 +1110,12 @@ pub fn erase_accounts(
     };
     let encrypted = name.ends_with(crate::encryption::AGE_SUFFIX);
     let plain_name = name.trim_end_matches(crate::encryption::AGE_SUFFIX);
+    let is_parquet = plain_name.ends_with(".parquet");
     let header: Option<&[&str]> = if plain_name.ends_with("_errors.csv") {
         Some(&ERRORS_HEADER)
     } else if plain_name.ends_with(".csv") {
         Some(&HEADER)
-    } else if plain_name.ends_with("_summary.json") {
+    } else if plain_name.ends_with("_summary.json") || is_parquet {
         None
     } else if plain_name.ends_with("_summary.html") {
         return erase_from_page(path, ids, identities, protection);
@@ -1063,6 +1142,9 @@ pub fn erase_accounts(
     } else {
         Protection::Plaintext
     };
+    if is_parquet {
+        return crate::parquet::erase(path, ids, identities, &output_protection);
+    }
     let content: Box<dyn Read> = if encrypted {
         Box::new(open_encrypted(path, "erase accounts from", identities)?)
     } else {

@@ -383,7 +383,7 @@ fn replace_rows_cleans_a_copied_row_that_holds_control_characters() {
     assert_eq!(forbidden_controls(legacy.as_bytes()).len(), 2);
 
     let replacements = BTreeMap::from([("B".to_string(), ok_row("B", "Bravo 2"))]);
-    let result = replace_rows(dir.path(), date(), &replacements).expect("replace");
+    let result = replace_rows(dir.path(), date(), &replacements, false).expect("replace");
     let bytes = fs::read(&result.written.csv).expect("read");
     assert_eq!(forbidden_controls(&bytes), []);
     let records = read_records(&result.written.csv);
@@ -564,7 +564,7 @@ fn replace_rows_replaces_named_rows_and_copies_the_rest_byte_for_byte() {
     replacements.insert("B".to_string(), ok_row("B", "Bravo"));
     replacements.insert("D".to_string(), failed_row("D", "http_500"));
     replacements.insert("Z".to_string(), ok_row("Z", "Zulu"));
-    let result = replace_rows(dir.path(), date(), &replacements).expect("replace");
+    let result = replace_rows(dir.path(), date(), &replacements, false).expect("replace");
     assert_eq!(result.replaced, vec!["B".to_string(), "D".to_string()]);
     assert_eq!(result.missing, vec!["Z".to_string()]);
 
@@ -638,7 +638,7 @@ fn replace_rows_refuses_a_tampered_file_and_leaves_it_alone() {
     bytes.extend_from_slice(b"A,again,1,1,1,1,Social,1,2026-11-20,Successful\r\n");
     fs::write(&first.csv, &bytes).expect("write");
     let replacements = BTreeMap::from([("A".to_string(), ok_row("A", "new"))]);
-    let err = replace_rows(dir.path(), date(), &replacements).expect_err("unsorted file");
+    let err = replace_rows(dir.path(), date(), &replacements, false).expect_err("unsorted file");
     assert!(
         matches!(err, OutputError::Malformed { record: 4, .. }),
         "{err}"
@@ -648,11 +648,11 @@ fn replace_rows_refuses_a_tampered_file_and_leaves_it_alone() {
 
     let mismatched = BTreeMap::from([("A".to_string(), ok_row("B", "b"))]);
     assert!(matches!(
-        replace_rows(dir.path(), date(), &mismatched),
+        replace_rows(dir.path(), date(), &mismatched, false),
         Err(OutputError::ReplacementIdMismatch { .. })
     ));
     let other_day = NaiveDate::from_ymd_opt(2026, 11, 24).expect("date");
-    let err = replace_rows(dir.path(), other_day, &replacements).expect_err("no file");
+    let err = replace_rows(dir.path(), other_day, &replacements, false).expect_err("no file");
     assert!(
         err.to_string().contains("FirmESGRatings_20261124.csv"),
         "{err}"
