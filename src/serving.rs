@@ -9,7 +9,7 @@
 //! - It changes nothing of the job: only `GET` and `HEAD` are answered (anything else is 405),
 //!   the store is opened read-only per request, and the live status is read from the bus as
 //!   `esg status` reads it (no lock). The one thing it writes is an audit entry each time it
-//!   serves a day summary file (as `esg open` does): a summary that cannot be recorded is not
+//!   serves a day summary (as `esg open` does): a summary that cannot be recorded is not
 //!   served.
 //! - No page or answer holds an account name: history rows and the status hold counts, and the
 //!   day summary holds failed account ids, never names.
@@ -153,7 +153,7 @@ fn router(config: Config, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/runs/{run_id}", get(run_page))
-        .route("/days/{date}/summary.html", get(day_summary))
+        .route("/days/{date}/{file}", get(day_summary))
         .route("/api/daily.json", get(daily_json))
         .route("/api/runs.csv", get(runs_csv))
         .route("/api/progress", get(move |s| progress(s, shutdown.clone())))
@@ -345,25 +345,42 @@ async fn run_page(State(d): State<Shared>, Path(run_id): Path<String>) -> Respon
             &format!("The history holds no run {run_id:?}."),
         );
     };
-    let summary = summary_path(&d.config, row.business_date);
+    let summaries = SUMMARIES
+        .iter()
+        .filter(|(file, _)| summary_path(&d.config, row.business_date, file).is_some_and(|p| p.is_file()))
+        .map(|(file, label)| Choice {
+            label: (*label).to_owned(),
+            href: format!("/days/{}/{file}", row.business_date),
+            current: false,
+        })
+        .collect();
     rendered(pages::RunPage {
         run_id: row.run_id.clone(),
         business_date: row.business_date.to_string(),
         outcome: row.outcome.clone(),
         fields: pages::fields(&row),
-        summary_href: summary
-            .is_file()
-            .then(|| format!("/days/{}/summary.html", row.business_date)),
+        summaries,
     })
 }
 
-/// The day's plaintext HTML summary in the output directory (encrypted ones, `.age`, are
-/// never served: `esg open` is the way to read those).
-fn summary_path(config: &Config, date: NaiveDate) -> std::path::PathBuf {
-    config
-        .output
-        .dir
-        .join(esg_assembler::output::file_names(date).summary_html)
+/// The day summaries the dashboard serves (the last part of their path) and their names on
+/// the run page.
+const SUMMARIES: [(&str, &str); 2] = [
+    ("summary.html", "the day's summary (HTML)"),
+    ("summary.json", "the day's summary (JSON)"),
+];
+
+/// The day's plaintext summary `file` (`summary.html` or `summary.json`) in the output
+/// directory; `None` for any other name. Encrypted ones (`.age`) are never served: `esg open`
+/// is the way to read those.
+fn summary_path(config: &Config, date: NaiveDate, file: &str) -> Option<std::path::PathBuf> {
+    let names = esg_assembler::output::file_names(date);
+    let name = match file {
+        "summary.html" => names.summary_html,
+        "summary.json" => names.summary_json,
+        _ => return None,
+    };
+    Some(config.output.dir.join(name))
 }
 
 /// The header an SSO proxy names its user in (oauth2-proxy and most gateways set one).
@@ -394,7 +411,7 @@ fn requester(headers: &HeaderMap) -> String {
 /// opening); not sent when the entry cannot be written.
 async fn day_summary(
     State(d): State<Shared>,
-    Path(date): Path<String>,
+    Path((date, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let Ok(date) = date.parse::<NaiveDate>() else {
@@ -403,7 +420,14 @@ async fn day_summary(
             &format!("{date:?} is not a business date (YYYY-MM-DD)."),
         );
     };
-    let path = summary_path(&d.config, date);
+    let Some(path) = summary_path(&d.config, date, &file) else {
+        return not_found().await;
+    };
+    let content_type = if file.ends_with(".json") {
+        "application/json"
+    } else {
+        "text/html; charset=utf-8"
+    };
     let by = requester(&headers);
     let config = d.config.clone();
     let read = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
@@ -429,11 +453,7 @@ async fn day_summary(
     })
     .await;
     match read {
-        Ok(Ok(Some(bytes))) => (
-            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-            bytes,
-        )
-            .into_response(),
+        Ok(Ok(Some(bytes))) => ([(header::CONTENT_TYPE, content_type)], bytes).into_response(),
         Ok(Ok(None)) => error_page(
             StatusCode::NOT_FOUND,
             &format!(

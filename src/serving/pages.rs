@@ -344,8 +344,8 @@ pub struct RunPage {
     pub outcome: String,
     /// Every value of the run's history row: `(field, value)`.
     pub fields: Vec<(String, String)>,
-    /// The day summary served by the dashboard, when this host holds it in plaintext.
-    pub summary_href: Option<String>,
+    /// The day summaries served by the dashboard that this host holds in plaintext.
+    pub summaries: Vec<Choice>,
 }
 
 #[derive(Template)]
