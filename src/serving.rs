@@ -218,7 +218,10 @@ fn rendered(page: impl Template) -> Response {
 }
 
 async fn not_found() -> Response {
-    error_page(StatusCode::NOT_FOUND, "There is no such page on the dashboard.")
+    error_page(
+        StatusCode::NOT_FOUND,
+        "There is no such page on the dashboard.",
+    )
 }
 
 /// The runs from `since` on, read on the blocking pool; an error page (503) when the store
@@ -272,7 +275,10 @@ async fn dashboard(State(d): State<Shared>, Query(q): Query<HashMap<String, Stri
         Some(o) => {
             return error_page(
                 StatusCode::BAD_REQUEST,
-                &format!("Unknown outcome {o:?}: choose one of {}.", OUTCOMES.join(", ")),
+                &format!(
+                    "Unknown outcome {o:?}: choose one of {}.",
+                    OUTCOMES.join(", ")
+                ),
             )
         }
     };
@@ -282,7 +288,10 @@ async fn dashboard(State(d): State<Shared>, Query(q): Query<HashMap<String, Stri
     };
     let days = store_history::days(rows.clone());
     let points: Vec<DayPoint> = days.iter().filter_map(DayPoint::of).collect();
-    let charts = pages::charts(&points).iter().map(charts::Chart::svg).collect();
+    let charts = pages::charts(&points)
+        .iter()
+        .map(charts::Chart::svg)
+        .collect();
     let link = |window: Window, outcome: Option<&str>| match outcome {
         Some(o) => format!("/?window={}&outcome={o}", window.as_query()),
         None => format!("/?window={}", window.as_query()),
@@ -347,7 +356,9 @@ async fn run_page(State(d): State<Shared>, Path(run_id): Path<String>) -> Respon
     };
     let summaries = SUMMARIES
         .iter()
-        .filter(|(file, _)| summary_path(&d.config, row.business_date, file).is_some_and(|p| p.is_file()))
+        .filter(|(file, _)| {
+            summary_path(&d.config, row.business_date, file).is_some_and(|p| p.is_file())
+        })
         .map(|(file, label)| Choice {
             label: (*label).to_owned(),
             href: format!("/days/{}/{file}", row.business_date),

@@ -154,6 +154,120 @@ fn dump_dom(profile: &Path, url: &str) -> String {
     String::from_utf8(chromium(profile, &["--dump-dom", url])).expect("utf-8 DOM")
 }
 
+/// Headless Chromium driven through its DevTools protocol, for what a one-shot `--dump-dom`
+/// cannot show: the page after its script has run. Killed when dropped.
+struct Browser {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let profile = tempfile::tempdir().expect("profile");
+        let log = profile.path().join("chromium.log");
+        let mut child = Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu"])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(["--remote-debugging-port=0", "about:blank"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("chromium runs (Debian package chromium; ops/test-all.sh installs it)");
+        let deadline = Instant::now() + WITHIN;
+        // Port 0: Chromium takes a free port and says which.
+        let port = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let port = text.lines().find_map(|l| {
+                l.split("DevTools listening on ws://127.0.0.1:")
+                    .nth(1)?
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            if let Some(port) = port {
+                break port;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("chromium exited ({status}): {text}");
+            }
+            assert!(Instant::now() < deadline, "chromium did not listen: {text}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Browser {
+            child,
+            port,
+            _profile: profile,
+        }
+    }
+
+    /// Opens `url` in a new tab: the tab's DevTools address.
+    async fn open(&self, url: &str) -> String {
+        let tab: serde_json::Value = reqwest::Client::new()
+            .put(format!("http://127.0.0.1:{}/json/new?{url}", self.port))
+            .send()
+            .await
+            .expect("a new tab")
+            .json()
+            .await
+            .expect("its description");
+        tab["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("its DevTools address")
+            .to_owned()
+    }
+}
+
+/// Evaluates `expression` in the tab of DevTools address `ws` until it gives a string for
+/// which `done` holds (by deadline): that string.
+fn wait_for(ws: &str, expression: &str, done: impl Fn(&str) -> bool) -> String {
+    let (mut socket, _) = tungstenite::connect(ws).expect("DevTools");
+    let deadline = Instant::now() + WITHIN;
+    for id in 1.. {
+        let call = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": {"expression": expression, "returnByValue": true},
+        });
+        socket
+            .send(tungstenite::Message::text(call.to_string()))
+            .expect("send");
+        // Answers and events arrive in order: read up to the answer of this call.
+        let value = loop {
+            let message = socket.read().expect("DevTools answers");
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let Ok(answer) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            if answer["id"] == id {
+                break answer["result"]["result"]["value"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{expression} gave {value:?} until the deadline ({WITHIN:?})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    unreachable!("the loop returns or fails")
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A screenshot of `url` by headless Chromium to `file`; its pixels decoded (RGB or RGBA)
 /// and checked to be more than one colour.
 fn screenshot(profile: &Path, url: &str, file: &Path) {
@@ -234,7 +348,8 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
     let run_id = today.to_string();
     let served = Served::start(&world);
 
-    let health: serde_json::Value = serde_json::from_str(&served.ok("/healthz").await).expect("json");
+    let health: serde_json::Value =
+        serde_json::from_str(&served.ok("/healthz").await).expect("json");
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["latest_run"]["run_id"], run_id.as_str(), "{health}");
     assert_eq!(health["latest_run"]["outcome"], "CompletedWithFailures");
@@ -262,18 +377,30 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
     assert!(page.contains("id=\"progress-run\">") && page.contains(&run_id));
     let run = served.ok(&format!("/runs/{run_id}")).await;
     let row: serde_json::Value = daily[0]["daily"].clone();
-    for key in ["accounts", "failed", "api_requests", "scored", "new_accounts"] {
+    for key in [
+        "accounts",
+        "failed",
+        "api_requests",
+        "scored",
+        "new_accounts",
+    ] {
         assert!(
             run.contains(&format!("<dt>{key}</dt><dd>{}</dd>", row[key])),
             "{key} in {run}"
         );
     }
     let href = format!("/days/{today}/summary.json");
-    assert!(run.contains(&href), "a link to the plaintext summary: {run}");
+    assert!(
+        run.contains(&href),
+        "a link to the plaintext summary: {run}"
+    );
     let summary = served.ok(&href).await;
     let parsed: serde_json::Value = serde_json::from_str(&summary).expect("the summary");
     assert_eq!(parsed["run_id"], run_id.as_str(), "{summary}");
-    assert_eq!(served.get(&format!("/days/{today}/errors.csv")).await.0, 404);
+    assert_eq!(
+        served.get(&format!("/days/{today}/errors.csv")).await.0,
+        404
+    );
     let opened: Vec<esg_audit::Entry> = esg_audit::read(&world.config().audit_dir())
         .expect("audit")
         .into_iter()
@@ -293,6 +420,24 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
     assert_eq!(status["run_id"], run_id.as_str(), "{status}");
     assert_eq!(status["phase"], "completed");
     assert_eq!(status["outcome"], "CompletedWithFailures");
+
+    // In a browser, the page's own script runs under its policy and follows the stream.
+    let browser = tokio::task::spawn_blocking(Browser::start)
+        .await
+        .expect("browser");
+    let tab = browser.open(&served.url("/")).await;
+    let said = tokio::task::spawn_blocking(move || {
+        wait_for(
+            &tab,
+            "document.getElementById('progress-message').textContent + ' | ' + \
+             document.getElementById('progress-outcome').textContent",
+            |text| text.starts_with("Live: updated"),
+        )
+    })
+    .await
+    .expect("browser");
+    drop(browser);
+    assert!(said.ends_with("| CompletedWithFailures"), "{said}");
 
     // Read-only, and said so; the headers on every answer.
     let http = reqwest::Client::new();
@@ -326,7 +471,10 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
         &base64::engine::general_purpose::STANDARD,
         <sha2::Sha256 as sha2::Digest>::digest(script.as_bytes()),
     );
-    assert!(csp.contains(&format!("script-src 'sha256-{hash}'")), "{csp}");
+    assert!(
+        csp.contains(&format!("script-src 'sha256-{hash}'")),
+        "{csp}"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
 
@@ -376,8 +524,7 @@ fn synthetic_day(i: u32, today: chrono::NaiveDate) -> Vec<HistoryRow> {
     let failed = if i % 29 == 3 { 60 + next(40) } else { next(12) };
     let partial = next(15);
     let successful = accounts - failed - partial;
-    let start = Utc
-        .from_utc_datetime(&date.and_hms_opt(11, 0, 0).expect("time"))
+    let start = Utc.from_utc_datetime(&date.and_hms_opt(11, 0, 0).expect("time"))
         + TimeDelta::seconds(next(30) as i64);
     let timed_out = i % 53 == 7;
     let minutes = if timed_out { 240 } else { 12 + next(50) as i64 };
@@ -456,10 +603,8 @@ fn synthetic_day(i: u32, today: chrono::NaiveDate) -> Vec<HistoryRow> {
         rerun.finished_at = rerun.started_at + TimeDelta::minutes(3);
         rerun.successful += failed;
         rerun.failed = 0;
-        rerun.success_rate_percent = format!(
-            "{:.2}",
-            rerun.successful as f64 * 100.0 / accounts as f64
-        );
+        rerun.success_rate_percent =
+            format!("{:.2}", rerun.successful as f64 * 100.0 / accounts as f64);
         rerun.scored = failed;
         rerun.api_requests = 1;
         rows.push(rerun);
@@ -504,7 +649,13 @@ async fn the_window_chooses_the_dates_and_chromium_draws_every_chart() {
     drop(store);
     let served = Served::start(&world);
 
-    for (window, dates) in [("", 30), ("?window=30", 30), ("?window=90", 90), ("?window=365", 365), ("?window=all", 400)] {
+    for (window, dates) in [
+        ("", 30),
+        ("?window=30", 30),
+        ("?window=90", 90),
+        ("?window=365", 365),
+        ("?window=all", 400),
+    ] {
         let page = served.ok(&format!("/{window}")).await;
         for id in esg::serving::CHART_IDS {
             assert_eq!(points(&page, id), dates, "{id} of {window:?}");
@@ -538,7 +689,10 @@ async fn the_window_chooses_the_dates_and_chromium_draws_every_chart() {
     for id in esg::serving::CHART_IDS {
         assert!(dom.contains(&format!("id=\"{id}\"")), "{id} in the DOM");
     }
-    assert!(dom.contains("<table id=\"runs\">"), "the runs table in the DOM");
+    assert!(
+        dom.contains("<table id=\"runs\">"),
+        "the runs table in the DOM"
+    );
     assert!(dom.contains(&format!("/runs/{today}")), "{dom}");
     let file = if std::env::var("ESG_WRITE_DOCS_SCREENSHOT").as_deref() == Ok("1") {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png")
@@ -558,14 +712,19 @@ async fn a_store_that_cannot_be_read_is_a_503_and_a_clear_page() {
     let health: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(health["status"], "unavailable");
     assert!(
-        health["error"].as_str().is_some_and(|e| e.contains("no history yet")),
+        health["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no history yet")),
         "{health}"
     );
     // Not a database.
     let path = world.config().assembler_store_path();
     std::fs::create_dir_all(path.parent().expect("dir")).expect("dir");
-    std::fs::write(&path, b"this is not a database, but it is long enough to be read as one....")
-        .expect("write");
+    std::fs::write(
+        &path,
+        b"this is not a database, but it is long enough to be read as one....",
+    )
+    .expect("write");
     let (status, body) = served.get("/healthz").await;
     assert_eq!(status, 503, "{body}");
     let (status, page) = served.get("/").await;

@@ -240,7 +240,12 @@ impl Chart {
             "" | "%" => self.unit.to_owned(),
             u => format!(" {u}"),
         };
-        escape(&format!("{}: {} {}{unit}", self.labels[i], s.name, number(v)))
+        escape(&format!(
+            "{}: {} {}{unit}",
+            self.labels[i],
+            s.name,
+            number(v)
+        ))
     }
 
     fn lines(&self, out: &mut String, centre: &dyn Fn(usize) -> f64, y: &dyn Fn(f64) -> f64) {
@@ -297,7 +302,11 @@ impl Chart {
                 };
                 let (x, w, from) = match self.kind {
                     Kind::Stacked => (centre(i) - width / 2.0, width, base),
-                    _ => (centre(i) - width / 2.0 + width / k * j as f64, width / k, 0.0),
+                    _ => (
+                        centre(i) - width / 2.0 + width / k * j as f64,
+                        width / k,
+                        0.0,
+                    ),
                 };
                 let (top, bottom) = (y(from + v), y(from));
                 let _ = write!(
@@ -325,7 +334,9 @@ mod tests {
             title: "A <chart> & more",
             unit: "%",
             kind,
-            labels: (0..labels).map(|i| format!("2026-11-{:02}", i + 1)).collect(),
+            labels: (0..labels)
+                .map(|i| format!("2026-11-{:02}", i + 1))
+                .collect(),
             series: vec![
                 Series {
                     name: "one",
@@ -335,9 +346,7 @@ mod tests {
                 Series {
                     name: "two",
                     colour: "#654321",
-                    values: (0..labels)
-                        .map(|i| (i % 2 == 0).then_some(1.5))
-                        .collect(),
+                    values: (0..labels).map(|i| (i % 2 == 0).then_some(1.5)).collect(),
                 },
             ],
             y_max: None,

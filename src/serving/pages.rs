@@ -89,7 +89,11 @@ impl DayPoint {
         let minutes = |d: chrono::TimeDelta| d.num_milliseconds().max(0) as f64 / 60_000.0;
         Some(DayPoint {
             date: day.business_date,
-            success_percent: file.success_rate_percent.parse().ok().filter(|_| file.accounts > 0),
+            success_percent: file
+                .success_rate_percent
+                .parse()
+                .ok()
+                .filter(|_| file.accounts > 0),
             failure_percent: percent(file.failed),
             averages: SCORES.map(|s| {
                 file.averages
@@ -308,7 +312,9 @@ impl LiveStatus {
             phase: s.phase.clone(),
             scored: s.scored,
             bar_max: s.expected.unwrap_or(s.scored).max(1),
-            expected: s.expected.map_or_else(|| "not known yet".into(), |n| n.to_string()),
+            expected: s
+                .expected
+                .map_or_else(|| "not known yet".into(), |n| n.to_string()),
             successful: s.successful,
             partial: s.partial,
             failed: s.failed,
@@ -461,6 +467,9 @@ mod tests {
         }
         assert_eq!(path_segment("2026-11-23.1"), "2026-11-23.1");
         assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
-        assert_eq!(duration(chrono::TimeDelta::seconds(3725)), "1 h 02 min 05 s");
+        assert_eq!(
+            duration(chrono::TimeDelta::seconds(3725)),
+            "1 h 02 min 05 s"
+        );
     }
 }
