@@ -34,9 +34,13 @@ impl Served {
     /// Starts `esg serve --listen 127.0.0.1:0` and waits (by deadline) for the address it
     /// prints.
     fn start(world: &World) -> Served {
-        let stdout = world.dir.path().join("serve.out");
-        let stderr = world.dir.path().join("serve.err");
-        let mut child = esg_command(["serve", "--listen", "127.0.0.1:0", "--config"])
+        Served::start_on(world, "127.0.0.1:0")
+    }
+
+    fn start_on(world: &World, listen: &str) -> Served {
+        let stdout = world.dir.path().join(format!("serve-{listen}.out"));
+        let stderr = world.dir.path().join(format!("serve-{listen}.err"));
+        let mut child = esg_command(["serve", "--listen", listen, "--config"])
             .arg(&world.config_path)
             .stdout(std::fs::File::create(&stdout).expect("stdout"))
             .stderr(std::fs::File::create(&stderr).expect("stderr"))
@@ -478,9 +482,6 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert_eq!(h["referrer-policy"], "no-referrer");
 
-    // No account name anywhere, as it is or as HTML escapes it.
-    let names = account_names(&world.sim).await;
-    assert!(names.len() >= 40, "{names:?}");
     let answers = [
         ("/", page),
         ("run page", run),
@@ -491,6 +492,14 @@ async fn a_real_run_is_served_read_only_with_no_account_name_in_any_answer() {
         ("progress", event),
         ("log", served.log()),
     ];
+    // No account name anywhere, as it is or as HTML escapes it, and no secret.
+    for secret in ["accounts-secret", "scorer-secret"] {
+        for (what, text) in &answers {
+            assert!(!text.contains(secret), "{what} holds a secret");
+        }
+    }
+    let names = account_names(&world.sim).await;
+    assert!(names.len() >= 40, "{names:?}");
     for name in &names {
         let escaped = name
             .replace('&', "&amp;")
@@ -733,6 +742,16 @@ async fn a_store_that_cannot_be_read_is_a_503_and_a_clear_page() {
         page.contains("The history of runs cannot be read") && page.contains("</html>"),
         "{page}"
     );
+    // Bound beyond loopback, it says so in its log.
+    let open = Served::start_on(&world, "0.0.0.0:0");
+    let (status, _) = open.get("/healthz").await;
+    assert_eq!(status, 503);
+    assert!(
+        open.log().contains("bound to a non-loopback address"),
+        "{}",
+        open.log()
+    );
+    assert!(!served.log().contains("non-loopback"), "{}", served.log());
     assert_eq!(
         std::fs::read(&path).expect("read"),
         b"this is not a database, but it is long enough to be read as one....",
