@@ -27,7 +27,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # Real peers of the tests, from Debian: kcat (a Kafka client), promtool and amtool (Prometheus and
 # Alertmanager), an SMTP server (aiosmtpd), openssl (the certificates of the test SMTP server and
 # of the Kafka SSL listener), age (the independent reader of the encrypted outputs), OpenSSH's
-# sshd and ssh-keygen (the SFTP delivery target's server).
+# sshd and ssh-keygen (the SFTP delivery target's server), chromium (the headless browser of the
+# dashboard's tests).
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
@@ -36,6 +37,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v age >/dev/null || missing+=(age)
 [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null || missing+=(openssh-server)
 command -v curl >/dev/null || missing+=(curl)
+command -v chromium >/dev/null || missing+=(chromium)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (Debian)"
