@@ -191,6 +191,18 @@ async fn guard(State(d): State<Shared>, request: Request, next: Next) -> Respons
     response
 }
 
+/// Why a page cannot be shown; answered as an [`error_page`].
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error_page(self.status, &self.message)
+    }
+}
+
 /// A page that says what went wrong.
 fn error_page(status: StatusCode, message: &str) -> Response {
     let page = pages::ErrorPage {
@@ -226,36 +238,32 @@ async fn not_found() -> Response {
 
 /// The runs from `since` on, read on the blocking pool; an error page (503) when the store
 /// cannot be read.
-async fn history(d: &Shared, since: Option<NaiveDate>) -> Result<Vec<HistoryRow>, Response> {
+async fn history(d: &Shared, since: Option<NaiveDate>) -> Result<Vec<HistoryRow>, Refusal> {
     let d = d.clone();
     let read = tokio::task::spawn_blocking(move || crate::history::read(&d.config, since)).await;
     match read {
         Ok(Ok(rows)) => Ok(rows),
-        Ok(Err(e)) => Err(unavailable(&e)),
-        Err(e) => Err(error_page(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("reading the history: {e}"),
-        )),
+        Ok(Err(e)) => {
+            tracing::warn!(error = format!("{e:#}"), "the history cannot be read");
+            Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: format!("The history of runs cannot be read: {e:#}."),
+            })
+        }
+        Err(e) => Err(Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("reading the history: {e}"),
+        }),
     }
 }
 
-fn unavailable(e: &anyhow::Error) -> Response {
-    tracing::warn!(error = format!("{e:#}"), "the history cannot be read");
-    error_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("The history of runs cannot be read: {e:#}."),
-    )
-}
-
 /// The window of `?window=` (default 30 days); an error page for anything else.
-fn window_of(query: &HashMap<String, String>, default: Window) -> Result<Window, Response> {
+fn window_of(query: &HashMap<String, String>, default: Window) -> Result<Window, Refusal> {
     match query.get("window") {
         None => Ok(default),
-        Some(text) => Window::parse(text).ok_or_else(|| {
-            error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("Unknown window {text:?}: choose 30, 90, 365 or all."),
-            )
+        Some(text) => Window::parse(text).ok_or_else(|| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: format!("Unknown window {text:?}: choose 30, 90, 365 or all."),
         }),
     }
 }
@@ -267,7 +275,7 @@ fn today(config: &Config) -> NaiveDate {
 async fn dashboard(State(d): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let window = match window_of(&q, Window::Days(30)) {
         Ok(w) => w,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     let outcome = match q.get("outcome").filter(|o| !o.is_empty()) {
         None => None,
@@ -284,7 +292,7 @@ async fn dashboard(State(d): State<Shared>, Query(q): Query<HashMap<String, Stri
     };
     let rows = match history(&d, window.since(today(&d.config))).await {
         Ok(rows) => rows,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     let days = store_history::days(rows.clone());
     let points: Vec<DayPoint> = days.iter().filter_map(DayPoint::of).collect();
@@ -346,7 +354,7 @@ async fn dashboard(State(d): State<Shared>, Query(q): Query<HashMap<String, Stri
 async fn run_page(State(d): State<Shared>, Path(run_id): Path<String>) -> Response {
     let rows = match history(&d, None).await {
         Ok(rows) => rows,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     let Some(row) = rows.into_iter().find(|r| r.run_id == run_id) else {
         return error_page(
@@ -484,11 +492,11 @@ async fn day_summary(
 async fn daily_json(State(d): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let window = match window_of(&q, Window::All) {
         Ok(w) => w,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     let rows = match history(&d, window.since(today(&d.config))).await {
         Ok(rows) => rows,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     match crate::history::json(rows, false) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -500,11 +508,11 @@ async fn daily_json(State(d): State<Shared>, Query(q): Query<HashMap<String, Str
 async fn runs_csv(State(d): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
     let window = match window_of(&q, Window::All) {
         Ok(w) => w,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     let rows = match history(&d, window.since(today(&d.config))).await {
         Ok(rows) => rows,
-        Err(page) => return page,
+        Err(refusal) => return refusal.into_response(),
     };
     match crate::history::csv(rows, true) {
         Ok(csv) => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response(),
