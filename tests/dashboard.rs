@@ -758,3 +758,23 @@ async fn a_store_that_cannot_be_read_is_a_503_and_a_clear_page() {
         "left as it was"
     );
 }
+
+#[test]
+fn serve_help_says_what_it_serves_that_it_is_read_only_and_who_guards_it() {
+    let (code, help) = outcome(&mut esg_command(["serve", "--help"]));
+    assert_eq!(code, Some(0), "{help}");
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for said in [
+        "trend charts",
+        "/api/daily.json",
+        "/healthz",
+        "live progress",
+        "Read-only",
+        "GET and HEAD only",
+        "binds loopback (127.0.0.1:8088) by default",
+        "access control is the job of the firm's SSO proxy",
+        "[default: 127.0.0.1:8088]",
+    ] {
+        assert!(help.contains(said), "{said:?} in: {help}");
+    }
+}
