@@ -3,7 +3,8 @@
 //! summary with its opening audited, the live status as server-sent events, no account name in
 //! any answer, nothing but GET and HEAD, the security headers); a long history written with
 //! the store's own code, its windows and outcome filter, drawn by headless Chromium (every
-//! chart in the DOM, a screenshot that is not blank); a store that cannot be read.
+//! chart in the DOM, a screenshot that is not blank); a store that cannot be read; an
+//! encrypted store, read with its key.
 //!
 //! Chromium is the Debian package `chromium` (ops/test-all.sh installs it). With
 //! `ESG_WRITE_DOCS_SCREENSHOT=1` the screenshot of the long history is saved as
@@ -777,4 +778,48 @@ fn serve_help_says_what_it_serves_that_it_is_read_only_and_who_guards_it() {
     ] {
         assert!(help.contains(said), "{said:?} in: {help}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_store_is_read_with_its_key_and_refused_without_it() {
+    use std::os::unix::fs::PermissionsExt;
+    const KEY: &str = "3f1c9a0b7d2e4f6a8b0c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6";
+    let world = World::start(quiet_sim(1), "").await;
+    let key = world.dir.path().join("state.key");
+    std::fs::write(&key, format!("{KEY}\n")).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let keyed = format!("[state]\nencryption_key_file = \"{}\"\n", key.display());
+    world.replace_in_config("[state]\n", &keyed);
+    let config = world.config();
+    let today = esg::pipeline::today(&config);
+    // The store as the assembler makes it: SQLCipher with the key.
+    let store =
+        esg_assembler::state::open_keyed(&config.assembler_store_path(), config.state.key.as_ref())
+            .expect("store");
+    let rows: Vec<HistoryRow> = (0..3).flat_map(|i| synthetic_day(i, today)).collect();
+    let runs = rows.len();
+    store
+        .call_blocking(move |c| {
+            for row in &rows {
+                esg_assembler::history::record(c, row)?;
+            }
+            Ok(())
+        })
+        .expect("history written");
+    drop(store);
+
+    let served = Served::start(&world);
+    let health: serde_json::Value =
+        serde_json::from_str(&served.ok("/healthz").await).expect("json");
+    assert_eq!(health["runs"], runs, "{health}");
+    assert_eq!(served.ok("/api/runs.csv").await.lines().count(), 1 + runs);
+    drop(served);
+
+    // Without the key the store does not open, and the answer says what to set.
+    world.replace_in_config(&keyed, "[state]\n");
+    let served = Served::start(&world);
+    let (status, body) = served.get("/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("encryption_key_file"), "{body}");
+    assert!(!body.contains(KEY) && !served.log().contains(KEY));
 }
