@@ -11,8 +11,9 @@ use esg_assembler::summary::Summary;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// The runs from `since` on (all when `None`), by date then start. An error that says where to
-/// look when there is no store.
+/// The runs from `since` on (all when `None`), by date then start, read through a read-only
+/// connection (nothing written, no lock: beside a running job too). An error that says where
+/// to look when there is no store. Shared by `esg history` and `esg serve`.
 pub fn read(config: &Config, since: Option<NaiveDate>) -> Result<Vec<HistoryRow>> {
     let path = config.assembler_store_path();
     if !path.exists() {
@@ -22,10 +23,20 @@ pub fn read(config: &Config, since: Option<NaiveDate>) -> Result<Vec<HistoryRow>
         ))
         .into());
     }
-    let store = esg_assembler::state::open_keyed(&path, config.state.key.as_ref())
-        .with_context(|| format!("opening {}", path.display()))?;
-    let rows = store
-        .call_blocking(|c| history::runs(c, since))
+    let c = esg_bus::store::open_read_only(&path, config.state.key.as_ref())
+        .with_context(|| format!("opening {} read-only", path.display()))?;
+    // A store the assembler has not opened since the history came has no table yet: no runs.
+    let has_table: bool = c
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'history'",
+            [],
+            |r| r.get(0),
+        )
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !has_table {
+        return Ok(Vec::new());
+    }
+    let rows = history::runs(&c, since)
         .with_context(|| format!("reading the history in {}", path.display()))?;
     Ok(rows)
 }

@@ -14,5 +14,6 @@ pub mod progress;
 pub mod retention;
 pub mod runner;
 pub mod schedule;
+pub mod serving;
 pub mod status;
 pub mod telemetry;

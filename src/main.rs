@@ -71,6 +71,19 @@ enum Command {
     /// whether it met its deadline. Read-only; `esg history import DIR` rebuilds it from the
     /// day summaries.
     History(HistoryArgs),
+    /// Serve the read-only dashboard: trend charts of the runs (success and failure rate, the
+    /// four averages, the focus split, duration against the deadline, API requests and 429s, new
+    /// and gone accounts) over 30, 90, 365 days or all, the runs by outcome, each run's history
+    /// row, and the latest run's live progress; /api/daily.json, /api/runs.csv and /healthz for
+    /// machines.
+    ///
+    /// Read-only: it answers GET and HEAD only, opens the history store read-only and reads the
+    /// live status as `esg status` does (no lock: beside a running job). No page holds an
+    /// account name. It binds loopback (127.0.0.1:8088) by default and authenticates nobody:
+    /// access control is the job of the firm's SSO proxy in front of it (docs/operations.md,
+    /// "Putting the dashboard behind the firm's SSO"); bound to another address it warns in its
+    /// log. The address it listens on is printed on stdout (port 0 takes a free one).
+    Serve(ServeArgs),
     /// Kafka mode: publish today's daily run (trigger, account events, seal) and exit.
     ///
     /// The scorers and the assembler, running as services, score it and write the file. Run it
@@ -325,6 +338,15 @@ struct StatusArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The address to listen on: loopback by default, for the SSO proxy on the same host.
+    #[arg(long, value_name = "ADDR", default_value = esg::serving::DEFAULT_LISTEN)]
+    listen: SocketAddr,
 }
 
 #[derive(Args)]
@@ -845,6 +867,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
                     say!("{line}");
                 }
             }
+            Ok(0)
+        }
+        Command::Serve(args) => {
+            let p = Prologue::start(&args.config)?;
+            esg::serving::serve(p.config.clone(), args.listen, p.shutdown.clone()).await?;
             Ok(0)
         }
         Command::Status(args) => {

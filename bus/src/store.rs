@@ -44,6 +44,31 @@ impl DbKey {
 /// for an encrypted one is an error that says which.
 pub fn open_connection(path: &Path, key: Option<&DbKey>) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path)?;
+    unlock(&conn, key)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Opens an existing database for reading only (`SQLITE_OPEN_READ_ONLY`): the key as
+/// [`open_connection`] takes it, no schema applied, nothing written, no file created but the
+/// WAL's shared-memory index SQLite needs to read a database another process is writing.
+/// For readers beside a running job (`esg history`, `esg serve`): SQLite's own locking keeps
+/// their reads consistent with its commits.
+pub fn open_read_only(path: &Path, key: Option<&DbKey>) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    unlock(&conn, key)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+/// Gives `conn` its key, when there is one, and reads the schema: where a key (or its absence)
+/// proves right or wrong, with an error that says which.
+fn unlock(conn: &rusqlite::Connection, key: Option<&DbKey>) -> rusqlite::Result<()> {
     if let Some(key) = key {
         let cipher: Option<String> = conn
             .query_row("PRAGMA cipher_version", [], |r| r.get(0))
@@ -74,10 +99,7 @@ pub fn open_connection(path: &Path, key: Option<&DbKey>) -> rusqlite::Result<rus
             _ => e,
         });
     }
-    conn.busy_timeout(Duration::from_secs(30))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
+    Ok(())
 }
 
 fn not_a_database(message: &str) -> rusqlite::Error {
@@ -382,6 +404,40 @@ mod tests {
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_read_only_connection_reads_what_the_store_committed_and_cannot_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("state").join("x.db");
+        let store = Store::open(&path, "CREATE TABLE IF NOT EXISTS t (a INTEGER);").expect("open");
+        store
+            .call_blocking(|c| c.execute("INSERT INTO t VALUES (1)", []))
+            .expect("write");
+        let reader = open_read_only(&path, None).expect("read-only");
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 1);
+        let refused = reader.execute("INSERT INTO t VALUES (2)", []);
+        assert!(
+            matches!(
+                refused.as_ref().map_err(rusqlite::Error::sqlite_error_code),
+                Err(Some(rusqlite::ErrorCode::ReadOnly))
+            ),
+            "{refused:?}"
+        );
+        // A later commit of the writer is seen by the open reader.
+        store
+            .call_blocking(|c| c.execute("INSERT INTO t VALUES (3)", []))
+            .expect("write");
+        let n: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(n, 2);
+        let missing = dir.path().join("state").join("none.db");
+        assert!(open_read_only(&missing, None).is_err());
+        assert!(!missing.exists(), "a read-only open creates no database");
     }
 
     #[test]

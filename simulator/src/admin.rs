@@ -100,7 +100,10 @@ pub(crate) fn churn(st: &SimState, seed: u64, touched: f64, closed: f64, added: 
     let mut done = Churn::default();
     let mut registry = st.registry_mut();
     for index in 1..=registry.total() {
-        if registry.get(index).is_none_or(|a| a.status != Status::Active) {
+        if registry
+            .get(index)
+            .is_none_or(|a| a.status != Status::Active)
+        {
             continue;
         }
         let draw: f64 = rng.random();
@@ -115,7 +118,12 @@ pub(crate) fn churn(st: &SimState, seed: u64, touched: f64, closed: f64, added: 
     if added > 0 && registry.add(added, now).is_some() {
         done.added = added;
     }
-    tracing::info!(touched = done.touched, closed = done.closed, added = done.added, "a day of account changes");
+    tracing::info!(
+        touched = done.touched,
+        closed = done.closed,
+        added = done.added,
+        "a day of account changes"
+    );
     done
 }
 

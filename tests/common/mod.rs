@@ -137,6 +137,36 @@ pub async fn active_ids(sim: &SimHandle) -> Vec<String> {
 
 /// As [`active_ids`], with the given client (one that trusts an HTTPS simulator, say).
 pub async fn active_ids_with(sim: &SimHandle, http: reqwest::Client) -> Vec<String> {
+    let mut ids: Vec<String> = listed(sim, &http, Some("ACTIVE"))
+        .await
+        .iter()
+        .filter_map(valid_active_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Every account name the simulator's account system lists, whatever the status (for tests
+/// that check no name leaks where none may be).
+pub async fn account_names(sim: &SimHandle) -> Vec<String> {
+    let mut names: Vec<String> = listed(sim, &reqwest::Client::new(), None)
+        .await
+        .iter()
+        .filter_map(|item| item["accountName"].as_str().map(str::to_owned))
+        .filter(|n| !n.trim().is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every record of the account system's listing (of `status` only when given), page by page.
+async fn listed(
+    sim: &SimHandle,
+    http: &reqwest::Client,
+    status: Option<&str>,
+) -> Vec<serde_json::Value> {
     let token: serde_json::Value = http
         .post(sim.token_url())
         .form(&[
@@ -155,30 +185,27 @@ pub async fn active_ids_with(sim: &SimHandle, http: reqwest::Client) -> Vec<Stri
         .as_str()
         .expect("access_token")
         .to_owned();
-    let mut ids = Vec::new();
+    let mut items = Vec::new();
     let mut page: Option<String> = None;
     loop {
         let mut req = http
             .get(format!("{}/v1/accounts", sim.url()))
             .bearer_auth(&token)
-            .query(&[("status", "ACTIVE"), ("pageSize", "5000")]);
+            .query(&[("pageSize", "5000")]);
+        if let Some(status) = status {
+            req = req.query(&[("status", status)]);
+        }
         if let Some(p) = &page {
             req = req.query(&[("pageToken", p)]);
         }
         let body: serde_json::Value = req.send().await.expect("page").json().await.expect("json");
-        for item in body["items"].as_array().expect("items") {
-            if let Some(id) = valid_active_id(item) {
-                ids.push(id);
-            }
-        }
+        items.extend(body["items"].as_array().expect("items").iter().cloned());
         match body["nextPageToken"].as_str() {
             Some(t) => page = Some(t.to_owned()),
             None => break,
         }
     }
-    ids.sort();
-    ids.dedup();
-    ids
+    items
 }
 
 /// The id of a record that keeps the account system's contract and is ACTIVE.
