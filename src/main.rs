@@ -479,9 +479,15 @@ struct DemoArgs {
     /// Share of accounts with a missing pillar or focus (Partial in the file).
     #[arg(long, default_value_t = 0.01)]
     partial_rate: f64,
-    /// Business date to run; default today (America/Chicago).
+    /// Business date to run; default today (America/Chicago). With --days, the last one.
     #[arg(long, value_name = "YYYY-MM-DD")]
     business_date: Option<NaiveDate>,
+    /// Business days to run, one after the other, ending at the business date: a history of
+    /// runs for the dashboard (`esg serve`) to show trends. Between days the simulated firm
+    /// changes (seeded): about 6% of accounts get new holdings and so new scores, a few close,
+    /// a few open, and the vendor's error rates drift.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    days: u32,
     /// Lift the simulated vendor's rate limit (for throughput benchmarks).
     #[arg(long)]
     unlimited: bool,
@@ -1194,6 +1200,9 @@ async fn demo(args: DemoArgs) -> Result<u8> {
     let shutdown = shutdown_on_signal();
     let runner = Runner::open(config, esg_assembler::system_clock()).await?;
     let date = args.business_date.unwrap_or_else(|| runner.today());
+    if args.days > 1 {
+        demo_history(&runner, &sim, &args, date, &shutdown).await?;
+    }
     let bar = esg::progress::Progress::new(&format!("demo {date}"));
     let started = std::time::Instant::now();
     let outcome = runner
@@ -1226,6 +1235,70 @@ async fn demo(args: DemoArgs) -> Result<u8> {
     print_peek(&runner.config.output.dir, date);
     sim.shutdown();
     Ok(code)
+}
+
+/// `esg demo --days N`: the N - 1 business days before `last`, each run to its end after a
+/// day of change at the simulated firm, one line a day; the caller runs `last` itself.
+async fn demo_history(
+    runner: &Runner,
+    sim: &esg_simulator::SimHandle,
+    args: &DemoArgs,
+    last: NaiveDate,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let first = last - chrono::Duration::days(i64::from(args.days) - 1);
+    say!(
+        "building {} days of history, {first} to {last} (the last one is shown below)",
+        args.days
+    );
+    let mut day = first;
+    let mut index = 0u64;
+    while day <= last {
+        if index > 0 {
+            // A day at the firm: new holdings for some accounts, some close, some open.
+            let opened = (args.accounts / 300).max(u64::from(rng.random_bool(0.5)));
+            sim.churn(args.seed ^ index, 0.06, 0.002, opened);
+            // The vendor has better and worse days.
+            let transient = args.transient_error_rate * rng.random_range(0.2..2.5);
+            let permanent = args.permanent_error_rate * rng.random_range(0.3..3.0);
+            sim.update(|c| {
+                c.transient_error_rate = transient.min(0.5);
+                c.permanent_error_rate = permanent.min(0.5);
+            });
+        }
+        if day == last {
+            break;
+        }
+        if shutdown.is_cancelled() {
+            anyhow::bail!("stopped before {day}");
+        }
+        let started = std::time::Instant::now();
+        let outcome = runner
+            .run_daily(day, false, shutdown.clone(), |_| {})
+            .await
+            .with_context(|| format!("the run of {day}"))?;
+        match &outcome.report {
+            Some(report) => {
+                let s = &report.summary;
+                say!(
+                    "  {day} {}: {} accounts, {}% successful, {} failed, {} scored, {} carried forward ({:.1} s)",
+                    s.outcome,
+                    s.accounts,
+                    s.success_rate_percent,
+                    s.failed,
+                    s.scored_in_run,
+                    s.carried_forward,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            None => say!("  {day}: no file (see the log)"),
+        }
+        day += chrono::Duration::days(1);
+        index += 1;
+    }
+    Ok(())
 }
 
 /// The marker `esg demo` leaves in a directory it made its own.

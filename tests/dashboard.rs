@@ -6,109 +6,22 @@
 //! chart in the DOM, a screenshot that is not blank); a store that cannot be read; an
 //! encrypted store, read with its key.
 //!
-//! Chromium is the Debian package `chromium` (ops/test-all.sh installs it). With
-//! `ESG_WRITE_DOCS_SCREENSHOT=1` the screenshot of the long history is saved as
-//! docs/dashboard.png (the README's picture).
+//! Chromium is the Debian package `chromium` (ops/test-all.sh installs it). The README's
+//! picture of the dashboard is made by tests/demo.rs.
 
 mod common;
 
 use chrono::{TimeDelta, TimeZone, Utc};
+use common::served::Served;
 use common::*;
 use esg_assembler::history::HistoryRow;
 use esg_assembler::summary::ScoreSum;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long a server, a page or a browser may take before the test fails saying which.
 const WITHIN: Duration = Duration::from_secs(60);
-
-/// `esg serve` running; killed when dropped.
-struct Served {
-    child: Child,
-    addr: std::net::SocketAddr,
-    stderr: PathBuf,
-}
-
-impl Served {
-    /// Starts `esg serve --listen 127.0.0.1:0` and waits (by deadline) for the address it
-    /// prints.
-    fn start(world: &World) -> Served {
-        Served::start_on(world, "127.0.0.1:0")
-    }
-
-    fn start_on(world: &World, listen: &str) -> Served {
-        let stdout = world.dir.path().join(format!("serve-{listen}.out"));
-        let stderr = world.dir.path().join(format!("serve-{listen}.err"));
-        let mut child = esg_command(["serve", "--listen", listen, "--config"])
-            .arg(&world.config_path)
-            .stdout(std::fs::File::create(&stdout).expect("stdout"))
-            .stderr(std::fs::File::create(&stderr).expect("stderr"))
-            .spawn()
-            .expect("esg serve starts");
-        let deadline = Instant::now() + WITHIN;
-        let addr = loop {
-            let text = std::fs::read_to_string(&stdout).unwrap_or_default();
-            let addr = text.lines().find_map(|l| {
-                l.split("listening on http://")
-                    .nth(1)?
-                    .split('/')
-                    .next()?
-                    .parse()
-                    .ok()
-            });
-            if let Some(addr) = addr {
-                break addr;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "esg serve exited ({status}) before saying its address: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "esg serve said no address within {WITHIN:?}: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Served {
-            child,
-            addr,
-            stderr,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// GET `path`: the status and body.
-    async fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(self.url(path)).await.expect("GET");
-        let status = r.status().as_u16();
-        (status, r.text().await.expect("body"))
-    }
-
-    /// GET `path`, which must answer 200: its body.
-    async fn ok(&self, path: &str) -> String {
-        let (status, body) = self.get(path).await;
-        assert_eq!(status, 200, "GET {path}: {body}");
-        body
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// What `esg ARGS --config …` printed on stdout; it must succeed.
 fn esg(world: &World, args: &[&str]) -> String {
@@ -639,11 +552,7 @@ async fn the_window_chooses_the_dates_and_chromium_draws_every_chart() {
         "the runs table in the DOM"
     );
     assert!(dom.contains(&format!("/runs/{today}")), "{dom}");
-    let file = if std::env::var("ESG_WRITE_DOCS_SCREENSHOT").as_deref() == Ok("1") {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png")
-    } else {
-        world.dir.path().join("dashboard.png")
-    };
+    let file = world.dir.path().join("dashboard.png");
     chromium::screenshot(
         &served.url("/?window=90"),
         &file,

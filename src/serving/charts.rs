@@ -50,6 +50,9 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// The top of the y axis when fixed (100 for a percentage), else from the values.
     pub y_max: Option<f64>,
+    /// Lines only: the y axis spans the values with a margin (in steps of 5), not zero to the
+    /// top, so that moves of a point or two show (the averages, which stay near one level).
+    pub fit: bool,
 }
 
 /// Escapes text for an XML text node or attribute value.
@@ -119,11 +122,11 @@ impl Chart {
         self.legend(&mut out);
         let plot_w = WIDTH - LEFT - RIGHT;
         let plot_h = HEIGHT - TOP - BOTTOM;
-        let top = self.y_max.unwrap_or_else(|| nice_top(self.max_value()));
-        let y = |v: f64| TOP + plot_h - (v / top).clamp(0.0, 1.0) * plot_h;
+        let (bottom, top) = self.y_range();
+        let y = |v: f64| TOP + plot_h - ((v - bottom) / (top - bottom)).clamp(0.0, 1.0) * plot_h;
         // Gridlines and the y labels.
         for i in 0..=TICKS {
-            let v = top * i as f64 / TICKS as f64;
+            let v = bottom + (top - bottom) * i as f64 / TICKS as f64;
             let _ = write!(
                 out,
                 r#"<line class="grid" x1="{LEFT}" x2="{x2}" y1="{yy:.1}" y2="{yy:.1}"/><text class="axis" x="{lx}" y="{ly:.1}" text-anchor="end">{label}</text>"#,
@@ -198,6 +201,29 @@ impl Chart {
         match self.unit {
             "%" => "%",
             _ => "",
+        }
+    }
+
+    /// The bottom and top of the y axis.
+    fn y_range(&self) -> (f64, f64) {
+        let top = self.y_max.unwrap_or_else(|| nice_top(self.max_value()));
+        let values = || {
+            self.series
+                .iter()
+                .flat_map(|s| s.values.iter().copied().flatten())
+        };
+        if !self.fit || self.kind != Kind::Lines || values().next().is_none() {
+            return (0.0, top);
+        }
+        let lo = values().fold(f64::INFINITY, f64::min);
+        let hi = values().fold(f64::NEG_INFINITY, f64::max);
+        let margin = ((hi - lo) * 0.15).max(1.0);
+        let bottom = (((lo - margin) / 5.0).floor() * 5.0).max(0.0);
+        let fitted = (((hi + margin) / 5.0).ceil() * 5.0).min(top);
+        if fitted > bottom {
+            (bottom, fitted)
+        } else {
+            (0.0, top)
         }
     }
 
@@ -350,6 +376,7 @@ mod tests {
                 },
             ],
             y_max: None,
+            fit: false,
         }
     }
 
@@ -383,5 +410,24 @@ mod tests {
         assert_eq!(nice_top(7.0), 8.0);
         assert_eq!(nice_top(93.0), 100.0);
         assert_eq!(nice_top(1234.0), 2000.0);
+    }
+
+    #[test]
+    fn a_fitted_axis_spans_the_values_in_steps_of_five_within_the_fixed_top() {
+        let mut c = chart(Kind::Lines, 3);
+        c.series = vec![Series {
+            name: "overall",
+            colour: "#123456",
+            values: vec![Some(49.2), Some(51.7), None],
+        }];
+        c.y_max = Some(100.0);
+        assert_eq!(c.y_range(), (0.0, 100.0), "not fitted");
+        c.fit = true;
+        assert_eq!(c.y_range(), (45.0, 55.0));
+        c.series[0].values = vec![Some(99.5), Some(99.9), None];
+        assert_eq!(c.y_range(), (95.0, 100.0), "never above the fixed top");
+        c.series[0].values = vec![None, None, None];
+        assert_eq!(c.y_range(), (0.0, 100.0), "no values: the whole axis");
+        assert!(c.svg().contains(">100"));
     }
 }

@@ -139,7 +139,22 @@ pub fn charts(points: &[DayPoint]) -> Vec<Chart> {
         labels: labels.clone(),
         series,
         y_max,
+        fit: false,
     };
+    let mut averages = chart(
+        CHART_IDS[1],
+        "Average scores",
+        "points",
+        Kind::Lines,
+        vec![
+            series("overall", "#34495e", &|p| p.averages[0]),
+            series("environmental", "#27ae60", &|p| p.averages[1]),
+            series("social", "#2980b9", &|p| p.averages[2]),
+            series("governance", "#8e44ad", &|p| p.averages[3]),
+        ],
+        Some(100.0),
+    );
+    averages.fit = true;
     vec![
         chart(
             CHART_IDS[0],
@@ -152,19 +167,7 @@ pub fn charts(points: &[DayPoint]) -> Vec<Chart> {
             ],
             Some(100.0),
         ),
-        chart(
-            CHART_IDS[1],
-            "Average scores",
-            "points",
-            Kind::Lines,
-            vec![
-                series("overall", "#34495e", &|p| p.averages[0]),
-                series("environmental", "#27ae60", &|p| p.averages[1]),
-                series("social", "#2980b9", &|p| p.averages[2]),
-                series("governance", "#8e44ad", &|p| p.averages[3]),
-            ],
-            Some(100.0),
-        ),
+        averages,
         chart(
             CHART_IDS[2],
             "Primary focus split (accounts)",

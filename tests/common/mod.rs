@@ -4,6 +4,7 @@
 
 pub mod chromium;
 pub mod kafka;
+pub mod served;
 pub mod webhook;
 
 use esg::config::{self, Config};
