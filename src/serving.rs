@@ -488,13 +488,15 @@ async fn day_summary(
     }
 }
 
+/// The history rows of the query's window (default all), for the machine answers.
+async fn window_rows(d: &Shared, q: &HashMap<String, String>) -> Result<Vec<HistoryRow>, Refusal> {
+    let window = window_of(q, Window::All)?;
+    history(d, window.since(today(&d.config))).await
+}
+
 /// `esg history --json` of the window (default all).
 async fn daily_json(State(d): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let window = match window_of(&q, Window::All) {
-        Ok(w) => w,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let rows = match history(&d, window.since(today(&d.config))).await {
+    let rows = match window_rows(&d, &q).await {
         Ok(rows) => rows,
         Err(refusal) => return refusal.into_response(),
     };
@@ -506,11 +508,7 @@ async fn daily_json(State(d): State<Shared>, Query(q): Query<HashMap<String, Str
 
 /// `esg history --csv --all` of the window (default all): one line a run.
 async fn runs_csv(State(d): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let window = match window_of(&q, Window::All) {
-        Ok(w) => w,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let rows = match history(&d, window.since(today(&d.config))).await {
+    let rows = match window_rows(&d, &q).await {
         Ok(rows) => rows,
         Err(refusal) => return refusal.into_response(),
     };

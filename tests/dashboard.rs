@@ -23,21 +23,6 @@ use std::time::{Duration, Instant};
 /// How long a server, a page or a browser may take before the test fails saying which.
 const WITHIN: Duration = Duration::from_secs(60);
 
-/// What `esg ARGS --config …` printed on stdout; it must succeed.
-fn esg(world: &World, args: &[&str]) -> String {
-    let out = esg_command(args)
-        .arg("--config")
-        .arg(&world.config_path)
-        .output()
-        .expect("esg runs");
-    assert!(
-        out.status.success(),
-        "esg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 /// Headless Chromium driven through its DevTools protocol, for what a one-shot `--dump-dom`
 /// cannot show: the page after its script has run. Killed when dropped.
 struct Browser {

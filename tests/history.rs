@@ -11,21 +11,6 @@ use common::*;
 const DAY1: &str = "2026-11-23";
 const DAY2: &str = "2026-11-24";
 
-/// What `esg ARGS --config …` printed on stdout; it must succeed.
-fn esg(world: &World, args: &[&str]) -> String {
-    let out = esg_command(args)
-        .arg("--config")
-        .arg(&world.config_path)
-        .output()
-        .expect("esg runs");
-    assert!(
-        out.status.success(),
-        "esg {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
 fn summary(world: &World, day: &str) -> serde_json::Value {
     let name = esg_assembler::output::file_names(date(day)).summary_json;
     serde_json::from_slice(&std::fs::read(world.out().join(name)).expect("summary")).expect("json")

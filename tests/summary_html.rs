@@ -12,12 +12,6 @@ use std::path::Path;
 const DAY1: &str = "2026-11-23";
 const DAY2: &str = "2026-11-24";
 
-fn esg(world: &World, args: &[&str]) -> String {
-    let (code, said) = outcome(esg_command(args).arg("--config").arg(&world.config_path));
-    assert_eq!(code, Some(0), "esg {args:?}: {said}");
-    said
-}
-
 fn names(day: &str) -> esg_assembler::output::FileNames {
     esg_assembler::output::file_names(date(day))
 }

@@ -1097,11 +1097,7 @@ pub fn erase_accounts(
     identities: &[Box<dyn age::Identity + Send + Sync>],
     protection: &Protection,
 ) -> Result<u64, OutputError> {
-    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
-        action: "erase accounts from",
-        path: path.to_path_buf(),
-        source: io::Error::new(kind, why),
-    };
+    let refuse = |kind, why| erase_refused(path, kind, why);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
         return Err(refuse(
             io::ErrorKind::InvalidInput,
@@ -1199,6 +1195,15 @@ pub fn erase_accounts(
     Ok(removed)
 }
 
+/// Why an erasure leaves the output at `path` as it is.
+fn erase_refused(path: &Path, kind: io::ErrorKind, why: String) -> OutputError {
+    OutputError::Io {
+        action: "erase accounts from",
+        path: path.to_path_buf(),
+        source: io::Error::new(kind, why),
+    }
+}
+
 /// Erasure of an HTML summary: the page is rendered again from its JSON summary beside it (the
 /// page is a pure function of it), with the accounts of `ids` removed from it in memory, and
 /// replaces the page when it differs. Returns the entries the JSON summary held of `ids`, or 1
@@ -1209,11 +1214,7 @@ fn erase_from_page(
     identities: &[Box<dyn age::Identity + Send + Sync>],
     protection: &Protection,
 ) -> Result<u64, OutputError> {
-    let refuse = |kind: io::ErrorKind, why: String| OutputError::Io {
-        action: "erase accounts from",
-        path: path.to_path_buf(),
-        source: io::Error::new(kind, why),
-    };
+    let refuse = |kind, why| erase_refused(path, kind, why);
     let name = path
         .file_name()
         .and_then(|n| n.to_str())

@@ -75,6 +75,21 @@ impl World {
     }
 }
 
+/// What `esg ARGS --config …` printed on stdout; it must succeed.
+pub fn esg(world: &World, args: &[&str]) -> String {
+    let out = esg_command(args)
+        .arg("--config")
+        .arg(&world.config_path)
+        .output()
+        .expect("esg runs");
+    assert!(
+        out.status.success(),
+        "esg {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
 /// The daily run of `day`, in-process, to its end.
 pub async fn run_day(world: &World, day: chrono::NaiveDate) -> esg::runner::Outcome {
     esg::runner::Runner::open(world.config(), esg_assembler::system_clock())
