@@ -103,3 +103,21 @@ async fn a_demo_of_many_days_builds_a_history_the_dashboard_draws() {
     );
     chromium::assert_not_blank(&file, 1280, 1700);
 }
+
+#[test]
+fn a_demo_of_no_days_or_too_many_is_refused_before_anything_runs() {
+    let scratch = tempfile::tempdir().expect("scratch");
+    let dir = scratch.path().join("demo");
+    for days in ["0", "3661", "many"] {
+        let (code, said) = outcome(&mut esg_command([
+            "demo",
+            "--days",
+            days,
+            "--dir",
+            dir.to_str().expect("utf-8"),
+        ]));
+        assert_eq!(code, Some(2), "--days {days}: {said}");
+        assert!(said.contains("--days"), "{said}");
+        assert!(!dir.exists(), "nothing made for --days {days}");
+    }
+}
