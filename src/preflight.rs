@@ -203,7 +203,7 @@ fn writable(what: &str, dir: &Path) -> Check {
 
 /// The bytes the next file needs: the larger of the last ratings file written and the
 /// estimate from the expected rows, plus the margin. (The errors file, the summaries and the
-/// Parquet, when on, are not counted one by one: the estimate of [`ROW_BYTES`] a row is about
+/// Parquet, when on, are not counted one by one: the estimate of `ROW_BYTES` a row is about
 /// five times a real row of the ratings file, which leaves room for them.)
 pub fn needed_bytes(dir: &Path, expected_rows: u64) -> u64 {
     let last_file = std::fs::read_dir(dir)

@@ -12,11 +12,11 @@
 //!   (applying the CSV's rule to the Parquet's text gives the CSV's cell back);
 //! - bounded memory: rows are buffered column by column and written as a row group every
 //!   [`ROWS_PER_GROUP`] rows, so a 1,000,000-account day holds one row group at a time;
-//! - the file goes through the same [`PendingFile`] as every output: temporary name, age
+//! - the file goes through the same `PendingFile` as every output: temporary name, age
 //!   encryption as it streams when `[encryption]` is on (`….parquet.age`, no plaintext on disk),
 //!   fsync, rename, directory fsync. The caller renames it before the ratings file, so a new
 //!   ratings file never appears beside an older Parquet;
-//! - erasure: [`erase`] rewrites a day's Parquet without some accounts (decrypting an encrypted
+//! - erasure: `erase` rewrites a day's Parquet without some accounts (decrypting an encrypted
 //!   one as it reads, through age's seekable stream, so no plaintext touches the disk here
 //!   either).
 //!

@@ -82,7 +82,7 @@ pub(crate) fn add_accounts(st: &SimState, n: u64) -> Result<(u64, u64), AdminErr
     Ok(added)
 }
 
-/// What [`churn`] changed.
+/// What a day of account changes (`SimHandle::churn`) changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Churn {
     pub touched: u64,
