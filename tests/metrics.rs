@@ -111,8 +111,9 @@ async fn a_running_job_exposes_valid_prometheus_metrics() {
         .lines()
         .find(|l| l.starts_with("esg_deliveries_total{") && l.contains("outcome=\"delivered\""))
         .unwrap_or_else(|| panic!("no delivered files counted:\n{body}"));
+    // The ratings, the JSON summary and the HTML summary.
     assert!(
-        delivered.contains("target=\"share\"") && delivered.ends_with(" 3"),
+        delivered.contains("target=\"share\"") && delivered.ends_with(" 4"),
         "{delivered}"
     );
     // Bounded labels: no account or run id in any series.
