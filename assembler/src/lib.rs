@@ -599,6 +599,9 @@ impl Assembler {
                 );
                 let with_provenance =
                     |r: &rusqlite::Row<'_>| Ok((read_row(r)?, provenance(r)?));
+                // The accounts the daily run's file shows `Failed` by its deadline, when the
+                // file pass kept them (see [`DeadlineIds`]).
+                let mut deadline_ids = None;
                 let (written, tally, not_in_file, stored) = if is_rerun && protection.is_encrypted() {
                     // The day's files are encrypted and the job holds no key to read them back:
                     // they are rebuilt whole from the state, which holds that day's rows only
@@ -615,7 +618,7 @@ impl Assembler {
                             ),
                         });
                     }
-                    let (written, tally) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, true)?;
+                    let (written, tally, _) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, true)?;
                     let missing: i64 = c.query_row(
                         "SELECT COUNT(*) FROM expected e WHERE e.run_id = ?1
                            AND NOT EXISTS (SELECT 1 FROM roster r WHERE r.account_id = e.account_id)",
@@ -645,10 +648,11 @@ impl Assembler {
                     let missing = replaced.missing.len() as u64;
                     (replaced.written, tally, missing, Some(stored))
                 } else {
-                    let (written, tally) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, false)?;
+                    let (written, tally, ids) = write_from_roster(c, &dir, date, &protection, parquet, &run_id, false)?;
+                    deadline_ids = ids.into_kept();
                     (written, tally, 0, None)
                 };
-                state::record_file_deadlines(c, &run_id, date, !is_rerun)?;
+                state::record_file_deadlines(c, &run_id, date, !is_rerun, deadline_ids.as_deref())?;
                 Ok((written, tally, not_in_file, api, stored))
             })
             .await?;
@@ -812,7 +816,7 @@ fn write_from_roster(
     parquet: bool,
     run_id: &str,
     rebuild: bool,
-) -> Result<(output::Written, Tally), AssemblerError> {
+) -> Result<(output::Written, Tally, DeadlineIds), AssemblerError> {
     let output_err = |source| AssemblerError::Output {
         run_id: run_id.to_owned(),
         source,
@@ -826,6 +830,12 @@ fn write_from_roster(
         String::new()
     };
     let mut tally = Tally::default();
+    let mut deadline_ids = DeadlineIds::default();
+    // The pass seeks four tables an account in key order; in SQLite's default cache (2 MB) the
+    // interior pages of the four evict each other and most seeks read pages again. A larger
+    // cache for the pass only, given back after it.
+    let cache: i64 = c.query_row("PRAGMA cache_size", [], |r| r.get(0))?;
+    c.pragma_update(None, "cache_size", FILE_PASS_CACHE)?;
     let (chunks, received) = std::sync::mpsc::sync_channel::<Chunk>(4);
     let (read, written) = std::thread::scope(|scope| {
         let writing = scope.spawn(|| write_chunks(writer, received, dir));
@@ -839,6 +849,9 @@ fn write_from_roster(
                 let (row, from, expected) = row?;
                 if expected || !rebuild {
                     tally.add(from, &row);
+                }
+                if from == Provenance::DeadlineFailed {
+                    deadline_ids.add(&row.account_id);
                 }
                 chunk.push(row);
                 if chunk.len() == ROWS_PER_CHUNK {
@@ -863,9 +876,39 @@ fn write_from_roster(
         });
         (read, written)
     });
+    c.pragma_update(None, "cache_size", cache)?;
     // A read error stopped the rows (the writer then left no file) and comes first.
     read?;
-    Ok((written.map_err(output_err)?, tally))
+    Ok((written.map_err(output_err)?, tally, deadline_ids))
+}
+
+/// The accounts a file pass wrote `Failed` by the run's deadline, kept while they are few: a
+/// daily run records them for its re-runs ([`state::record_file_deadlines`]) without a second
+/// pass over the run's accounts. Past [`DeadlineIds::KEPT`] (a day that mostly missed its
+/// deadline) they are dropped and the store finds them again by a query.
+#[derive(Debug, Default)]
+struct DeadlineIds {
+    ids: Vec<String>,
+    overflowed: bool,
+}
+
+impl DeadlineIds {
+    const KEPT: usize = 10_000;
+
+    fn add(&mut self, account_id: &str) {
+        if self.overflowed {
+        } else if self.ids.len() < Self::KEPT {
+            self.ids.push(account_id.to_owned());
+        } else {
+            self.overflowed = true;
+            self.ids = Vec::new();
+        }
+    }
+
+    /// Every account, or `None` when there were too many to keep.
+    fn into_kept(self) -> Option<Vec<String>> {
+        (!self.overflowed).then_some(self.ids)
+    }
 }
 
 /// Rows the assembler hands to the thread that writes the file.
@@ -874,6 +917,9 @@ enum Chunk {
     /// Every row was read: the file may be finished.
     End,
 }
+
+/// SQLite's page cache for the file pass, as `PRAGMA cache_size` (negative: KiB).
+const FILE_PASS_CACHE: i64 = -8 * 1024;
 
 /// Rows per [`Chunk`].
 const ROWS_PER_CHUNK: usize = 1024;
@@ -1000,4 +1046,24 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         error_message: r.get(12)?,
         last_attempt: DateTime::from_timestamp_millis(scored_at),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DeadlineIds;
+
+    #[test]
+    fn deadline_ids_are_kept_while_few_and_given_up_past_the_bound() {
+        let mut few = DeadlineIds::default();
+        few.add("A");
+        few.add("B");
+        assert_eq!(few.into_kept(), Some(vec!["A".to_owned(), "B".to_owned()]));
+        let mut many = DeadlineIds::default();
+        for i in 0..=DeadlineIds::KEPT {
+            many.add(&format!("ACC{i:07}"));
+        }
+        many.add("ACC9999999");
+        assert!(many.ids.is_empty(), "none kept past the bound");
+        assert_eq!(many.into_kept(), None, "the store is asked instead");
+    }
 }

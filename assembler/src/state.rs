@@ -533,13 +533,30 @@ fn parse_facts<T: serde::de::DeserializeOwned>(json: &str, date: &str) -> Option
 /// not read back). A daily run starts the list of its date afresh (and drops every other date's);
 /// a re-run takes its own accounts off it, then adds those it did not score either. Called after
 /// the run's files are written, before [`mark_completed`] drops its expected accounts.
+/// `known`: the daily run's file pass saw these accounts, exactly, written `Failed` by the
+/// deadline (expected, not scored, in the roster), so the run's accounts need no second pass;
+/// `None` finds them by query.
 pub fn record_file_deadlines(
     c: &rusqlite::Connection,
     run_id: &str,
     business_date: NaiveDate,
     daily: bool,
+    known: Option<&[String]>,
 ) -> rusqlite::Result<()> {
     let date = business_date.to_string();
+    if let (true, Some(ids)) = (daily, known) {
+        let tx = c.unchecked_transaction()?;
+        tx.execute("DELETE FROM file_deadlines", [])?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO file_deadlines (business_date, account_id) VALUES (?1, ?2)",
+            )?;
+            for id in ids {
+                insert.execute(params![date, id])?;
+            }
+        }
+        return tx.commit();
+    }
     if daily {
         c.execute("DELETE FROM file_deadlines", [])?;
     } else {
@@ -648,6 +665,37 @@ mod tests {
                 "the old row kept, its requests and 429s unknown (0)"
             );
         }
+    }
+
+    #[test]
+    fn a_daily_runs_deadline_accounts_are_the_same_from_its_file_pass_and_from_the_query() {
+        let day = date();
+        let recorded = |known: Option<Vec<String>>| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = open(&dir.path().join("assembler.db")).expect("open");
+            store
+                .call_blocking(move |c| {
+                    c.execute_batch(
+                        "INSERT INTO expected VALUES ('r', 'A'), ('r', 'B'), ('r', 'C');
+                         INSERT INTO run_scored (run_id, account_id, attempts) VALUES ('r', 'B', 1);
+                         INSERT INTO file_deadlines VALUES ('2026-11-20', 'Z');",
+                    )?;
+                    record_file_deadlines(c, "r", day, true, known.as_deref())?;
+                    let mut stmt = c.prepare(
+                        "SELECT business_date || ' ' || account_id FROM file_deadlines ORDER BY 1",
+                    )?;
+                    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .expect("recorded")
+        };
+        let by_query = recorded(None);
+        assert_eq!(
+            by_query,
+            ["2026-11-23 A", "2026-11-23 C"],
+            "an earlier date's list is dropped"
+        );
+        assert_eq!(recorded(Some(vec!["A".into(), "C".into()])), by_query);
     }
 
     #[test]
