@@ -587,8 +587,8 @@ pub fn mark_completed(
         "UPDATE runs SET completed = 1, outcome = ?2 WHERE run_id = ?1",
         params![run_id, outcome],
     )?;
-    c.execute("DELETE FROM expected WHERE run_id = ?1", [run_id])?;
-    c.execute("DELETE FROM run_scored WHERE run_id = ?1", [run_id])?;
+    esg_bus::store::delete_run_rows(c, "expected", run_id)?;
+    esg_bus::store::delete_run_rows(c, "run_scored", run_id)?;
     Ok(())
 }
 

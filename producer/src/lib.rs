@@ -1054,9 +1054,9 @@ impl Producer {
                 store::set_phase(&tx, &run_id, Phase::Sealed)?;
                 // The listing and the run's plan are only needed until the seal (a sealed run
                 // resumes from the recorded seal): the store does not grow with every run.
-                tx.execute("DELETE FROM listing WHERE run_id = ?1", [&run_id])?;
-                tx.execute("DELETE FROM pending WHERE run_id = ?1", [&run_id])?;
-                tx.execute("DELETE FROM roster_changes WHERE run_id = ?1", [&run_id])?;
+                for table in ["listing", "pending", "roster_changes"] {
+                    esg_bus::store::delete_run_rows(&tx, table, &run_id)?;
+                }
                 tx.commit()
             })
             .await?;
