@@ -57,7 +57,37 @@ pub struct Figures {
     /// Every other defect found: a failure without an alert, a day not repaired, calls
     /// without need, accounts scored twice beyond the kills' window, growth.
     pub defects: Vec<String>,
+    /// The figures of point 3 over the whole soak.
+    pub costs: Costs,
     pub per_day: Vec<DayFigures>,
+}
+
+/// The costs over the whole soak.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Costs {
+    /// ESG requests served, and the least the days needed (one request per batch of the
+    /// accounts each day had to score).
+    pub requests: u64,
+    pub minimum_requests: u64,
+    /// Days whose requests were more than twice their minimum (plus one).
+    pub days_over_twice_the_minimum: u64,
+    /// Accounts the days had to score, and the days that had none (nothing changed).
+    pub accounts_to_score: u64,
+    pub days_without_scoring: u64,
+    /// Accounts handed an analysis twice in a day, in all, and the most the kills allowed.
+    pub scored_twice: u64,
+    pub scored_twice_allowed: u64,
+    /// Peak RSS of the `esg` processes: the mean over the first and the last quarter of the
+    /// days, and the highest.
+    pub rss_first_quarter_kib: u64,
+    pub rss_last_quarter_kib: u64,
+    pub rss_max_kib: u64,
+    /// The largest size of each directory in each third of the days.
+    pub state_bytes_by_third: [u64; 3],
+    pub output_bytes_by_third: [u64; 3],
+    pub delivered_bytes_by_third: [u64; 3],
+    /// Wall time of the soak's days, seconds.
+    pub seconds: f64,
 }
 
 impl Figures {
@@ -80,6 +110,39 @@ impl Figures {
 
     pub fn count(map: &mut BTreeMap<String, u64>, key: &str) {
         *map.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// Adds up the costs of the days.
+    pub fn total_costs(&mut self) {
+        let days = &self.per_day;
+        let n = days.len();
+        let c = &mut self.costs;
+        for d in days {
+            c.requests += d.requests;
+            c.minimum_requests += d.minimum_requests;
+            c.days_over_twice_the_minimum += u64::from(d.requests > 2 * d.minimum_requests + 1);
+            c.accounts_to_score += d.to_score;
+            c.days_without_scoring += u64::from(d.to_score == 0);
+            c.scored_twice += d.scored_twice;
+            c.scored_twice_allowed += d.scored_twice_allowed;
+            c.rss_max_kib = c.rss_max_kib.max(d.peak_rss_kib);
+            c.seconds += d.seconds;
+        }
+        let quarter = (n / 4).max(1).min(n);
+        let mean = |d: &[DayFigures]| {
+            d.iter().map(|d| d.peak_rss_kib).sum::<u64>() / d.len().max(1) as u64
+        };
+        c.rss_first_quarter_kib = mean(&days[..quarter]);
+        c.rss_last_quarter_kib = mean(&days[n - quarter..]);
+        let third = |i: usize, size: fn(&DayFigures) -> u64| {
+            let (from, to) = (i * n / 3, (i + 1) * n / 3);
+            days[from..to].iter().map(size).max().unwrap_or(0)
+        };
+        for i in 0..3 {
+            c.state_bytes_by_third[i] = third(i, |d| d.state_bytes);
+            c.output_bytes_by_third[i] = third(i, |d| d.output_bytes);
+            c.delivered_bytes_by_third[i] = third(i, |d| d.delivered_bytes);
+        }
     }
 
     /// The checks that need many days: memory flat over the days, the directories not growing

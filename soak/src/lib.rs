@@ -198,6 +198,7 @@ pub async fn run(options: Options) -> Result<Outcome> {
     let result = soak.days().await;
     soak.sim.shutdown();
     result?;
+    soak.figures.total_costs();
     soak.figures.check_growth();
     if !soak.figures.defects.is_empty() || soak.figures.silent_wrong_files > 0 {
         // The output disk goes with the soak: keep a copy of what it held.

@@ -82,6 +82,23 @@ fn run(args: Args) -> Result<bool> {
     for defect in &f.defects {
         eprintln!("DEFECT: {defect}");
     }
+    let c = &f.costs;
+    eprintln!("faults by kind: {:?}", f.faults);
+    eprintln!("kills by phase: {:?}", f.kills_by_phase);
+    eprintln!("account changes: {:?}", f.changes);
+    eprintln!("loud failures by alert: {:?}", f.loud_failures_by_alert);
+    eprintln!(
+        "API requests {} against a minimum of {} ({} days over twice it); {} accounts to score, {} days with none",
+        c.requests, c.minimum_requests, c.days_over_twice_the_minimum, c.accounts_to_score, c.days_without_scoring
+    );
+    eprintln!(
+        "accounts scored twice {} (the kills allowed {}); peak RSS {} KiB in the first quarter, {} KiB in the last, {} KiB at most",
+        c.scored_twice, c.scored_twice_allowed, c.rss_first_quarter_kib, c.rss_last_quarter_kib, c.rss_max_kib
+    );
+    eprintln!(
+        "largest size by third of the days: state {:?}, output {:?}, delivered {:?} bytes",
+        c.state_bytes_by_third, c.output_bytes_by_third, c.delivered_bytes_by_third
+    );
     eprintln!(
         "{:.0} s; figures in {}",
         started.elapsed().as_secs_f64(),
