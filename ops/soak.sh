@@ -16,5 +16,5 @@ if ! compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; then
   echo "== installing faketime (Debian)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime >/dev/null
 fi
-cargo build --release --locked --quiet --bin esg --bin esg-soak
+cargo build --release --locked --quiet -p esg -p esg-soak
 exec target/release/esg-soak --esg target/release/esg "$@"

@@ -158,7 +158,8 @@ struct Soak {
 }
 
 /// Runs the soak. `Err` only when the soak itself could not run (no simulator, no
-/// libfaketime, a process that hung); what it found about the job is in the outcome.
+/// libfaketime, a disk fault that could not be set); what it found about the job is in the
+/// outcome.
 pub async fn run(options: Options) -> Result<Outcome> {
     if options.dir.exists() {
         bail!("{} exists already", options.dir.display());
@@ -441,6 +442,20 @@ impl Soak {
                 .await?;
             figures.peak_rss_kib = figures.peak_rss_kib.max(process.peak_rss_kib);
             let code = match ended {
+                Ended::Hung => {
+                    // Nothing waits forever (DESIGN section 3): a day whose run hangs stops the
+                    // soak with its inputs.
+                    self.figures.unrepaired += 1;
+                    self.figures.defects.push(format!(
+                        "day {} ({date}): esg run --once did not end within {PROCESS_LIMIT:?}; replay: ops/soak.sh --days {} --seed {} (log {})",
+                        day.number,
+                        day.number,
+                        self.options.seed,
+                        log.display()
+                    ));
+                    figures.seconds = began.elapsed().as_secs_f64();
+                    return Ok(figures);
+                }
                 Ended::Killed(phase) => {
                     figures.kills += 1;
                     let name = format!("{phase:?}").to_lowercase();
@@ -625,7 +640,7 @@ impl Soak {
             }
             if started.elapsed() > PROCESS_LIMIT {
                 process.kill()?;
-                bail!("esg run --once --business-date {date} did not end within {PROCESS_LIMIT:?}");
+                return Ok(Ended::Hung);
             }
             let stats = self.sim.stats();
             let requests = stats.esg_requests - base.esg_requests;
@@ -668,12 +683,15 @@ impl Soak {
                 Phase::Scoring => {
                     said.assembled || (said.planned && requests >= u64::from(kill.at))
                 }
-                Phase::Assembling | Phase::Writing => {
+                Phase::Assembling => {
                     said.assembled
                         || scored_at.is_some_and(|t| {
                             t.elapsed() >= Duration::from_millis(u64::from(kill.at))
                         })
                 }
+                // The files go out one after the other, then the run's facts are committed:
+                // the first of them on disk is the moment.
+                Phase::Writing => said.assembled || self.writing(date),
                 Phase::Delivering => said
                     .assembled_at
                     .is_some_and(|t| t.elapsed() >= Duration::from_millis(u64::from(kill.at))),
@@ -687,21 +705,27 @@ impl Soak {
         }
     }
 
+    /// Whether a file of the day (or a temporary one) is in the output directory.
+    fn writing(&self, date: NaiveDate) -> bool {
+        let day = format!("FirmESGRatings_{}", date.format("%Y%m%d"));
+        std::fs::read_dir(&self.disk.dir).is_ok_and(|entries| {
+            entries.filter_map(Result::ok).any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .trim_start_matches('.')
+                    .starts_with(&day)
+            })
+        })
+    }
+
     /// The phase the job is in, from its log and the files on disk.
     fn phase_now(&self, said: &job::Said, scored: bool, date: NaiveDate) -> Phase {
         let name = csv_name(date);
-        let temp_on_disk = std::fs::read_dir(&self.disk.dir).is_ok_and(|entries| {
-            entries.filter_map(Result::ok).any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with(".FirmESGRatings_")
-            })
-        });
         if !said.planned {
             Phase::Listing
         } else if said.assembled || self.delivered.join(&name).exists() {
             Phase::Delivering
-        } else if temp_on_disk || self.disk.dir.join(&name).exists() {
+        } else if self.writing(date) {
             Phase::Writing
         } else if scored {
             Phase::Assembling
@@ -715,4 +739,6 @@ impl Soak {
 enum Ended {
     Killed(Phase),
     Exited(Option<i32>),
+    /// Killed by the soak after [`PROCESS_LIMIT`].
+    Hung,
 }

@@ -28,12 +28,12 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The phases a kill is planned for (writing is too short to aim at with a small day; a
-    /// kill is counted as writing when it finds a temporary file on disk).
-    const AIMED: [Phase; 4] = [
+    /// The phases a kill is planned for.
+    const AIMED: [Phase; 5] = [
         Phase::Listing,
         Phase::Scoring,
         Phase::Assembling,
+        Phase::Writing,
         Phase::Delivering,
     ];
 }
@@ -43,7 +43,8 @@ impl Phase {
 pub struct Kill {
     pub phase: Phase,
     /// Listing: after this many pages; scoring: after this many requests; assembling and
-    /// delivering: this many milliseconds after the phase began.
+    /// delivering: this many milliseconds after the phase began; writing: as soon as the
+    /// day's first file is on disk.
     pub at: u32,
 }
 
@@ -254,7 +255,8 @@ impl Plan {
                 let at = match phase {
                     Phase::Listing => rng.random_range(1..4),
                     Phase::Scoring => rng.random_range(1..6),
-                    Phase::Assembling | Phase::Writing => rng.random_range(0..40),
+                    Phase::Assembling => rng.random_range(0..40),
+                    Phase::Writing => 0,
                     Phase::Delivering => rng.random_range(0..10),
                 };
                 Kill { phase, at }
@@ -306,7 +308,13 @@ impl Plan {
                 changes.reopened.push(id.clone());
             }
         }
-        changes.added = rng.random_range(0..=2);
+        // About one account opens every four days, about one closes every day, closed ones
+        // reopen now and then: the firm grows slowly, so a long soak's days stay small.
+        changes.added = match rng.random_range(0..20) {
+            0..16 => 0,
+            16..19 => 1,
+            _ => 2,
+        };
         changes.rerate = rng.random_bool(0.03);
         changes
     }
