@@ -668,7 +668,7 @@ impl Soak {
                 continue;
             };
             let said = process.said();
-            if scored_at.is_none() && said.published && polls % 5 == 0 {
+            if scored_at.is_none() && said.published && polls.is_multiple_of(5) {
                 let answers = self.sim.answers();
                 if to_score.iter().all(|id| answers.contains_key(id)) {
                     scored_at = Some(Instant::now());
