@@ -254,7 +254,7 @@ impl Plan {
                 let phase = Phase::AIMED[rng.random_range(0..Phase::AIMED.len())];
                 let at = match phase {
                     Phase::Listing => rng.random_range(1..4),
-                    Phase::Scoring => rng.random_range(1..6),
+                    Phase::Scoring => rng.random_range(1..3),
                     Phase::Assembling => rng.random_range(0..40),
                     Phase::Writing => 0,
                     Phase::Delivering => rng.random_range(0..10),
