@@ -213,10 +213,9 @@ async fn killed_runs_resume(
 /// store is in WAL mode).
 fn seal_applied(world: &World, run_id: &str) -> bool {
     let path = world.dir.path().join("state").join("assembler.db");
-    let Ok(c) = rusqlite::Connection::open_with_flags(
-        &path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    ) else {
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
         return false;
     };
     c.query_row(
