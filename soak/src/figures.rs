@@ -26,6 +26,11 @@ pub struct DayFigures {
     /// Peak resident set of the day's `esg` processes, KiB.
     pub peak_rss_kib: u64,
     pub state_bytes: u64,
+    /// The state directory's entries (each store with its WAL, the audit directory, the
+    /// delivery record), bytes.
+    pub state_entries: BTreeMap<String, u64>,
+    /// Active accounts of the day (rows of its file).
+    pub active_accounts: u64,
     pub output_bytes: u64,
     pub delivered_bytes: u64,
     pub seconds: f64,
@@ -183,6 +188,26 @@ impl Figures {
         check("the output directory", 10, |d| d.output_bytes);
         check("the delivery target", 10, |d| d.delivered_bytes);
         check("the state directory", 45, |d| d.state_bytes);
+        // Each entry of the state on its own, so that one growing file is not hidden by the
+        // others: its largest size in the last third against the middle third's.
+        if n >= 3 * 45 {
+            let names: Vec<String> = days[n - 1].state_entries.keys().cloned().collect();
+            let third = n / 3;
+            for name in names {
+                let max = |d: &[DayFigures]| {
+                    d.iter()
+                        .filter_map(|d| d.state_entries.get(&name).copied())
+                        .max()
+                        .unwrap_or(0)
+                };
+                let (middle, last) = (max(&days[third..2 * third]), max(&days[2 * third..]));
+                if last as f64 > middle as f64 * 1.25 + 64.0 * 1024.0 {
+                    self.defects.push(format!(
+                        "state/{name} grows: at most {middle} bytes in the middle third of the days, {last} in the last"
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -226,6 +251,17 @@ mod tests {
         };
         f.check_growth();
         assert!(f.defects.is_empty(), "{:?}", f.defects);
+        let record = |d: u32| DayFigures {
+            state_entries: [("deliveries.jsonl".to_owned(), 2_000 * u64::from(d))].into(),
+            ..flat(d)
+        };
+        let mut f = Figures {
+            per_day: days(200, record),
+            ..Figures::default()
+        };
+        f.check_growth();
+        assert_eq!(f.defects.len(), 1, "{:?}", f.defects);
+        assert!(f.defects[0].contains("deliveries.jsonl"), "{:?}", f.defects);
         let growing = |d: u32| DayFigures {
             peak_rss_kib: 50_000 + 1000 * u64::from(d),
             state_bytes: 5_000_000 + 100_000 * u64::from(d),

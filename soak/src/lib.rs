@@ -228,6 +228,29 @@ fn du(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Bytes of each entry of the state directory: a store with its `-wal` and `-shm`, a
+/// directory with what is under it.
+fn state_entries(dir: &Path) -> BTreeMap<String, u64> {
+    let mut sizes = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return sizes;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let key = name
+            .strip_suffix("-wal")
+            .or_else(|| name.strip_suffix("-shm"))
+            .unwrap_or(&name)
+            .to_owned();
+        let bytes = match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        };
+        *sizes.entry(key).or_default() += bytes;
+    }
+    sizes
+}
+
 /// Copies the files of `from` (not its subdirectories' files) into `to`.
 fn keep_copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
@@ -280,9 +303,10 @@ impl Soak {
                 .map(|a| a.account_id.clone())
                 .collect()
         };
+        let target = (self.options.accounts as usize * 19).div_ceil(20);
         let changes = self
             .plan
-            .changes(n, &ids(Status::Active), &ids(Status::Closed));
+            .changes(n, &ids(Status::Active), &ids(Status::Closed), target);
         let tally = &mut self.figures.changes;
         for id in &changes.touched {
             self.sim.touch(id);
@@ -507,6 +531,8 @@ impl Soak {
         figures.requests = stats.esg_requests - stats_before.esg_requests;
         figures.minimum_requests = (to_score.len() as u64).div_ceil(u64::from(batch_size));
         figures.state_bytes = du(&self.state);
+        figures.state_entries = state_entries(&self.state);
+        figures.active_accounts = expected.accounts.len() as u64;
         figures.output_bytes = du(&self.disk.dir);
         figures.delivered_bytes = du(&self.delivered);
         figures.seconds = began.elapsed().as_secs_f64();

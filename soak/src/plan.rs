@@ -286,8 +286,10 @@ impl Plan {
     }
 
     /// The account changes before day `n`, drawn against the accounts as they are:
-    /// `active` and `closed` ids, in id order.
-    pub fn changes(&self, n: u32, active: &[String], closed: &[String]) -> Changes {
+    /// `active` and `closed` ids, in id order. New accounts open about as fast as accounts
+    /// close, so the firm stays near `target` active accounts and a long soak's days stay the
+    /// same size (its sizes on disk then say whether the job's state grows).
+    pub fn changes(&self, n: u32, active: &[String], closed: &[String], target: usize) -> Changes {
         let mut rng = self.rng(2, n);
         let mut changes = Changes::default();
         if n == 1 {
@@ -303,17 +305,15 @@ impl Plan {
                 changes.renamed.push((id.clone(), hostile_name(&mut rng)));
             }
         }
-        for id in closed {
-            if rng.random_bool(0.03) {
-                changes.reopened.push(id.clone());
-            }
+        if !closed.is_empty() && rng.random_bool(0.3) {
+            changes
+                .reopened
+                .push(closed[rng.random_range(0..closed.len())].clone());
         }
-        // About one account opens every four days, about one closes every day, closed ones
-        // reopen now and then: the firm grows slowly, so a long soak's days stay small.
-        changes.added = match rng.random_range(0..20) {
-            0..16 => 0,
-            16..19 => 1,
-            _ => 2,
+        changes.added = if active.len() < target {
+            rng.random_range(0..=2)
+        } else {
+            u64::from(rng.random_bool(0.05))
         };
         changes.rerate = rng.random_bool(0.03);
         changes
