@@ -27,8 +27,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # Real peers of the tests, from Debian: kcat (a Kafka client), promtool and amtool (Prometheus and
 # Alertmanager), an SMTP server (aiosmtpd), openssl (the certificates of the test SMTP server and
 # of the Kafka SSL listener), age (the independent reader of the encrypted outputs), OpenSSH's
-# sshd and ssh-keygen (the SFTP delivery target's server), and headless Chromium (the pages:
-# the HTML summary and the dashboard).
+# sshd and ssh-keygen (the SFTP delivery target's server), headless Chromium (the pages:
+# the HTML summary and the dashboard), and libfaketime (the soak runs the job on each business
+# day's clock, tests/soak.rs).
 missing=()
 command -v kcat >/dev/null || missing+=(kcat)
 command -v promtool >/dev/null || missing+=(prometheus)
@@ -38,6 +39,7 @@ command -v age >/dev/null || missing+=(age)
 [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null || missing+=(openssh-server)
 command -v curl >/dev/null || missing+=(curl)
 command -v chromium >/dev/null || missing+=(chromium)
+compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(faketime)
 /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (Debian)"

@@ -96,6 +96,32 @@ pub async fn purge(
             }
         }
     }
+    // The delivery record keeps the deliveries of the day files it keeps, no older ones.
+    if let Some(keep) = policy.files {
+        let record = config.state.dir.join(crate::delivering::RECORD_FILE);
+        let doomed = |e: &esg_delivery::RecordEntry| expired(e.business_date, today, keep);
+        let result = if dry_run {
+            esg_delivery::Record::read(&record).map(|all| all.iter().filter(|e| doomed(e)).count())
+        } else {
+            esg_delivery::Record::retain(&record, |e| !doomed(e))
+        };
+        match result {
+            Ok(0) => {}
+            Ok(lines) => {
+                if !dry_run {
+                    audit.record(
+                        Event::new("purged", crate::delivering::RECORD_FILE)
+                            .with("lines", lines.to_string())
+                            .with("policy", "retention.files"),
+                    );
+                }
+                purged
+                    .removed
+                    .push(format!("{}: {lines} lines", record.display()));
+            }
+            Err(e) => purged.refused.push(format!("{}: {e}", record.display())),
+        }
+    }
     // Temporary files a killed writer left: a day after they were last written.
     let now = std::time::SystemTime::now();
     let temps = day_files(&config.output.dir, is_temp)

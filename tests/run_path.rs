@@ -102,6 +102,31 @@ async fn a_collapsed_listing_fails_the_run_before_anything_is_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_that_collapsed_for_a_while_is_listed_again_by_the_next_run() {
+    let world = World::start(quiet_sim(80), "").await;
+    let runner = open(&world).await;
+    daily(&runner, "2026-11-23", false, false)
+        .await
+        .expect("day one");
+    // The account system's listing loses half its accounts for a while (found by the soak:
+    // the refused listing was kept, so every later run of the date refused it again, and an
+    // accepted change delivered the collapsed roster).
+    world.sim.update(|c| c.listing_hidden_share = 0.5);
+    daily(&runner, "2026-11-24", false, false)
+        .await
+        .expect_err("the roster guard stops the run");
+    world.sim.update(|c| c.listing_hidden_share = 0.0);
+    let repaired = daily(&runner, "2026-11-24", false, false)
+        .await
+        .expect("listed again, nothing collapsed");
+    assert_eq!(repaired.run_id, "2026-11-24");
+    assert_eq!(
+        read_csv(&world.csv_path(date("2026-11-24"))).len() - 1,
+        active_ids(&world.sim).await.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zero_active_accounts_on_the_first_day_is_refused_too() {
     let world = World::start(quiet_sim(5), "").await;
     for id in active_ids(&world.sim).await {

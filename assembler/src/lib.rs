@@ -465,7 +465,15 @@ impl Assembler {
     }
 
     async fn is_complete(&self, run: &RunRow) -> Result<bool, AssemblerError> {
-        let (Some(sealed), Some(marks)) = (&run.sealed, &run.marks) else {
+        let Some(sealed) = &run.sealed else {
+            return Ok(false);
+        };
+        let Some(marks) = &run.marks else {
+            // Stopped (killed) between applying the seal and noting the marks: note them now,
+            // or the run would wait for its deadline. The topics end now at or past where they
+            // ended when the seal was read, so the run completes no sooner than it should; the
+            // next round reads the run again with its marks.
+            self.record_marks(&run.run_id).await?;
             return Ok(false);
         };
         let marks: serde_json::Value =

@@ -397,6 +397,18 @@ impl Producer {
                 min_active_ratio = min_ratio,
                 "roster guard: the listing collapsed; nothing published"
             );
+            // The collapsed listing is not kept: the next run of the date lists again, so that
+            // an account system that has recovered is listed anew, and a person who accepts
+            // the change (--accept-roster-change) accepts what the account system holds then.
+            let run_id = req.run_id.clone();
+            self.store
+                .call(move |c| {
+                    let tx = c.transaction()?;
+                    tx.execute("DELETE FROM listing WHERE run_id = ?1", [&run_id])?;
+                    store::set_phase(&tx, &run_id, Phase::Triggered)?;
+                    tx.commit()
+                })
+                .await?;
             return Err(ProducerError::RosterCollapsed {
                 listed,
                 previous,

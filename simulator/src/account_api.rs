@@ -274,6 +274,7 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
         invalid_utf8_rate: cfg.invalid_utf8_record_rate,
         lone_surrogate_rate: cfg.lone_surrogate_record_rate,
         wrong_type_rate: cfg.wrong_type_record_rate,
+        hidden_share: cfg.listing_hidden_share,
     };
     let reg = st.registry();
     let query_filter = Filter { status, since };
@@ -291,7 +292,7 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
             1,
             query_filter,
             reg.total(),
-            count_matching(&reg, &query_filter),
+            count_matching(&reg, &faults, &query_filter),
             (1, 0),
             now,
         ),
@@ -347,6 +348,13 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
         }
         encode(st.key, &next)
     });
+    let renamed: Vec<Option<String>> = entries
+        .iter()
+        .map(|e| match e {
+            Entry::Account(s) => reg.renamed(s.index).map(str::to_owned),
+            Entry::Malformed { .. } => None,
+        })
+        .collect();
     drop(reg);
     tracing::debug!(
         items = entries.len(),
@@ -356,11 +364,11 @@ fn list(st: &SimState, raw: Option<&str>, headers: &HeaderMap) -> Response {
     );
     let mut body = Vec::with_capacity(entries.len() * 160 + 64);
     body.extend_from_slice(br#"{"items":["#);
-    for (i, entry) in entries.iter().enumerate() {
+    for (i, (entry, renamed)) in entries.iter().zip(&renamed).enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        write_record(entry, cfg.seed, &filter, &mut body);
+        write_record(entry, cfg.seed, &filter, renamed.as_deref(), &mut body);
     }
     body.extend_from_slice(br#"],"nextPageToken":"#);
     body.extend_from_slice(serde_json::Value::from(next).to_string().as_bytes());

@@ -16,7 +16,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use crate::hash::{mix, salt, unit};
 
 /// Status of an account in the account system.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum Status {
     /// Open and to be rated.
     Active,
@@ -121,6 +122,8 @@ pub(crate) struct Registry {
     total: u64,
     adds: Vec<AddBatch>,
     changes: HashMap<u64, Change>,
+    /// Names given by [`Registry::rename`], by index; every other name is generated.
+    names: HashMap<u64, String>,
 }
 
 impl Registry {
@@ -132,6 +135,7 @@ impl Registry {
             total: accounts,
             adds: Vec::new(),
             changes: HashMap::new(),
+            names: HashMap::new(),
         }
     }
 
@@ -242,6 +246,20 @@ impl Registry {
         self.get(index)
     }
 
+    /// The account is renamed: the version grows by one (not the holdings version, so no
+    /// rating changes), `updatedAt` becomes `now`. `None` when there is no such account.
+    pub fn rename(&mut self, index: u64, name: &str, now: DateTime<Utc>) -> Option<AccountState> {
+        self.get(index)?;
+        self.change(index, now, false, None);
+        self.names.insert(index, name.to_owned());
+        self.get(index)
+    }
+
+    /// The name given by [`Registry::rename`], if the account was renamed.
+    pub fn renamed(&self, index: u64) -> Option<&str> {
+        self.names.get(&index).map(String::as_str)
+    }
+
     /// Adds `n` ACTIVE accounts after the last id; returns the first and last new index.
     pub fn add(&mut self, n: u64, now: DateTime<Utc>) -> Option<(u64, u64)> {
         if n == 0 || self.total.saturating_add(n) > crate::config::MAX_ACCOUNTS {
@@ -333,6 +351,21 @@ mod tests {
         let same = r.set_status(3, Status::Closed, now).expect("exists");
         assert_eq!(same.version, closed.version, "no change, no new version");
         assert!(r.touch(11, now).is_none());
+    }
+
+    #[test]
+    fn rename_grows_the_version_but_not_the_holdings() {
+        let mut r = Registry::new(1, 10, 0.0);
+        let before = r.get(4).expect("exists");
+        assert_eq!(r.renamed(4), None);
+        let now = now_millis();
+        let renamed = r.rename(4, "=\u{0}New \"Name\"\r\n", now).expect("exists");
+        assert_eq!(renamed.version, before.version + 1);
+        assert_eq!(renamed.holdings_version, before.holdings_version);
+        assert_eq!(renamed.updated_at, now);
+        assert_eq!(r.renamed(4), Some("=\u{0}New \"Name\"\r\n"));
+        assert!(r.rename(11, "x", now).is_none());
+        assert_eq!(r.renamed(11), None);
     }
 
     #[test]

@@ -6,15 +6,19 @@
 //! |---|---|
 //! | `POST /_sim/accounts/{id}/touch` | holdings changed: version + 1, `updatedAt` = now |
 //! | `POST /_sim/accounts/{id}/status?value=CLOSED` | set the status (ACTIVE, CLOSED, SUSPENDED) |
+//! | `POST /_sim/accounts/{id}/name` | rename: the body (UTF-8 text) is the new name; version + 1, no score changes |
 //! | `POST /_sim/accounts:add?count=N` | add N accounts after the last id |
 //! | `POST /_sim/rerate` | the vendor re-rates: every score changes |
 //! | `POST /_sim/expire-page-tokens` | every page token issued so far answers 410 |
 //! | `POST /_sim/config` | change fault settings (JSON object, see [`ConfigPatch`]) |
 //! | `POST /_sim/storm?seconds=N` | every ESG API request answers 429 for N seconds (0..=3600; 0 ends it) |
+//! | `POST /_sim/outage?seconds=N` | every ESG API request answers 503 for N seconds (0..=3600; 0 ends it) |
 //! | `GET /_sim/stats` | [`crate::SimStats`] |
 //! | `GET /_sim/calls/{id}` | `{"accountId", "calls"}` |
 //! | `GET /_sim/calls?min=2` | sorted ids called at least `min` times (default 1) |
-//! | `POST /_sim/reset-calls` | forget every call count |
+//! | `GET /_sim/answers` | what the ESG API answered each account called: [`crate::Answers`] by id |
+//! | `POST /_sim/reset-calls` | forget every call count (and the answers) |
+//! | `GET /_sim/truth?asOf=YYYY-MM-DD` | every account and the vendor's rating of it on that date: [`crate::Truth`] |
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +45,16 @@ pub(crate) enum AdminError {
     BadStatus(String),
     #[error("cannot add {0} accounts")]
     BadCount(u64),
+}
+
+pub(crate) fn rename(st: &SimState, id: &str, name: &str) -> Result<AccountState, AdminError> {
+    let index = parse_account_index(id).ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    let state = st
+        .registry_mut()
+        .rename(index, name, now_millis())
+        .ok_or_else(|| AdminError::UnknownAccount(id.into()))?;
+    tracing::info!(account_id = id, version = state.version, "account renamed");
+    Ok(state)
 }
 
 pub(crate) fn touch(st: &SimState, id: &str) -> Result<AccountState, AdminError> {
@@ -148,6 +162,18 @@ pub(crate) fn storm(st: &SimState, d: Duration) {
     }
 }
 
+pub(crate) fn outage(st: &SimState, d: Duration) {
+    st.outage(d);
+    if d.is_zero() {
+        tracing::info!("vendor outage ended");
+    } else {
+        tracing::info!(
+            seconds = d.as_secs_f64(),
+            "vendor outage: every ESG API request answers 503"
+        );
+    }
+}
+
 pub(crate) fn expire_page_tokens(st: &SimState) {
     st.expire_page_tokens();
     tracing::info!("every page token issued so far expired");
@@ -181,6 +207,8 @@ pub(crate) struct ConfigPatch {
     lone_surrogate_record_rate: Option<f64>,
     wrong_type_record_rate: Option<f64>,
     page_token_cycle_after: Option<u32>,
+    listing_hidden_share: Option<f64>,
+    token_unavailable: Option<bool>,
     #[serde(with = "humantime_serde::option")]
     token_delay: Option<Duration>,
     #[serde(with = "humantime_serde::option")]
@@ -234,6 +262,8 @@ impl ConfigPatch {
         );
         set(&mut c.wrong_type_record_rate, self.wrong_type_record_rate);
         set(&mut c.page_token_cycle_after, self.page_token_cycle_after);
+        set(&mut c.listing_hidden_share, self.listing_hidden_share);
+        set(&mut c.token_unavailable, self.token_unavailable);
         set(&mut c.token_delay, self.token_delay);
         set(&mut c.page_delay, self.page_delay);
         set(&mut c.token_ttl, self.token_ttl);
@@ -250,11 +280,15 @@ pub(crate) fn routes() -> Router<Arc<SimState>> {
     Router::new()
         .route("/_sim/accounts/{id}/touch", post(touch_route))
         .route("/_sim/accounts/{id}/status", post(status_route))
+        .route("/_sim/accounts/{id}/name", post(rename_route))
         .route("/_sim/accounts:add", post(add_route))
         .route("/_sim/rerate", post(rerate_route))
         .route("/_sim/expire-page-tokens", post(expire_route))
         .route("/_sim/config", post(config_route))
         .route("/_sim/storm", post(storm_route))
+        .route("/_sim/outage", post(outage_route))
+        .route("/_sim/answers", get(answers_route))
+        .route("/_sim/truth", get(truth_route))
         .route("/_sim/stats", get(stats_route))
         .route("/_sim/calls", get(calls_route))
         .route("/_sim/calls/{id}", get(calls_for_route))
@@ -295,6 +329,25 @@ async fn status_route(
     let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
     let value = first(&pairs, "value").unwrap_or("");
     match set_status(&st, &id, value) {
+        Ok(s) => account_json(&s),
+        Err(e) => admin_error(&e),
+    }
+}
+
+async fn rename_route(
+    State(st): State<Arc<SimState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(name) = std::str::from_utf8(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_NAME",
+            "the body must be the new name as UTF-8 text",
+            None,
+        );
+    };
+    match rename(&st, &id, name) {
         Ok(s) => account_json(&s),
         Err(e) => admin_error(&e),
     }
@@ -376,8 +429,51 @@ async fn storm_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -
     StatusCode::NO_CONTENT.into_response()
 }
 
+async fn outage_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let Some(seconds) = first(&pairs, "seconds")
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n <= MAX_STORM.as_secs())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_SECONDS",
+            "seconds must be a whole number from 0 to 3600",
+            None,
+        );
+    };
+    outage(&st, Duration::from_secs(seconds));
+    StatusCode::NO_CONTENT.into_response()
+}
+
 async fn stats_route(State(st): State<Arc<SimState>>) -> Response {
     Json(st.stats()).into_response()
+}
+
+async fn answers_route(State(st): State<Arc<SimState>>) -> Response {
+    Json(st.answers()).into_response()
+}
+
+async fn truth_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
+    let as_of = match first(&pairs, "asOf") {
+        None => st
+            .config()
+            .today
+            .unwrap_or_else(|| chrono::Utc::now().date_naive()),
+        Some(s) => match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            Ok(d) => d,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_AS_OF",
+                    "asOf must be a date (YYYY-MM-DD)",
+                    None,
+                )
+            }
+        },
+    };
+    Json(crate::truth::truth(&st, as_of)).into_response()
 }
 
 async fn calls_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {

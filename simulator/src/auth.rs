@@ -144,6 +144,14 @@ pub(crate) async fn token(State(st): State<Arc<SimState>>, body: Bytes) -> Respo
             );
         }
     }
+    if cfg.token_unavailable {
+        tracing::debug!("token request refused (token_unavailable)");
+        return oauth_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the token endpoint is unavailable",
+        );
+    }
     let Some(pairs) = std::str::from_utf8(&body)
         .ok()
         .and_then(|text| query_pairs(Some(text)))

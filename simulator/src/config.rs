@@ -87,6 +87,12 @@ pub struct SimConfig {
     /// again, so a client that follows the tokens goes round pages 2..=N for ever. Only a
     /// listing longer than N pages cycles. 0 (default) turns it off.
     pub page_token_cycle_after: u32,
+    /// Share of accounts the listing leaves out, chosen by id (default 0): an account system
+    /// whose listing collapsed (1 lists no account at all). `totalCount` agrees with it.
+    pub listing_hidden_share: f64,
+    /// The token endpoint is down (default false): every token request answers 503
+    /// `temporarily_unavailable`.
+    pub token_unavailable: bool,
     /// How long the token endpoint waits before it answers (default 0). Longer than a client's
     /// timeout, it is a token endpoint that accepts the connection and never answers.
     #[serde(with = "humantime_serde")]
@@ -188,6 +194,8 @@ impl Default for SimConfig {
             lone_surrogate_record_rate: 0.0,
             wrong_type_record_rate: 0.0,
             page_token_cycle_after: 0,
+            listing_hidden_share: 0.0,
+            token_unavailable: false,
             token_delay: Duration::ZERO,
             page_delay: Duration::ZERO,
             track_calls: true,
@@ -226,6 +234,7 @@ impl SimConfig {
                 self.lone_surrogate_record_rate,
             ),
             ("wrong_type_record_rate", self.wrong_type_record_rate),
+            ("listing_hidden_share", self.listing_hidden_share),
         ];
         for (key, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -462,6 +471,24 @@ mod tests {
                 Err(SimError::InvalidConfig { key: k, .. }) => assert_eq!(k, key),
                 other => panic!("expected invalid {key}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn collapse_and_token_outage_are_off_by_default_read_from_json_and_validated() {
+        let c = SimConfig::default();
+        assert_eq!((c.listing_hidden_share, c.token_unavailable), (0.0, false));
+        let c: SimConfig =
+            serde_json::from_str(r#"{"listing_hidden_share":0.5,"token_unavailable":true}"#)
+                .expect("valid config");
+        assert_eq!((c.listing_hidden_share, c.token_unavailable), (0.5, true));
+        let c = SimConfig {
+            listing_hidden_share: 1.5,
+            ..SimConfig::default()
+        };
+        match c.validate() {
+            Err(SimError::InvalidConfig { key, .. }) => assert_eq!(key, "listing_hidden_share"),
+            other => panic!("expected invalid listing_hidden_share, got {other:?}"),
         }
     }
 

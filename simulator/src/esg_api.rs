@@ -30,7 +30,7 @@ use crate::config::{SimConfig, ESG_SCOPE};
 use crate::hash::{fnv1a, mix, salt};
 use crate::http::{error, first, json_text, query_pairs, set_header, REQUEST_ID};
 use crate::scores::{self, account_fault, call_fault, AccountFault, CallFault};
-use crate::state::{RateDecision, State as SimState};
+use crate::state::{Answer, RateDecision, State as SimState};
 
 /// Most accounts in one batch request (the contract's).
 const MAX_BATCH: usize = 100;
@@ -148,6 +148,16 @@ fn batch_disabled(cfg: &SimConfig, request_id: &str) -> Response {
     }
 }
 
+/// The 503 of an outage ([`crate::SimHandle::outage`]).
+fn outage_503(request_id: &str) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "SERVICE_UNAVAILABLE",
+        "the service is unavailable",
+        Some(request_id),
+    )
+}
+
 fn shutting_down(request_id: &str) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +230,13 @@ async fn analyse_one(
     if st.storm_refuses() {
         return storm_429(request_id);
     }
+    if st.outage_refuses() {
+        if let Some(id) = valid_id {
+            st.count_call(&cfg, id, false);
+            st.record_answer(&cfg, id, Answer::Transient(503));
+        }
+        return outage_503(request_id);
+    }
     let rate = st.check_rate();
     if let RateDecision::Limited { .. } = rate {
         if let Some(id) = valid_id {
@@ -266,30 +283,37 @@ async fn answer(
         Some(None) => today(cfg),
         Some(Some(Some(date))) => date,
         _ => {
+            st.record_answer(cfg, id, Answer::Permanent(422));
             return error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "INVALID_AS_OF",
                 "asOf must be a date (YYYY-MM-DD)",
                 Some(request_id),
-            )
+            );
         }
     };
     let Some(account) = st.registry().get_by_id(id) else {
+        st.record_answer(cfg, id, Answer::Permanent(404));
         return fault_error(404, id, request_id);
     };
     let fault = account_fault(cfg, id);
     if let AccountFault::Permanent { status } = fault {
+        st.record_answer(cfg, id, Answer::Permanent(status));
         return fault_error(status, id, request_id);
     }
     match call_fault(cfg, id, call) {
-        CallFault::Transient { status } => return fault_error(status, id, request_id),
+        CallFault::Transient { status } => {
+            st.record_answer(cfg, id, Answer::Transient(status));
+            return fault_error(status, id, request_id);
+        }
         CallFault::Stall => {
             tracing::debug!(account_id = id, "ESG call stalls");
+            st.record_answer(cfg, id, Answer::Stalled);
             if !st.pause(cfg.stall).await {
                 return shutting_down(request_id);
             }
         }
-        CallFault::None => {}
+        CallFault::None => st.record_answer(cfg, id, Answer::Analysis),
     }
     let a = scores::analysis(
         cfg.seed,
@@ -373,6 +397,16 @@ async fn batch_inner(
     if st.storm_refuses() {
         return storm_429(request_id);
     }
+    if st.outage_refuses() {
+        if let Some(request) = &request {
+            for id in request.account_ids.iter().take(MAX_BATCH) {
+                if is_valid_account_id(id) {
+                    st.record_answer(&cfg, id, Answer::Transient(503));
+                }
+            }
+        }
+        return outage_503(request_id);
+    }
     let rate = st.check_rate();
     if let RateDecision::Limited { .. } = rate {
         let mut resp = too_many(request_id);
@@ -435,6 +469,8 @@ async fn batch_answer(
     let mut items = Vec::with_capacity(account_ids.len());
     let mut stall = false;
     let mut whole_batch_fault = None;
+    // What each valid item came to, recorded once the batch's own fate is known.
+    let mut answered: Vec<(&str, Answer)> = Vec::with_capacity(account_ids.len());
     for (i, id) in account_ids.iter().enumerate() {
         if !is_valid_account_id(id) {
             items.push(batch_item(
@@ -453,33 +489,42 @@ async fn batch_answer(
         let account = st.registry().get_by_id(id);
         let fault = account_fault(cfg, id);
         let item = match (account, fault) {
-            (None, _) => batch_item(
-                id,
-                404,
-                None,
-                Some((
-                    "UNKNOWN_PORTFOLIO",
-                    "no portfolio is known under this account id",
-                )),
-            ),
-            (Some(_), AccountFault::Permanent { status: 404 }) => batch_item(
-                id,
-                404,
-                None,
-                Some((
-                    "UNKNOWN_PORTFOLIO",
-                    "no portfolio is known under this account id",
-                )),
-            ),
-            (Some(_), AccountFault::Permanent { .. }) => batch_item(
-                id,
-                422,
-                None,
-                Some((
-                    "NOT_ANALYZABLE",
-                    "the portfolio's holdings cannot be analyzed",
-                )),
-            ),
+            (None, _) => {
+                answered.push((id, Answer::Permanent(404)));
+                batch_item(
+                    id,
+                    404,
+                    None,
+                    Some((
+                        "UNKNOWN_PORTFOLIO",
+                        "no portfolio is known under this account id",
+                    )),
+                )
+            }
+            (Some(_), AccountFault::Permanent { status: 404 }) => {
+                answered.push((id, Answer::Permanent(404)));
+                batch_item(
+                    id,
+                    404,
+                    None,
+                    Some((
+                        "UNKNOWN_PORTFOLIO",
+                        "no portfolio is known under this account id",
+                    )),
+                )
+            }
+            (Some(_), AccountFault::Permanent { .. }) => {
+                answered.push((id, Answer::Permanent(422)));
+                batch_item(
+                    id,
+                    422,
+                    None,
+                    Some((
+                        "NOT_ANALYZABLE",
+                        "the portfolio's holdings cannot be analyzed",
+                    )),
+                )
+            }
             (Some(account), fault) => match call_fault(cfg, id, call) {
                 CallFault::Transient { status } => {
                     let status = if status == 500 || status == 502 {
@@ -494,6 +539,7 @@ async fn batch_answer(
                     if i == 0 && h & 1 == 0 {
                         whole_batch_fault = Some(status);
                     }
+                    answered.push((id, Answer::Transient(status)));
                     batch_item(
                         id,
                         status,
@@ -506,6 +552,14 @@ async fn batch_answer(
                 }
                 other => {
                     stall |= other == CallFault::Stall;
+                    answered.push((
+                        id,
+                        if other == CallFault::Stall {
+                            Answer::Stalled
+                        } else {
+                            Answer::Analysis
+                        },
+                    ));
                     let a = scores::analysis(
                         cfg.seed,
                         id,
@@ -519,6 +573,15 @@ async fn batch_answer(
             },
         };
         items.push(item);
+    }
+    // A batch that fails or stalls as a whole fails or stalls each of its accounts.
+    for (id, answer) in answered {
+        let answer = match (whole_batch_fault, stall) {
+            (Some(status), _) => Answer::Transient(status),
+            (None, true) => Answer::Stalled,
+            (None, false) => answer,
+        };
+        st.record_answer(cfg, id, answer);
     }
     if let Some(status) = whole_batch_fault {
         return fault_error(status, &account_ids[0], request_id);

@@ -1781,3 +1781,164 @@ async fn not_modified_answers_are_counted() {
     assert_eq!(stats.esg_by_status.get(&304), Some(&2));
     assert_eq!(stats.esg_by_status.get(&200), Some(&1));
 }
+
+#[tokio::test]
+async fn an_outage_answers_503_to_every_esg_request_and_the_answers_say_so() {
+    let api = Api::new(sim(quiet(20)).await).await;
+    assert_eq!(
+        api.admin_post("outage?seconds=600").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        api.analysis(&id(1)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let batch = api
+        .batch(&serde_json::json!({ "accountIds": [id(2), id(3)] }))
+        .await;
+    assert_eq!(batch.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        api.admin_post("outage?seconds=0").await.status(),
+        StatusCode::NO_CONTENT
+    );
+    api.analysis_json(&id(1)).await;
+    assert_eq!(api.sim.stats().outage_unavailable, 2);
+    let answers = api.admin_get("answers").await;
+    assert_eq!(answers[id(1)]["transient"], 1);
+    assert_eq!(answers[id(1)]["analyses"], 1);
+    assert_eq!(answers[id(1)]["failure_streak"], 0);
+    assert_eq!(answers[id(2)]["failure_streak"], 1);
+    assert_eq!(answers[id(3)]["last_status"], 503);
+    assert!(answers.get(id(4)).is_none(), "only accounts answered");
+    assert_eq!(
+        api.admin_post("outage?seconds=3601").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn answers_count_each_batch_item_and_a_batch_that_failed_whole() {
+    let api = Api::new(
+        sim(SimConfig {
+            permanent_error_rate: 0.3,
+            transient_error_rate: 0.3,
+            ..quiet(200)
+        })
+        .await,
+    )
+    .await;
+    let ids: Vec<String> = (1..=100).map(id).collect();
+    let resp = api.batch(&serde_json::json!({ "accountIds": ids })).await;
+    let whole_failed = resp.status() != StatusCode::OK;
+    let answers = api.sim.answers();
+    assert_eq!(answers.len(), 100, "every item answered once");
+    for (i, a) in &answers {
+        assert_eq!(a.analyses + a.transient + a.permanent + a.stalls, 1, "{i}");
+        if whole_failed {
+            assert!(a.transient == 1 || a.permanent == 1, "{i}: {a:?}");
+        }
+    }
+    if !whole_failed {
+        let body: Value = resp.json().await.expect("json");
+        for item in body["results"].as_array().expect("results") {
+            let a = answers[item["accountId"].as_str().expect("id")];
+            let status = item["status"].as_u64().expect("status") as u16;
+            assert_eq!(a.last_status, status, "{item}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_truth_is_what_the_listing_and_the_api_answer() {
+    let api = Api::new(
+        sim(SimConfig {
+            partial_rate: 0.2,
+            permanent_error_rate: 0.1,
+            ..quiet(30)
+        })
+        .await,
+    )
+    .await;
+    let name = "=\u{0}\u{1b}[31m \"Red\", \r\n\u{85}\u{202e}\u{1F600}";
+    let resp = api
+        .http
+        .post(format!("{}/_sim/accounts/{}/name", api.sim.url(), id(5)))
+        .body(name)
+        .send()
+        .await
+        .expect("rename");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let renamed: Value = resp.json().await.expect("json");
+    let (items, _) = api.list_all(&[]).await;
+    let listed = items
+        .iter()
+        .find(|r| r["accountId"] == id(5))
+        .expect("listed");
+    assert_eq!(listed["accountName"], name);
+    assert_eq!(listed["version"], renamed["version"]);
+    let truth = api.admin_get("truth?asOf=2026-11-23").await;
+    let accounts = truth["accounts"].as_array().expect("accounts");
+    assert_eq!(accounts.len(), 30);
+    for (t, record) in accounts.iter().zip(&items) {
+        assert_eq!(t["account_id"], record["accountId"]);
+        assert_eq!(t["account_name"], record["accountName"]);
+        assert_eq!(t["status"], record["status"]);
+        assert_eq!(t["version"], record["version"]);
+        let resp = api.analysis(t["account_id"].as_str().expect("id")).await;
+        match t["rating"]["kind"].as_str() {
+            Some("analysis") => {
+                assert_eq!(resp.status(), StatusCode::OK);
+                let v: Value = resp.json().await.expect("json");
+                assert_eq!(t["rating"]["analysis_date"], v["analysisDate"]);
+                let overall = &v["scores"]["overall"];
+                if overall.is_null() {
+                    assert!(t["rating"]["overall"].is_null());
+                } else {
+                    assert_eq!(t["rating"]["overall"], overall.to_string().as_str());
+                }
+            }
+            Some("refused") => assert_eq!(
+                u64::from(resp.status().as_u16()),
+                t["rating"]["status"].as_u64().expect("status")
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+    let resp = api
+        .http
+        .get(format!("{}/_sim/truth?asOf=yesterday", api.sim.url()))
+        .send()
+        .await
+        .expect("truth");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_token_outage_and_a_collapsed_listing_are_configured_over_http() {
+    let api = Api::new(sim(quiet(400)).await).await;
+    configure(&api, serde_json::json!({ "listing_hidden_share": 1.0 })).await;
+    let (items, total) = api.list_all(&[]).await;
+    assert!(items.is_empty(), "an empty listing");
+    assert_eq!(total, 0);
+    configure(&api, serde_json::json!({ "listing_hidden_share": 0.5 })).await;
+    let (items, total) = api.list_all(&[]).await;
+    assert!((120..=280).contains(&items.len()), "{}", items.len());
+    assert_eq!(total, items.len() as u64);
+    configure(&api, serde_json::json!({ "token_unavailable": true })).await;
+    let resp = api
+        .http
+        .post(api.sim.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "esg-scorer"),
+            ("client_secret", "scorer-secret"),
+        ])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    configure(&api, serde_json::json!({ "token_unavailable": false })).await;
+    token(&api.http, &api.sim, "esg-scorer", "scorer-secret").await;
+}

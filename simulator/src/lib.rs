@@ -7,7 +7,8 @@
 //! - `GET /v1/accounts`: the paged account listing (modules `account_api`, `listing`);
 //! - `GET /v1/accounts/{accountId}/esg-analysis`, `POST /v1/esg-analysis:batch`,
 //!   `GET /v1/health`: the ESG API (modules `esg_api`, `scores`);
-//! - `/_sim/...`: test controls mirroring [`SimHandle`] (module `admin`).
+//! - `/_sim/...`: test controls mirroring [`SimHandle`] (module `admin`), the truth of a day
+//!   included (module `truth`).
 //!
 //! All data is a pure function of [`SimConfig::seed`] (module `hash`); nothing is stored per account
 //! unless it was changed or its calls are counted, so a million accounts cost no memory.
@@ -31,6 +32,8 @@ mod names;
 mod scores;
 mod state;
 pub mod tls;
+mod truth;
+pub use truth::{AccountTruth, Rating, Truth};
 
 #[cfg(test)]
 mod http_tests;
@@ -96,6 +99,9 @@ pub struct SimStats {
     /// ESG API requests answered 429 by a storm ([`SimHandle::storm`]); not in `rate_limited`.
     #[serde(default)]
     pub storm_rate_limited: u64,
+    /// ESG API requests answered 503 by an outage ([`SimHandle::outage`]).
+    #[serde(default)]
+    pub outage_unavailable: u64,
     /// Batch requests, whatever their answer.
     pub batch_requests: u64,
     /// Accounts asked for in all batch requests (the length of `accountIds`, whatever the
@@ -113,6 +119,55 @@ pub struct SimStats {
     /// Unix milliseconds of the latest ESG request (0 before the first).
     #[serde(default)]
     pub last_esg_request_ms: u64,
+}
+
+/// What the ESG API answered one account (single calls and batch items) since the call
+/// counts were last reset: the faults it actually met. Counted only while calls are counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Answers {
+    /// Analyses handed out (200, or 304 for an unchanged one).
+    pub analyses: u32,
+    /// Transient failures: 500, 502, 503, 504 (an outage's 503 included; a batch that failed
+    /// as a whole counts for each of its accounts).
+    pub transient: u32,
+    /// Calls that stalled (`timeout_rate`; a stalled batch counts for each of its accounts).
+    /// The analysis a stalled call hands out at last is not counted in `analyses`: a client
+    /// whose timeout is shorter than the stall never reads it.
+    pub stalls: u32,
+    /// Permanent failures: 404 or 422.
+    pub permanent: u32,
+    /// Transient failures and stalls in a row, up to the latest answer.
+    pub failure_streak: u32,
+    /// Status of the latest answer (0 for a stall).
+    pub last_status: u16,
+}
+
+impl Answers {
+    pub(crate) fn add(&mut self, answer: state::Answer) {
+        use state::Answer;
+        match answer {
+            Answer::Analysis => {
+                self.analyses = self.analyses.saturating_add(1);
+                self.failure_streak = 0;
+                self.last_status = 200;
+            }
+            Answer::Permanent(status) => {
+                self.permanent = self.permanent.saturating_add(1);
+                self.failure_streak = 0;
+                self.last_status = status;
+            }
+            Answer::Transient(status) => {
+                self.transient = self.transient.saturating_add(1);
+                self.failure_streak = self.failure_streak.saturating_add(1);
+                self.last_status = status;
+            }
+            Answer::Stalled => {
+                self.stalls = self.stalls.saturating_add(1);
+                self.failure_streak = self.failure_streak.saturating_add(1);
+                self.last_status = 0;
+            }
+        }
+    }
 }
 
 impl SimStats {
@@ -342,6 +397,34 @@ impl SimHandle {
     /// `Retry-After: 1`, consuming no quota and counting as no call. A zero `d` ends a storm.
     pub fn storm(&self, d: std::time::Duration) {
         admin::storm(&self.state, d);
+    }
+
+    /// Starts a vendor outage: for `d` from now every ESG API request (single and batch; not
+    /// the health check, the token endpoint or the account system) answers 503 after the token
+    /// and storm checks, taking nothing from the quota and no call number. A zero `d` ends it.
+    pub fn outage(&self, d: std::time::Duration) {
+        admin::outage(&self.state, d);
+    }
+
+    /// What the ESG API answered each account since start or the last
+    /// [`Self::reset_call_counts`], by id (only accounts with an answer; empty when calls are
+    /// not tracked).
+    pub fn answers(&self) -> BTreeMap<String, Answers> {
+        self.state.answers()
+    }
+
+    /// The account is renamed (any text; the contract allows up to 200 characters): the
+    /// version grows, the scores do not change. An unknown id is logged and ignored.
+    pub fn rename(&self, account_id: &str, name: &str) {
+        if let Err(e) = admin::rename(&self.state, account_id, name) {
+            tracing::warn!(account_id, error = %e, "rename ignored");
+        }
+    }
+
+    /// Every account now, and the vendor's rating of each as of `as_of`: the truth a test
+    /// judges a day's file by (see [`Truth`]).
+    pub fn truth(&self, as_of: chrono::NaiveDate) -> Truth {
+        truth::truth(&self.state, as_of)
     }
 
     /// Every page token issued so far answers 410 from now on.

@@ -51,6 +51,13 @@ pub(crate) struct ListingFaults {
     pub invalid_utf8_rate: f64,
     pub lone_surrogate_rate: f64,
     pub wrong_type_rate: f64,
+    /// Share of accounts the listing leaves out (a listing that collapsed).
+    pub hidden_share: f64,
+}
+
+/// Whether a collapsed listing (`listing_hidden_share`) leaves account `index` out.
+pub(crate) fn hidden(f: &ListingFaults, index: u64) -> bool {
+    f.hidden_share > 0.0 && unit(mix(f.seed, &[salt("hidden"), index])) < f.hidden_share
 }
 
 /// How a malformed record breaks the contract.
@@ -151,7 +158,7 @@ pub(crate) fn entries_at(
     out: &mut Vec<Entry>,
 ) {
     let push_account = |state: AccountState, out: &mut Vec<Entry>| {
-        if filter.matches(state.status, state.updated_at) {
+        if filter.matches(state.status, state.updated_at) && !hidden(f, state.index) {
             out.push(Entry::Account(state));
         }
     };
@@ -224,14 +231,15 @@ pub(crate) fn entries_at(
     }
 }
 
-/// Accounts (not copies, not malformed records) matching the filter right now.
-pub(crate) fn count_matching(reg: &Registry, filter: &Filter) -> u64 {
-    if filter.is_empty() {
+/// Accounts (not copies, not malformed records) matching the filter right now, less those a
+/// collapsed listing leaves out.
+pub(crate) fn count_matching(reg: &Registry, f: &ListingFaults, filter: &Filter) -> u64 {
+    if filter.is_empty() && f.hidden_share <= 0.0 {
         return reg.total();
     }
     (1..=reg.total())
         .filter_map(|i| reg.get(i))
-        .filter(|s| filter.matches(s.status, s.updated_at))
+        .filter(|s| filter.matches(s.status, s.updated_at) && !hidden(f, s.index))
         .count() as u64
 }
 
@@ -240,12 +248,12 @@ pub(crate) fn format_instant(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The JSON record of an entry.
-pub(crate) fn render(entry: &Entry, seed: u64, filter: &Filter) -> Value {
+/// The JSON record of an entry; `renamed` is the name of a renamed account.
+pub(crate) fn render(entry: &Entry, seed: u64, filter: &Filter, renamed: Option<&str>) -> Value {
     match *entry {
         Entry::Account(s) => json!({
             "accountId": account_id(s.index),
-            "accountName": account_name(seed, s.index),
+            "accountName": renamed.map_or_else(|| account_name(seed, s.index), str::to_owned),
             "status": s.status.as_str(),
             "updatedAt": format_instant(s.updated_at),
             "version": s.version,
@@ -291,8 +299,14 @@ pub(crate) fn render(entry: &Entry, seed: u64, filter: &Filter) -> Value {
 
 /// Appends the JSON text of an entry to `out`: [`render`]'s record, except that the name of a
 /// record whose name cannot be a JSON value is written as raw bytes.
-pub(crate) fn write_record(entry: &Entry, seed: u64, filter: &Filter, out: &mut Vec<u8>) {
-    let text = render(entry, seed, filter).to_string();
+pub(crate) fn write_record(
+    entry: &Entry,
+    seed: u64,
+    filter: &Filter,
+    renamed: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    let text = render(entry, seed, filter, renamed).to_string();
     let name: Option<Vec<u8>> = match *entry {
         Entry::Malformed {
             position,
@@ -343,6 +357,7 @@ mod tests {
             invalid_utf8_rate: 0.0,
             lone_surrogate_rate: 0.0,
             wrong_type_rate: 0.0,
+            hidden_share: 0.0,
         }
     }
 
@@ -401,7 +416,7 @@ mod tests {
         let malformed: Vec<Value> = entries
             .iter()
             .filter(|e| matches!(e, Entry::Malformed { .. }))
-            .map(|e| render(e, 42, &Filter::default()))
+            .map(|e| render(e, 42, &Filter::default(), None))
             .collect();
         assert!(
             (150..=250).contains(&malformed.len()),
@@ -433,7 +448,7 @@ mod tests {
         let mut fields = std::collections::BTreeSet::new();
         for e in &entries {
             let mut text = Vec::new();
-            write_record(e, 42, &Filter::default(), &mut text);
+            write_record(e, 42, &Filter::default(), None, &mut text);
             match e {
                 Entry::Account(_) => {
                     let v: Value = serde_json::from_slice(&text).expect("accounts are JSON");
@@ -501,12 +516,62 @@ mod tests {
         assert_eq!(old, all_entries(&reg, &f, &Filter::default()));
         for e in &old {
             let mut text = Vec::new();
-            write_record(e, 42, &Filter::default(), &mut text);
+            write_record(e, 42, &Filter::default(), None, &mut text);
             assert_eq!(
                 text,
-                render(e, 42, &Filter::default()).to_string().into_bytes()
+                render(e, 42, &Filter::default(), None)
+                    .to_string()
+                    .into_bytes()
             );
         }
+    }
+
+    #[test]
+    fn a_collapsed_listing_leaves_out_its_share_of_accounts_and_an_empty_one_all() {
+        let reg = Registry::new(42, 2000, 0.0);
+        let accounts = |share: f64| {
+            let f = ListingFaults {
+                hidden_share: share,
+                ..faults(0.0, 0.1)
+            };
+            // Duplicates (the second copy of an account) are listed or left out with it.
+            let ids: std::collections::BTreeSet<u64> = all_entries(&reg, &f, &Filter::default())
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Account(s) => Some(s.index),
+                    Entry::Malformed { .. } => None,
+                })
+                .collect();
+            ids.into_iter().collect::<Vec<u64>>()
+        };
+        assert_eq!(accounts(0.0).len(), 2000);
+        let half = accounts(0.5);
+        assert!((850..=1150).contains(&half.len()), "{}", half.len());
+        assert_eq!(half, accounts(0.5), "the same accounts every time");
+        assert!(accounts(1.0).is_empty(), "an empty listing");
+        let f = ListingFaults {
+            hidden_share: 0.5,
+            ..faults(0.0, 0.0)
+        };
+        assert_eq!(
+            count_matching(&reg, &f, &Filter::default()),
+            half.len() as u64,
+            "totalCount says what the listing holds"
+        );
+    }
+
+    #[test]
+    fn a_renamed_account_is_listed_under_its_new_name() {
+        let entry = Entry::Account(Registry::new(42, 3, 0.0).get(2).expect("exists"));
+        let name = "=1+2\u{1b}[31m\r\nNEL\u{85} \u{1F600}";
+        let mut text = Vec::new();
+        write_record(&entry, 42, &Filter::default(), Some(name), &mut text);
+        let v: Value = serde_json::from_slice(&text).expect("JSON");
+        assert_eq!(v["accountName"], name);
+        assert_eq!(
+            render(&entry, 42, &Filter::default(), None)["accountName"],
+            account_name(42, 2).as_str()
+        );
     }
 
     #[test]
@@ -517,13 +582,16 @@ mod tests {
             since: None,
         };
         let entries = all_entries(&reg, &faults(0.0, 0.0), &filter);
-        assert_eq!(entries.len() as u64, count_matching(&reg, &filter));
+        assert_eq!(
+            entries.len() as u64,
+            count_matching(&reg, &faults(0.0, 0.0), &filter)
+        );
         assert!(entries.len() < 900 && entries.len() > 700);
         let since = Filter {
             status: None,
             since: Some(base_instant() - Duration::days(30)),
         };
-        let recent = count_matching(&reg, &since);
+        let recent = count_matching(&reg, &faults(0.0, 0.0), &since);
         assert!(recent > 0 && recent < 200, "{recent}");
     }
 }

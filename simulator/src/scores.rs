@@ -200,6 +200,57 @@ fn scores(seed: u64, account_id: &str, holdings_version: u64, epoch: u64) -> [u6
     out
 }
 
+/// The primary focus the vendor names: the highest pillar score present; the first one wins
+/// a tie.
+fn highest_pillar(values: &[Option<u64>; 4]) -> Option<(Pillar, u64)> {
+    Pillar::ALL
+        .iter()
+        .zip(&values[1..])
+        .filter_map(|(p, v)| v.map(|v| (*p, v)))
+        .fold(None, |best: Option<(Pillar, u64)>, (p, v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((p, v)),
+        })
+}
+
+/// What the vendor rates an account on `date`, as exact decimal texts, or why it does not: the
+/// values [`analysis`] writes into its answer, for the truth of a day ([`crate::Truth`]).
+pub(crate) fn rating(
+    cfg: &SimConfig,
+    account_id: &str,
+    holdings_version: u64,
+    epoch: u64,
+    date: NaiveDate,
+) -> crate::Rating {
+    let mut values: [Option<u64>; 4] =
+        scores(cfg.seed, account_id, holdings_version, epoch).map(Some);
+    let mut null_focus = false;
+    match account_fault(cfg, account_id) {
+        AccountFault::Permanent { status } => return crate::Rating::Refused { status },
+        AccountFault::OutOfContract(_) => return crate::Rating::OutOfContract,
+        AccountFault::Partial(NullField::Pillar(p)) => {
+            values[1 + Pillar::ALL.iter().position(|q| *q == p).unwrap_or(0)] = None;
+        }
+        AccountFault::Partial(NullField::Overall) => values[0] = None,
+        AccountFault::Partial(NullField::PrimaryFocus) => null_focus = true,
+        AccountFault::None => {}
+    }
+    let focus = if null_focus {
+        None
+    } else {
+        highest_pillar(&values)
+    };
+    let text = |v: Option<u64>| v.map(units_text);
+    crate::Rating::Analysis {
+        analysis_date: date,
+        overall: text(values[0]),
+        environmental: text(values[1]),
+        social: text(values[2]),
+        governance: text(values[3]),
+        primary_focus: focus.map(|(p, v)| (p.as_str().to_owned(), units_text(v))),
+    }
+}
+
 /// One analysis answer: its JSON text and whether that text is JSON at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AnalysisText {
@@ -261,15 +312,7 @@ pub(crate) fn analysis(
     let focus = if null_focus {
         None
     } else {
-        // The highest pillar; the first one wins a tie.
-        Pillar::ALL
-            .iter()
-            .zip(&values[1..])
-            .filter_map(|(p, v)| v.map(|v| (*p, v)))
-            .fold(None, |best: Option<(Pillar, u64)>, (p, v)| match best {
-                Some((_, b)) if b >= v => best,
-                _ => Some((p, v)),
-            })
+        highest_pillar(&values)
     };
     let score = |v: Option<u64>| v.map_or_else(|| "null".to_owned(), units_text);
     let mut text = String::with_capacity(320);
@@ -493,6 +536,63 @@ mod tests {
         );
         let v: Value = serde_json::from_str(&missing.text).expect("json");
         assert!(v.get("scores").is_none());
+    }
+
+    #[test]
+    fn the_rating_is_what_the_answer_says() {
+        let cfg = SimConfig {
+            permanent_error_rate: 0.1,
+            partial_rate: 0.3,
+            out_of_contract_rate: 0.1,
+            ..SimConfig::default()
+        };
+        let number = |v: &Value| -> Option<String> { (!v.is_null()).then(|| v.to_string()) };
+        let (mut partial, mut refused, mut broken) = (0, 0, 0);
+        for i in 1..=400 {
+            let id = crate::accounts::account_id(i);
+            let fault = account_fault(&cfg, &id);
+            let answer = analysis(cfg.seed, &id, 2, 1, date(), fault);
+            match rating(&cfg, &id, 2, 1, date()) {
+                crate::Rating::Analysis {
+                    analysis_date,
+                    overall,
+                    environmental,
+                    social,
+                    governance,
+                    primary_focus,
+                } => {
+                    let v: Value = serde_json::from_str(&answer.text).expect("json");
+                    assert_eq!(analysis_date, date());
+                    let s = &v["scores"];
+                    assert_eq!(overall, number(&s["overall"]), "{id}");
+                    assert_eq!(environmental, number(&s["environmental"]), "{id}");
+                    assert_eq!(social, number(&s["social"]), "{id}");
+                    assert_eq!(governance, number(&s["governance"]), "{id}");
+                    let focus = &v["primaryFocus"];
+                    assert_eq!(
+                        primary_focus,
+                        (!focus.is_null()).then(|| (
+                            focus["pillar"].as_str().expect("pillar").to_owned(),
+                            focus["score"].to_string()
+                        )),
+                        "{id}"
+                    );
+                    partial += usize::from(matches!(fault, AccountFault::Partial(_)));
+                }
+                crate::Rating::Refused { status } => {
+                    assert_eq!(fault, AccountFault::Permanent { status });
+                    refused += 1;
+                }
+                crate::Rating::OutOfContract => {
+                    assert!(matches!(fault, AccountFault::OutOfContract(_)));
+                    broken += 1;
+                }
+            }
+        }
+        assert!(
+            partial > 50 && refused > 10 && broken > 10,
+            "{partial} {refused} {broken}"
+        );
     }
 
     #[test]

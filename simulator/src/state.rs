@@ -22,7 +22,7 @@ use crate::accounts::Registry;
 use crate::config::SimConfig;
 use crate::hash::fnv1a;
 use crate::scores::first_attempt_limited;
-use crate::SimStats;
+use crate::{Answers, SimStats};
 
 /// Most distinct account ids whose calls are counted; ids beyond it are not counted.
 pub(crate) const MAX_TRACKED_IDS: usize = 10_000_000;
@@ -65,6 +65,21 @@ pub(crate) struct CallCount {
     pub answered: u32,
     /// The account drew its first-attempt 429 (`rate_limited_first_attempt_rate`) already.
     pub first_attempt_refused: bool,
+    /// What its answered calls came to.
+    pub answers: Answers,
+}
+
+/// What one answered ESG call (or batch item) came to, for [`Answers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// 200 or 304: an analysis handed out.
+    Analysis,
+    /// 404 or 422.
+    Permanent(u16),
+    /// 500, 502, 503 or 504.
+    Transient(u16),
+    /// The call stalled (`timeout_rate`); a client with a shorter timeout gave up on it.
+    Stalled,
 }
 
 #[derive(Default)]
@@ -76,6 +91,7 @@ struct Counters {
     rate_limited: AtomicU64,
     fault_rate_limited: AtomicU64,
     storm_rate_limited: AtomicU64,
+    outage_unavailable: AtomicU64,
     batch_requests: AtomicU64,
     batch_accounts: AtomicU64,
     not_modified: AtomicU64,
@@ -97,6 +113,8 @@ pub(crate) struct State {
     first_attempts_refused: Mutex<HashSet<u64>>,
     /// Unix milliseconds until which every ESG request answers 429 (0: no storm).
     storm_until_ms: AtomicU64,
+    /// Unix milliseconds until which every ESG request answers 503 (0: no outage).
+    outage_until_ms: AtomicU64,
     counters: Counters,
     rate_limit: Mutex<Option<RateLimit>>,
     rerate_epoch: AtomicU64,
@@ -123,6 +141,7 @@ impl State {
             calls: Mutex::new(HashMap::new()),
             first_attempts_refused: Mutex::new(HashSet::new()),
             storm_until_ms: AtomicU64::new(0),
+            outage_until_ms: AtomicU64::new(0),
             counters: Counters::default(),
             rate_limit: Mutex::new(None),
             rerate_epoch: AtomicU64::new(0),
@@ -361,6 +380,55 @@ impl State {
         true
     }
 
+    /// Starts a vendor outage of `d` from now: every ESG API request answers 503 until it
+    /// ends. Zero ends an outage at once.
+    pub fn outage(&self, d: Duration) {
+        let until = if d.is_zero() {
+            0
+        } else {
+            unix_millis().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        };
+        self.outage_until_ms.store(until, Ordering::SeqCst);
+    }
+
+    /// Whether an outage is on now; a request it refuses is counted.
+    pub fn outage_refuses(&self) -> bool {
+        let until = self.outage_until_ms.load(Ordering::SeqCst);
+        if until == 0 || unix_millis() >= until {
+            return false;
+        }
+        self.counters
+            .outage_unavailable
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Records what an answered call of `account_id` came to (while calls are counted).
+    pub fn record_answer(&self, cfg: &SimConfig, account_id: &str, answer: Answer) {
+        if !Self::counting(cfg) {
+            return;
+        }
+        let mut calls = lock(&self.calls);
+        if !calls.contains_key(account_id) {
+            if calls.len() >= MAX_TRACKED_IDS {
+                return;
+            }
+            calls.insert(account_id.into(), CallCount::default());
+        }
+        if let Some(entry) = calls.get_mut(account_id) {
+            entry.answers.add(answer);
+        }
+    }
+
+    /// What the ESG API answered each account called since the counts were last reset.
+    pub fn answers(&self) -> BTreeMap<String, Answers> {
+        lock(&self.calls)
+            .iter()
+            .filter(|(_, c)| c.answers != Answers::default())
+            .map(|(id, c)| (id.to_string(), c.answers))
+            .collect()
+    }
+
     pub fn calls_for(&self, account_id: &str) -> u32 {
         lock(&self.calls).get(account_id).map_or(0, |c| c.calls)
     }
@@ -439,6 +507,7 @@ impl State {
             rate_limited: c.rate_limited.load(Ordering::Relaxed),
             fault_rate_limited: c.fault_rate_limited.load(Ordering::Relaxed),
             storm_rate_limited: c.storm_rate_limited.load(Ordering::Relaxed),
+            outage_unavailable: c.outage_unavailable.load(Ordering::Relaxed),
             batch_requests: c.batch_requests.load(Ordering::Relaxed),
             batch_accounts: c.batch_accounts.load(Ordering::Relaxed),
             not_modified: c.not_modified.load(Ordering::Relaxed),
@@ -608,6 +677,64 @@ mod tests {
         state.storm(Duration::ZERO);
         assert!(!state.storm_refuses());
         assert_eq!(state.stats().storm_rate_limited, 2);
+    }
+
+    #[test]
+    fn an_outage_refuses_until_it_ends() {
+        let state = State::new(SimConfig::default());
+        assert!(!state.outage_refuses());
+        state.outage(Duration::from_secs(60));
+        assert!(state.outage_refuses());
+        state.outage(Duration::ZERO);
+        assert!(!state.outage_refuses());
+        assert_eq!(state.stats().outage_unavailable, 1);
+    }
+
+    #[test]
+    fn answers_count_analyses_failures_and_the_streak_of_failures() {
+        let state = State::new(SimConfig::default());
+        let cfg = state.config();
+        for answer in [
+            Answer::Transient(503),
+            Answer::Analysis,
+            Answer::Transient(500),
+            Answer::Stalled,
+            Answer::Transient(504),
+        ] {
+            state.record_answer(&cfg, "A", answer);
+        }
+        state.record_answer(&cfg, "B", Answer::Permanent(422));
+        let answers = state.answers();
+        assert_eq!(
+            answers["A"],
+            Answers {
+                analyses: 1,
+                transient: 3,
+                stalls: 1,
+                permanent: 0,
+                failure_streak: 3,
+                last_status: 504,
+            }
+        );
+        assert_eq!(answers["B"].permanent, 1);
+        assert_eq!(answers["B"].last_status, 422);
+        state.record_answer(&cfg, "A", Answer::Analysis);
+        assert_eq!(
+            state.answers()["A"].failure_streak,
+            0,
+            "an analysis ends the streak"
+        );
+        state.reset_call_counts();
+        assert!(state.answers().is_empty());
+        let untracked = SimConfig {
+            track_calls: false,
+            ..SimConfig::default()
+        };
+        state.record_answer(&untracked, "C", Answer::Analysis);
+        assert!(
+            state.answers().is_empty(),
+            "nothing stored when not tracking"
+        );
     }
 
     #[test]
