@@ -10,9 +10,12 @@ use std::path::PathBuf;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_business_days_of_faults_deliver_no_silent_wrong_file() {
     let tmp = tempfile::tempdir().expect("tempdir");
+    // Seed 2 from 15 February 2027: kills in all five phases, a full and a read-only output
+    // disk, outages of the token endpoint and the account system, the March change to
+    // daylight-saving time.
     let mut options = esg_soak::Options::new(
         30,
-        1,
+        2,
         PathBuf::from(env!("CARGO_BIN_EXE_esg")),
         tmp.path().join("soak"),
     );
