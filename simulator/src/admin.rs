@@ -412,37 +412,38 @@ async fn config_route(State(st): State<Arc<SimState>>, body: axum::body::Bytes) 
     }
 }
 
-async fn storm_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
-    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
-    let Some(seconds) = first(&pairs, "seconds")
+/// The `seconds` of a storm or an outage (0..=3600); `None` when missing or out of range.
+fn seconds_of(raw: Option<&str>) -> Option<Duration> {
+    let pairs = query_pairs(raw).unwrap_or_default();
+    first(&pairs, "seconds")
         .and_then(|n| n.parse::<u64>().ok())
         .filter(|n| *n <= MAX_STORM.as_secs())
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_SECONDS",
-            "seconds must be a whole number from 0 to 3600",
-            None,
-        );
+        .map(Duration::from_secs)
+}
+
+/// The answer to a storm or an outage without valid `seconds`.
+fn invalid_seconds() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_SECONDS",
+        "seconds must be a whole number from 0 to 3600",
+        None,
+    )
+}
+
+async fn storm_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
+    let Some(seconds) = seconds_of(raw.as_deref()) else {
+        return invalid_seconds();
     };
-    storm(&st, Duration::from_secs(seconds));
+    storm(&st, seconds);
     StatusCode::NO_CONTENT.into_response()
 }
 
 async fn outage_route(State(st): State<Arc<SimState>>, RawQuery(raw): RawQuery) -> Response {
-    let pairs = query_pairs(raw.as_deref()).unwrap_or_default();
-    let Some(seconds) = first(&pairs, "seconds")
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|n| *n <= MAX_STORM.as_secs())
-    else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_SECONDS",
-            "seconds must be a whole number from 0 to 3600",
-            None,
-        );
+    let Some(seconds) = seconds_of(raw.as_deref()) else {
+        return invalid_seconds();
     };
-    outage(&st, Duration::from_secs(seconds));
+    outage(&st, seconds);
     StatusCode::NO_CONTENT.into_response()
 }
 

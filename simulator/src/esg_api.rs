@@ -489,19 +489,7 @@ async fn batch_answer(
         let account = st.registry().get_by_id(id);
         let fault = account_fault(cfg, id);
         let item = match (account, fault) {
-            (None, _) => {
-                answered.push((id, Answer::Permanent(404)));
-                batch_item(
-                    id,
-                    404,
-                    None,
-                    Some((
-                        "UNKNOWN_PORTFOLIO",
-                        "no portfolio is known under this account id",
-                    )),
-                )
-            }
-            (Some(_), AccountFault::Permanent { status: 404 }) => {
+            (None, _) | (Some(_), AccountFault::Permanent { status: 404 }) => {
                 answered.push((id, Answer::Permanent(404)));
                 batch_item(
                     id,
