@@ -905,7 +905,9 @@ impl DeadlineIds {
 
     fn add(&mut self, account_id: &str) {
         if self.overflowed {
-        } else if self.ids.len() < Self::KEPT {
+            return;
+        }
+        if self.ids.len() < Self::KEPT {
             self.ids.push(account_id.to_owned());
         } else {
             self.overflowed = true;
